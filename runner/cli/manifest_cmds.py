@@ -1,0 +1,140 @@
+"""``pixrun validate``, ``pixrun plan`` and ``pixrun schema``: parse, call the core, exit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from runner.cli.render import print_plan, print_problems, print_validation
+from runner.errors import BudgetExceeded, ExitCode
+from runner.manifest import load_manifest, validate_files
+from runner.plan import build_plan, ptc_text
+from runner.pricing import load_price_table
+from runner.schema import manifest_schema_json
+
+COMMANDS: list[click.Command] = []
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _ptc(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value)
+    except InvalidOperation as exc:
+        raise click.BadParameter(f"{value!r} is not an amount of PTC, e.g. 12.5") from exc
+    if not amount.is_finite() or amount < 0:
+        raise click.BadParameter("the cap must be a number >= 0")
+    return amount
+
+
+_PATH = click.Path(path_type=Path, dir_okay=False)
+
+
+@click.command("validate")
+@click.argument("manifests", nargs=-1, required=True, type=_PATH)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: a list of problem objects (file, line, column, severity, shot_id, field, "
+    "message, hint).",
+)
+@click.option("--no-image-check", is_flag=True, help="Do not open local images.")
+@click.pass_context
+def validate_cmd(
+    ctx: click.Context, manifests: tuple[Path, ...], fmt: str, no_image_check: bool
+) -> None:
+    """Check MANIFEST files without spending anything; every problem in one pass.
+
+    Exit 0 when all are valid (warnings do not fail), 2 when any is not.
+    """
+    reports = validate_files(manifests, check_images=not no_image_check)
+    if fmt == "json":
+        problems = [p.to_dict() for r in reports for p in r.problems]
+        click.echo(json.dumps(problems, indent=2, ensure_ascii=False))
+    else:
+        print_validation(reports, _console(), _console(stderr=True))
+    if not all(r.ok for r in reports):
+        ctx.exit(ExitCode.INVALID)
+
+
+@click.command("plan")
+@click.argument("manifest", type=_PATH)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--max-cost",
+    metavar="PTC",
+    callback=_ptc,
+    help="Cost cap in PTC (overrides run.budget_ptc); exit 4 when the plan is above it.",
+)
+@click.option(
+    "--prices",
+    type=_PATH,
+    help="Price table JSON (default: the packaged 302.AI rule, runner/data/prices.json).",
+)
+@click.option(
+    "--ledger",
+    type=_PATH,
+    help="Ledger of earlier runs, to plan only what remains (default: beside the manifest).",
+)
+@click.pass_context
+def plan_cmd(
+    ctx: click.Context,
+    manifest: Path,
+    fmt: str,
+    max_cost: Decimal | None,
+    prices: Path | None,
+    ledger: Path | None,
+) -> None:
+    """Show what MANIFEST will cost, grouped by mode, model, quality, duration and motion.
+
+    Prices unknown to the price table (10 s) are shown as unknown, never as zero.
+    Exit 4 when the plan is over the budget (run.budget_ptc or --max-cost).
+    """
+    ctx.meta["pixrun.ledger"] = ledger  # read by the run capability's plan extension
+    table = load_price_table(prices)
+    loaded = load_manifest(manifest, price_table=table)
+    plan = build_plan(loaded, max_cost_ptc=max_cost)
+    if loaded.warnings:
+        print_problems(loaded.warnings, _console(stderr=True))
+    if fmt == "json":
+        click.echo(json.dumps(plan.to_dict(), indent=2))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=plan.csv_columns(), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(plan.rows())
+    else:
+        print_plan(plan, _console())
+    if plan.fits is False:
+        raise BudgetExceeded(
+            f"the plan costs {ptc_text(plan.remaining_ptc)} PTC, over the budget of "
+            f"{ptc_text(plan.budget_ptc)} PTC by {ptc_text(plan.over_by_ptc)} PTC",
+            hint="raise run.budget_ptc or --max-cost, or plan fewer or cheaper shots",
+        )
+
+
+@click.command("schema")
+def schema_cmd() -> None:
+    """Print the manifest JSON Schema (for editors: see the README)."""
+    click.echo(manifest_schema_json(), nl=False)
+
+
+COMMANDS.extend([validate_cmd, plan_cmd, schema_cmd])

@@ -1,0 +1,496 @@
+"""What ``pixrun run`` shows while it works, and the summary it ends with.
+
+Four displays of the same :class:`runner.events.RunObserver` stream, chosen by
+:func:`make_observer`:
+
+- ``live``: a rich board redrawn on every snapshot (a terminal only);
+- ``plain``: one line per notable event and one progress line per interval, no
+  animation, for cron, CI and ``nohup`` logs;
+- ``json``: one JSON object per line for every event (and a progress object per
+  interval): every line parses on its own;
+- ``quiet``: nothing until the summary.
+
+Invariants: an observer never raises into the scheduler (a display that breaks, say on
+a closed pipe, goes silent; the run goes on), and every text it prints went through
+:func:`runner.cli.views.scrub`, so the API key cannot reach a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import shlex
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from runner.cli.views import (
+    NOTABLE,
+    STATE_STYLES,
+    Board,
+    BoardEvent,
+    board_renderable,
+    counts_text,
+    duration_text,
+    group_counts,
+    rate_text,
+    scrub,
+)
+from runner.errors import LedgerError
+from runner.events import RunEvent, RunSnapshot
+from runner.ledger import default_ledger_path, open_ledger
+from runner.ledger.queries import ShotIssue, failed_shots, parked_shots
+from runner.model import ShotState
+from runner.report import STATE_LABELS, format_ptc
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from runner.batch import BatchOutcome
+
+__all__ = [
+    "MODES",
+    "Display",
+    "JsonObserver",
+    "LiveObserver",
+    "PlainObserver",
+    "QuietObserver",
+    "make_observer",
+    "render_summary",
+]
+
+MODES = ("live", "plain", "json", "quiet")
+
+#: plain and JSON displays write a progress line this often (seconds of run time)
+DEFAULT_INTERVAL_S = 30.0
+
+
+def _elapsed(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _event_text(event: RunEvent) -> str:
+    who = ""
+    if event.shot_id:
+        who = event.shot_id + (f" (attempt {event.attempt})" if event.attempt else "") + ": "
+    return scrub(who + event.message)
+
+
+class Display:
+    """A :class:`RunObserver` that is also a context manager (start/stop drawing).
+
+    Subclasses implement ``_event`` and ``_snapshot``; the public methods guard them so
+    that a display failure never reaches the scheduler.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._broken = False
+
+    def __enter__(self) -> Display:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def event(self, event: RunEvent) -> None:
+        self._guard(self._event, event)
+
+    def snapshot(self, snapshot: RunSnapshot) -> None:
+        self._guard(self._snapshot, snapshot)
+
+    def _guard(self, fn: Callable[[Any], None], arg: Any) -> None:
+        if self._broken:
+            return
+        try:
+            fn(arg)
+        except Exception:  # the observer contract: a display must never stop a run
+            self._broken = True
+
+    def _event(self, event: RunEvent) -> None:
+        pass
+
+    def _snapshot(self, snapshot: RunSnapshot) -> None:
+        pass
+
+    def _line(self, text: str) -> None:
+        # Straight to the file: no wrapping, no markup, one line per record.
+        self.console.file.write(text + "\n")
+        self.console.file.flush()
+
+
+class QuietObserver(Display):
+    """Shows nothing; the summary is printed after the run."""
+
+
+class PlainObserver(Display):
+    """Plain lines for logs: notable events as they happen, progress per interval."""
+
+    def __init__(self, console: Console, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        super().__init__(console)
+        self.interval_s = interval_s
+        self._last_progress_s: float | None = None
+
+    def _event(self, event: RunEvent) -> None:
+        if event.kind not in NOTABLE:
+            return
+        self._line(f"[{_elapsed(event.elapsed_s)}] {event.kind.value:<14} {_event_text(event)}")
+
+    def _snapshot(self, snap: RunSnapshot) -> None:
+        if (
+            self._last_progress_s is not None
+            and snap.elapsed_s - self._last_progress_s < self.interval_s
+        ):
+            return
+        self._last_progress_s = snap.elapsed_s
+        self._line(f"[{_elapsed(snap.elapsed_s)}] {'progress':<14} {progress_line(snap)}")
+
+
+def progress_line(snap: RunSnapshot) -> str:
+    """One line that says where the run stands."""
+    groups = ", ".join(f"{label} {n}" for label, n, _ in group_counts(snap.counts))
+    done = snap.counts.get(ShotState.DONE, 0)
+    return (
+        f"{done}/{snap.total} done ({groups}); in flight {snap.in_flight}/"
+        f"{snap.target_concurrency}; spent {format_ptc(snap.spent_uptc)}/"
+        f"{format_ptc(snap.planned_uptc)} PTC; {rate_text(snap.done_per_s * 60)}; "
+        f"ETA {duration_text(snap.eta_s)}"
+    )
+
+
+class JsonObserver(Display):
+    """One JSON object per line: every event, and a progress record per interval."""
+
+    def __init__(self, console: Console, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        super().__init__(console)
+        self.interval_s = interval_s
+        self._last_progress_s: float | None = None
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **record}
+        self._line(scrub(json.dumps(record, ensure_ascii=False, separators=(",", ":"))))
+
+    def _event(self, event: RunEvent) -> None:
+        self._emit(
+            {
+                "type": "event",
+                "kind": event.kind.value,
+                "shot_id": event.shot_id,
+                "state": None if event.state is None else event.state.value,
+                "task_id": event.task_id,
+                "attempt": event.attempt,
+                "elapsed_s": round(event.elapsed_s, 3),
+                # scrubbed before encoding too: JSON escaping could hide a key from scrub()
+                "message": scrub(event.message),
+            }
+        )
+
+    def _snapshot(self, snap: RunSnapshot) -> None:
+        if (
+            self._last_progress_s is not None
+            and snap.elapsed_s - self._last_progress_s < self.interval_s
+        ):
+            return
+        self._last_progress_s = snap.elapsed_s
+        self._emit(
+            {
+                "type": "progress",
+                "elapsed_s": round(snap.elapsed_s, 3),
+                "total": snap.total,
+                "counts": {s.value: n for s, n in snap.counts.items() if n},
+                "in_flight": snap.in_flight,
+                "target_concurrency": snap.target_concurrency,
+                "spent_uptc": snap.spent_uptc,
+                "planned_uptc": snap.planned_uptc,
+                "done_per_min": round(snap.done_per_s * 60, 3),
+                "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1),
+            }
+        )
+
+
+class LiveObserver(Display):
+    """The rich board, redrawn on every snapshot and (at most 4 times a second) on news."""
+
+    def __init__(self, console: Console, *, title: str = "pixrun run", max_events: int = 6):
+        super().__init__(console)
+        self.title = title
+        self._events: deque[BoardEvent] = deque(maxlen=max_events)
+        self._snap: RunSnapshot | None = None
+        self._live: Live | None = None
+        self._last_draw = 0.0
+
+    def __enter__(self) -> LiveObserver:
+        self._live = Live(
+            self.renderable(),
+            console=self.console,
+            auto_refresh=False,
+            transient=False,
+            redirect_stdout=True,
+            redirect_stderr=True,
+        )
+        self._live.start()
+        return self
+
+    def close(self) -> None:
+        if self._live is not None:
+            with contextlib.suppress(Exception):  # the terminal may already be gone
+                self._live.update(self.renderable(), refresh=True)
+                self._live.stop()
+            self._live = None
+
+    def board(self) -> Board:
+        snap = self._snap
+        if snap is None:
+            return Board(self.title, 0, {}, 0, None, 0, 0, None, None, 0.0, tuple(self._events))
+        return Board(
+            title=self.title,
+            total=snap.total,
+            counts=snap.counts,
+            in_flight=snap.in_flight,
+            target_concurrency=snap.target_concurrency,
+            spent_uptc=snap.spent_uptc,
+            planned_uptc=snap.planned_uptc,
+            done_per_min=snap.done_per_s * 60,
+            eta_s=snap.eta_s,
+            elapsed_s=snap.elapsed_s,
+            events=tuple(self._events),
+        )
+
+    def renderable(self) -> RenderableType:
+        return board_renderable(self.board())
+
+    def _draw(self) -> None:
+        self._last_draw = time.monotonic()
+        if self._live is not None:
+            self._live.update(self.renderable(), refresh=True)
+
+    def _event(self, event: RunEvent) -> None:
+        if event.kind not in NOTABLE:
+            return
+        self._events.append(
+            BoardEvent(_elapsed(event.elapsed_s), event.kind.value, _event_text(event))
+        )
+        if time.monotonic() - self._last_draw >= 0.25:
+            self._draw()
+
+    def _snapshot(self, snapshot: RunSnapshot) -> None:
+        self._snap = snapshot
+        self._draw()
+
+
+def make_observer(
+    mode: str,
+    console: Console,
+    *,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    title: str = "pixrun run",
+) -> Display:
+    """The display for ``mode`` (live|plain|json|quiet). Use it as a context manager.
+
+    ``live`` on a console that is not a terminal falls back to ``plain``: an animation
+    in a log file is noise.
+    """
+    if mode == "live":
+        if console.is_terminal:
+            return LiveObserver(console, title=title)
+        mode = "plain"
+    if mode == "plain":
+        return PlainObserver(console, interval_s=interval_s)
+    if mode == "json":
+        return JsonObserver(console, interval_s=interval_s)
+    if mode == "quiet":
+        return QuietObserver(console)
+    raise ValueError(f"unknown display mode {mode!r}; expected one of {', '.join(MODES)}")
+
+
+# -- the final summary ---------------------------------------------------------------------
+
+
+def _load_issues(ledger_path: Path) -> tuple[list[ShotIssue], int, list[ShotIssue], int]:
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop()
+        return [], 0, [], 0  # called from inside a loop: no second loop here
+
+    async def load() -> tuple[list[ShotIssue], int, list[ShotIssue], int]:
+        async with await open_ledger(ledger_path, writer=False) as ledger:
+            failures, n_failed = await failed_shots(ledger, limit=10)
+            parked, n_parked = await parked_shots(ledger, limit=10)
+        return failures, n_failed, parked, n_parked
+
+    return asyncio.run(load())
+
+
+def _command(*words: str | Path) -> str:
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def _issue_lines(issues: Sequence[ShotIssue]) -> list[Text]:
+    width = max((len(i.shot_id) for i in issues), default=0)
+    return [
+        Text.assemble(
+            "    ",
+            (issue.shot_id.ljust(width), "bold"),
+            "  ",
+            (STATE_LABELS[issue.state].ljust(9), STATE_STYLES.get(issue.state, "")),
+            " ",
+            scrub(issue.message or issue.error_kind or ""),
+        )
+        for issue in issues
+    ]
+
+
+def render_summary(
+    outcome: BatchOutcome,
+    console: Console,
+    *,
+    manifest: Path,
+    mode: str = "text",
+    issues: tuple[list[ShotIssue], int, list[ShotIssue], int] | None = None,
+) -> None:
+    """Print how the run ended: counts, money, time, where the files are, what to do next.
+
+    ``mode="json"`` prints it as one JSON object (the last line of ``--json-logs``).
+    Failed and parked shots are read from the ledger (read-only) unless ``issues``
+    (as from :func:`failed_shots` and :func:`parked_shots`) is given.
+    """
+    result = outcome.result
+    counts = result.counts
+    if issues is None:
+        issues = ([], 0, [], 0)
+        needs_list = counts.get(ShotState.FAILED, 0) + counts.get(ShotState.MODERATED, 0)
+        needs_list += counts.get(ShotState.AMBIGUOUS, 0)
+        if needs_list:
+            with contextlib.suppress(LedgerError):
+                issues = _load_issues(outcome.ledger_path)
+    if mode == "json":
+        _summary_json(outcome, console, issues)
+        return
+    for line in _summary_lines(outcome, manifest, issues):
+        console.print(line, soft_wrap=True)
+
+
+def _summary_json(
+    outcome: BatchOutcome,
+    console: Console,
+    issues: tuple[list[ShotIssue], int, list[ShotIssue], int],
+) -> None:
+    result = outcome.result
+    record = {
+        "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "type": "summary",
+        "exit_code": result.exit_code,
+        "stop_reason": None if result.stop_reason is None else str(result.stop_reason.value),
+        "message": None if result.message is None else scrub(result.message),
+        "counts": {s.value: n for s, n in result.counts.items() if n},
+        "spent_uptc": result.spent_uptc,
+        "spent_ptc": format_ptc(result.spent_uptc),
+        "elapsed_s": round(result.elapsed_s, 3),
+        "output_dir": str(outcome.output_dir),
+        "ledger": str(outcome.ledger_path),
+        "failed": [i.shot_id for i in issues[0]],
+        "parked": [i.shot_id for i in issues[2]],
+    }
+    console.file.write(scrub(json.dumps(record, ensure_ascii=False)) + "\n")
+    console.file.flush()
+
+
+def _summary_lines(
+    outcome: BatchOutcome,
+    manifest: Path,
+    issues: tuple[list[ShotIssue], int, list[ShotIssue], int],
+) -> list[Text]:
+    """One Text per line, printed unwrapped: a command must copy and paste whole."""
+    result = outcome.result
+    counts = result.counts
+    total = sum(counts.values())
+    failures, n_failed, parked, n_parked = issues
+    n_failed = max(n_failed, counts.get(ShotState.FAILED, 0) + counts.get(ShotState.MODERATED, 0))
+    n_parked = max(n_parked, counts.get(ShotState.AMBIGUOUS, 0))
+    extra: list[str | Path] = []
+    if outcome.ledger_path.resolve() != default_ledger_path(manifest).resolve():
+        extra = ["--ledger", outcome.ledger_path]
+
+    def command(*words: str | Path) -> tuple[str, str]:
+        return _command("pixrun", *words, manifest, *extra), "bold"
+
+    took = duration_text(result.elapsed_s)
+    if result.stop_reason is None:
+        head = Text.assemble(("run finished", "bold green"), f" in {took}")
+    else:
+        head = Text.assemble(
+            ("run stopped", "bold yellow"), f" ({result.stop_reason.value}) after {took}"
+        )
+    lines = [head]
+    if result.message:
+        lines.append(Text(scrub(result.message), style="yellow"))
+    lines.append(Text("  ") + counts_text(counts) + Text(f"  of {total} shots", style="dim"))
+    lines.append(Text.assemble(("  spent   ", "dim"), f"{format_ptc(result.spent_uptc)} PTC"))
+    lines.append(Text.assemble(("  files   ", "dim"), str(outcome.output_dir)))
+    lines.append(Text.assemble(("  ledger  ", "dim"), str(outcome.ledger_path)))
+    if n_failed:
+        lines.append(Text(f"{n_failed} failed", style="bold red"))
+        lines += _issue_lines(failures)
+        if n_failed > len(failures):
+            lines.append(
+                Text.assemble(
+                    (f"    … and {n_failed - len(failures)} more: ", "dim"),
+                    command("report", "--failed"),
+                )
+            )
+        lines.append(
+            Text.assemble(
+                ("  → once the errors are dealt with, re-queue them: ", "dim"),
+                command("retry", "--failed"),
+            )
+        )
+    if n_parked:
+        lines.append(
+            Text.assemble(
+                (f"{n_parked} parked", "bold yellow"),
+                (" (the request may have reached the provider and been charged)", "dim"),
+            )
+        )
+        lines += _issue_lines(parked)
+        lines.append(
+            Text.assemble(
+                ("  → found the task at the provider? ", "dim"),
+                command("resolve", "SHOT", "--task-id", "ID"),
+            )
+        )
+        lines.append(
+            Text.assemble(
+                ("  → otherwise re-queue them (may be charged twice): ", "dim"),
+                command("retry", "--ambiguous"),
+            )
+        )
+    unfinished = sum(n for s, n in counts.items() if not s.is_final and s != ShotState.AMBIGUOUS)
+    if unfinished:
+        lines.append(
+            Text.assemble(
+                (f"{unfinished} not finished", "bold"),
+                (": a rerun resumes them, nothing paid for is sent again: ", "dim"),
+                command("run"),
+            )
+        )
+    if counts.get(ShotState.DONE):
+        lines.append(
+            Text.assemble(("review the clips: ", "dim"), command("report", "--format", "html"))
+        )
+    return lines

@@ -1,0 +1,225 @@
+"""``pixrun run``, ``pixrun retry`` and ``pixrun resolve``: parse, call runner.batch, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from runner.batch import (
+    RunOverrides,
+    SimulatorSettings,
+    ledger_path_for,
+    requeue_shots,
+    resolve_shot,
+    run_batch,
+)
+from runner.errors import ExitCode, UsageError
+from runner.manifest import load_manifest
+
+COMMANDS: list[click.Command] = []
+
+
+def _ptc(value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value)
+    except InvalidOperation as exc:
+        raise click.BadParameter(f"{value!r} is not an amount of PTC") from exc
+    if amount < 0:
+        raise click.BadParameter("the cap cannot be negative")
+    return amount
+
+
+def _render_range(value: str) -> tuple[float, float]:
+    try:
+        low, _, high = value.partition(",")
+        pair = (float(low), float(high or low))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: expected MIN,MAX seconds, e.g. 1,3") from exc
+    if pair[0] < 0 or pair[1] < pair[0]:
+        raise click.BadParameter(f"{value!r}: need 0 <= MIN <= MAX")
+    return pair
+
+
+def _ledger_for(manifest: Path | None, ledger: Path | None) -> Path:
+    if manifest is None and ledger is None:
+        raise UsageError("give the manifest or --ledger PATH")
+    if manifest is not None:
+        return ledger_path_for(manifest, ledger)
+    assert ledger is not None
+    return ledger
+
+
+@click.command("run")
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--ledger",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ledger file (default: beside the manifest, <name>.ledger.sqlite).",
+)
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Run against the built-in simulator on 127.0.0.1: nothing is spent.",
+)
+@click.option(
+    "--sim-render-time",
+    default="1,3",
+    show_default=True,
+    metavar="MIN,MAX",
+    help="With --simulate: render time in seconds, uniform between MIN and MAX.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    help="Tasks in flight at the provider (overrides run.concurrency).",
+)
+@click.option(
+    "--download-concurrency",
+    type=click.IntRange(1, 1000),
+    help="Downloads at once (overrides run.download_concurrency).",
+)
+@click.option(
+    "--rate",
+    "requests_per_s",
+    type=click.FloatRange(0.01, None),
+    help="Provider calls per second (overrides run.requests_per_s).",
+)
+@click.option("--max-cost", metavar="PTC", help="Cost cap in PTC (overrides run.budget_ptc).")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.0, None),
+    metavar="S",
+    help="Floor between two polls of a task (overrides run.poll.min_interval_s).",
+)
+@click.option("--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
+@click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
+def run_cmd(
+    manifest: Path,
+    ledger: Path | None,
+    simulate: bool,
+    sim_render_time: str,
+    concurrency: int | None,
+    download_concurrency: int | None,
+    requests_per_s: float | None,
+    max_cost: str | None,
+    poll_interval: float | None,
+    base_url: str | None,
+    yes: bool,
+    quiet: bool,
+    json_logs: bool,
+) -> None:
+    """Run (or resume) the batch of MANIFEST: submit, poll, download, record everything.
+
+    A rerun resumes: done shots are skipped, tasks at the provider are collected, and
+    nothing that may have been charged is sent again.
+    """
+    from runner.cli.progress import make_observer, render_summary
+    from runner.plan import build_plan
+
+    if not manifest.exists():
+        raise UsageError(f"no manifest at {manifest}")
+    loaded = load_manifest(manifest)
+    console = Console(highlight=False)
+    cap = _ptc(max_cost)
+    if sys.stdin.isatty() and not yes and not json_logs:
+        plan = build_plan(loaded, max_cost_ptc=cap)
+        total = plan.to_dict().get("total_ptc")
+        click.confirm(
+            f"Run {len(loaded.shots)} shots of {loaded.name!r} (planned {total} PTC"
+            f"{' with the simulator' if simulate else ''})?",
+            abort=True,
+        )
+    mode = "json" if json_logs else "quiet" if quiet else "live" if console.is_terminal else "plain"
+    overrides = RunOverrides(
+        concurrency=concurrency,
+        download_concurrency=download_concurrency,
+        requests_per_s=requests_per_s,
+        max_cost_ptc=cap,
+        poll_floor_s=poll_interval,
+        base_url=base_url,
+    )
+    sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
+    observer = make_observer(mode, console)
+    with observer:
+        outcome = asyncio.run(
+            run_batch(loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim)
+        )
+    del loaded
+    if not json_logs:
+        render_summary(outcome, console, manifest=manifest)
+    sys.exit(outcome.result.exit_code)
+
+
+@click.command("retry")
+@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--failed", is_flag=True, help="Re-queue every failed shot.")
+@click.option(
+    "--ambiguous",
+    is_flag=True,
+    help="Re-queue parked shots (their request may already have been charged).",
+)
+@click.option("--shot", "shots", multiple=True, metavar="ID", help="Re-queue this shot.")
+@click.option(
+    "--attempts",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Render attempts granted to each re-queued failed shot.",
+)
+def retry_cmd(
+    manifest: Path | None,
+    ledger: Path | None,
+    failed: bool,
+    ambiguous: bool,
+    shots: tuple[str, ...],
+    attempts: int,
+) -> None:
+    """Re-queue failed, parked or named shots for the next `pixrun run`."""
+    if not (failed or ambiguous or shots):
+        raise UsageError("say what to re-queue: --failed, --ambiguous or --shot ID")
+    path = _ledger_for(manifest, ledger)
+    moved, parked = asyncio.run(
+        requeue_shots(
+            path,
+            failed=failed,
+            ambiguous=ambiguous,
+            shot_ids=list(shots),
+            extra_attempts=attempts,
+        )
+    )
+    out = Console(stderr=True, highlight=False)
+    if parked:
+        out.print(
+            f"[yellow]warning:[/] {parked} re-queued shot(s) were parked as ambiguous: their "
+            "earlier request may have been accepted and charged, so a rerun may pay twice. "
+            "The same Ai-trace-id is sent again, so a provider that deduplicates on it "
+            "will not charge twice. If you find the task on the provider's side, use "
+            "'pixrun resolve SHOT --task-id ID' instead."
+        )
+    click.echo(f"re-queued {moved} shot(s); run 'pixrun run' to submit them")
+
+
+@click.command("resolve")
+@click.argument("shot_id")
+@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--task-id", required=True, help="The provider's task id for this shot.")
+@click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False))
+def resolve_cmd(shot_id: str, manifest: Path | None, task_id: str, ledger: Path | None) -> None:
+    """Tie a parked shot to a task id found on the provider's side (no new charge)."""
+    path = _ledger_for(manifest, ledger)
+    asyncio.run(resolve_shot(path, shot_id, task_id))
+    click.echo(f"shot {shot_id} now follows task {task_id}; 'pixrun run' collects it")
+    sys.exit(ExitCode.OK)
+
+
+COMMANDS.extend([run_cmd, retry_cmd, resolve_cmd])

@@ -1,0 +1,290 @@
+"""``pixrun status`` and ``pixrun report``: read the ledger, never write it.
+
+Both work while a run is writing the same ledger from another process (they open it
+read-only and take no lock). See runner/cli/__init__.py for the rules every command
+follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import tempfile
+import time
+from contextlib import nullcontext, suppress
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.rule import Rule
+
+from runner.cli.views import report_table, scrub, status_dict, status_renderable
+from runner.errors import UsageError
+from runner.ledger import default_ledger_path, open_ledger
+from runner.ledger.queries import ReportRow, StatusSummary, report_rows, status_summary
+from runner.model import ShotState
+from runner.report import ContactSheetInfo, render_contact_sheet, to_csv, to_json
+
+COMMANDS: list[click.Command] = []
+
+_STATE_CHOICES = [s.value for s in ShotState] + ["parked"]
+_SHEET_NAME = "contact-sheet.html"
+
+
+def _ledger_path(manifest: Path | None, ledger: Path | None) -> Path:
+    if ledger is not None:
+        if not ledger.exists():
+            raise UsageError(
+                f"no ledger at {ledger}",
+                hint="check the path given to --ledger",
+            )
+        return ledger
+    if manifest is None:
+        raise UsageError("give the manifest (or the ledger with --ledger PATH)")
+    path = default_ledger_path(manifest)
+    if not path.exists():
+        raise UsageError(
+            f"no ledger for {manifest}: expected {path}",
+            hint=f"'pixrun run {manifest}' creates it; a ledger elsewhere: --ledger PATH",
+        )
+    return path
+
+
+def _title(meta: dict[str, str], ledger_path: Path) -> str:
+    name = meta.get("name")
+    if name:
+        return name
+    stem = ledger_path.name
+    for suffix in (".sqlite", ".ledger"):
+        stem = stem.removesuffix(suffix)
+    return stem
+
+
+def _output_dir(meta: dict[str, str], ledger_path: Path) -> Path | None:
+    """The run's output folder as recorded in the ledger (relative: to the manifest)."""
+    value = meta.get("output_dir")
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        base = Path(meta["manifest"]).parent if meta.get("manifest") else ledger_path.parent
+        path = base / path
+    return path
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Write whole or not at all: a reader never sees half a report."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="choose another place with -o/--output",
+        ) from exc
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+async def _watch(
+    path: Path, console: Console, fmt: str, interval_s: float, iterations: int | None
+) -> None:
+    async with await open_ledger(path, writer=False) as ledger:
+        title = _title(await ledger.get_meta(), path)
+        live = fmt == "table" and console.is_terminal
+        shown = 0
+        display_cm = Live(console=console, auto_refresh=False) if live else nullcontext(None)
+        with display_cm as display:
+            while True:
+                summary = await status_summary(ledger)
+                if display is not None:
+                    display.update(status_renderable(summary, title), refresh=True)
+                elif fmt == "json":
+                    click.echo(scrub(json.dumps(status_dict(summary), separators=(",", ":"))))
+                else:
+                    console.print(Rule(time.strftime("%H:%M:%S"), style="dim"))
+                    console.print(status_renderable(summary, title))
+                shown += 1
+                if iterations is not None and shown >= iterations:
+                    return
+                await asyncio.sleep(interval_s)
+
+
+async def _status_once(path: Path) -> tuple[StatusSummary, str]:
+    async with await open_ledger(path, writer=False) as ledger:
+        summary = await status_summary(ledger)
+    return summary, _title(summary.meta, path)
+
+
+@click.command("status")
+@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--ledger",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ledger file (default: beside the manifest, <name>.ledger.sqlite).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (a run may be going on).")
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(0.1, None),
+    default=2.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds between refreshes with --watch.",
+)
+@click.option("--iterations", type=click.IntRange(1, None), hidden=True)
+def status_cmd(
+    manifest: Path | None,
+    ledger: Path | None,
+    fmt: str,
+    watch: bool,
+    interval_s: float,
+    iterations: int | None,
+) -> None:
+    """Where the batch stands: counts, money, throughput, failures and parked shots.
+
+    Read-only: safe while `pixrun run` works on the same ledger in another process.
+    """
+    path = _ledger_path(manifest, ledger)
+    console = Console(highlight=False)
+    if watch:
+        with suppress(KeyboardInterrupt):  # Ctrl-C is the way to stop watching
+            asyncio.run(_watch(path, console, fmt, interval_s, iterations))
+        return
+    summary, title = asyncio.run(_status_once(path))
+    if fmt == "json":
+        click.echo(scrub(json.dumps(status_dict(summary), indent=2)))
+    else:
+        console.print(status_renderable(summary, title))
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+async def _report_data(
+    path: Path, states: set[ShotState] | None
+) -> tuple[list[ReportRow], StatusSummary]:
+    async with await open_ledger(path, writer=False) as ledger:
+        rows = await report_rows(ledger, states=states)
+        summary = await status_summary(ledger, issue_limit=1, event_limit=0)
+    return rows, summary
+
+
+def _states(state: tuple[str, ...], failed: bool) -> set[ShotState] | None:
+    if not state and not failed:
+        return None
+    chosen = {ShotState.AMBIGUOUS if s == "parked" else ShotState(s) for s in state}
+    if failed:
+        chosen |= {ShotState.FAILED, ShotState.MODERATED}
+    return chosen
+
+
+@click.command("report")
+@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--ledger",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ledger file (default: beside the manifest, <name>.ledger.sqlite).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "html"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write here instead of standard output (html: default beside the outputs).",
+)
+@click.option(
+    "--state",
+    "state",
+    multiple=True,
+    type=click.Choice(_STATE_CHOICES),
+    help="Only shots in this state (repeatable).",
+)
+@click.option("--failed", is_flag=True, help="Only failed and moderated shots.")
+def report_cmd(
+    manifest: Path | None,
+    ledger: Path | None,
+    fmt: str,
+    output: Path | None,
+    state: tuple[str, ...],
+    failed: bool,
+) -> None:
+    """One row per shot (table, csv, json), or the HTML contact sheet of every clip."""
+    path = _ledger_path(manifest, ledger)
+    rows, summary = asyncio.run(_report_data(path, _states(state, failed)))
+    out_dir = _output_dir(summary.meta, path)
+    if fmt == "html":
+        target = _write_sheet(rows, summary, path, out_dir, output)
+        click.echo(f"contact sheet of {len(rows)} shot(s): {target.resolve().as_uri()}")
+        return
+    if fmt == "table" and output is None:
+        console = Console(highlight=False)
+        console.print(report_table(rows, width=console.width) if rows else "no shots match")
+        return
+    text = scrub(_report_text(rows, fmt, out_dir))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        _write_file(output, text)
+        click.echo(f"wrote {len(rows)} shot(s) to {output}", err=True)
+
+
+def _report_text(rows: list[ReportRow], fmt: str, out_dir: Path | None) -> str:
+    if fmt == "csv":
+        return to_csv(rows, output_dir=out_dir)
+    if fmt == "json":
+        return to_json(rows, output_dir=out_dir) + "\n"
+    console = Console(record=True, width=200, file=io.StringIO())  # a file: no colours
+    console.print(report_table(rows))
+    return console.export_text()
+
+
+def _write_sheet(
+    rows: list[ReportRow],
+    summary: StatusSummary,
+    ledger_path: Path,
+    out_dir: Path | None,
+    output: Path | None,
+) -> Path:
+    """Write the contact sheet: at ``output``, else beside the outputs or the ledger."""
+    if output is not None:
+        target = output
+    elif out_dir is not None and out_dir.is_dir():
+        target = out_dir / _SHEET_NAME
+    else:
+        target = ledger_path.with_name(f"{_title({}, ledger_path)}.{_SHEET_NAME}")
+    info = ContactSheetInfo(
+        title=_title(summary.meta, ledger_path),
+        planned_uptc=summary.planned_uptc,
+        spent_uptc=summary.spent_uptc,
+        generated_at=time.time(),
+    )
+    text = render_contact_sheet(
+        rows, html_path=target, output_dir=out_dir or ledger_path.parent, info=info
+    )
+    _write_file(target, scrub(text))
+    return target
+
+
+COMMANDS.extend([status_cmd, report_cmd])

@@ -1,0 +1,648 @@
+"""The provider's request-field contract: which fields exist, their values, and the rules.
+
+This is the single source of truth for what a PixVerse generate request through 302.AI
+may contain (see the provider contract document). The manifest loader, the JSON schema
+generator (runner/schema.py), the price rule and the local simulator all read it; none
+of them keeps its own list of fields or values.
+
+Invariants:
+- :data:`FIELDS` lists every request field exactly once; :func:`fields_for` says which
+  modes accept it. A field absent from :data:`FIELDS` is not part of the API.
+- :func:`check_request` is pure: it never reads files or the network. Local images may
+  appear as ``file://`` URIs (the provider adapter encodes them at send time) and are
+  accepted like ``http(s)`` URLs and ``data:image/...`` URIs.
+- Durations are seconds (``int``) for text and image, and the strings ``"5s"``/``"8s"``
+  for fusion ("wire form"). The manifest's own spelling (numbers in every mode, switches
+  as true/false too) is described by runner/schema.py, generated from :data:`FIELDS`,
+  and converted to wire form by the manifest loader with :func:`wire_duration`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from runner.model import Mode
+
+#: the model that has audio and the "switch" options, and no camera movement
+V5_5 = "v5.5"
+
+MODELS_BY_MODE: dict[Mode, tuple[str, ...]] = {
+    Mode.TEXT: ("v3.5", "v4", "v4.5", "v5.5"),
+    Mode.IMAGE: ("v4", "v4.5", "v5", "v5.5"),
+    Mode.FUSION: ("v3.5", "v4", "v4.5", "v5"),
+}
+ALL_MODELS: tuple[str, ...] = ("v3.5", "v4", "v4.5", "v5", "v5.5")
+
+QUALITIES: tuple[str, ...] = ("360p", "540p", "720p", "1080p")
+MOTION_MODES: tuple[str, ...] = ("normal", "fast")
+DURATIONS_S_BY_MODE: dict[Mode, tuple[int, ...]] = {
+    Mode.TEXT: (5, 8, 10),
+    Mode.IMAGE: (5, 8, 10),
+    Mode.FUSION: (5, 8),
+}
+ALL_DURATIONS_S: tuple[int, ...] = (5, 8, 10)
+#: what the provider assumes when a field is left out (documented defaults only)
+DEFAULT_DURATION_S = 5
+DEFAULT_MOTION_MODE = "normal"
+
+CAMERA_MOVEMENTS: tuple[str, ...] = (
+    "horizontal_left",
+    "horizontal_right",
+    "vertical_up",
+    "vertical_down",
+    "crane_up",
+    "hitchcock",
+    "zoom_in",
+    "zoom_out",
+    "quickly_zoom_in",
+    "quickly_zoom_out",
+    "smooth_zoom_in",
+    "super_dolly_out",
+    "left_follow",
+    "right_follow",
+    "pan_left",
+    "pan_right",
+    "camera_rotation",
+    "robo_arm",
+    "whip_pan",
+    "fix_bg",
+)
+STYLES: tuple[str, ...] = ("anime", "3d_animation", "comic", "cyberpunk", "clay")
+RATIOS: tuple[str, ...] = ("16:9", "9:16", "4:3", "3:4", "1:1")
+THINKING_TYPES: tuple[str, ...] = ("enabled", "disabled", "auto")
+MOTION_SCALE_AXES: tuple[str, ...] = ("horizontal", "vertical", "roll", "zoom")
+
+LIP_SYNC_MAX_CHARS = 140
+SEED_MAX = 2**31 - 1
+
+#: image inputs, per PixVerse's own documentation
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+IMAGE_MAX_BYTES = 10 * 1024 * 1024
+IMAGE_MIN_SIDE_PX = 300
+IMAGE_MAX_ASPECT = 2.5
+
+#: how an image reference may be spelled in a request body
+IMAGE_URI_PREFIXES: tuple[str, ...] = ("http://", "https://", "file://", "data:image/")
+URL_PREFIXES: tuple[str, ...] = ("http://", "https://")
+
+ALL_MODES = frozenset(Mode)
+
+
+class Kind(StrEnum):
+    """The JSON shape of a request field."""
+
+    TEXT = "text"  #: a non-empty string
+    INT = "int"  #: an integer (never a boolean)
+    NUMBER = "number"  #: an integer or a fraction (never a boolean)
+    BOOL = "bool"  #: true or false
+    SWITCH = "switch"  #: 0 or 1 on the wire; the manifest also accepts true/false
+    CHOICE = "choice"  #: one of ``FieldSpec.choices``
+    URL = "url"  #: an http(s) URL
+    IMAGE = "image"  #: one image: a URL, or (in a manifest) a local file path
+    IMAGES = "images"  #: a non-empty list of images
+    MOTION_SCALE = "motion_scale"  #: an object of numbers keyed by MOTION_SCALE_AXES
+    DURATION = "duration"  #: seconds; see the module docstring for the two spellings
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One request field: its shape, where it is allowed, and what it means."""
+
+    name: str
+    kind: Kind
+    description: str
+    modes: frozenset[Mode] = ALL_MODES
+    choices: tuple[Any, ...] = ()
+    #: when set, only these models accept the field
+    models: tuple[str, ...] = ()
+    max_chars: int | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One way a request breaks the contract. ``field`` is the request field to blame."""
+
+    field: str
+    message: str
+    hint: str
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("prompt", Kind.TEXT, "What the video shows. Required."),
+    FieldSpec(
+        "model",
+        Kind.CHOICE,
+        "PixVerse model. Text: v3.5, v4, v4.5, v5.5; image: v4, v4.5, v5, v5.5; "
+        "fusion: v3.5, v4, v4.5, v5. Required.",
+        choices=ALL_MODELS,
+    ),
+    FieldSpec(
+        "quality",
+        Kind.CHOICE,
+        "Output resolution. 1080p supports neither motion_mode fast nor 8 s; 720p cannot "
+        "combine fast with 8 s. Price multiplier: 360p x1, 540p x1.5, 720p x2, 1080p x4.",
+        choices=QUALITIES,
+    ),
+    FieldSpec(
+        "duration",
+        Kind.DURATION,
+        "Length in seconds: 5, 8 or 10 (fusion: 5 or 8). Write a number in every mode; "
+        'fusion shots are sent as "5s"/"8s". Default 5. The price of 10 s is not published.',
+        choices=ALL_DURATIONS_S,
+    ),
+    FieldSpec(
+        "motion_mode",
+        Kind.CHOICE,
+        "normal or fast (fast costs x2; not with 1080p, nor with 720p at 8 s). Default normal.",
+        choices=MOTION_MODES,
+    ),
+    FieldSpec(
+        "seed",
+        Kind.INT,
+        "Random seed (0..2147483647); the same seed and parameters give a similar video.",
+        minimum=0,
+        maximum=SEED_MAX,
+    ),
+    FieldSpec("template_id", Kind.INT, "Effect template id. Not with last_image.", minimum=0),
+    FieldSpec(
+        "image",
+        Kind.IMAGE,
+        "Image-to-video: the first frame. An http(s) URL, or a local jpg/png path relative "
+        "to the manifest (at most 10 MB, at least 300x300 px, aspect 1:2.5 to 2.5:1).",
+        modes=frozenset({Mode.IMAGE}),
+    ),
+    FieldSpec(
+        "fusion",
+        Kind.IMAGES,
+        "Multi-subject reference: a list of subject images (URLs or local paths).",
+        modes=frozenset({Mode.FUSION}),
+    ),
+    FieldSpec(
+        "last_image",
+        Kind.IMAGE,
+        "The last frame (URL or local path). Effects (template_id) do not work with it.",
+    ),
+    FieldSpec("image_list", Kind.IMAGES, "A list of images (URLs or local paths)."),
+    FieldSpec(
+        "camera_movement",
+        Kind.CHOICE,
+        "Camera movement preset. Not supported by v5.5.",
+        choices=CAMERA_MOVEMENTS,
+        models=tuple(m for m in ALL_MODELS if m != V5_5),
+    ),
+    FieldSpec("motion_strength", Kind.NUMBER, "How strongly things move."),
+    FieldSpec(
+        "motion_scale",
+        Kind.MOTION_SCALE,
+        "Per-axis motion: numbers for horizontal, vertical, roll and zoom.",
+    ),
+    FieldSpec("sound_effect_switch", Kind.SWITCH, "1 (or true) to add sound effects."),
+    FieldSpec("sound_effect_content", Kind.TEXT, "What the sound effects should be."),
+    FieldSpec("lip_sync_tts_speaker_id", Kind.TEXT, "Voice of the lip-sync speech."),
+    FieldSpec(
+        "lip_sync_tts_content",
+        Kind.TEXT,
+        f"Text spoken with lip sync, at most {LIP_SYNC_MAX_CHARS} characters.",
+        max_chars=LIP_SYNC_MAX_CHARS,
+    ),
+    FieldSpec("callback", Kind.URL, "URL the provider POSTs the result to."),
+    FieldSpec(
+        "audio",
+        Kind.SWITCH,
+        "Image-to-video on v5.5 only: 1 (or true) to generate audio.",
+        modes=frozenset({Mode.IMAGE}),
+        models=(V5_5,),
+    ),
+    FieldSpec(
+        "style",
+        Kind.CHOICE,
+        "Image-to-video style: anime, 3d_animation, comic, cyberpunk or clay.",
+        modes=frozenset({Mode.IMAGE}),
+        choices=STYLES,
+    ),
+    FieldSpec(
+        "ratio",
+        Kind.CHOICE,
+        "Text-to-video aspect ratio: 16:9, 9:16, 4:3, 3:4 or 1:1.",
+        modes=frozenset({Mode.TEXT}),
+        choices=RATIOS,
+    ),
+    FieldSpec(
+        "generate_audio_switch",
+        Kind.BOOL,
+        "Text-to-video on v5.5 only: generate audio.",
+        modes=frozenset({Mode.TEXT}),
+        models=(V5_5,),
+    ),
+    FieldSpec(
+        "generate_multi_clip_switch",
+        Kind.BOOL,
+        "Text-to-video on v5.5 only: generate several clips.",
+        modes=frozenset({Mode.TEXT}),
+        models=(V5_5,),
+    ),
+    FieldSpec(
+        "thinking_type",
+        Kind.CHOICE,
+        "Text-to-video on v5.5 only: prompt reasoning (enabled, disabled or auto).",
+        modes=frozenset({Mode.TEXT}),
+        choices=THINKING_TYPES,
+        models=(V5_5,),
+    ),
+)
+
+FIELDS_BY_NAME: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
+#: fields every request must carry, besides the mode's own (image / fusion)
+REQUIRED_FIELDS: tuple[str, ...] = ("prompt", "model")
+#: the field whose presence selects the mode
+MODE_FIELD: dict[Mode, str | None] = {Mode.TEXT: None, Mode.IMAGE: "image", Mode.FUSION: "fusion"}
+_FIELDS_FOR: dict[Mode, frozenset[str]] = {
+    m: frozenset(f.name for f in FIELDS if m in f.modes) for m in Mode
+}
+
+
+def fields_for(mode: Mode) -> frozenset[str]:
+    """Names of the request fields the provider accepts in ``mode``."""
+    return _FIELDS_FOR[mode]
+
+
+def mode_of_request(request: Mapping[str, Any]) -> Mode:
+    """fusion if ``fusion`` is set, image if ``image`` is set, else text."""
+    if request.get("fusion") is not None:
+        return Mode.FUSION
+    if request.get("image") is not None:
+        return Mode.IMAGE
+    return Mode.TEXT
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    """The closest candidate to a likely typo, or None."""
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, candidates: Iterable[str], fallback: str) -> str:
+    guess = suggest(word, candidates)
+    return f"did you mean {guess!r}?" if guess else fallback
+
+
+def _choices_text(values: Iterable[Any]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+# ---- durations --------------------------------------------------------------------
+
+
+def duration_seconds(value: Any) -> int | None:
+    """Seconds from either spelling (5, "5", "5s"); None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        text = text.removesuffix("s")
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def wire_duration(mode: Mode, seconds: int) -> int | str:
+    """The duration as the provider expects it in ``mode``."""
+    return f"{seconds}s" if mode is Mode.FUSION else seconds
+
+
+# ---- one field --------------------------------------------------------------------
+
+
+def check_field(name: str, value: Any, mode: Mode) -> Violation | None:
+    """The wire shape of one field's value (type, allowed values, length) in ``mode``.
+
+    Mode and model restrictions are not checked here (see :func:`check_combination`).
+    """
+    spec = FIELDS_BY_NAME[name]
+    return _CHECKERS[spec.kind](spec, value, mode)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_text(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if not isinstance(value, str):
+        return Violation(
+            spec.name, f"must be text, not {type_name(value)}", "write it as text in quotes"
+        )
+    if spec.name == "prompt" and not value.strip():
+        return Violation(spec.name, "is empty", "describe what the video should show")
+    if spec.max_chars is not None and len(value) > spec.max_chars:
+        return Violation(
+            spec.name,
+            f"is {len(value)} characters long; at most {spec.max_chars} are allowed",
+            f"shorten it by {len(value) - spec.max_chars} characters",
+        )
+    return None
+
+
+def _check_int(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if not _is_int(value):
+        return Violation(
+            spec.name, f"must be a whole number, not {type_name(value)}", "write e.g. 42"
+        )
+    return _check_range(spec, value)
+
+
+def _check_range(spec: FieldSpec, value: int | float) -> Violation | None:
+    low, high = spec.minimum, spec.maximum
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"{low if low is not None else '...'}..{high if high is not None else '...'}"
+        return Violation(spec.name, f"{value} is out of range {span}", f"use a value in {span}")
+    return None
+
+
+def _check_number(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if not _is_number(value):
+        return Violation(spec.name, f"must be a number, not {type_name(value)}", "write e.g. 0.5")
+    return _check_range(spec, value)
+
+
+def _check_bool(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if not isinstance(value, bool):
+        return Violation(spec.name, f"must be true or false, not {value!r}", "write true or false")
+    return None
+
+
+def _check_switch(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if _is_int(value) and value in (0, 1):
+        return None
+    return Violation(spec.name, f"must be 0 or 1, not {value!r}", "write 0 or 1")
+
+
+def _check_choice(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if isinstance(value, str) and value in spec.choices:
+        return None
+    guess = suggest(str(value), [str(c) for c in spec.choices])
+    hint = f"did you mean {guess!r}? " if guess else ""
+    return Violation(
+        spec.name,
+        f"{value!r} is not one of the allowed values",
+        f"{hint}allowed: {_choices_text(spec.choices)}",
+    )
+
+
+def _check_url(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if isinstance(value, str) and value.startswith(URL_PREFIXES) and len(value) > 8:
+        return None
+    return Violation(spec.name, f"must be an http(s) URL, not {value!r}", "write https://...")
+
+
+def _image_ref_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return f"must be an image URL, not {type_name(value)}"
+    if not value.startswith(IMAGE_URI_PREFIXES):
+        return f"{value[:60]!r} is not an image URL (http, https, file or data:image)"
+    return None
+
+
+def _check_image(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    problem = _image_ref_problem(value)
+    if problem:
+        return Violation(spec.name, problem, "give an https:// URL or a local jpg/png path")
+    return None
+
+
+def _check_images(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if not isinstance(value, list) or not value:
+        return Violation(
+            spec.name,
+            f"must be a non-empty list of images, not {type_name(value)}",
+            "write a YAML list: [a.png, b.png]",
+        )
+    for i, item in enumerate(value):
+        problem = _image_ref_problem(item)
+        if problem:
+            return Violation(
+                f"{spec.name}[{i}]", problem, "give an https:// URL or a local jpg/png path"
+            )
+    return None
+
+
+def _check_motion_scale(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    if not isinstance(value, dict):
+        return Violation(
+            spec.name,
+            f"must be a mapping of numbers, not {type_name(value)}",
+            f"write e.g. {{horizontal: 0.5}}; keys: {_choices_text(MOTION_SCALE_AXES)}",
+        )
+    for key, item in value.items():
+        if key not in MOTION_SCALE_AXES:
+            return Violation(
+                f"{spec.name}.{key}",
+                f"{key!r} is not a motion_scale axis",
+                did_you_mean(str(key), MOTION_SCALE_AXES, "keys: " + ", ".join(MOTION_SCALE_AXES)),
+            )
+        if not _is_number(item):
+            return Violation(
+                f"{spec.name}.{key}", f"must be a number, not {type_name(item)}", "write e.g. 0.5"
+            )
+    return None
+
+
+def _check_duration(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+    allowed = DURATIONS_S_BY_MODE[mode]
+    if mode is Mode.FUSION:
+        ok = isinstance(value, str) and value in tuple(f"{s}s" for s in allowed)
+        shown = ", ".join(f'"{s}s"' for s in allowed)
+    else:
+        ok = _is_int(value) and value in allowed
+        shown = _choices_text(allowed)
+    if ok:
+        return None
+    return Violation(
+        "duration", f"{value!r} is not allowed in {mode.value} mode", f"use one of {shown}"
+    )
+
+
+_CHECKERS = {
+    Kind.TEXT: _check_text,
+    Kind.INT: _check_int,
+    Kind.NUMBER: _check_number,
+    Kind.BOOL: _check_bool,
+    Kind.SWITCH: _check_switch,
+    Kind.CHOICE: _check_choice,
+    Kind.URL: _check_url,
+    Kind.IMAGE: _check_image,
+    Kind.IMAGES: _check_images,
+    Kind.MOTION_SCALE: _check_motion_scale,
+    Kind.DURATION: _check_duration,
+}
+
+
+def type_name(value: Any) -> str:
+    """A word for a YAML/JSON value's type, for messages."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return f"the date {value.isoformat()} (quote it to keep it as text)"
+    return type(value).__name__
+
+
+# ---- whole requests ---------------------------------------------------------------
+
+
+def check_combination(mode: Mode, request: Mapping[str, Any]) -> list[Violation]:
+    """Rules across fields, on a request whose fields each have the right shape.
+
+    Duration may be in either spelling here. Fields the mode does not accept are not
+    reported (see :func:`check_request`).
+    """
+    out: list[Violation] = []
+    model = request.get("model")
+    models = MODELS_BY_MODE[mode]
+    if isinstance(model, str) and model not in models:
+        out.append(
+            Violation(
+                "model",
+                f"model {model} is not available for {mode.value}-to-video"
+                if mode is not Mode.FUSION
+                else f"model {model} is not available for fusion (multi-subject reference)",
+                f"use one of {_choices_text(models)}",
+            )
+        )
+    for name in request:
+        spec = FIELDS_BY_NAME.get(name)
+        if spec is None or not spec.models or mode not in spec.modes:
+            continue
+        if isinstance(model, str) and model not in spec.models:
+            only = _choices_text(spec.models)
+            out.append(
+                Violation(
+                    name,
+                    f"{name} is not supported by model {model} (only {only})",
+                    f"remove {name}, or use model {only}"
+                    if len(spec.models) == 1
+                    else f"remove {name}, or use a model other than {model}",
+                )
+            )
+    out.extend(_quality_rules(mode, request))
+    if "last_image" in request and "template_id" in request:
+        out.append(
+            Violation(
+                "last_image",
+                "last_image does not work with effects (template_id)",
+                "remove either last_image or template_id",
+            )
+        )
+    return out
+
+
+def _quality_rules(mode: Mode, request: Mapping[str, Any]) -> list[Violation]:
+    quality = request.get("quality")
+    fast = request.get("motion_mode") == "fast"
+    raw = request.get("duration", DEFAULT_DURATION_S)
+    seconds = duration_seconds(raw)
+    out: list[Violation] = []
+    if quality == "1080p":
+        if fast:
+            out.append(
+                Violation(
+                    "motion_mode",
+                    "1080p does not support motion_mode fast",
+                    "use motion_mode normal, or a lower quality",
+                )
+            )
+        if seconds == 8:
+            out.append(
+                Violation(
+                    "duration",
+                    "1080p does not support 8 s",
+                    "use duration 5, or quality 720p or lower",
+                )
+            )
+    elif quality == "720p" and fast and seconds == 8:
+        out.append(
+            Violation(
+                "motion_mode",
+                "720p cannot combine motion_mode fast with 8 s",
+                "use motion_mode normal, duration 5, or quality 540p or lower",
+            )
+        )
+    return out
+
+
+def check_request(mode: Mode, request: Mapping[str, Any]) -> list[Violation]:
+    """Everything wrong with a provider request body in ``mode``; empty when acceptable.
+
+    ``request`` is the wire form: durations as ints (text, image) or "5s"/"8s" (fusion),
+    switches as 0/1; images as http(s), ``file://`` or ``data:image/`` URIs.
+    """
+    out: list[Violation] = []
+    accepted = fields_for(mode)
+    for name, value in request.items():
+        if name not in FIELDS_BY_NAME:
+            out.append(
+                Violation(
+                    str(name),
+                    f"{name!r} is not a request field",
+                    did_you_mean(str(name), FIELDS_BY_NAME, "remove it"),
+                )
+            )
+            continue
+        if name not in accepted:
+            out.append(not_in_mode(name, mode))
+            continue
+        bad = check_field(name, value, mode)
+        if bad is not None:
+            out.append(bad)
+    required = [*REQUIRED_FIELDS]
+    mode_field = MODE_FIELD[mode]
+    if mode_field is not None:
+        required.append(mode_field)
+    for name in required:
+        if name not in request:
+            out.append(missing(name, mode))
+    out.extend(check_combination(mode, request))
+    return out
+
+
+def not_in_mode(name: str, mode: Mode) -> Violation:
+    spec = FIELDS_BY_NAME[name]
+    where = " and ".join(m.value for m in Mode if m in spec.modes)
+    return Violation(
+        name,
+        f"{name} is not accepted in {mode.value} mode (only {where})",
+        f"remove {name}",
+    )
+
+
+def missing(name: str, mode: Mode) -> Violation:
+    hints = {
+        "prompt": "add a prompt describing the video",
+        "model": f"add model: one of {_choices_text(MODELS_BY_MODE[mode])}",
+        "image": "add image: a URL or a local jpg/png path",
+        "fusion": "add fusion: a list of subject images",
+    }
+    return Violation(name, f"{name} is required", hints.get(name, f"add {name}"))

@@ -1,0 +1,192 @@
+"""Flow control for a run: how many tasks may be in flight, how fast calls may go,
+and when to poll.
+
+Invariants:
+- :class:`InFlightLimiter` never lets ``in_flight`` exceed ``int(target)``, and
+  ``target`` stays within ``[1, ceiling]``. It lowers the target multiplicatively when the
+  provider says its concurrency cap is reached and raises it additively (about one slot
+  per ``target`` accepted submissions), so a throttled run settles just under the cap.
+- :class:`CallGate` spaces calls to at most ``rate_per_s`` and holds every call while a
+  pause (``Retry-After``, or an outage back-off) is in force.
+- :class:`PollPlanner` never proposes a delay below ``min_interval_s`` or above
+  ``max_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class InFlightLimiter:
+    """Bounds tasks in flight at the provider, with AIMD on concurrency refusals."""
+
+    def __init__(self, ceiling: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ceiling = max(1, ceiling)
+        self.target = float(self.ceiling)
+        self.in_flight = 0
+        self._clock = clock
+        self._cond = asyncio.Condition()
+        self._last_decrease = -1e9
+
+    @property
+    def target_slots(self) -> int:
+        return max(1, int(self.target))
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < self.target_slots)
+            self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._notify()
+
+    def has_room(self) -> bool:
+        return self.in_flight < self.target_slots
+
+    def _notify(self) -> None:
+        async def wake() -> None:
+            async with self._cond:
+                self._cond.notify_all()
+
+        # release() is called from synchronous code paths too
+        asyncio.get_running_loop().create_task(wake())
+
+    def on_concurrency_limited(self) -> None:
+        """The provider refused a task for its concurrency cap: back off by 30%."""
+        now = self._clock()
+        # one refusal burst (many submits in flight at once) is one signal, not many
+        if now - self._last_decrease < 1.0:
+            return
+        self._last_decrease = now
+        self.target = max(1.0, min(self.target, float(self.in_flight)) * 0.7)
+
+    def on_accepted(self) -> None:
+        if self.target < self.ceiling:
+            self.target = min(float(self.ceiling), self.target + 1.0 / self.target)
+            self._notify()
+
+
+class CallGate:
+    """Spaces provider calls to a rate and holds them during pauses."""
+
+    def __init__(self, rate_per_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+        self._clock = clock
+        self._next_slot = 0.0
+        self.paused_until = 0.0
+        #: consecutive transient failures across all calls (provider health)
+        self.failures = 0
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+    @property
+    def provider_down(self) -> bool:
+        return self.failures >= 3
+
+    def record_failure(self, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+        """A transient failure. Returns how long the failed call should wait.
+
+        One failure among successes is that call's problem: only it waits. Several in
+        a row look like an outage: then every call is held back, exponentially longer.
+        """
+        self.failures += 1
+        delay = backoff_s(self.failures, base_s=base_s, cap_s=cap_s)
+        if self.provider_down:
+            self.pause(delay)
+        return delay
+
+    def record_success(self) -> None:
+        self.failures = 0
+
+    async def wait(self) -> None:
+        while True:
+            now = self._clock()
+            if now < self.paused_until:
+                await asyncio.sleep(self.paused_until - now)
+                continue
+            if self._interval_s == 0.0:
+                return
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self._interval_s
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            return
+
+
+def backoff_s(attempt: int, *, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Exponential back-off with full jitter (AWS style): uniform in [d/2, d]."""
+    delay = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    return random.uniform(delay / 2, delay)
+
+
+class PollPlanner:
+    """Decides when to poll a task, from the render times seen so far.
+
+    Until enough renders have finished it polls at ``initial_delay_s`` and then backs
+    off geometrically. Afterwards it polls at evenly spaced quantiles of the observed
+    render-time distribution, so a task is checked when it is likely to have just
+    finished: few calls per task and a short wait between finishing and noticing.
+    """
+
+    #: quantile points per distribution; more means shorter detection delay, more calls
+    GRID = 8
+    MIN_SAMPLES = 8
+
+    def __init__(
+        self,
+        *,
+        initial_delay_s: float,
+        min_interval_s: float,
+        max_interval_s: float,
+        window: int = 512,
+    ) -> None:
+        self.initial_delay_s = initial_delay_s
+        self.min_interval_s = min_interval_s
+        self.max_interval_s = max(max_interval_s, min_interval_s)
+        self._samples: deque[float] = deque(maxlen=window)
+        self._grid: list[float] = []
+        self._dirty = 0
+
+    def observe(self, render_s: float) -> None:
+        """A task finished about ``render_s`` seconds after it was accepted."""
+        self._samples.append(max(0.0, render_s))
+        self._dirty += 1
+
+    def _quantiles(self) -> list[float]:
+        if self._dirty and (not self._grid or self._dirty >= max(4, len(self._samples) // 16)):
+            ordered = sorted(self._samples)
+            n = len(ordered)
+            self._grid = [
+                ordered[min(n - 1, int(n * k / self.GRID))] for k in range(1, self.GRID + 1)
+            ]
+            self._dirty = 0
+        return self._grid
+
+    @property
+    def learned(self) -> bool:
+        return len(self._samples) >= self.MIN_SAMPLES
+
+    def first_delay_s(self) -> float:
+        if not self.learned:
+            return self._clamp(self.initial_delay_s)
+        return self._clamp(self._quantiles()[0])
+
+    def next_delay_s(self, elapsed_s: float) -> float:
+        """Delay until the next poll of a task accepted ``elapsed_s`` seconds ago."""
+        if self.learned:
+            grid = self._quantiles()
+            i = bisect.bisect_right(grid, elapsed_s + self.min_interval_s * 0.5)
+            if i < len(grid):
+                return self._clamp(grid[i] - elapsed_s)
+        # beyond anything seen (or nothing learned yet): back off geometrically
+        return self._clamp(max(self.min_interval_s, 0.25 * elapsed_s))
+
+    def _clamp(self, delay_s: float) -> float:
+        return min(self.max_interval_s, max(self.min_interval_s, delay_s))

@@ -1,0 +1,470 @@
+"""Read-only queries behind ``pixrun status``, ``pixrun report`` and the run summary.
+
+Invariants:
+- Nothing here writes. Every function works on a reader ledger (``open_ledger(path,
+  writer=False)``) while a run writes the same file from another process: WAL gives
+  each statement a consistent snapshot, and a status view may be one commit stale
+  between two statements, never torn within one.
+- Aggregates are computed in SQL; :func:`status_summary` loads no more rows than it
+  shows, so it answers in well under a second on a 100,000-shot ledger.
+- Every filtering query is served by an index (``tests/test_queries.py`` checks the
+  plans); a full read of the shots table happens only for the unfiltered report, which
+  reads every row anyway.
+- ``sqlite3`` errors leave this module as :class:`runner.errors.LedgerError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.errors import LedgerError
+from runner.ledger import AttemptOutcome, Ledger
+from runner.model import FINAL_STATES, ShotState
+
+__all__ = [
+    "EventRow",
+    "ReportRow",
+    "RunInfo",
+    "ShotIssue",
+    "StatusSummary",
+    "failed_shots",
+    "last_run",
+    "parked_shots",
+    "recent_events",
+    "report_rows",
+    "spent_uptc",
+    "status_summary",
+]
+
+#: throughput of a run in progress is measured over this trailing window
+THROUGHPUT_WINDOW_S = 600.0
+
+#: attempts whose charge counts as spent (an ambiguous one may or may not have cost)
+_CHARGED = (AttemptOutcome.ACCEPTED.value, AttemptOutcome.RESOLVED.value)
+
+#: states that will still cost money if the run goes on: not yet charged
+_TO_CHARGE = (ShotState.PENDING.value, ShotState.SUBMITTING.value)
+
+#: states a run still has to work through (parked shots wait for the user instead)
+_UNFINISHED = frozenset(ShotState) - FINAL_STATES - {ShotState.AMBIGUOUS}
+
+_FAILED_STATES = (ShotState.FAILED.value, ShotState.MODERATED.value)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of the ``runs`` table."""
+
+    run_id: int
+    started_at: float
+    ended_at: float | None
+    pid: int
+    exit_code: int | None
+    summary: dict[str, Any] | None
+
+    @property
+    def active(self) -> bool:
+        """The run has not recorded its end and its process is alive on this machine.
+
+        A run killed with ``kill -9`` never records its end; its pid is gone, so it
+        shows as interrupted rather than running forever.
+        """
+        return self.ended_at is None and _pid_alive(self.pid)
+
+
+@dataclass(frozen=True)
+class ShotIssue:
+    """A shot that needs a person: failed for good, or parked as ambiguous."""
+
+    shot_id: str
+    state: ShotState
+    attempts: int
+    task_id: str | None
+    error_kind: str | None
+    message: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One row of the ``events`` table."""
+
+    event_id: int
+    at: float
+    kind: str
+    shot_id: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    """Where a batch stands, as ``pixrun status`` shows it.
+
+    Counts and money cover the shots of the current manifest; shots dropped from the
+    manifest are counted in ``removed`` only (their in-flight tasks still count in
+    ``in_flight``, since a run still collects them).
+    """
+
+    total: int
+    counts: dict[ShotState, int]
+    removed: int
+    in_flight: int
+    planned_uptc: int
+    spent_uptc: int
+    #: what pending (and mid-submit) shots will cost, at one attempt each
+    remaining_uptc: int
+    unknown_price: int
+    unknown_price_remaining: int
+    #: shots a run still has to finish (not final, not parked)
+    unfinished: int
+    done_in_window: int
+    window_s: float | None
+    done_per_min: float | None
+    eta_s: float | None
+    failures: list[ShotIssue]
+    failures_total: int
+    parked: list[ShotIssue]
+    parked_total: int
+    last_run: RunInfo | None
+    run_active: bool
+    recent_events: list[EventRow]
+    meta: dict[str, str] = field(default_factory=dict)
+    generated_at: float = 0.0
+
+    def count(self, *states: ShotState) -> int:
+        return sum(self.counts.get(s, 0) for s in states)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One shot as a report shows it."""
+
+    shot_id: str
+    version: int
+    mode: str
+    state: ShotState
+    prompt: str
+    model: str | None
+    quality: str | None
+    duration: str | None
+    motion_mode: str | None
+    seed: int | None
+    attempts: int
+    price_uptc: int | None
+    charged_uptc: int
+    task_id: str | None
+    output_path: str
+    bytes: int | None
+    sha256: str | None
+    error_kind: str | None
+    error: str | None
+    poster_url: str | None
+    width: int | None
+    height: int | None
+    done_at: float | None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    except OSError:
+        return False
+    return True
+
+
+async def _fetchall(ledger: Ledger, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    try:
+        async with ledger.connection.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+    except sqlite3.Error as exc:
+        raise LedgerError(
+            f"cannot read the ledger {ledger.path}: {exc}",
+            hint="is it a pixrun ledger? 'sqlite3 LEDGER \"PRAGMA integrity_check\"' checks it",
+        ) from exc
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+# -- pieces ------------------------------------------------------------------------------
+
+
+async def spent_uptc(ledger: Ledger) -> int:
+    """What accepted (or user-resolved) generate calls cost so far."""
+    rows = await _fetchall(
+        ledger,
+        f"SELECT COALESCE(SUM(charged_uptc), 0) FROM attempts "
+        f"WHERE outcome IN ({_marks(_CHARGED)})",
+        _CHARGED,
+    )
+    return int(rows[0][0])
+
+
+async def last_run(ledger: Ledger) -> RunInfo | None:
+    rows = await _fetchall(
+        ledger,
+        "SELECT run_id, started_at, ended_at, pid, exit_code, summary FROM runs "
+        "ORDER BY run_id DESC LIMIT 1",
+    )
+    if not rows:
+        return None
+    run_id, started_at, ended_at, pid, exit_code, summary_json = rows[0]
+    summary: dict[str, Any] | None = None
+    if summary_json:
+        with contextlib.suppress(ValueError):
+            loaded = json.loads(summary_json)
+            summary = loaded if isinstance(loaded, dict) else None
+    return RunInfo(
+        run_id=int(run_id),
+        started_at=float(started_at),
+        ended_at=None if ended_at is None else float(ended_at),
+        pid=int(pid),
+        exit_code=None if exit_code is None else int(exit_code),
+        summary=summary,
+    )
+
+
+async def _issues(
+    ledger: Ledger, states: Sequence[str], *, limit: int
+) -> tuple[list[ShotIssue], int]:
+    marks = _marks(states)
+    rows = await _fetchall(
+        ledger,
+        "SELECT shot_id, state, attempts, task_id, error_kind, last_error, updated_at "
+        f"FROM shots WHERE state IN ({marks}) AND in_manifest = 1 ORDER BY seq LIMIT ?",
+        (*states, limit),
+    )
+    issues = [
+        ShotIssue(
+            shot_id=r[0],
+            state=ShotState(r[1]),
+            attempts=int(r[2]),
+            task_id=r[3],
+            error_kind=r[4],
+            message=r[5],
+            updated_at=float(r[6]),
+        )
+        for r in rows
+    ]
+    if len(issues) < limit:
+        return issues, len(issues)
+    total = await _fetchall(
+        ledger,
+        f"SELECT COUNT(*) FROM shots WHERE state IN ({marks}) AND in_manifest = 1",
+        states,
+    )
+    return issues, int(total[0][0])
+
+
+async def failed_shots(ledger: Ledger, *, limit: int = 20) -> tuple[list[ShotIssue], int]:
+    """The first ``limit`` failed or moderated shots (manifest order), and how many."""
+    return await _issues(ledger, _FAILED_STATES, limit=limit)
+
+
+async def parked_shots(ledger: Ledger, *, limit: int = 20) -> tuple[list[ShotIssue], int]:
+    """The first ``limit`` shots parked as ambiguous (manifest order), and how many."""
+    return await _issues(ledger, (ShotState.AMBIGUOUS.value,), limit=limit)
+
+
+async def recent_events(ledger: Ledger, *, limit: int = 8) -> list[EventRow]:
+    """The latest events, oldest first."""
+    rows = await _fetchall(
+        ledger,
+        "SELECT event_id, at, kind, shot_id, message FROM events ORDER BY event_id DESC LIMIT ?",
+        (limit,),
+    )
+    return [
+        EventRow(event_id=int(r[0]), at=float(r[1]), kind=r[2], shot_id=r[3], message=r[4])
+        for r in reversed(rows)
+    ]
+
+
+async def _done_between(ledger: Ledger, start: float, end: float) -> int:
+    rows = await _fetchall(
+        ledger,
+        "SELECT COUNT(*) FROM shots WHERE state = ? AND done_at >= ? AND done_at <= ?",
+        (ShotState.DONE.value, start, end),
+    )
+    return int(rows[0][0])
+
+
+def _throughput_window(run: RunInfo | None, now: float) -> tuple[float, float] | None:
+    """Last 10 minutes of a run in progress; the whole of a finished one."""
+    if run is None:
+        return None
+    if run.active:
+        return max(run.started_at, now - THROUGHPUT_WINDOW_S), now
+    end = run.ended_at if run.ended_at is not None else now
+    return run.started_at, end
+
+
+# -- the status view -----------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    counts: dict[ShotState, int] = field(default_factory=dict)
+    removed: int = 0
+    in_flight: int = 0
+    planned_uptc: int = 0
+    remaining_uptc: int = 0
+    unknown_price: int = 0
+    unknown_price_remaining: int = 0
+
+
+async def _tally(ledger: Ledger) -> _Tally:
+    # One pass over the state index; in_manifest and price come from the row.
+    rows = await _fetchall(
+        ledger,
+        "SELECT state, "
+        "COALESCE(SUM(in_manifest = 1), 0), "
+        "COALESCE(SUM(in_manifest != 1), 0), "
+        "COALESCE(SUM(CASE WHEN in_manifest = 1 THEN price_uptc END), 0), "
+        "COALESCE(SUM(in_manifest = 1 AND price_uptc IS NULL), 0) "
+        "FROM shots GROUP BY state",
+    )
+    tally = _Tally()
+    for state_text, listed, dropped, price_uptc, unknown in rows:
+        try:
+            state = ShotState(state_text)
+        except ValueError as exc:
+            raise LedgerError(
+                f"the ledger {ledger.path} holds an unknown shot state {state_text!r}",
+                hint="it was written by a newer pixrun; upgrade pixrun",
+            ) from exc
+        tally.counts[state] = int(listed)
+        tally.removed += int(dropped)
+        if state.at_provider:
+            tally.in_flight += int(listed) + int(dropped)
+        tally.planned_uptc += int(price_uptc)
+        tally.unknown_price += int(unknown)
+        if state.value in _TO_CHARGE:
+            tally.remaining_uptc += int(price_uptc)
+            tally.unknown_price_remaining += int(unknown)
+    return tally
+
+
+async def status_summary(
+    ledger: Ledger,
+    *,
+    now: float | None = None,
+    issue_limit: int = 20,
+    event_limit: int = 8,
+) -> StatusSummary:
+    """Everything ``pixrun status`` shows, aggregated in SQL."""
+    now = time.time() if now is None else now
+    tally = await _tally(ledger)
+    spent = await spent_uptc(ledger)
+    run = await last_run(ledger)
+    window = _throughput_window(run, now)
+    done_in_window = 0
+    window_s: float | None = None
+    done_per_min: float | None = None
+    if window is not None:
+        window_s = max(0.0, window[1] - window[0])
+        done_in_window = await _done_between(ledger, window[0], window[1])
+        if window_s >= 1.0:
+            done_per_min = done_in_window / (window_s / 60.0)
+    unfinished = sum(n for s, n in tally.counts.items() if s in _UNFINISHED)
+    eta_s: float | None = None
+    if done_per_min and run is not None and run.active:
+        eta_s = unfinished / done_per_min * 60.0
+    failures, failures_total = await failed_shots(ledger, limit=issue_limit)
+    parked, parked_total = await parked_shots(ledger, limit=issue_limit)
+    events = await recent_events(ledger, limit=event_limit)
+    meta = await ledger.get_meta()
+    return StatusSummary(
+        total=sum(tally.counts.values()),
+        counts=tally.counts,
+        removed=tally.removed,
+        in_flight=tally.in_flight,
+        planned_uptc=tally.planned_uptc,
+        spent_uptc=spent,
+        remaining_uptc=tally.remaining_uptc,
+        unknown_price=tally.unknown_price,
+        unknown_price_remaining=tally.unknown_price_remaining,
+        unfinished=unfinished,
+        done_in_window=done_in_window,
+        window_s=window_s,
+        done_per_min=done_per_min,
+        eta_s=eta_s,
+        failures=failures,
+        failures_total=failures_total,
+        parked=parked,
+        parked_total=parked_total,
+        last_run=run,
+        run_active=run is not None and run.active,
+        recent_events=events,
+        meta=meta,
+        generated_at=now,
+    )
+
+
+# -- the report ------------------------------------------------------------------------------
+
+_REPORT_SELECT = (
+    "SELECT shot_id, version, mode, state, prompt, model, quality, duration, motion_mode, "
+    "seed, attempts, price_uptc, "
+    "(SELECT COALESCE(SUM(a.charged_uptc), 0) FROM attempts a "
+    f" WHERE a.shot_id = shots.shot_id AND a.outcome IN ({_marks(_CHARGED)})), "
+    "task_id, output_path, bytes, sha256, error_kind, last_error, poster_url, width, height, "
+    "done_at FROM shots WHERE in_manifest = 1"
+)
+
+
+async def report_rows(
+    ledger: Ledger, *, states: Iterable[ShotState | str] | None = None
+) -> list[ReportRow]:
+    """One row per shot of the manifest, in manifest order; ``states`` filters."""
+    params: list[Any] = list(_CHARGED)
+    sql = _REPORT_SELECT
+    if states is not None:
+        wanted = sorted({ShotState(s).value for s in states})
+        if not wanted:
+            return []
+        sql += f" AND state IN ({_marks(wanted)})"
+        params.extend(wanted)
+    sql += " ORDER BY seq"
+    rows = await _fetchall(ledger, sql, params)
+    return [
+        ReportRow(
+            shot_id=r[0],
+            version=int(r[1]),
+            mode=r[2],
+            state=ShotState(r[3]),
+            prompt=r[4],
+            model=r[5],
+            quality=r[6],
+            duration=r[7],
+            motion_mode=r[8],
+            seed=r[9],
+            attempts=int(r[10]),
+            price_uptc=r[11],
+            charged_uptc=int(r[12]),
+            task_id=r[13],
+            output_path=r[14],
+            bytes=r[15],
+            sha256=r[16],
+            error_kind=r[17],
+            error=r[18],
+            poster_url=r[19],
+            width=r[20],
+            height=r[21],
+            done_at=r[22],
+        )
+        for r in rows
+    ]

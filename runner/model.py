@@ -1,0 +1,142 @@
+"""Plain data shared by the layers: what a manifest expands to, and the shot states.
+
+Invariants:
+- A :class:`Shot` is immutable and fully resolved: defaults merged, takes and variations
+  expanded, local image paths absolute (as ``file://`` URIs in ``request``), the output
+  path relative to the output directory and never escaping it.
+- ``Shot.request`` is exactly the JSON body the provider is sent, except that local
+  images are ``file://`` URIs that the provider adapter encodes at send time.
+- ``Shot.request_hash`` changes if and only if what would be sent changes (local images
+  are hashed by content, not by path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+class Mode(str, Enum):
+    """How a shot is generated."""
+
+    TEXT = "text"  #: text-to-video
+    IMAGE = "image"  #: image-to-video (``image`` set)
+    FUSION = "fusion"  #: multi-subject reference (``fusion`` set)
+
+
+class ShotState(str, Enum):
+    """A shot's place in its lifecycle, as the ledger records it."""
+
+    PENDING = "pending"  #: not yet sent (or re-queued)
+    SUBMITTING = "submitting"  #: intent committed; the generate request may be on the wire
+    SUBMITTED = "submitted"  #: task id known; rendering at the provider
+    RENDERED = "rendered"  #: the provider has a video URL for it
+    DOWNLOADING = "downloading"  #: the file is being written
+    DONE = "done"  #: the file is on disk, verified
+    AMBIGUOUS = "ambiguous"  #: parked: the request may have been accepted and charged
+    FAILED = "failed"  #: final: failed with a reason
+    MODERATED = "moderated"  #: final: refused by content moderation
+    ABANDONED = "abandoned"  #: final: dropped from the manifest or given up by the user
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def at_provider(self) -> bool:
+        """The provider holds a task for this shot that we still have to collect."""
+        return self in (ShotState.SUBMITTED, ShotState.RENDERED, ShotState.DOWNLOADING)
+
+
+class ErrorKind(str, Enum):
+    """Why a shot is not done (the ledger's ``error_kind``)."""
+
+    TRANSIENT = "transient"  #: the provider erred or was unreachable; retried
+    RATE_LIMITED = "rate_limited"  #: the provider throttled the submit; retried
+    AUTH = "auth"  #: the key was refused while submitting
+    NO_CREDIT = "no_credit"  #: the account was empty when submitting
+    INVALID = "invalid"  #: the provider refused the parameters
+    MODERATED = "moderated"  #: refused by content moderation
+    RENDER_FAILED = "render_failed"  #: the provider's render failed
+    TIMEOUT = "timeout"  #: the render did not finish before poll.timeout_s
+    TASK_LOST = "task_lost"  #: the provider no longer knows the task
+    AMBIGUOUS = "ambiguous"  #: the request may have been accepted and charged
+    RETRY_SAME_ATTEMPT = "retry_same_attempt"  #: re-queued ambiguous: same trace id
+    DOWNLOAD = "download"  #: the file could not be downloaded (collectable)
+    DISK_FULL = "disk_full"  #: the disk filled while writing (collectable)
+    OUTPUT_CONFLICT = "output_conflict"  #: a different file sits at the output path
+
+
+FINAL_STATES = frozenset(
+    {ShotState.DONE, ShotState.FAILED, ShotState.MODERATED, ShotState.ABANDONED}
+)
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    """How tasks are polled. Fractions of seconds are allowed (compressed clocks)."""
+
+    initial_delay_s: float = 20.0
+    min_interval_s: float = 2.0
+    max_interval_s: float = 30.0
+    timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    concurrency: int = 8
+    max_attempts: int = 3
+    budget_ptc: Decimal | None = None
+    download_concurrency: int = 4
+    #: all calls to the provider, per second (generate, fetch; downloads excluded)
+    requests_per_s: float = 20.0
+    poll: PollSettings = field(default_factory=PollSettings)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    dir: Path
+    filename: str = "{shot_id}.mp4"
+    sidecar: bool = True
+
+
+@dataclass(frozen=True)
+class SourceMark:
+    """Where something came from in the manifest file (1-based line and column)."""
+
+    file: str
+    line: int | None = None
+    column: int | None = None
+
+
+@dataclass(frozen=True)
+class Shot:
+    shot_id: str
+    mode: Mode
+    request: dict[str, Any]
+    request_hash: str
+    output_relpath: str
+    mark: SourceMark
+    #: which take of ``count`` this is (1-based); 1 when the shot has no count
+    take: int = 1
+    #: None when the price table has no entry for this combination
+    price_ptc: Decimal | None = None
+    max_attempts: int = 3
+
+    @property
+    def prompt(self) -> str:
+        return str(self.request.get("prompt", ""))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    name: str
+    shots: tuple[Shot, ...]
+    output: OutputSettings
+    run: RunSettings
+    #: warnings found while loading (duplicates and the like); errors raise instead
+    warnings: tuple[Any, ...] = ()

@@ -1,0 +1,128 @@
+"""Where the provider lives and how patiently we talk to it; the Ai-trace-id rule.
+
+Invariants:
+- The API key comes from the environment variable ``PIXRUN_API_KEY`` only, and never
+  appears in a repr, a message or a log line (``repr=False``; see :func:`redact`).
+- :func:`trace_id_for` is a pure function of (shot id, attempt): a retried submit of the
+  same attempt carries the same ``Ai-trace-id``, so a provider that deduplicates on it
+  cannot charge twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import quote
+
+from yarl import URL
+
+from runner.errors import UsageError
+
+ENV_API_KEY = "PIXRUN_API_KEY"
+ENV_BASE_URL = "PIXRUN_BASE_URL"
+DEFAULT_BASE_URL = "https://api.302.ai"
+
+#: how local (``file://``) images are put into a request body
+IMAGE_ENCODINGS = ("data_uri", "base64")
+
+_GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """Everything the adapter assumes about the endpoint; every field is overridable."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    generate_path: str = "/pix/generate"
+    #: ``{task_id}`` is replaced by the task id, URL-quoted
+    fetch_path: str = "/pix/task/{task_id}/fetch"
+    connect_timeout_s: float = 10
+    #: longest silence while reading an answer (or a download)
+    read_timeout_s: float = 60
+    #: whole generate/fetch call, connect to last byte (downloads have no total cap)
+    total_timeout_s: float = 120
+    max_download_bytes: int = 2 * _GIB
+    #: "data_uri" (``data:image/png;base64,...``) or "base64" (bare base64)
+    image_encoding: str = "data_uri"
+    #: connections kept open for fetch and download calls (generate never reuses one)
+    max_connections: int = 64
+    #: how many times a cut download is resumed (or restarted) before giving up
+    download_resume_attempts: int = 4
+    #: HTTP statuses on generate that mean "a gateway forwarded it and lost the answer":
+    #: the task may exist, so they are ambiguous rather than transient
+    ambiguous_generate_statuses: tuple[int, ...] = (504,)
+    #: honour HTTP(S)_PROXY / NO_PROXY from the environment
+    trust_env: bool = False
+
+    def __post_init__(self) -> None:
+        url = URL(self.base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise UsageError(
+                f"the provider base URL {self.base_url!r} is not an http(s) URL",
+                hint=f"set {ENV_BASE_URL} to e.g. {DEFAULT_BASE_URL}",
+            )
+        if self.image_encoding not in IMAGE_ENCODINGS:
+            raise UsageError(
+                f"unknown image encoding {self.image_encoding!r}",
+                hint="use one of: " + ", ".join(IMAGE_ENCODINGS),
+            )
+        if "{task_id}" not in self.fetch_path:
+            raise UsageError(
+                f"the fetch path {self.fetch_path!r} has no {{task_id}} placeholder",
+                hint="write it like /pix/task/{task_id}/fetch",
+            )
+        for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be greater than 0")
+
+    @classmethod
+    def from_env(cls, base_url: str | None = None, **overrides: Any) -> ProviderConfig:
+        """The key from ``PIXRUN_API_KEY``; the base URL from the argument, the
+        environment (``PIXRUN_BASE_URL``) or the 302.AI default, in that order."""
+        key = os.environ.get(ENV_API_KEY, "").strip()
+        if not key:
+            raise UsageError(
+                f"no API key: the environment variable {ENV_API_KEY} is not set",
+                hint=f"export {ENV_API_KEY}=<your 302.AI key>, or rehearse with --simulate",
+            )
+        known = {f.name for f in fields(cls)} - {"base_url", "api_key"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UsageError(f"unknown provider setting(s): {', '.join(unknown)}")
+        url = base_url or os.environ.get(ENV_BASE_URL, "").strip() or DEFAULT_BASE_URL
+        return cls(base_url=url.rstrip("/"), api_key=key, **overrides)
+
+    def generate_url(self) -> str:
+        return self.base_url.rstrip("/") + self.generate_path
+
+    def fetch_url(self, task_id: str) -> str:
+        quoted = quote(task_id, safe="")
+        return self.base_url.rstrip("/") + self.fetch_path.replace("{task_id}", quoted)
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key blotted out, for anything we show or raise."""
+        if self.api_key and len(self.api_key) >= 4:
+            return text.replace(self.api_key, "[redacted]")
+        return text
+
+
+def trace_id_for(shot_id: str, attempt: int) -> str:
+    """The ``Ai-trace-id`` of one attempt of one shot: a UUIDv8 (RFC 9562 custom layout).
+
+    The top 96 bits (less the version and variant bits) come from SHA-256 of the shot id,
+    the low 32 bits are the attempt number, so the same shot and attempt always give the
+    same id and different attempts of a shot share a recognisable prefix.
+    """
+    if not 0 <= attempt < 2**32:
+        raise ValueError(f"attempt {attempt} out of range")
+    digest = int.from_bytes(hashlib.sha256(shot_id.encode("utf-8")).digest()[:16], "big")
+    value = (digest & ~((1 << 32) - 1)) | attempt
+    value &= ~(0xF << 76)
+    value |= 0x8 << 76  # version 8
+    value &= ~(0x3 << 62)
+    value |= 0x2 << 62  # RFC 4122/9562 variant
+    return str(uuid.UUID(int=value))

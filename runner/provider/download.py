@@ -1,0 +1,369 @@
+"""Downloading a finished video without ever leaving a bad file under its final name.
+
+Invariants:
+- Bytes go to a temporary file beside the target (``.<name>.part``), hashed as they are
+  written. Only a complete, verified MP4 (the byte count matches ``Content-Length`` /
+  ``Content-Range``, the box chain starts with ``ftyp``, has a ``moov`` and ends exactly
+  at the end of the file) is fsynced and published under the final name, atomically.
+- Publishing never replaces an existing file: if the target appeared meanwhile it must
+  hold the same bytes, else :class:`~runner.errors.OutputConflict`.
+- A cut transfer is resumed with ``Range`` when the server honours it, restarted from
+  zero when it does not, at most ``resume_attempts`` times.
+- The size cap is enforced from the announced length and again while streaming.
+- Only http and https URLs are followed; the API key is never sent with a download.
+- On any failure the temporary file is removed; after a hard kill only the ``.part``
+  file can remain, and the next attempt truncates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import aiohttp
+from yarl import URL
+
+from runner.errors import (
+    DiskFull,
+    DownloadCorrupt,
+    DownloadError,
+    DownloadTooLarge,
+    OutputConflict,
+    TransientError,
+    UrlExpired,
+    UsageError,
+)
+
+CHUNK_BYTES = 256 * 1024
+_MAX_BOXES = 100_000
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A verified file under its final name."""
+
+    path: Path
+    bytes: int
+    sha256: str
+
+
+def part_path(dest: Path) -> Path:
+    """Where the bytes of ``dest`` are written before they are verified."""
+    return dest.with_name(f".{dest.name}.part")
+
+
+def _open_part(path: Path) -> BinaryIO:
+    """Open (and truncate) the temporary file; a seam for disk-full tests."""
+    return open(path, "wb")
+
+
+class _Cut(Exception):
+    """The body stopped early; resume or restart."""
+
+
+class _Transfer:
+    """The temporary file, the running hash and what the server promised."""
+
+    def __init__(self, file: BinaryIO, dest: Path, max_bytes: int) -> None:
+        self.file = file
+        self.dest = dest
+        self.max_bytes = max_bytes
+        self.hasher = hashlib.sha256()
+        self.received = 0
+        self.total: int | None = None
+        self.head = b""
+
+    def restart(self) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+        self.hasher = hashlib.sha256()
+        self.received = 0
+        self.total = None
+        self.head = b""
+
+    def expect_total(self, total: int | None) -> None:
+        self.total = total
+        if total is not None and total > self.max_bytes:
+            raise DownloadTooLarge(
+                f"the video at this URL is {total} bytes, above the cap of "
+                f"{self.max_bytes} bytes; nothing was kept",
+                hint="raise the download size cap if this is expected",
+            )
+
+    def write(self, chunk: bytes) -> None:
+        if self.received + len(chunk) > self.max_bytes:
+            raise DownloadTooLarge(
+                f"the body passed the download cap of {self.max_bytes} bytes; nothing was kept",
+                hint="raise the download size cap if this is expected",
+            )
+        if len(self.head) < 8:
+            self.head += chunk[: 8 - len(self.head)]
+            if len(self.head) == 8 and self.head[4:8] != b"ftyp":
+                raise DownloadCorrupt(
+                    f"the body is not an MP4 (it starts with {self.head!r}); nothing was kept",
+                    hint="fetch the task again; the URL may point at an error page",
+                )
+        try:
+            self.file.write(chunk)
+        except OSError as exc:
+            raise write_error(exc, self.dest) from exc
+        self.hasher.update(chunk)
+        self.received += len(chunk)
+
+
+def write_error(exc: OSError, dest: Path) -> DiskFull | UsageError:
+    """An OS error while writing an output, as the error the user can act on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"the disk is full while writing {dest}",
+            hint=f"free space under {dest.parent} and rerun; finished files are kept",
+        )
+    return UsageError(
+        f"cannot write {dest}: {exc.strerror or exc}",
+        hint="check that the output directory exists and is writable",
+    )
+
+
+def check_url(url: str) -> None:
+    """Only http(s) URLs with a host are followed."""
+    try:
+        parsed = URL(url)
+    except ValueError as exc:
+        raise DownloadError(f"the video URL {url[:120]!r} is not a URL") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise DownloadError(
+            f"refusing to download from {url[:120]!r}: only http and https URLs are followed"
+        )
+
+
+def mp4_problem(path: Path) -> str | None:
+    """What makes ``path`` not a complete MP4 (box chain ftyp..., moov, exact end)."""
+    size = path.stat().st_size
+    seen: set[bytes] = set()
+    pos = 0
+    with open(path, "rb") as f:
+        for index in range(_MAX_BOXES):
+            if pos == size:
+                break
+            f.seek(pos)
+            head = f.read(16)
+            if len(head) < 8:
+                return f"a box header is cut off at byte {pos} (the file is truncated)"
+            box_size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            header = 8
+            if box_size == 1:
+                if len(head) < 16:
+                    return f"a box header is cut off at byte {pos} (the file is truncated)"
+                box_size, header = int.from_bytes(head[8:16], "big"), 16
+            elif box_size == 0:
+                box_size = size - pos
+            name = kind.decode("latin-1")
+            if index == 0 and kind != b"ftyp":
+                return f"it does not start with an ftyp box (found {name!r}): not an MP4"
+            if box_size < header:
+                return f"the {name!r} box at byte {pos} has an impossible size"
+            if pos + box_size > size:
+                return f"the {name!r} box at byte {pos} runs past the end (the file is truncated)"
+            seen.add(kind)
+            pos += box_size
+        else:
+            return "too many boxes to be a video"
+    if not seen:
+        return "the file is empty"
+    if b"moov" not in seen:
+        return "it has no moov box: not a playable MP4"
+    return None
+
+
+def _finish_file(file: BinaryIO, part: Path) -> str | None:
+    """Flush to disk and verify; runs in a worker thread."""
+    file.flush()
+    os.fsync(file.fileno())
+    return mp4_problem(part)
+
+
+def _publish(part: Path, dest: Path, size: int, sha256: str) -> None:
+    """Give ``part`` the name ``dest`` atomically, never replacing another file."""
+    try:
+        os.link(part, dest)
+    except FileExistsError:
+        if dest.is_file() and dest.stat().st_size == size and _sha256_of(dest) == sha256:
+            part.unlink()
+            return
+        raise OutputConflict(
+            f"{dest} already exists with different content; it was not replaced",
+            hint="move the existing file away, or change the output file name",
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # No hard links here (some network and FAT file systems): rename is still
+        # atomic; the existence check is racy only against another writer, and the
+        # ledger lock excludes those.
+        if dest.exists():
+            raise OutputConflict(
+                f"{dest} already exists; it was not replaced",
+                hint="move the existing file away, or change the output file name",
+            ) from None
+        os.rename(part, dest)
+    else:
+        part.unlink()
+    _fsync_dir(dest.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def download_file(
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    resume_attempts: int,
+    timeout: aiohttp.ClientTimeout,
+    on_request: Callable[[], None] = lambda: None,
+) -> DownloadResult:
+    """Fetch ``url`` into ``dest`` (see the module invariants)."""
+    check_url(url)
+    dest = Path(dest)
+    part = part_path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        file = _open_part(part)
+    except OSError as exc:
+        raise write_error(exc, dest) from exc
+    try:
+        try:
+            transfer = _Transfer(file, dest, max_bytes)
+            await _transfer_all(session, url, transfer, timeout, resume_attempts, on_request)
+            try:
+                problem = await asyncio.to_thread(_finish_file, file, part)
+            except OSError as exc:
+                raise write_error(exc, dest) from exc
+            if problem:
+                raise DownloadCorrupt(f"the downloaded file is unusable: {problem}")
+        finally:
+            # After a failed flush the close fails the same way; the error that
+            # matters has been raised already (or the data is fsynced).
+            with contextlib.suppress(OSError):
+                file.close()
+        sha256 = transfer.hasher.hexdigest()
+        try:
+            await asyncio.to_thread(_publish, part, dest, transfer.received, sha256)
+        except OSError as exc:
+            raise write_error(exc, dest) from exc
+        return DownloadResult(path=dest, bytes=transfer.received, sha256=sha256)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+
+
+async def _transfer_all(
+    session: aiohttp.ClientSession,
+    url: str,
+    transfer: _Transfer,
+    timeout: aiohttp.ClientTimeout,
+    resume_attempts: int,
+    on_request: Callable[[], None],
+) -> None:
+    """Requests until the whole body is in, resuming cut transfers a bounded number of times."""
+    cuts = 0
+    while True:
+        on_request()
+        try:
+            await _one_request(session, url, transfer, timeout)
+            return
+        except _Cut as cut:
+            cuts += 1
+            if cuts > resume_attempts:
+                raise DownloadCorrupt(
+                    f"the download kept stopping early ({cut}); nothing was kept",
+                    hint="it will be tried again later",
+                ) from cut
+
+
+async def _one_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    t: _Transfer,
+    timeout: aiohttp.ClientTimeout,
+) -> None:
+    """One GET (ranged when resuming); raises :class:`_Cut` when the body stops early."""
+    headers = {"Accept-Encoding": "identity"}
+    if t.received:
+        headers["Range"] = f"bytes={t.received}-"
+    try:
+        async with session.get(
+            url, headers=headers, timeout=timeout, auto_decompress=False
+        ) as resp:
+            _take_status(resp, t)
+            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                t.write(chunk)
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise TransientError(f"cannot reach the download server: {exc}") from exc
+    except aiohttp.NonHttpUrlClientError as exc:
+        raise DownloadError(f"refusing to follow a redirect to a non-http URL: {exc}") from exc
+    except aiohttp.TooManyRedirects as exc:
+        raise DownloadError("the download URL redirects too many times") from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise _Cut(f"after {t.received} bytes: {type(exc).__name__}") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise _Cut(f"unreadable answer after {t.received} bytes") from exc
+    if t.total is not None and t.received < t.total:
+        raise _Cut(f"{t.received} of {t.total} bytes")
+    if t.total is not None and t.received > t.total:
+        raise DownloadCorrupt(f"the server sent {t.received} bytes but announced {t.total}")
+
+
+def _take_status(resp: aiohttp.ClientResponse, t: _Transfer) -> None:
+    """Check the status line and headers; set up ``t`` for the body that follows."""
+    status = resp.status
+    if status in (401, 403, 404, 410):
+        raise UrlExpired(
+            f"the video URL answered HTTP {status} (expired or revoked)",
+            status=status,
+            hint="fetch the task again for a fresh URL",
+        )
+    if status == 416 and t.received:
+        t.restart()
+        raise _Cut("the server refused to resume")
+    if status == 429 or status >= 500:
+        raise TransientError(f"the download server answered HTTP {status}", status=status)
+    if status == 206 and t.received:
+        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if match is None or int(match.group(1)) != t.received:
+            t.restart()
+            raise _Cut("the server resumed at the wrong offset")
+        t.expect_total(None if match.group(3) == "*" else int(match.group(3)))
+        return
+    if status == 200:
+        if t.received:
+            t.restart()  # the server ignored Range: start over from byte 0
+        t.expect_total(resp.content_length)
+        return
+    raise DownloadError(f"the download server answered HTTP {status}", status=status)

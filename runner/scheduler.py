@@ -1,0 +1,998 @@
+"""The run's state machine and timing: dispatch, polling, retries, downloads.
+
+The scheduler drives each shot through its lifecycle::
+
+    pending -> submitting -> submitted -> rendered -> downloading -> done
+                   |             |  \\-> failed | moderated       (final)
+                   |             \\-> pending (render failed, attempts left)
+                   \\-> ambiguous (parked) | failed (invalid) | pending (retryable)
+
+It knows neither SQL nor HTTP: every durable step goes through :class:`Ledger`, every
+call through :class:`Provider`.
+
+Invariants:
+- No generate request is sent before :meth:`Ledger.begin_attempt` has returned (the
+  intent is durable), and a task id is committed before the task is polled.
+- At most ``concurrency`` tasks (submitting or rendering) are in flight, and fewer after
+  the provider signals its concurrency cap (AIMD in :class:`InFlightLimiter`).
+- Errors that the provider's answer proves harmless (5xx, throttling, a refused key, an
+  empty account) never fail a shot; only invalid requests, moderation, render failures
+  past ``max_attempts`` and render time-outs do.
+- Nothing is ever generated again to fetch a file: expired URLs are refreshed by
+  fetching the task again.
+- On stop (signal, refused key, disk full) nothing is lost: what is recorded is
+  consistent at every commit, and tasks at the provider are collected by the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from runner import crashpoints
+from runner.crashpoints import CrashPoint
+from runner.errors import (
+    AmbiguousSubmit,
+    AuthRefused,
+    ConcurrencyLimited,
+    DiskFull,
+    DownloadError,
+    ExitCode,
+    InvalidRequest,
+    LedgerError,
+    OutOfCredit,
+    OutputConflict,
+    ProviderError,
+    RateLimited,
+    TaskNotFound,
+    TransientError,
+    UrlExpired,
+    UsageError,
+)
+from runner.events import RunEvent, RunEventKind, RunObserver, RunSnapshot
+from runner.flow import CallGate, InFlightLimiter, PollPlanner, backoff_s
+from runner.ledger import AttemptOutcome, EventKind, Ledger, ShotRow
+from runner.model import ErrorKind, PollSettings, ShotState
+from runner.outputs import (
+    archive_name,
+    resolve_output,
+    sha256_file,
+    staging_path,
+    write_sidecar,
+)
+from runner.provider import Provider, TaskState, TaskStatus, trace_id_for
+
+#: after these, the next submit repeats the same render attempt (same trace id)
+_SAME_ATTEMPT_KINDS = frozenset(
+    {
+        ErrorKind.TRANSIENT.value,
+        ErrorKind.RATE_LIMITED.value,
+        ErrorKind.AUTH.value,
+        ErrorKind.NO_CREDIT.value,
+        ErrorKind.RETRY_SAME_ATTEMPT.value,
+    }
+)
+
+
+class StopReason(str, Enum):
+    """Why a run stopped submitting before the manifest was exhausted."""
+
+    INTERRUPTED = "interrupted"  #: Ctrl-C or SIGTERM
+    AUTH = "auth"  #: the provider refused the key
+    OUT_OF_CREDIT = "out_of_credit"  #: the account is empty
+    BUDGET = "budget"  #: the cost cap would be passed
+    AMBIGUOUS_STREAK = "ambiguous_streak"  #: too many ambiguous submits in a row
+    DISK_FULL = "disk_full"  #: the disk is full
+    LEDGER = "ledger"  #: the ledger cannot be written
+
+
+_EXIT_FOR_STOP = {
+    StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
+    StopReason.AUTH: ExitCode.AUTH,
+    StopReason.OUT_OF_CREDIT: ExitCode.MONEY,
+    StopReason.BUDGET: ExitCode.MONEY,
+    StopReason.AMBIGUOUS_STREAK: ExitCode.SHOTS_FAILED,
+    StopReason.DISK_FULL: ExitCode.SHOTS_FAILED,
+    StopReason.LEDGER: ExitCode.SHOTS_FAILED,
+}
+
+#: stop reasons after which nothing more may happen at all (not even collecting)
+_HARD_STOPS = frozenset(
+    {StopReason.INTERRUPTED, StopReason.AUTH, StopReason.DISK_FULL, StopReason.LEDGER}
+)
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    output_dir: Path
+    concurrency: int = 8
+    download_concurrency: int = 4
+    requests_per_s: float = 20.0
+    poll: PollSettings = field(default_factory=PollSettings)
+    budget_uptc: int | None = None
+    sidecar: bool = True
+    #: this many ambiguous submits in a row stop submitting
+    ambiguous_streak_limit: int = 5
+    #: consecutive transient submit failures (provider otherwise up) before giving up
+    #: on a shot for this run; it stays pending
+    max_transient_tries: int = 8
+    max_download_tries: int = 4
+    snapshot_interval_s: float = 0.5
+    #: exponential back-off of retried calls: first delay and ceiling
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    #: on a stop, how long generate calls already under way may take to answer
+    stop_grace_s: float = 1.5
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    stop_reason: StopReason | None
+    message: str | None
+    counts: dict[ShotState, int]
+    spent_uptc: int
+    elapsed_s: float
+    calls: dict[str, int]
+    ledger_commits: int
+
+
+def _state(row: ShotRow) -> ShotState:
+    """The row's state now (a call, so type narrowing does not outlive an await)."""
+    return row.state
+
+
+@dataclass
+class _Job:
+    row: ShotRow
+    holds_slot: bool = False
+    in_generate: bool = False
+    #: this shot keeps failing transiently while others go through: leave it pending
+    give_up: bool = False
+    #: how long to wait before repeating a call that failed transiently
+    retry_delay_s: float = 0.0
+    #: wall-clock start of the current render, for the render-time model
+    accepted_mono: float | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        ledger: Ledger,
+        provider: Provider,
+        options: SchedulerOptions,
+        observer: RunObserver,
+    ) -> None:
+        self._ledger = ledger
+        self._provider = provider
+        self._opt = options
+        self._observer = observer
+        self._limiter = InFlightLimiter(options.concurrency)
+        self._gate = CallGate(options.requests_per_s)
+        self._planner = PollPlanner(
+            initial_delay_s=options.poll.initial_delay_s,
+            min_interval_s=options.poll.min_interval_s,
+            max_interval_s=options.poll.max_interval_s,
+        )
+        self._downloads = asyncio.Semaphore(options.download_concurrency)
+        self._jobs: dict[asyncio.Task[None], _Job] = {}
+        self._submit_stop: StopReason | None = None
+        self._stop_message: str | None = None
+        self._counts: Counter[ShotState] = Counter()
+        self._total = 0
+        self._planned_uptc = 0
+        self._spent_uptc = 0
+        self._reserved_uptc = 0
+        self._download_backlog = 0
+        self._backlog_drained = asyncio.Event()
+        self._ambiguous_streak = 0
+        self._t0 = time.monotonic()
+        self._done_times: deque[float] = deque(maxlen=200)
+        self._recent: deque[RunEvent] = deque(maxlen=6)
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._all_stopped = asyncio.Event()
+
+    # -- public --------------------------------------------------------------------
+
+    def request_stop(self, reason: StopReason = StopReason.INTERRUPTED, message: str = "") -> None:
+        """Stop submitting; for hard stops also stop collecting (after a short grace)."""
+        if self._submit_stop in _HARD_STOPS:
+            return
+        first = self._submit_stop is None
+        self._submit_stop = reason
+        if message or first:
+            self._stop_message = message or self._stop_message
+        if self._dispatcher is not None and not self._dispatcher.done():
+            self._dispatcher.cancel()
+        if reason in _HARD_STOPS:
+            self._emit(RunEventKind.STOPPING, message or f"stopping: {reason.value}")
+            asyncio.get_running_loop().create_task(self._cancel_jobs())
+
+    async def run(self, *, planned_uptc: int = 0) -> RunResult:
+        self._t0 = time.monotonic()
+        self._planned_uptc = planned_uptc
+        self._counts = Counter(await self._ledger.counts_by_state())
+        self._total = sum(self._counts.values())
+        self._spent_uptc = await self._ledger.spent_uptc()
+        ticker = asyncio.create_task(self._ticker(), name="snapshots")
+        try:
+            for row in await self._ledger.shots_in([ShotState.SUBMITTED, ShotState.RENDERED]):
+                job = _Job(row)
+                if row.state == ShotState.SUBMITTED:
+                    # already at the provider: counts against concurrency even if above it
+                    self._limiter.in_flight += 1
+                    job.holds_slot = True
+                self._spawn(job)
+            verify = asyncio.create_task(self._verify_done(), name="verify-done")
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="dispatch")
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            if self._submit_stop in _HARD_STOPS:
+                verify.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await verify
+            await self._wait_jobs()  # includes re-downloads that verification queued
+        except LedgerError as exc:
+            self._submit_stop = StopReason.LEDGER
+            self._stop_message = str(exc)
+            await self._cancel_jobs()
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        with contextlib.suppress(LedgerError):
+            self._counts = Counter(await self._ledger.counts_by_state())
+        self._observer.snapshot(self._snapshot())
+        return self._result()
+
+    # -- dispatch ------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        cursor = -1
+        buffer: deque[ShotRow] = deque()
+        while self._submit_stop is None:
+            if not buffer:
+                rows = await self._ledger.next_pending(after_seq=cursor, limit=256)
+                if not rows:
+                    return
+                buffer.extend(rows)
+                cursor = rows[-1].seq
+            # downloads first: finished renders are money already spent
+            while self._download_backlog > 2 * self._opt.download_concurrency:
+                self._backlog_drained.clear()
+                await self._backlog_drained.wait()
+            await self._limiter.acquire()
+            row = buffer.popleft()
+            if not self._budget_allows(row):
+                self._limiter.release()
+                cap = (self._opt.budget_uptc or 0) / 1e6
+                self._stop_submitting(
+                    StopReason.BUDGET,
+                    f"the budget cap of {cap:g} PTC would be passed: no more submissions",
+                )
+                return
+            self._spawn(_Job(row, holds_slot=True))
+
+    def _stopped(self) -> bool:
+        return self._submit_stop is not None
+
+    def _budget_allows(self, row: ShotRow) -> bool:
+        cap = self._opt.budget_uptc
+        if cap is None:
+            return True
+        price = row.price_uptc or 0
+        return self._spent_uptc + self._reserved_uptc + price <= cap
+
+    def _stop_submitting(self, reason: StopReason, message: str) -> None:
+        if self._submit_stop is None:
+            self._submit_stop = reason
+            self._stop_message = message
+            kind = {
+                StopReason.OUT_OF_CREDIT: RunEventKind.OUT_OF_CREDIT,
+                StopReason.BUDGET: RunEventKind.BUDGET_REACHED,
+            }.get(reason, RunEventKind.STOPPING)
+            self._emit(kind, message)
+            if self._dispatcher is not None and not self._dispatcher.done():
+                self._dispatcher.cancel()
+
+    def _spawn(self, job: _Job) -> None:
+        task = asyncio.create_task(self._lifecycle(job), name=f"shot:{job.row.shot_id}")
+        self._jobs[task] = job
+        task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        job = self._jobs.pop(task, None)
+        if job is not None and job.holds_slot:
+            job.holds_slot = False
+            self._limiter.release()
+        if not self._jobs:
+            self._all_stopped.set()
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if isinstance(exc, LedgerError):
+                self.request_stop(StopReason.LEDGER, str(exc))
+            else:  # a bug: stop rather than carry on in an unknown state
+                self.request_stop(StopReason.LEDGER, f"internal error: {exc!r}")
+
+    async def _wait_jobs(self) -> None:
+        while self._jobs:
+            self._all_stopped.clear()
+            await self._all_stopped.wait()
+
+    async def _cancel_jobs(self) -> None:
+        """Cancel collecting at once; give generate calls under way a short grace."""
+        for task, job in list(self._jobs.items()):
+            if not job.in_generate:
+                task.cancel()
+        deadline = time.monotonic() + self._opt.stop_grace_s
+        while any(j.in_generate for j in self._jobs.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in list(self._jobs):
+            task.cancel()
+
+    # -- one shot ------------------------------------------------------------------
+
+    async def _lifecycle(self, job: _Job) -> None:
+        row = job.row
+        while True:
+            if _state(row) == ShotState.PENDING:
+                if not job.holds_slot:
+                    if self._submit_stop is not None:
+                        return
+                    await self._limiter.acquire()
+                    job.holds_slot = True
+                await self._submit(job)
+                state = _state(row)
+                if state != ShotState.SUBMITTED:
+                    if state == ShotState.PENDING and self._submit_stop is None:
+                        if job.give_up:
+                            return
+                        continue  # throttled or transient: try again (slot re-acquired)
+                    return
+            if _state(row) == ShotState.SUBMITTED:
+                await self._await_render(job)
+                if _state(row) == ShotState.PENDING:
+                    continue  # render failed with attempts left
+            if _state(row) == ShotState.RENDERED:
+                await self._collect(job)
+            return
+
+    def _release(self, job: _Job) -> None:
+        if job.holds_slot:
+            job.holds_slot = False
+            self._limiter.release()
+
+    def _move(self, row: ShotRow, state: ShotState) -> None:
+        self._counts[row.state] -= 1
+        self._counts[state] += 1
+        row.state = state
+
+    async def _submit(self, job: _Job) -> None:
+        row = job.row
+        same = row.attempts > 0 and row.error_kind in _SAME_ATTEMPT_KINDS
+        attempt_no = row.attempts if same else row.attempts + 1
+        trace_id = trace_id_for(f"{row.shot_id}@v{row.version}", attempt_no)
+        price = row.price_uptc or 0
+        transient_tries = 0
+        now_wall = time.time()
+        if row.not_before and row.not_before > now_wall:
+            await asyncio.sleep(min(row.not_before - now_wall, 60.0))
+        while True:
+            if self._submit_stop is not None:
+                self._release(job)
+                return
+            await self._gate.wait()
+            if self._stopped():
+                self._release(job)
+                return
+            if not self._budget_allows(row):
+                self._release(job)
+                self._stop_submitting(StopReason.BUDGET, "the budget cap would be passed")
+                return
+            self._reserved_uptc += price
+            # from the intent to the answer, a stop waits (briefly) for this shot: cut
+            # here, it would become ambiguous
+            job.in_generate = True
+            try:
+                attempt_id = await self._ledger.begin_attempt(
+                    row, attempt_no=attempt_no, trace_id=trace_id, new_attempt=not same
+                )
+                self._move(row, ShotState.SUBMITTING)
+                row.attempts = attempt_no
+                crashpoints.reached(CrashPoint.AFTER_INTENT)
+                if self._submit_stop in _HARD_STOPS:
+                    # nothing was sent: say so, so that no rerun parks this shot
+                    job.in_generate = False
+                    self._reserved_uptc -= price
+                    await self._ledger.attempt_finished(
+                        row.shot_id,
+                        attempt_id,
+                        AttemptOutcome.TRANSIENT,
+                        message="not sent: the run was stopping",
+                        http_status=None,
+                        shot_fields={"state": ShotState.PENDING, "error_kind": row.error_kind},
+                    )
+                    self._move(row, ShotState.PENDING)
+                    self._release(job)
+                    return
+                try:
+                    task_id = await self._provider.generate(row.request, trace_id=trace_id)
+                finally:
+                    job.in_generate = False
+            except ProviderError as exc:
+                self._reserved_uptc -= price
+                retry = await self._submit_failed(job, attempt_id, exc)
+                if not retry:
+                    return
+                transient_tries += 1 if isinstance(exc, TransientError) else 0
+                if transient_tries >= self._opt.max_transient_tries:
+                    # the provider answers others but not this shot: leave it pending
+                    job.give_up = True
+                    self._release(job)
+                    return
+                if not job.holds_slot:
+                    return  # the lifecycle loop re-acquires a slot
+                if job.retry_delay_s > 0:
+                    await asyncio.sleep(job.retry_delay_s)
+                    job.retry_delay_s = 0.0
+                continue
+            except BaseException:
+                job.in_generate = False
+                self._reserved_uptc -= price
+                raise
+            self._reserved_uptc -= price
+            crashpoints.reached(CrashPoint.AFTER_SUBMIT_SENT)
+            await self._accepted(job, attempt_id, task_id)
+            crashpoints.reached(CrashPoint.AFTER_TASK_COMMITTED)
+            return
+
+    async def _accepted(self, job: _Job, attempt_id: int, task_id: str) -> None:
+        row = job.row
+        self._limiter.on_accepted()
+        self._gate.record_success()
+        self._ambiguous_streak = 0
+        self._spent_uptc += row.price_uptc or 0
+        delay = self._planner.first_delay_s()
+        now = time.time()
+        await self._ledger.attempt_accepted(
+            row.shot_id, attempt_id, task_id, row.price_uptc, next_poll_at=now + delay
+        )
+        self._move(row, ShotState.SUBMITTED)
+        row.task_id = task_id
+        row.submitted_at = now
+        row.next_poll_at = now + delay
+        row.poll_count = 0
+        row.error_kind = None
+        job.accepted_mono = time.monotonic()
+        self._emit(RunEventKind.SUBMITTED, f"accepted as task {task_id}", row)
+
+    async def _submit_failed(self, job: _Job, attempt_id: int, exc: ProviderError) -> bool:
+        """Record a generate call that produced no task. True: try the call again."""
+        row = job.row
+        now = time.time()
+        msg = exc.message
+
+        async def finish(
+            outcome: AttemptOutcome,
+            state: ShotState,
+            kind: ErrorKind,
+            *,
+            not_before: float | None = None,
+            event: tuple[EventKind, str] | None = None,
+        ) -> None:
+            await self._ledger.attempt_finished(
+                row.shot_id,
+                attempt_id,
+                outcome,
+                message=msg,
+                http_status=exc.status,
+                shot_fields={
+                    "state": state,
+                    "error_kind": kind.value,
+                    "last_error": msg,
+                    "not_before": not_before,
+                },
+                event=event,
+            )
+            self._move(row, state)
+            row.error_kind = kind.value
+
+        if isinstance(exc, AuthRefused):
+            await finish(AttemptOutcome.AUTH, ShotState.PENDING, ErrorKind.AUTH)
+            self._release(job)
+            self.request_stop(StopReason.AUTH, f"the provider refused the API key: {msg}")
+            return False
+        if isinstance(exc, OutOfCredit):
+            await finish(AttemptOutcome.NO_CREDIT, ShotState.PENDING, ErrorKind.NO_CREDIT)
+            self._release(job)
+            self._stop_submitting(
+                StopReason.OUT_OF_CREDIT,
+                f"the account is out of credit ({msg}); collecting what is in flight",
+            )
+            return False
+        if isinstance(exc, RateLimited):
+            if isinstance(exc, ConcurrencyLimited):
+                self._limiter.on_concurrency_limited()
+            wait_s = exc.retry_after_s if exc.retry_after_s is not None else backoff_s(2)
+            self._gate.pause(wait_s)
+            await finish(
+                AttemptOutcome.RATE_LIMITED,
+                ShotState.PENDING,
+                ErrorKind.RATE_LIMITED,
+                event=(EventKind.THROTTLED, msg),
+            )
+            self._emit(RunEventKind.THROTTLED, f"throttled: {msg}", row)
+            # give the slot back so a lowered target takes effect at once
+            self._release(job)
+            return True
+        if isinstance(exc, AmbiguousSubmit):
+            await finish(
+                AttemptOutcome.AMBIGUOUS,
+                ShotState.AMBIGUOUS,
+                ErrorKind.AMBIGUOUS,
+                event=(EventKind.SHOT_AMBIGUOUS, msg),
+            )
+            self._release(job)
+            self._emit(RunEventKind.AMBIGUOUS, f"parked: {msg}", row)
+            self._ambiguous_streak += 1
+            if self._ambiguous_streak >= self._opt.ambiguous_streak_limit:
+                self._stop_submitting(
+                    StopReason.AMBIGUOUS_STREAK,
+                    f"{self._ambiguous_streak} submissions in a row got no answer after "
+                    "being sent; stopped submitting so as not to pay for lost requests",
+                )
+            return False
+        if isinstance(exc, InvalidRequest):
+            await finish(
+                AttemptOutcome.INVALID,
+                ShotState.FAILED,
+                ErrorKind.INVALID,
+                event=(EventKind.SHOT_FAILED, f"invalid request: {msg}"),
+            )
+            self._release(job)
+            self._emit(RunEventKind.FAILED, f"invalid request: {msg}", row)
+            return False
+        # TransientError and anything unforeseen from the provider: safe to retry
+        delay = self._gate.record_failure(self._opt.backoff_base_s, self._opt.backoff_cap_s)
+        job.retry_delay_s = delay
+        await finish(
+            AttemptOutcome.TRANSIENT,
+            ShotState.PENDING,
+            ErrorKind.TRANSIENT,
+            not_before=now + delay,
+        )
+        if self._gate.provider_down:
+            self._emit(RunEventKind.PROVIDER_DOWN, f"provider unreachable ({msg}); backing off")
+        return True
+
+    # -- rendering -------------------------------------------------------------------
+
+    async def _await_render(self, job: _Job) -> None:
+        row = job.row
+        assert row.task_id is not None
+        now = time.time()
+        delay = max(0.0, (row.next_poll_at or now) - now)
+        last_pending_s = 0.0
+        fetch_failures = 0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                state = await self._fetch(row.task_id)
+            except TaskNotFound as exc:
+                self._release(job)
+                lost = TaskState(
+                    task_id=row.task_id,
+                    status=TaskStatus.FAILED,
+                    video_url=None,
+                    message=f"the provider no longer knows task {row.task_id}: {exc}",
+                )
+                await self._render_finished(job, lost)
+                return
+            if state is None:  # transient trouble: back off, never fail for it
+                fetch_failures += 1
+                delay = max(
+                    self._opt.poll.min_interval_s,
+                    backoff_s(
+                        fetch_failures,
+                        base_s=self._opt.backoff_base_s,
+                        cap_s=self._opt.backoff_cap_s,
+                    ),
+                )
+                continue
+            fetch_failures = 0
+            crashpoints.reached(CrashPoint.AFTER_POLL)
+            elapsed_s = time.time() - (row.submitted_at or time.time())
+            row.poll_count += 1
+            if state.status in (TaskStatus.QUEUED, TaskStatus.RENDERING):
+                if elapsed_s > self._opt.poll.timeout_s:
+                    self._release(job)
+                    await self._finish_render(
+                        job,
+                        ShotState.FAILED,
+                        ErrorKind.TIMEOUT,
+                        f"still rendering after {elapsed_s:.0f} s (poll.timeout_s)",
+                    )
+                    return
+                last_pending_s = elapsed_s
+                delay = self._planner.next_delay_s(elapsed_s)
+                await self._ledger.update_shot(
+                    row.shot_id,
+                    {"poll_count": row.poll_count, "next_poll_at": time.time() + delay},
+                )
+                continue
+            self._release(job)
+            if job.accepted_mono is not None:
+                seen_s = time.monotonic() - job.accepted_mono
+                self._planner.observe((seen_s + min(last_pending_s, seen_s)) / 2)
+            await self._render_finished(job, state)
+            return
+
+    async def _fetch(self, task_id: str) -> TaskState | None:
+        await self._gate.wait()
+        try:
+            state = await self._provider.fetch(task_id)
+        except RateLimited as exc:
+            self._gate.pause(exc.retry_after_s if exc.retry_after_s is not None else 1.0)
+            return None
+        except TaskNotFound:
+            raise
+        except AuthRefused as exc:
+            # stops everything; this call's caller is cancelled with the rest
+            self.request_stop(StopReason.AUTH, f"the provider refused the API key: {exc}")
+            return None
+        except ProviderError as exc:
+            self._gate.record_failure(self._opt.backoff_base_s, self._opt.backoff_cap_s)
+            if self._gate.provider_down:
+                self._emit(RunEventKind.PROVIDER_DOWN, f"provider unreachable ({exc})")
+            return None
+        self._gate.record_success()
+        return state
+
+    async def _render_finished(self, job: _Job, state: TaskState) -> None:
+        row = job.row
+        if state.status == TaskStatus.SUCCEEDED and state.video_url:
+            now = time.time()
+            await self._ledger.update_shot(
+                row.shot_id,
+                {
+                    "state": ShotState.RENDERED,
+                    "video_url": state.video_url,
+                    "poster_url": state.poster_url,
+                    "seed": state.seed,
+                    "width": state.width,
+                    "height": state.height,
+                    "rendered_at": now,
+                    "poll_count": row.poll_count,
+                    "next_poll_at": None,
+                },
+            )
+            self._move(row, ShotState.RENDERED)
+            row.video_url = state.video_url
+            row.poster_url = state.poster_url
+            row.seed = state.seed
+            row.rendered_at = now
+            crashpoints.reached(CrashPoint.AFTER_RENDERED)
+            self._emit(RunEventKind.RENDERED, "rendered", row)
+            return
+        if state.status == TaskStatus.MODERATED:
+            await self._finish_render(
+                job,
+                ShotState.MODERATED,
+                ErrorKind.MODERATED,
+                state.message or "refused by content moderation",
+            )
+            return
+        reason = state.message or "the provider reported the render as failed"
+        if row.attempts < row.max_attempts and self._submit_stop is None:
+            await self._finish_render(job, ShotState.PENDING, ErrorKind.RENDER_FAILED, reason)
+            return
+        await self._finish_render(
+            job,
+            ShotState.FAILED,
+            ErrorKind.RENDER_FAILED,
+            f"{reason} (attempt {row.attempts} of {row.max_attempts})",
+        )
+
+    async def _finish_render(
+        self, job: _Job, state: ShotState, kind: ErrorKind, message: str
+    ) -> None:
+        row = job.row
+        if state == ShotState.PENDING:
+            event = (EventKind.RETRY, f"attempt {row.attempts} failed: {message}; retrying")
+            run_kind = RunEventKind.RETRY
+        else:
+            event = (EventKind.SHOT_FAILED, message)
+            run_kind = (
+                RunEventKind.MODERATED if state == ShotState.MODERATED else RunEventKind.FAILED
+            )
+        await self._ledger.update_shot(
+            row.shot_id,
+            {
+                "state": state,
+                "error_kind": kind.value,
+                "last_error": message,
+                "poll_count": row.poll_count,
+                "next_poll_at": None,
+            },
+            event=event,
+        )
+        self._move(row, state)
+        row.error_kind = kind.value
+        self._emit(run_kind, message, row)
+
+    # -- downloading ----------------------------------------------------------------
+
+    async def _collect(self, job: _Job) -> None:
+        self._download_backlog += 1
+        queued = True
+        try:
+            async with self._downloads:
+                queued = False
+                self._download_backlog -= 1
+                if self._download_backlog <= 2 * self._opt.download_concurrency:
+                    self._backlog_drained.set()
+                await self._download(job)
+        finally:
+            if queued:  # cancelled while waiting for a download slot
+                self._download_backlog -= 1
+
+    async def _download(self, job: _Job) -> None:
+        row = job.row
+        try:
+            target = resolve_output(self._opt.output_dir, row.output_path)
+        except OutputConflict as exc:
+            await self._finish_render(job, ShotState.FAILED, ErrorKind.OUTPUT_CONFLICT, str(exc))
+            return
+        await self._ledger.update_shot(row.shot_id, {"state": ShotState.DOWNLOADING})
+        self._move(row, ShotState.DOWNLOADING)
+        tries = 0
+        while True:
+            existing = target.exists()
+            dest = staging_path(target) if existing else target
+            try:
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                if not row.video_url:
+                    raise UrlExpired("no download URL known")
+                if existing:  # a staging file left by a crash is never trusted
+                    dest.unlink(missing_ok=True)
+                result = await self._provider.download(row.video_url, dest)
+                break
+            except UrlExpired:
+                tries += 1
+                if not await self._refresh_url(job) or tries >= self._opt.max_download_tries:
+                    await self._download_failed(
+                        job, "the download URL expired and no fresh one could be had"
+                    )
+                    return
+            except DiskFull as exc:
+                await self._download_failed(job, str(exc), kind=ErrorKind.DISK_FULL)
+                self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
+                return
+            except (OutputConflict, UsageError) as exc:
+                # the file system refuses (a file appeared at the target, permissions)
+                await self._download_failed(job, str(exc))
+                return
+            except (DownloadError, TransientError, OSError) as exc:
+                tries += 1
+                if tries >= self._opt.max_download_tries:
+                    await self._download_failed(job, f"download failed {tries} times: {exc}")
+                    return
+                await asyncio.sleep(backoff_s(tries, base_s=self._opt.backoff_base_s, cap_s=5.0))
+        if existing and not await self._place_over_existing(job, target, dest, result.sha256):
+            return
+        crashpoints.reached(CrashPoint.MID_DOWNLOAD)
+        now = time.time()
+        if self._opt.sidecar:
+            try:
+                await asyncio.to_thread(write_sidecar, target, self._sidecar(row, result, now))
+            except DiskFull as exc:
+                await self._download_failed(job, str(exc), kind=ErrorKind.DISK_FULL)
+                self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
+                return
+        await self._ledger.update_shot(
+            row.shot_id,
+            {
+                "state": ShotState.DONE,
+                "bytes": result.bytes,
+                "sha256": result.sha256,
+                "done_at": now,
+                "error_kind": None,
+                "last_error": None,
+            },
+        )
+        self._move(row, ShotState.DONE)
+        self._done_times.append(time.monotonic())
+        crashpoints.reached(CrashPoint.AFTER_DONE)
+        self._emit(RunEventKind.DONE, f"saved {row.output_path}", row)
+
+    async def _place_over_existing(
+        self, job: _Job, target: Path, staged: Path, sha256: str
+    ) -> bool:
+        """A file already sits at the target: keep it if identical, never clobber."""
+        row = job.row
+        current = await asyncio.to_thread(sha256_file, target)
+        if current == sha256:
+            staged.unlink(missing_ok=True)
+            return True
+        owner = await self._ledger.output_owner(row.output_path)
+        if owner is not None and owner[0] == row.shot_id and owner[1] == current:
+            aside = archive_name(target, row.version - 1)
+            await asyncio.to_thread(os.replace, target, aside)
+            await asyncio.to_thread(os.replace, staged, target)
+            return True
+        staged.unlink(missing_ok=True)
+        await self._finish_render(
+            job,
+            ShotState.FAILED,
+            ErrorKind.OUTPUT_CONFLICT,
+            f"a different file already exists at {target}; move it away or change "
+            "output.filename, then 'pixrun retry --shot " + row.shot_id + "'",
+        )
+        return False
+
+    async def _refresh_url(self, job: _Job) -> bool:
+        row = job.row
+        assert row.task_id is not None
+        for _ in range(5):
+            try:
+                state = await self._fetch(row.task_id)
+            except TaskNotFound:
+                return False
+            if state is not None:
+                break
+            await asyncio.sleep(max(self._opt.poll.min_interval_s, self._opt.backoff_base_s))
+        else:
+            return False
+        if state.status != TaskStatus.SUCCEEDED or not state.video_url:
+            return False
+        row.video_url = state.video_url
+        await self._ledger.update_shot(
+            row.shot_id,
+            {"video_url": state.video_url},
+            event=(EventKind.URL_REFRESHED, "download URL expired: fetched a fresh one"),
+        )
+        self._emit(RunEventKind.URL_REFRESHED, "download URL expired: fetched a fresh one", row)
+        return True
+
+    async def _download_failed(
+        self, job: _Job, message: str, *, kind: ErrorKind = ErrorKind.DOWNLOAD
+    ) -> None:
+        """The render is paid for: keep the shot collectable (rendered) for the next run."""
+        row = job.row
+        await self._ledger.update_shot(
+            row.shot_id,
+            {"state": ShotState.RENDERED, "error_kind": kind.value, "last_error": message},
+        )
+        self._move(row, ShotState.RENDERED)
+        self._emit(RunEventKind.FAILED, f"not downloaded (a rerun retries): {message}", row)
+
+    @staticmethod
+    def _sidecar(row: ShotRow, result: Any, now: float) -> dict[str, Any]:
+        request = row.request
+        for key in ("image", "last_image"):
+            if isinstance(request.get(key), str) and request[key].startswith("file://"):
+                request[key] = request[key][len("file://") :]
+        return {
+            "shot_id": row.shot_id,
+            "version": row.version,
+            "prompt": row.prompt,
+            "mode": row.mode,
+            "request": request,
+            "task_id": row.task_id,
+            "seed": row.seed,
+            "price_ptc": None if row.price_uptc is None else row.price_uptc / 1e6,
+            "sha256": result.sha256,
+            "bytes": result.bytes,
+            "attempts": row.attempts,
+            "submitted_at": row.submitted_at,
+            "rendered_at": row.rendered_at,
+            "done_at": now,
+        }
+
+    # -- verification of earlier runs' files ----------------------------------------
+
+    async def _verify_done(self) -> None:
+        """Done shots whose file vanished or changed size are downloaded again."""
+        outputs = await self._ledger.done_outputs()
+        base = self._opt.output_dir
+
+        def missing() -> list[str]:
+            bad = []
+            for shot_id, relpath, size in outputs:
+                try:
+                    if (base / relpath).stat().st_size != size:
+                        bad.append(shot_id)
+                except OSError:
+                    bad.append(shot_id)
+            return bad
+
+        for shot_id in await asyncio.to_thread(missing):
+            row = await self._ledger.get_shot(shot_id)
+            if row is None or row.state != ShotState.DONE:
+                continue
+            await self._ledger.update_shot(
+                shot_id,
+                {
+                    "state": ShotState.RENDERED,
+                    "error_kind": ErrorKind.DOWNLOAD.value,
+                    "last_error": "the output file was missing or changed: downloading again",
+                },
+            )
+            self._counts[ShotState.DONE] -= 1
+            self._counts[ShotState.RENDERED] += 1
+            row.state = ShotState.RENDERED
+            self._spawn(_Job(row))
+
+    # -- reporting -----------------------------------------------------------------
+
+    def _emit(self, kind: RunEventKind, message: str, row: ShotRow | None = None) -> None:
+        event = RunEvent(
+            kind=kind,
+            message=message,
+            shot_id=None if row is None else row.shot_id,
+            state=None if row is None else row.state,
+            task_id=None if row is None else row.task_id,
+            attempt=None if row is None else row.attempts,
+            elapsed_s=time.monotonic() - self._t0,
+        )
+        if kind not in (RunEventKind.SUBMITTED, RunEventKind.RENDERED, RunEventKind.DONE):
+            self._recent.append(event)
+        self._observer.event(event)
+
+    def _snapshot(self) -> RunSnapshot:
+        elapsed = time.monotonic() - self._t0
+        now = time.monotonic()
+        recent_done = [t for t in self._done_times if now - t <= 30.0]
+        rate = len(recent_done) / min(30.0, max(elapsed, 1e-9)) if recent_done else 0.0
+        remaining = sum(
+            n for s, n in self._counts.items() if not s.is_final and s != ShotState.AMBIGUOUS
+        )
+        calls = getattr(self._provider, "calls", {})
+        return RunSnapshot(
+            total=self._total,
+            counts=dict(self._counts),
+            in_flight=self._limiter.in_flight,
+            target_concurrency=self._limiter.target_slots,
+            downloading=self._counts.get(ShotState.DOWNLOADING, 0),
+            spent_uptc=self._spent_uptc,
+            planned_uptc=self._planned_uptc,
+            elapsed_s=elapsed,
+            done_per_s=rate,
+            eta_s=(remaining / rate) if rate > 0 else None,
+            fetch_calls=int(calls.get("fetch", 0)),
+            generate_calls=int(calls.get("generate", 0)),
+            recent=tuple(self._recent),
+        )
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self._opt.snapshot_interval_s)
+            self._observer.snapshot(self._snapshot())
+
+    def _result(self) -> RunResult:
+        counts = dict(self._counts)
+        reason = self._submit_stop
+        if reason is not None:
+            code = _EXIT_FOR_STOP[reason]
+        elif any(n for s, n in counts.items() if s != ShotState.DONE and n > 0):
+            code = ExitCode.SHOTS_FAILED
+        else:
+            code = ExitCode.OK
+        calls = dict(getattr(self._provider, "calls", {}))
+        return RunResult(
+            exit_code=code,
+            stop_reason=reason,
+            message=self._stop_message,
+            counts=counts,
+            spent_uptc=self._spent_uptc,
+            elapsed_s=time.monotonic() - self._t0,
+            calls=calls,
+            ledger_commits=self._ledger.commit_count,
+        )

@@ -1,0 +1,294 @@
+"""The manifest's shape as JSON Schema 2020-12, generated from the request contract.
+
+:func:`manifest_schema` is the one description of what a manifest may contain: the
+request fields come from :data:`runner.contract.FIELDS`, the rest (top level, output,
+run, shot extras) is declared here. The committed ``schemas/manifest.schema.json`` is
+this function's output (a test keeps them equal; ``pixrun schema`` prints it), and the
+loader's fast shape check (runner/shape.py) is compiled from the same dict, so editors,
+the schema file and ``pixrun validate`` cannot drift apart.
+
+Invariants:
+- Every property has a ``description``; every object has ``additionalProperties: false``.
+- Only this keyword subset is used, because runner/shape.py compiles exactly it:
+  type, enum, const, minimum, maximum, exclusiveMinimum, minLength, maxLength,
+  pattern, items, minItems, properties, patternProperties, additionalProperties,
+  required.
+- Rules across fields (models per mode, 1080p limits, duplicates, ...) are not here;
+  the loader checks them with runner/contract.py after this shape check passes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from typing import Any
+
+from runner.contract import (
+    ALL_DURATIONS_S,
+    FIELDS,
+    MOTION_SCALE_AXES,
+    FieldSpec,
+    Kind,
+)
+from runner.model import Mode
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+#: explicit shot ids: file-name safe, never "..", never ending in "."
+ID_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9_-])?$"
+ID_HINT = (
+    "use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+    "and not ending with '.'"
+)
+URL_PATTERN = r"^https?://."
+NOT_BLANK = r"\S"
+#: what to tell a user whose value does not match a pattern: (problem, fix)
+PATTERN_HINTS: dict[str, tuple[str, str]] = {
+    ID_PATTERN: ("is not a valid id", ID_HINT),
+    URL_PATTERN: ("is not an http(s) URL", "write a full http:// or https:// URL"),
+    NOT_BLANK: ("is blank", "write some text here"),
+}
+
+MAX_COUNT = 10_000
+MAX_ATTEMPTS = 100
+
+#: keys a shot may have besides the request fields
+SHOT_EXTRA_KEYS = ("id", "mode", "count", "vary", "max_attempts")
+
+
+def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, **schema}
+
+
+def _object(
+    properties: dict[str, dict[str, Any]], description: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+def _image_schema() -> dict[str, Any]:
+    return {"type": "string", "pattern": NOT_BLANK}
+
+
+def field_value_schema(spec: FieldSpec) -> dict[str, Any]:
+    """The manifest spelling of one request field's value (no description)."""
+    kind = spec.kind
+    if kind is Kind.TEXT:
+        out: dict[str, Any] = {"type": "string"}
+        if spec.name == "prompt":
+            out["pattern"] = NOT_BLANK
+        if spec.max_chars is not None:
+            out["maxLength"] = spec.max_chars
+        return out
+    if kind in (Kind.INT, Kind.NUMBER):
+        out = {"type": "integer" if kind is Kind.INT else "number"}
+        if spec.minimum is not None:
+            out["minimum"] = spec.minimum
+        if spec.maximum is not None:
+            out["maximum"] = spec.maximum
+        return out
+    if kind is Kind.BOOL:
+        return {"type": "boolean"}
+    if kind is Kind.SWITCH:
+        return {"enum": [0, 1, False, True]}
+    if kind is Kind.CHOICE:
+        return {"type": "string", "enum": list(spec.choices)}
+    if kind is Kind.URL:
+        return {"type": "string", "pattern": URL_PATTERN}
+    if kind is Kind.IMAGE:
+        return _image_schema()
+    if kind is Kind.IMAGES:
+        return {"type": "array", "minItems": 1, "items": _image_schema()}
+    if kind is Kind.MOTION_SCALE:
+        return {
+            "type": "object",
+            "properties": {
+                axis: {"description": f"Motion along {axis}.", "type": "number"}
+                for axis in MOTION_SCALE_AXES
+            },
+            "additionalProperties": False,
+        }
+    if kind is Kind.DURATION:
+        return {"enum": [*ALL_DURATIONS_S, *(f"{s}s" for s in ALL_DURATIONS_S)]}
+    raise AssertionError(f"no schema for {kind}")  # pragma: no cover - every Kind is handled
+
+
+def _request_properties() -> dict[str, dict[str, Any]]:
+    return {spec.name: _described(field_value_schema(spec), spec.description) for spec in FIELDS}
+
+
+def _vary_schema() -> dict[str, Any]:
+    props = {
+        spec.name: {
+            "description": f"Values of {spec.name} to try; one shot per combination.",
+            "type": "array",
+            "minItems": 1,
+            "items": field_value_schema(spec),
+        }
+        for spec in FIELDS
+    }
+    return _object(
+        props,
+        "Cross product of listed values: one shot per combination (e.g. seeds x qualities). "
+        "Expanded ids get a readable suffix such as .quality-540p.seed-7.",
+    )
+
+
+def _shot_properties(*, with_id: bool) -> dict[str, dict[str, Any]]:
+    props: dict[str, dict[str, Any]] = {}
+    if with_id:
+        props["id"] = {
+            "description": "Stable id of the shot (ledger key and {shot_id}). When absent, "
+            "one is derived from the effective parameters; identical shots are then "
+            "reported as duplicates. Ids " + ID_HINT.removeprefix("use ") + ".",
+            "type": "string",
+            "pattern": ID_PATTERN,
+        }
+    props["mode"] = {
+        "description": "text, image or fusion. Optional: image when `image` is set, fusion "
+        "when `fusion` is set, text otherwise.",
+        "type": "string",
+        "enum": [m.value for m in Mode],
+    }
+    props["count"] = {
+        "description": "Number of takes, each with its own deterministic seed (seed, seed+1, "
+        "... when a seed is given). Ids get .t1, .t2, ...",
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_COUNT,
+    }
+    props["vary"] = _vary_schema()
+    props["max_attempts"] = {
+        "description": "How many times a failed render of this shot is tried (overrides "
+        "run.max_attempts).",
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_ATTEMPTS,
+    }
+    props.update(_request_properties())
+    return props
+
+
+def _run_schema() -> dict[str, Any]:
+    seconds = {"type": "number", "exclusiveMinimum": 0}
+    poll = _object(
+        {
+            "initial_delay_s": _described(
+                {"type": "number", "minimum": 0},
+                "Seconds before the first status check of a task (default 20).",
+            ),
+            "min_interval_s": _described(seconds, "Shortest wait between checks (default 2)."),
+            "max_interval_s": _described(seconds, "Longest wait between checks (default 30)."),
+            "timeout_s": _described(seconds, "Give up on a task after this long (default 1800)."),
+        },
+        "How tasks are polled. Fractions of seconds are allowed.",
+    )
+    return _object(
+        {
+            "concurrency": _described(
+                {"type": "integer", "minimum": 1}, "Generations in flight at once (default 8)."
+            ),
+            "max_attempts": _described(
+                {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS},
+                "Tries per shot before it is marked failed (default 3).",
+            ),
+            "budget_ptc": _described(
+                {"type": "number", "minimum": 0},
+                "Cost cap in PTC: plan exits 4 above it and run stops submitting at it.",
+            ),
+            "download_concurrency": _described(
+                {"type": "integer", "minimum": 1}, "Downloads at once (default 4)."
+            ),
+            "requests_per_s": _described(
+                {"type": "number", "exclusiveMinimum": 0},
+                "Provider calls per second, generate and fetch together (default 20).",
+            ),
+            "poll": poll,
+        },
+        "How the batch runs.",
+    )
+
+
+def _output_schema() -> dict[str, Any]:
+    return _object(
+        {
+            "dir": _described(
+                {"type": "string", "pattern": NOT_BLANK},
+                "Output directory, relative to the manifest (default out/<name>).",
+            ),
+            "filename": _described(
+                {"type": "string", "pattern": NOT_BLANK},
+                "File name pattern inside dir, ending in .mp4 (default {shot_id}.mp4). "
+                "Placeholders: {shot_id} {take} {model} {quality} {duration} {mode} "
+                "{motion_mode} {seed} {name} {hash}; '/' makes subfolders, '..' is refused.",
+            ),
+            "sidecar": _described(
+                {"type": "boolean"},
+                "Write a .json sidecar with the request and provider answer next to each "
+                "video (default true).",
+            ),
+        },
+        "Where finished videos go.",
+    )
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    shot = _object(_shot_properties(with_id=True), "One shot (or, with count/vary, several).")
+    defaults = _object(
+        _shot_properties(with_id=False),
+        "Values every shot starts from; a shot's own values win. Fields that do not apply "
+        "to a shot's mode are skipped for that shot.",
+    )
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": "pixrun manifest",
+        "description": "A batch of PixVerse video shots for pixrun. Generated by "
+        "`pixrun schema`; do not edit by hand.",
+        "type": "object",
+        "properties": {
+            "version": {"description": "Manifest format version. Always 1.", "const": 1},
+            "name": {
+                "description": "Name of the batch ({name} in file names; default: the file "
+                "name without extension).",
+                "type": "string",
+                "pattern": NOT_BLANK,
+            },
+            "defaults": defaults,
+            "output": _output_schema(),
+            "run": _run_schema(),
+            "shots": {
+                "description": "The shots to generate.",
+                "type": "array",
+                "minItems": 1,
+                "items": shot,
+            },
+        },
+        "patternProperties": {
+            "^x-": {
+                "description": "Free space, ignored by pixrun: a place for YAML anchors "
+                "(&name) to reuse with merge keys (<<: *name)."
+            }
+        },
+        "additionalProperties": False,
+        "required": ["version", "shots"],
+    }
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The manifest JSON Schema (a fresh copy; callers may change it)."""
+    return copy.deepcopy(_schema())
+
+
+def manifest_schema_json() -> str:
+    """The schema file's exact text."""
+    return json.dumps(_schema(), indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,117 @@
+"""The simulator's knobs. Every fault is off by default; one seed makes a run repeatable.
+
+Invariants:
+- Shares are probabilities in [0, 1]; times are seconds (fractions allowed).
+- Money is :class:`~decimal.Decimal` PTC here and integer micro-PTC in the books.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from runner.errors import UsageError
+from runner.pricing import PriceTable
+
+#: called with (request body, request headers) before a generate is accepted; if it
+#: raises, the simulator records a violation and answers 500
+GenerateHook = Callable[[Mapping[str, Any], Mapping[str, str]], Awaitable[None]]
+
+DIALECTS = ("pixverse", "gateway")
+
+#: every knob with a share, for validation and the CLI
+SHARE_KNOBS = (
+    "error_5xx_share",
+    "rate_limit_share",
+    "fail_first_attempt_share",
+    "truncate_share",
+    "lost_generate_share",
+)
+
+
+@dataclass
+class SimConfig:
+    """How the simulated provider behaves (see ``pixrun sim --help`` for each knob)."""
+
+    #: response family: "pixverse" (ErrCode/Resp, int ids) or "gateway" (code/data)
+    dialect: str = "pixverse"
+    #: the Bearer key the simulator accepts
+    api_key: str = field(default="sim-key", repr=False)
+    #: each render takes a uniform random time in [min, max] seconds
+    render_time_s: tuple[float, float] = (1.0, 3.0)
+    seed: int = 0
+    #: share of generate/fetch calls answered 503
+    error_5xx_share: float = 0.0
+    #: share of generate/fetch calls answered 429 with ``Retry-After: retry_after_s``
+    rate_limit_share: float = 0.0
+    retry_after_s: float = 1.0
+    #: refuse new tasks beyond this many renders in flight (429, ErrCode 500044)
+    concurrency_limit: int | None = None
+    #: account balance; None = unlimited. When a price does not fit: 402, ErrCode 500043
+    balance_ptc: Decimal | None = None
+    #: a prompt containing any of these (case-insensitive) ends moderated (status 7)
+    moderated_words: tuple[str, ...] = ()
+    #: share of shots whose first task fails to render (status 8); later attempts render
+    fail_first_attempt_share: float = 0.0
+    #: download URLs expire this many seconds after the fetch that issued them
+    url_ttl_s: float | None = None
+    #: share of tasks whose first download is cut mid-body (Range resumes work)
+    truncate_share: float = 0.0
+    #: share of generates whose task is created and charged, then the answer is lost
+    lost_generate_share: float = 0.0
+    #: > 0: a "lost" answer is sent this late instead of dropped (client times out first)
+    slow_generate_s: float = 0.0
+    #: a generate with an Ai-trace-id seen before returns that task, uncharged
+    dedupe_trace_id: bool = False
+    generate_hook: GenerateHook | None = field(default=None, repr=False, compare=False)
+    #: the price rule; None = the packaged table
+    price_table: PriceTable | None = field(default=None, repr=False)
+    #: charged when the table has no price (10 s); None = charge nothing, count it
+    unknown_price_ptc: Decimal | None = None
+    #: give back the charge of a failed or moderated render, like 302.AI's ``refund``
+    refund_failed: bool = True
+    generate_path: str = "/pix/generate"
+    fetch_path: str = "/pix/task/{task_id}/fetch"
+    #: seconds, monotonic; tests may pass a fake clock
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.dialect not in DIALECTS:
+            raise UsageError(
+                f"unknown simulator dialect {self.dialect!r}", hint="use pixverse or gateway"
+            )
+        for name in SHARE_KNOBS:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"{name} must be between 0 and 1, not {value}")
+        low, high = self.render_time_s
+        if low < 0 or high < low:
+            raise UsageError(
+                f"render_time_s must be (min, max) with 0 <= min <= max, not {self.render_time_s}"
+            )
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise UsageError("concurrency_limit must be at least 1")
+        if self.url_ttl_s is not None and self.url_ttl_s <= 0:
+            raise UsageError("url_ttl_s must be greater than 0")
+        if self.retry_after_s < 0 or self.slow_generate_s < 0:
+            raise UsageError("retry_after_s and slow_generate_s must not be negative")
+        self.balance_ptc = _money(self.balance_ptc, "balance_ptc")
+        self.unknown_price_ptc = _money(self.unknown_price_ptc, "unknown_price_ptc")
+        self.moderated_words = tuple(w.lower() for w in self.moderated_words if w.strip())
+        if "{task_id}" not in self.fetch_path:
+            raise UsageError("fetch_path needs a {task_id} placeholder")
+
+
+def _money(value: Any, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise UsageError(f"{name} must be a number of PTC, not {value!r}") from exc
+    if not number.is_finite() or number < 0:
+        raise UsageError(f"{name} must be a number of PTC >= 0, not {value!r}")
+    return number

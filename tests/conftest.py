@@ -1,0 +1,55 @@
+"""Shared fixtures. Add yours with small edits; keep each fixture self-contained."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from runner.provider import Provider, ProviderConfig
+from runner.sim import SimConfig, Simulator
+
+#: renders in the tests take 10-30 ms
+FAST_RENDER_S = (0.01, 0.03)
+SIM_KEY = "sim-test-key-0123456789"
+
+
+@pytest.fixture
+async def sim_factory() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
+    """``sim = await sim_factory(dialect="gateway", ...)``: a started simulator on
+    127.0.0.1 with fast renders (any SimConfig knob may be passed); stopped afterwards."""
+    started: list[Simulator] = []
+
+    async def make(**knobs: Any) -> Simulator:
+        knobs.setdefault("render_time_s", FAST_RENDER_S)
+        knobs.setdefault("api_key", SIM_KEY)
+        sim = Simulator(SimConfig(**knobs))
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        await sim.stop()
+
+
+@pytest.fixture
+async def provider_factory() -> AsyncIterator[Callable[..., Provider]]:
+    """``provider_factory(sim_or_url, **config)``: an adapter with short timeouts,
+    closed afterwards."""
+    made: list[Provider] = []
+
+    def make(target: Simulator | str, **overrides: Any) -> Provider:
+        base_url = target if isinstance(target, str) else target.base_url
+        overrides.setdefault("api_key", SIM_KEY)
+        overrides.setdefault("connect_timeout_s", 2.0)
+        overrides.setdefault("read_timeout_s", 2.0)
+        overrides.setdefault("total_timeout_s", 5.0)
+        provider = Provider(ProviderConfig(base_url=base_url, **overrides))
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        await provider.close()

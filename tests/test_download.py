@@ -1,0 +1,349 @@
+"""Downloads: cut transfers resumed or restarted, expired URLs, bodies that are not MP4s,
+oversize bodies, existing files, a full disk, and a hard kill mid-download."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+from aiohttp import web
+
+from runner.errors import (
+    DiskFull,
+    DownloadCorrupt,
+    DownloadError,
+    DownloadTooLarge,
+    OutputConflict,
+    UrlExpired,
+)
+from runner.provider import Provider, TaskStatus, mp4_problem, part_path, trace_id_for
+from runner.provider import download as download_module
+from runner.sim import Simulator, task_mp4
+
+SimFactory = Callable[..., Awaitable[Simulator]]
+ProviderFactory = Callable[..., Provider]
+REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "360p"}
+VIDEO = task_mp4("download-test")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def web_server(handler: Handler) -> AsyncIterator[str]:
+    """An aiohttp server answering every GET under /v/ with ``handler``."""
+    app = web.Application()
+    app.router.add_get("/v/{name}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/v/video.mp4"
+    finally:
+        await runner.cleanup()
+
+
+async def send_cut(request: web.Request, body: bytes, keep: int) -> web.StreamResponse:
+    """Announce ``body`` in full, send ``keep`` bytes of it, then drop the connection."""
+    response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[:keep])
+    assert request.transport is not None
+    request.transport.abort()
+    return response
+
+
+def assert_nothing_kept(dest: Path) -> None:
+    assert not dest.exists()
+    assert not part_path(dest).exists()
+
+
+async def rendered_url(sim: Simulator, provider: Provider) -> str:
+    task_id = await provider.generate(REQUEST, trace_id=trace_id_for("dl", 1))
+    for _ in range(200):
+        state = await provider.fetch(task_id)
+        if state.status is TaskStatus.SUCCEEDED:
+            assert state.video_url
+            return state.video_url
+        await asyncio.sleep(0.01)
+    raise AssertionError("never rendered")
+
+
+# ---- cut transfers -------------------------------------------------------------------------
+
+
+async def test_cut_transfer_is_resumed_with_range(
+    sim_factory: SimFactory, provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    sim = await sim_factory(truncate_share=1.0)
+    provider = provider_factory(sim)
+    url = await rendered_url(sim, provider)
+    dest = tmp_path / "out" / "fox.mp4"
+    result = await provider.download(url, dest)
+    record = sim.stats()["tasks"][0]
+    assert result.sha256 == record["sha256"]
+    assert dest.read_bytes() == task_mp4(record["task_id"])
+    assert result.bytes == dest.stat().st_size
+    assert sim.stats()["faults"]["truncated_downloads"] == 1
+    assert provider.calls["download"] == 2, "one cut request, one ranged resume"
+    assert not part_path(dest).exists()
+
+
+async def test_cut_transfer_restarts_when_range_is_ignored(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    seen_ranges: list[str | None] = []
+
+    async def ignore_range(request: web.Request) -> web.StreamResponse:
+        seen_ranges.append(request.headers.get("Range"))
+        if len(seen_ranges) == 1:
+            return await send_cut(request, VIDEO, len(VIDEO) // 2)
+        return web.Response(body=VIDEO, content_type="video/mp4")
+
+    async with web_server(ignore_range) as url:
+        provider = provider_factory(url)
+        result = await provider.download(url, tmp_path / "a.mp4")
+    assert (tmp_path / "a.mp4").read_bytes() == VIDEO
+    assert seen_ranges == [None, f"bytes={len(VIDEO) // 2}-"]
+    assert result.bytes == len(VIDEO)
+
+
+async def test_transfer_cut_every_time_gives_up_and_keeps_nothing(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    async def always_cut(request: web.Request) -> web.StreamResponse:
+        return await send_cut(request, VIDEO, 100)
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(always_cut) as url:
+        provider = provider_factory(url, download_resume_attempts=2)
+        with pytest.raises(DownloadCorrupt):
+            await provider.download(url, dest)
+    assert provider.calls["download"] == 3
+    assert_nothing_kept(dest)
+
+
+# ---- stale and hostile URLs -----------------------------------------------------------------
+
+
+async def test_expired_url_says_fetch_again_and_a_fresh_one_works(
+    sim_factory: SimFactory, provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    now_s = [1000.0]
+    sim = await sim_factory(url_ttl_s=60.0, render_time_s=(1.0, 1.0), clock=lambda: now_s[0])
+    provider = provider_factory(sim)
+    task_id = await provider.generate(REQUEST, trace_id="t")
+    now_s[0] += 2
+    stale = (await provider.fetch(task_id)).video_url
+    assert stale is not None
+    now_s[0] += 61
+    dest = tmp_path / "a.mp4"
+    with pytest.raises(UrlExpired) as info:
+        await provider.download(stale, dest)
+    assert info.value.status == 403 and "fetch the task again" in (info.value.hint or "")
+    assert_nothing_kept(dest)
+    fresh = (await provider.fetch(task_id)).video_url
+    assert fresh is not None and fresh != stale
+    await provider.download(fresh, dest)
+    assert mp4_problem(dest) is None
+    assert sim.stats()["refusals"]["expired_url"] == 1
+
+
+async def test_unknown_url_is_expired_too(
+    sim_factory: SimFactory, provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    sim = await sim_factory()
+    with pytest.raises(UrlExpired):
+        await provider_factory(sim).download(sim.base_url + "/_sim/files/nope.mp4", tmp_path / "a")
+
+
+async def test_a_body_that_is_not_an_mp4_is_refused(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    async def html(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            text="<html><body>Access denied</body></html>", content_type="text/html"
+        )
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(html) as url:
+        with pytest.raises(DownloadCorrupt) as info:
+            await provider_factory(url).download(url, dest)
+    assert "not an MP4" in str(info.value)
+    assert_nothing_kept(dest)
+
+
+async def test_an_mp4_cut_short_at_the_source_is_refused(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    async def short(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=VIDEO[:-200], content_type="video/mp4")  # honest length
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(short) as url:
+        with pytest.raises(DownloadCorrupt) as info:
+            await provider_factory(url).download(url, dest)
+    assert "truncated" in str(info.value)
+    assert_nothing_kept(dest)
+
+
+async def test_announced_oversize_body_is_refused(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=VIDEO, content_type="video/mp4")
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(big) as url:
+        with pytest.raises(DownloadTooLarge):
+            await provider_factory(url, max_download_bytes=500).download(url, dest)
+    assert_nothing_kept(dest)
+
+
+async def test_unannounced_oversize_body_is_stopped_while_streaming(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(VIDEO[:64])
+        for _ in range(64):
+            await response.write(b"\0" * 4096)
+        await response.write_eof()
+        return response
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(endless) as url:
+        with pytest.raises(DownloadTooLarge):
+            await provider_factory(url, max_download_bytes=10_000).download(url, dest)
+    assert_nothing_kept(dest)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.mp4", "nonsense"])
+async def test_only_http_urls_are_followed(
+    url: str, provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    dest = tmp_path / "a.mp4"
+    with pytest.raises(DownloadError):
+        await provider_factory("http://127.0.0.1:9").download(url, dest)
+    assert_nothing_kept(dest)
+
+
+# ---- the file system ------------------------------------------------------------------------
+
+
+async def test_an_existing_file_is_never_replaced(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    async def video(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=VIDEO, content_type="video/mp4")
+
+    other = tmp_path / "other.mp4"
+    other.write_bytes(b"somebody else's file")
+    same = tmp_path / "same.mp4"
+    same.write_bytes(VIDEO)
+    async with web_server(video) as url:
+        provider = provider_factory(url)
+        with pytest.raises(OutputConflict):
+            await provider.download(url, other)
+        result = await provider.download(url, same)
+    assert other.read_bytes() == b"somebody else's file"
+    assert not part_path(other).exists()
+    assert result.bytes == len(VIDEO) and same.read_bytes() == VIDEO
+
+
+async def test_a_full_disk_is_disk_full(
+    provider_factory: ProviderFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+
+    def full(path: Path) -> BinaryIO:
+        return open("/dev/full", "wb")
+
+    monkeypatch.setattr(download_module, "_open_part", full)
+
+    async def video(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=VIDEO, content_type="video/mp4")
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(video) as url:
+        with pytest.raises(DiskFull):
+            await provider_factory(url).download(url, dest)
+    assert not dest.exists()
+
+
+KILLED_DOWNLOADER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from runner.provider import Provider, ProviderConfig
+
+    async def main() -> None:
+        config = ProviderConfig(base_url="http://127.0.0.1:9", api_key="k")
+        async with Provider(config) as provider:
+            await provider.download(sys.argv[1], Path(sys.argv[2]))
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    first_bytes_sent = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        if request.query.get("fast"):
+            return web.Response(body=VIDEO, content_type="video/mp4")
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.content_length = len(VIDEO)
+        await response.prepare(request)
+        await response.write(VIDEO[:300])
+        first_bytes_sent.set()
+        await release.wait()
+        return response
+
+    dest = tmp_path / "out" / "shot.mp4"
+    async with web_server(slow) as url:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            KILLED_DOWNLOADER,
+            url,
+            str(dest),
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        returncode: int | None = None
+        try:
+            await asyncio.wait_for(first_bytes_sent.wait(), timeout=20)
+            for _ in range(500):
+                if part_path(dest).exists():
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # let the child take in what was sent
+            assert child.returncode is None, "the download must still be in progress"
+            child.send_signal(signal.SIGKILL)
+        finally:
+            returncode = await child.wait()
+            release.set()
+        assert returncode == -signal.SIGKILL
+        assert not dest.exists(), "nothing under the final name after a hard kill"
+        assert part_path(dest).exists()
+        assert part_path(dest).stat().st_size < len(VIDEO)
+        # the next attempt starts over cleanly and publishes a complete file
+        result = await provider_factory(url).download(url + "?fast=1", dest)
+    assert dest.read_bytes() == VIDEO and result.bytes == len(VIDEO)
+    assert not part_path(dest).exists()

@@ -1,0 +1,302 @@
+"""The ledger's promises: schema and migrations, locking, invariants, query plans."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from shots import make_shot
+
+from runner.errors import LedgerError, LedgerLocked, LedgerSchemaError
+from runner.ledger import AttemptOutcome, Ledger, open_ledger
+from runner.ledger.migrations import LATEST_VERSION, MIGRATIONS
+from runner.model import ShotState
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A separate connection, as another process would see the file."""
+    return sqlite3.connect(path)
+
+
+async def test_fresh_ledger_is_migrated_wal_and_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True):
+        pass
+    con = raw(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"shots", "attempts", "shot_versions", "events", "runs", "meta"} <= tables
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_each_migration_applies_from_the_previous_version(tmp_path: Path) -> None:
+    # Build the ledger one released version at a time, as an old pixrun would have left
+    # it, and let open_ledger take it the rest of the way.
+    for start in range(LATEST_VERSION):
+        path = tmp_path / f"v{start}.sqlite"
+        con = raw(path)
+        for number in range(start):
+            con.executescript(MIGRATIONS[number])
+        con.execute(f"PRAGMA user_version = {start}")
+        if start:
+            con.execute("PRAGMA application_id = 1346984018")
+        con.commit()
+        con.close()
+        async with await open_ledger(path, writer=True) as ledger:
+            await ledger.sync_manifest([make_shot("a")])
+        assert raw(path).execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+
+
+async def test_newer_or_foreign_database_is_refused(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.sqlite"
+    con = raw(newer)
+    con.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    con.commit()
+    con.close()
+    with pytest.raises(LedgerSchemaError, match="upgrade|newer|knows up to"):
+        await open_ledger(newer, writer=True)
+    foreign = tmp_path / "foreign.sqlite"
+    con = raw(foreign)
+    con.execute("CREATE TABLE x (a)")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    with pytest.raises(LedgerSchemaError, match="not a pixrun ledger"):
+        await open_ledger(foreign, writer=True)
+
+
+async def test_reader_needs_an_existing_ledger(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="no ledger"):
+        await open_ledger(tmp_path / "missing.sqlite", writer=False)
+
+
+async def test_second_writer_is_refused_and_lock_dies_with_its_process(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True):
+        with pytest.raises(LedgerLocked, match="another pixrun run"):
+            await open_ledger(path, writer=True)
+        # readers never need the lock
+        async with await open_ledger(path, writer=False) as reader:
+            assert await reader.counts_by_state() == {}
+    # a holder killed with SIGKILL releases the lock (the kernel drops flocks)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import asyncio, sys
+                from pathlib import Path
+                from runner.ledger import open_ledger
+                async def main():
+                    await open_ledger(Path({str(path)!r}), writer=True)
+                    print("locked", flush=True)
+                    await asyncio.sleep(60)
+                asyncio.run(main())
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LedgerLocked, match=f"pid {holder.pid}"):
+            await open_ledger(path, writer=True)
+        holder.kill()
+        holder.wait(timeout=10)
+        async with await open_ledger(path, writer=True):
+            pass
+    finally:
+        holder.kill()
+
+
+async def test_intent_is_durable_before_begin_attempt_returns(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot("a"), make_shot("b")])
+        await ledger.start_run()
+        row = await ledger.get_shot("a")
+        assert row is not None
+        attempt_id = await ledger.begin_attempt(
+            row, attempt_no=1, trace_id="trace-a-1", new_attempt=True
+        )
+        # another connection (another process) sees the intent at once
+        con = raw(path)
+        state = con.execute("SELECT state FROM shots WHERE shot_id='a'").fetchone()[0]
+        outcome = con.execute(
+            "SELECT outcome, trace_id FROM attempts WHERE attempt_id=?", (attempt_id,)
+        ).fetchone()
+        assert state == ShotState.SUBMITTING.value
+        assert outcome == (AttemptOutcome.SENDING.value, "trace-a-1")
+        await ledger.attempt_accepted("a", attempt_id, "task-1", 100_000, next_poll_at=0.0)
+        assert con.execute("SELECT task_id, state FROM shots WHERE shot_id='a'").fetchone() == (
+            "task-1",
+            ShotState.SUBMITTED.value,
+        )
+        assert await ledger.spent_uptc() == 100_000
+
+
+async def test_concurrent_writes_are_grouped_into_few_commits(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    shots = [make_shot(f"s{i}") for i in range(200)]
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest(shots)
+        await ledger.start_run()
+        rows = [await ledger.get_shot(s.shot_id) for s in shots]
+        before = ledger.commit_count
+        await asyncio.gather(
+            *(
+                ledger.begin_attempt(r, attempt_no=1, trace_id=f"t{i}", new_attempt=True)
+                for i, r in enumerate(rows)
+                if r is not None
+            )
+        )
+        commits = ledger.commit_count - before
+        assert 1 <= commits < 50, commits
+        counts = await ledger.counts_by_state()
+        assert counts[ShotState.SUBMITTING] == 200
+
+
+async def test_recover_parks_submitting_and_rewinds_downloading(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot("a"), make_shot("b"), make_shot("c")])
+        await ledger.start_run()
+        a = await ledger.get_shot("a")
+        assert a is not None
+        await ledger.begin_attempt(a, attempt_no=1, trace_id="ta", new_attempt=True)
+        await ledger.update_shot("b", {"state": ShotState.DOWNLOADING, "task_id": "tb"})
+    async with await open_ledger(path, writer=True) as ledger:
+        parked = await ledger.recover()
+        assert parked == ["a"]
+        counts = await ledger.counts_by_state()
+        assert counts == {
+            ShotState.AMBIGUOUS: 1,
+            ShotState.RENDERED: 1,
+            ShotState.PENDING: 1,
+        }
+        outcome = raw(path).execute("SELECT outcome FROM attempts WHERE shot_id='a'").fetchone()
+        assert outcome[0] == AttemptOutcome.AMBIGUOUS.value
+
+
+async def test_sync_detects_new_changed_unchanged_and_removed(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        first = await ledger.sync_manifest([make_shot("a"), make_shot("b"), make_shot("c")])
+        assert first.new == 3
+        await ledger.update_shot("a", {"state": ShotState.DONE, "sha256": "x", "bytes": 10})
+        second = await ledger.sync_manifest(
+            [make_shot("a", prompt="a new prompt"), make_shot("b"), make_shot("d")]
+        )
+        assert (second.new, second.changed, second.unchanged, second.removed) == (
+            1,
+            ("a",),
+            1,
+            ("c",),
+        )
+        a = await ledger.get_shot("a")
+        assert a is not None and a.version == 2 and a.state == ShotState.PENDING
+        assert await ledger.output_owner("a.mp4") == ("a", "x")
+        # the dropped shot is no longer dispatched
+        pending = await ledger.next_pending(after_seq=-1, limit=10)
+        assert [r.shot_id for r in pending] == ["a", "b", "d"]
+
+
+async def test_requeue_keeps_trace_for_ambiguous_and_grants_attempts_to_failed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot("a"), make_shot("b")])
+        await ledger.update_shot("a", {"state": ShotState.AMBIGUOUS, "attempts": 1})
+        await ledger.update_shot(
+            "b", {"state": ShotState.FAILED, "attempts": 3, "error_kind": "render_failed"}
+        )
+        moved = await ledger.requeue(["a", "b"], "test", extra_attempts=2)
+        assert moved == 2
+        a = await ledger.get_shot("a")
+        b = await ledger.get_shot("b")
+        assert a is not None and b is not None
+        assert (a.state, a.attempts, a.error_kind) == (
+            ShotState.PENDING,
+            1,
+            "retry_same_attempt",
+        )
+        assert (b.state, b.attempts, b.max_attempts) == (ShotState.PENDING, 3, 5)
+
+
+async def test_write_failure_stops_further_writes(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot("a")])
+        await ledger.start_run()
+        # another connection holds the write lock past the busy timeout
+        con = raw(path)
+        con.execute("PRAGMA busy_timeout = 0")
+        await ledger.connection.execute("PRAGMA busy_timeout = 50")
+        con.execute("BEGIN IMMEDIATE")
+        row = await ledger.get_shot("a")
+        assert row is not None
+        with pytest.raises(LedgerError, match="cannot write the ledger"):
+            await ledger.begin_attempt(row, attempt_no=1, trace_id="t", new_attempt=True)
+        con.rollback()
+        with pytest.raises(LedgerError):
+            await ledger.begin_attempt(row, attempt_no=1, trace_id="t", new_attempt=True)
+
+
+def _plan(con: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[str]:
+    return [r[3] for r in con.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+async def test_every_runner_query_uses_an_index(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot(f"s{i}") for i in range(50)])
+    con = raw(path)
+    queries: list[tuple[str, tuple[object, ...]]] = [
+        (
+            "SELECT * FROM shots WHERE state = ? AND seq > ? AND in_manifest = 1 "
+            "ORDER BY seq LIMIT ?",
+            ("pending", -1, 10),
+        ),
+        ("SELECT * FROM shots WHERE state IN (?, ?) ORDER BY seq", ("submitted", "rendered")),
+        ("SELECT state, COUNT(*) FROM shots GROUP BY state", ()),
+        (
+            "SELECT COALESCE(SUM(charged_uptc), 0) FROM attempts WHERE outcome IN (?, ?)",
+            ("accepted", "resolved"),
+        ),
+        ("SELECT shot_id, output_path, bytes FROM shots WHERE state = ?", ("done",)),
+        ("SELECT shot_id, sha256 FROM shot_versions WHERE output_path = ?", ("a.mp4",)),
+        ("SELECT * FROM shots WHERE task_id = ?", ("t",)),
+        ("UPDATE attempts SET outcome = ? WHERE shot_id = ? AND outcome = ?", ("a", "b", "c")),
+        ("SELECT MAX(attempt_id) FROM attempts WHERE shot_id = ?", ("a",)),
+        ("SELECT shot_id FROM shots WHERE state IN (?) ORDER BY seq", ("failed",)),
+    ]
+    for sql, params in queries:
+        plan = _plan(con, sql, params)
+        table_steps = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
+        assert table_steps, (sql, plan)
+        # every step reads through an index: no full scan of a table
+        assert all("INDEX" in step for step in table_steps), (sql, plan)
+
+
+async def test_ledger_never_stores_the_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = "sk-MARKER-never-store-me"
+    monkeypatch.setenv("PIXRUN_API_KEY", marker)
+    path = tmp_path / "b.ledger.sqlite"
+    ledger: Ledger
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot("a")])
+        await ledger.start_run()
+        await ledger.end_run(0, {"ok": True})
+    assert marker.encode() not in path.read_bytes()
