@@ -153,10 +153,9 @@ async def run_batch(
         poll=poll,
         budget_uptc=_to_uptc(budget),
         sidecar=manifest.output.sidecar,
-        **(
-            {} if overrides.backoff_base_s is None else {"backoff_base_s": overrides.backoff_base_s}
-        ),
     )
+    if overrides.backoff_base_s is not None:
+        options = replace(options, backoff_base_s=overrides.backoff_base_s)
     if simulate is None and not os.environ.get("PIXRUN_API_KEY"):
         # checked before the ledger is touched, so a missing key changes nothing
         ProviderConfig.from_env(base_url=overrides.base_url)

@@ -289,8 +289,11 @@ def suggest(word: str, candidates: Iterable[str]) -> str | None:
 
 
 def did_you_mean(word: str, candidates: Iterable[str], fallback: str) -> str:
-    guess = suggest(word, candidates)
-    return f"did you mean {guess!r}?" if guess else fallback
+    """'did you mean ...?' with the one or two closest candidates, else ``fallback``."""
+    found = difflib.get_close_matches(word, list(candidates), n=2, cutoff=0.6)
+    if not found:
+        return fallback
+    return "did you mean " + " or ".join(repr(f) for f in found) + "?"
 
 
 def _choices_text(values: Iterable[Any]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -135,6 +136,9 @@ class Expander:
         kind = _KINDS[name]
         if kind in _AS_WRITTEN:
             return value
+        if kind is Kind.NUMBER or kind is Kind.MOTION_SCALE:
+            self._finite(value, where)
+            return value
         if kind is Kind.DURATION:
             return duration_seconds(value)
         if kind is Kind.SWITCH or kind is Kind.INT:
@@ -144,6 +148,14 @@ class Expander:
         if kind is Kind.IMAGES:
             return [self._resolve_image(item, (*where, i)) for i, item in enumerate(value)]
         return value
+
+    def _finite(self, value: Any, where: Path_) -> None:
+        """JSON has no NaN or infinity: the provider could not be sent them."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self._finite(item, (*where, key))
+        elif isinstance(value, float) and not math.isfinite(value):
+            self._report(where, f"{value} is not a finite number", "write an ordinary number")
 
     # ---- one entry ----------------------------------------------------------------
 
@@ -399,9 +411,7 @@ class Expander:
 _NO_VARIANTS = (_Variant("", {}, {}),)
 _KINDS: dict[str, Kind] = {name: spec.kind for name, spec in FIELDS_BY_NAME.items()}
 #: kinds whose manifest spelling is already the wire spelling
-_AS_WRITTEN = frozenset(
-    {Kind.TEXT, Kind.CHOICE, Kind.BOOL, Kind.NUMBER, Kind.URL, Kind.MOTION_SCALE}
-)
+_AS_WRITTEN = frozenset({Kind.TEXT, Kind.CHOICE, Kind.BOOL, Kind.URL})
 
 
 def take_seed(base_id: str, take: int) -> int:

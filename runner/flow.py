@@ -96,6 +96,11 @@ class CallGate:
         One failure among successes is that call's problem: only it waits. Several in
         a row look like an outage: then every call is held back, exponentially longer.
         """
+        now = self._clock()
+        if self.provider_down and now < self.paused_until:
+            # a call let through in the same round as the one that set this pause: one
+            # round escalates once, else N waiting calls would multiply the pause by 2**N
+            return self.paused_until - now
         self.failures += 1
         delay = backoff_s(self.failures, base_s=base_s, cap_s=cap_s)
         if self.provider_down:

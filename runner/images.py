@@ -80,7 +80,7 @@ def _check_dimensions(name: str, width: int, height: int) -> ImageFault | None:
     aspect = max(width, height) / min(width, height)
     if aspect > IMAGE_MAX_ASPECT:
         return ImageFault(
-            f"{name} is {width}x{height} px, aspect {aspect:.2f}:1; it must be within "
+            f"{name} is {width}x{height} px, aspect {aspect:.3f}:1; it must be within "
             f"1:{IMAGE_MAX_ASPECT} and {IMAGE_MAX_ASPECT}:1",
             "crop it closer to square",
         )

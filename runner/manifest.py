@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -196,6 +197,7 @@ class _Reader:
         self._shot_marks: list[Mark] = []
         #: entries whose explicit id repeats an earlier entry's (already reported)
         self._reused: set[int] = set()
+        self._doc: Any = None
 
     # ---- reporting ----------------------------------------------------------------
 
@@ -272,8 +274,6 @@ class _Reader:
 
     # ---- the read -----------------------------------------------------------------
 
-    _doc: Any = None
-
     def read(self) -> Manifest | None:
         parsed = parse(self.data)
         for yi in parsed.issues:
@@ -341,6 +341,13 @@ class _Reader:
                 holder = holder.get(part) if isinstance(holder, dict) else None
             value = holder.get(key) if isinstance(holder, dict) else None
             if value is None or ("run", *where, key) in bad:
+                return default
+            if isinstance(value, float) and not math.isfinite(value):
+                self.report(
+                    ("run", *where, key),
+                    f"{value} is not a finite number",
+                    "write an ordinary number",
+                )
                 return default
             return value
 
@@ -496,7 +503,7 @@ class _Reader:
                     ("shots", draft.index, "id"),
                     f"id {draft.shot_id!r} is not safe as a file name",
                     "use letters, digits, '.', '_' and '-' only, without '..'",
-                    shot_id=draft.shot_id,
+                    shot_id=repr(draft.shot_id),
                 )
                 continue
             earlier = first.get(draft.shot_id)

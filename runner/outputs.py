@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,12 +21,21 @@ from typing import Any
 from runner.errors import DiskFull, OutputConflict
 
 
+@functools.lru_cache(maxsize=8)
+def _resolved(directory: Path) -> str:
+    return str(directory.resolve())
+
+
 def resolve_output(output_dir: Path, relpath: str) -> Path:
-    base = output_dir.resolve()
-    target = (base / relpath).resolve()
-    if base != target and base not in target.parents:
+    """The absolute path of an output; refuses one outside the output directory.
+
+    Pure string work (no system calls): it runs once per shot on the event loop.
+    """
+    base = _resolved(output_dir)
+    target = os.path.normpath(os.path.join(base, relpath))
+    if not target.startswith(base + os.sep):
         raise OutputConflict(f"output path {relpath!r} escapes the output directory {base}")
-    return target
+    return Path(target)
 
 
 def staging_path(target: Path) -> Path:

@@ -67,7 +67,7 @@ from runner.outputs import (
     staging_path,
     write_sidecar,
 )
-from runner.provider import Provider, TaskState, TaskStatus, trace_id_for
+from runner.provider import DownloadResult, Provider, TaskState, TaskStatus, trace_id_for
 
 #: after these, the next submit repeats the same render attempt (same trace id)
 _SAME_ATTEMPT_KINDS = frozenset(
@@ -283,6 +283,9 @@ class Scheduler:
     def _stopped(self) -> bool:
         return self._submit_stop is not None
 
+    def _hard_stopped(self) -> bool:
+        return self._submit_stop in _HARD_STOPS
+
     def _budget_allows(self, row: ShotRow) -> bool:
         cap = self._opt.budget_uptc
         if cap is None:
@@ -360,7 +363,7 @@ class Scheduler:
                 await self._await_render(job)
                 if _state(row) == ShotState.PENDING:
                     continue  # render failed with attempts left
-            if _state(row) == ShotState.RENDERED:
+            if _state(row) in (ShotState.RENDERED, ShotState.DOWNLOADING):
                 await self._collect(job)
             return
 
@@ -407,7 +410,7 @@ class Scheduler:
                 self._move(row, ShotState.SUBMITTING)
                 row.attempts = attempt_no
                 crashpoints.reached(CrashPoint.AFTER_INTENT)
-                if self._submit_stop in _HARD_STOPS:
+                if self._hard_stopped():
                     # nothing was sent: say so, so that no rerun parks this shot
                     job.in_generate = False
                     self._reserved_uptc -= price
@@ -431,7 +434,10 @@ class Scheduler:
                 retry = await self._submit_failed(job, attempt_id, exc)
                 if not retry:
                     return
-                transient_tries += 1 if isinstance(exc, TransientError) else 0
+                # an outage (every call failing) is waited out; only a shot that fails
+                # while the provider otherwise answers uses up its tries
+                counts = isinstance(exc, TransientError) and not self._gate.provider_down
+                transient_tries += 1 if counts else 0
                 if transient_tries >= self._opt.max_transient_tries:
                     # the provider answers others but not this shot: leave it pending
                     job.give_up = True
@@ -659,10 +665,13 @@ class Scheduler:
         row = job.row
         if state.status == TaskStatus.SUCCEEDED and state.video_url:
             now = time.time()
+            # With a download slot free, go straight to downloading: one commit fewer.
+            # (A crash before the file is done costs one free fetch for a fresh URL.)
+            next_state = ShotState.RENDERED if self._downloads.locked() else ShotState.DOWNLOADING
             await self._ledger.update_shot(
                 row.shot_id,
                 {
-                    "state": ShotState.RENDERED,
+                    "state": next_state,
                     "video_url": state.video_url,
                     "poster_url": state.poster_url,
                     "seed": state.seed,
@@ -673,7 +682,7 @@ class Scheduler:
                     "next_poll_at": None,
                 },
             )
-            self._move(row, ShotState.RENDERED)
+            self._move(row, next_state)
             row.video_url = state.video_url
             row.poster_url = state.poster_url
             row.seed = state.seed
@@ -750,42 +759,16 @@ class Scheduler:
         except OutputConflict as exc:
             await self._finish_render(job, ShotState.FAILED, ErrorKind.OUTPUT_CONFLICT, str(exc))
             return
-        await self._ledger.update_shot(row.shot_id, {"state": ShotState.DOWNLOADING})
-        self._move(row, ShotState.DOWNLOADING)
-        tries = 0
-        while True:
-            existing = target.exists()
-            dest = staging_path(target) if existing else target
-            try:
-                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-                if not row.video_url:
-                    raise UrlExpired("no download URL known")
-                if existing:  # a staging file left by a crash is never trusted
-                    dest.unlink(missing_ok=True)
-                result = await self._provider.download(row.video_url, dest)
-                break
-            except UrlExpired:
-                tries += 1
-                if not await self._refresh_url(job) or tries >= self._opt.max_download_tries:
-                    await self._download_failed(
-                        job, "the download URL expired and no fresh one could be had"
-                    )
-                    return
-            except DiskFull as exc:
-                await self._download_failed(job, str(exc), kind=ErrorKind.DISK_FULL)
-                self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
-                return
-            except (OutputConflict, UsageError) as exc:
-                # the file system refuses (a file appeared at the target, permissions)
-                await self._download_failed(job, str(exc))
-                return
-            except (DownloadError, TransientError, OSError) as exc:
-                tries += 1
-                if tries >= self._opt.max_download_tries:
-                    await self._download_failed(job, f"download failed {tries} times: {exc}")
-                    return
-                await asyncio.sleep(backoff_s(tries, base_s=self._opt.backoff_base_s, cap_s=5.0))
-        if existing and not await self._place_over_existing(job, target, dest, result.sha256):
+        if row.state != ShotState.DOWNLOADING:
+            await self._ledger.update_shot(row.shot_id, {"state": ShotState.DOWNLOADING})
+            self._move(row, ShotState.DOWNLOADING)
+        fetched = await self._fetch_file(job, target)
+        if fetched is None:
+            return
+        result, staged = fetched
+        if staged is not None and not await self._place_over_existing(
+            job, target, staged, result.sha256
+        ):
             return
         crashpoints.reached(CrashPoint.MID_DOWNLOAD)
         now = time.time()
@@ -811,6 +794,61 @@ class Scheduler:
         self._done_times.append(time.monotonic())
         crashpoints.reached(CrashPoint.AFTER_DONE)
         self._emit(RunEventKind.DONE, f"saved {row.output_path}", row)
+
+    async def _fetch_file(
+        self, job: _Job, target: Path
+    ) -> tuple[DownloadResult, Path | None] | None:
+        """Download with retries; ``(result, staging path or None)``, or None if given up."""
+        row = job.row
+        tries = 0
+        # Straight to the final name: the adapter publishes without ever replacing a
+        # file. Only when something already sits there do we stage and compare.
+        staged: Path | None = None
+        while True:
+            dest = target if staged is None else staged
+            try:
+                if not row.video_url:
+                    raise UrlExpired("no download URL known")
+                if staged is not None:  # a staging file left by a crash is never trusted
+                    await asyncio.to_thread(staged.unlink, missing_ok=True)
+                result = await self._provider.download(row.video_url, dest)
+                return result, staged
+            except UrlExpired:
+                tries += 1
+                if not await self._refresh_url(job) or tries >= self._opt.max_download_tries:
+                    await self._download_failed(
+                        job, "the download URL expired and no fresh one could be had"
+                    )
+                    return None
+            except DiskFull as exc:
+                await self._download_failed(job, str(exc), kind=ErrorKind.DISK_FULL)
+                self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
+                return None
+            except OutputConflict as exc:
+                if staged is None:
+                    staged = staging_path(target)
+                    continue
+                await self._download_failed(job, str(exc))
+                return None
+            except UsageError as exc:  # the file system refuses (permissions)
+                await self._download_failed(job, str(exc))
+                return None
+            except TransientError as exc:
+                # unreachable, 5xx or 429: an outage is waited out, as polls wait it out;
+                # only a file that fails while the provider otherwise answers uses up tries
+                delay = self._gate.record_failure(self._opt.backoff_base_s, self._opt.backoff_cap_s)
+                if not self._gate.provider_down:
+                    tries += 1
+                    if tries >= self._opt.max_download_tries:
+                        await self._download_failed(job, f"download failed {tries} times: {exc}")
+                        return None
+                await asyncio.sleep(delay)
+            except (DownloadError, OSError) as exc:
+                tries += 1
+                if tries >= self._opt.max_download_tries:
+                    await self._download_failed(job, f"download failed {tries} times: {exc}")
+                    return None
+                await asyncio.sleep(backoff_s(tries, base_s=self._opt.backoff_base_s, cap_s=5.0))
 
     async def _place_over_existing(
         self, job: _Job, target: Path, staged: Path, sha256: str

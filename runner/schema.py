@@ -149,7 +149,7 @@ def _shot_properties(*, with_id: bool) -> dict[str, dict[str, Any]]:
         props["id"] = {
             "description": "Stable id of the shot (ledger key and {shot_id}). When absent, "
             "one is derived from the effective parameters; identical shots are then "
-            "reported as duplicates. Ids " + ID_HINT.removeprefix("use ") + ".",
+            "reported as duplicates. Allowed: " + ID_HINT.removeprefix("use ") + ".",
             "type": "string",
             "pattern": ID_PATTERN,
         }

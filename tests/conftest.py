@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from runner.provider import Provider, ProviderConfig
-from runner.sim import SimConfig, Simulator
+from runner.sim import SimConfig, Simulator, SimulatorThread
 
 #: renders in the tests take 10-30 ms
 FAST_RENDER_S = (0.01, 0.03)
@@ -53,3 +53,25 @@ async def provider_factory() -> AsyncIterator[Callable[..., Provider]]:
     yield make
     for provider in made:
         await provider.close()
+
+
+@pytest.fixture
+def sim_thread() -> Iterator[Callable[..., SimulatorThread]]:
+    """``sim = sim_thread(**knobs)``: a simulator in a background thread, outside the
+    process under test (runner subprocesses); closed afterwards."""
+    from runkit import FAST_RENDER_S as SUBPROCESS_RENDER_S
+    from runkit import KEY
+
+    started: list[SimulatorThread] = []
+
+    def make(**knobs: Any) -> SimulatorThread:
+        knobs.setdefault("render_time_s", SUBPROCESS_RENDER_S)
+        knobs.setdefault("api_key", KEY)
+        sim = SimulatorThread(SimConfig(**knobs))
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.close()

@@ -168,12 +168,28 @@ async def test_faulty_provider_every_shot_ends_in_its_right_state(
     assert all(n == 1 for n in charges_per_trace(sim).values())
     faults = stats["faults"]
     assert faults.get("truncated_downloads", 0) > 0, faults
-    assert stats["refusals"].get("expired_url", 0) > 0, stats["refusals"]
     assert stats["refusals"].get("concurrency", 0) > 0
     assert RunEventKind.THROTTLED in recorder.kinds()
     assert RunEventKind.RETRY in recorder.kinds()
     moderated = ledger_rows(manifest, "SELECT error_kind FROM shots WHERE state='moderated'")
     assert moderated == [("moderated",), ("moderated",)]
+
+
+async def test_expired_urls_are_refreshed_by_fetching_never_by_generating(
+    tmp_path: Path, sim_factory: SimFactory
+) -> None:
+    sim = await sim_factory(url_ttl_s=0.03)
+    # 40 renders end together and queue for one download slot: the tail of the queue
+    # outlives its URLs' 30 ms
+    manifest = make_manifest(tmp_path, [make_shot(f"s{i:02d}") for i in range(40)], concurrency=40)
+    recorder = Recorder()
+    outcome = await run(manifest, sim, recorder, download_concurrency=1)
+    assert outcome.result.counts == {ShotState.DONE: 40}
+    stats = sim.stats()
+    assert stats["refusals"].get("expired_url", 0) > 0, stats["refusals"]
+    assert stats["accepted_tasks"] == 40
+    assert RunEventKind.URL_REFRESHED in recorder.kinds()
+    assert assert_outputs_match_simulator(manifest, sim) == 40
 
 
 async def test_invalid_request_fails_the_shot_with_the_providers_message(

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from runner import __version__
 from runner.errors import ExitCode, ManifestError, PixrunError
@@ -25,9 +26,9 @@ def print_error(exc: PixrunError) -> None:
         from runner.cli.render import print_problems
 
         print_problems(exc.problems, err_console)
-    err_console.print(f"[bold red]error:[/] {click.style(str(exc), bold=False)}", markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
     if exc.hint:
-        err_console.print(f"  [dim]hint:[/] {exc.hint}")
+        err_console.print(f"  [dim]hint:[/] {escape(exc.hint)}")
 
 
 class PixrunGroup(click.Group):

@@ -6,6 +6,7 @@ import asyncio
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -45,6 +46,33 @@ def _render_range(value: str) -> tuple[float, float]:
     if pair[0] < 0 or pair[1] < pair[0]:
         raise click.BadParameter(f"{value!r}: need 0 <= MIN <= MAX")
     return pair
+
+
+def _event_loop_runner() -> Any:
+    """uvloop's event loop where installed (several times less overhead per call)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
+def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; numbers become numbers. The adapter checks the keys."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE")
+        number: Any = value
+        for cast in (int, float):
+            try:
+                number = cast(value)
+                break
+            except ValueError:
+                continue
+        options[key.strip()] = number
+    return options
 
 
 def _ledger_for(manifest: Path | None, ledger: Path | None) -> Path:
@@ -99,6 +127,20 @@ def _ledger_for(manifest: Path | None, ledger: Path | None) -> Path:
     help="Floor between two polls of a task (overrides run.poll.min_interval_s).",
 )
 @click.option("--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai).")
+@click.option(
+    "--provider-option",
+    "provider_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Provider adapter setting, e.g. read_timeout_s=30 or "
+    "max_download_bytes=1000000000 (repeatable).",
+)
+@click.option(
+    "--backoff-base-s",
+    type=click.FloatRange(0.0, None),
+    hidden=True,
+    help="First delay of retried calls (tests and benchmarks on a fast clock).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
@@ -113,6 +155,8 @@ def run_cmd(
     max_cost: str | None,
     poll_interval: float | None,
     base_url: str | None,
+    provider_options: tuple[str, ...],
+    backoff_base_s: float | None,
     yes: bool,
     quiet: bool,
     json_logs: bool,
@@ -146,11 +190,13 @@ def run_cmd(
         max_cost_ptc=cap,
         poll_floor_s=poll_interval,
         base_url=base_url,
+        backoff_base_s=backoff_base_s,
+        provider_options=_provider_options(provider_options),
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
     observer = make_observer(mode, console)
     with observer:
-        outcome = asyncio.run(
+        outcome = _event_loop_runner()(
             run_batch(loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim)
         )
     del loaded

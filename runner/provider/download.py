@@ -66,6 +66,11 @@ def _open_part(path: Path) -> BinaryIO:
     return open(path, "wb")
 
 
+def _prepare_part(dest: Path, part: Path) -> BinaryIO:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return _open_part(part)
+
+
 class _Cut(Exception):
     """The body stopped early; resume or restart."""
 
@@ -188,6 +193,7 @@ def _finish_file(file: BinaryIO, part: Path) -> str | None:
     """Flush to disk and verify; runs in a worker thread."""
     file.flush()
     os.fsync(file.fileno())
+    file.close()  # here, not on the event loop: closing can wait on the disk too
     return mp4_problem(part)
 
 
@@ -252,8 +258,9 @@ async def download_file(
     dest = Path(dest)
     part = part_path(dest)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        file = _open_part(part)
+        # in a worker thread: opening a file can wait on the file system's journal
+        # (other downloads' fsyncs), and the event loop must not wait with it
+        file = await asyncio.to_thread(_prepare_part, dest, part)
     except OSError as exc:
         raise write_error(exc, dest) from exc
     try:

@@ -256,6 +256,8 @@ class Books:
             "refunded": task.refunded,
             "status": task.status_at(now_s),
             "outcome": task.outcome,
+            "render_s": task.render_s,
+            "created_s": task.created_s,
             "fetches": task.fetches,
             "downloads": task.downloads,
             "sha256": task.sha256,

@@ -22,6 +22,16 @@ T = TypeVar("T")
 CALL_TIMEOUT_S = 30.0
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where installed: the simulator keeps up with a fast runner."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 class SimulatorThread:
     """``with SimulatorThread(SimConfig(...)) as sim: sim.base_url; sim.stats()``."""
 
@@ -46,7 +56,7 @@ class SimulatorThread:
         """Start the loop thread and the server; the base URL."""
         if self._thread is not None:
             raise RuntimeError("already started")
-        loop = asyncio.new_event_loop()
+        loop = _new_loop()
         ready = threading.Event()
 
         def run() -> None:

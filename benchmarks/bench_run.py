@@ -1,0 +1,161 @@
+"""Run benchmarks: pixrun as a real subprocess against the simulator in this process.
+
+1. Makespan: N shots (default 2,000) at concurrency 50, renders uniform in [1, 2] s.
+   Reports makespan / ideal, where ideal = sum of the simulator's render times divided
+   by the concurrency, and fetch calls per shot. Targets: <= 1.08 and <= 5.
+2. Throughput: N shots (default 5,000) with zero render time. Reports shots per second
+   and the runner's CPU milliseconds per shot (user + system of the pixrun process).
+   Targets: >= 200 shots/s and <= 3 ms.
+
+``python -m benchmarks.bench_run [--quick]``; ``--quick`` runs smaller batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner.sim import SimConfig, SimulatorThread
+
+KEY = "bench-key"
+
+
+def write_manifest(
+    folder: Path,
+    shots: int,
+    *,
+    concurrency: int,
+    poll: dict[str, float],
+    download_concurrency: int = 16,
+) -> Path:
+    manifest = {
+        "version": 1,
+        "name": f"bench {shots}",
+        "defaults": {"model": "v4.5", "quality": "360p", "duration": 5},
+        "output": {"dir": "out", "filename": "{shot_id}.mp4", "sidecar": False},
+        "run": {
+            "concurrency": concurrency,
+            "download_concurrency": download_concurrency,
+            "requests_per_s": 5000,
+            "max_attempts": 3,
+            "poll": poll,
+        },
+        "shots": [{"id": f"shot-{i:06d}", "prompt": f"benchmark shot {i}"} for i in range(shots)],
+    }
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def run_pixrun(manifest: Path, base_url: str, *extra: str) -> dict[str, float]:
+    env = dict(os.environ, PIXRUN_BASE_URL=base_url, PIXRUN_API_KEY=KEY)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(manifest), "--yes", "--quiet", *extra],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall_s = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pixrun exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return {
+        "wall_s": wall_s,
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "max_rss_mb": after.ru_maxrss / 1024,
+    }
+
+
+def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, SimulatorThread(
+        SimConfig(api_key=KEY, render_time_s=(1.0, 2.0), seed=3)
+    ) as sim:
+        manifest = write_manifest(
+            Path(tmp),
+            shots,
+            concurrency=concurrency,
+            poll={
+                "initial_delay_s": 1.0,
+                "min_interval_s": 0.05,
+                "max_interval_s": 1.0,
+                "timeout_s": 120,
+            },
+        )
+        measured = run_pixrun(manifest, sim.base_url)
+        stats = sim.stats()
+        tasks = stats["tasks"]
+        first_created = min(t["created_s"] for t in tasks)
+        ideal_s = sum(t["render_s"] for t in tasks) / concurrency
+        fetches = sum(t["fetches"] for t in tasks)
+        return {
+            "shots": shots,
+            "concurrency": concurrency,
+            "wall_s": round(measured["wall_s"], 2),
+            "makespan_s": round(measured["wall_s"], 2),
+            "ideal_s": round(ideal_s, 2),
+            "makespan_over_ideal": round(measured["wall_s"] / ideal_s, 3),
+            "first_submit_after_s": round(first_created - min(t["created_s"] for t in tasks), 3),
+            "fetch_calls_per_shot": round(fetches / len(tasks), 2),
+            "accepted": stats["accepted_tasks"],
+        }
+
+
+def bench_throughput(shots: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, SimulatorThread(
+        SimConfig(api_key=KEY, render_time_s=(0.0, 0.0), seed=3)
+    ) as sim:
+        manifest = write_manifest(
+            Path(tmp),
+            shots,
+            concurrency=200,
+            download_concurrency=32,
+            poll={
+                "initial_delay_s": 0.001,
+                "min_interval_s": 0.001,
+                "max_interval_s": 0.5,
+                "timeout_s": 120,
+            },
+        )
+        measured = run_pixrun(manifest, sim.base_url)
+        stats = sim.stats(with_tasks=False)
+        return {
+            "shots": shots,
+            "wall_s": round(measured["wall_s"], 2),
+            "shots_per_s": round(shots / measured["wall_s"], 1),
+            "runner_cpu_ms_per_shot": round(1000 * measured["cpu_s"] / shots, 3),
+            "runner_peak_rss_mb": round(measured["max_rss_mb"], 1),
+            "accepted": stats["accepted_tasks"],
+        }
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    makespan = bench_makespan(400 if quick else 2000)
+    throughput = bench_throughput(1000 if quick else 5000)
+    print("run benchmark: makespan (renders uniform in [1, 2] s)")
+    for key, value in makespan.items():
+        print(f"  {key:28} {value}")
+    print("  targets: makespan_over_ideal <= 1.08, fetch_calls_per_shot <= 5")
+    print("run benchmark: throughput (zero render time)")
+    for key, value in throughput.items():
+        print(f"  {key:28} {value}")
+    print("  targets: shots_per_s >= 200, runner_cpu_ms_per_shot <= 3")
+    return {"makespan": makespan, "throughput": throughput}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    main(quick=parser.parse_args().quick)

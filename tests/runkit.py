@@ -1,0 +1,372 @@
+"""Run ``pixrun`` as a real subprocess against a simulator thread, and read the evidence.
+
+The crash and CLI tests use it. The simulator lives in the test process
+(:class:`~runner.sim.SimulatorThread`), outside the runner. It keeps its books across
+runner crashes, so they prove what reached the provider. The ledger is read through
+separate read-only SQLite connections, as another process would read it.
+
+Shots are named ``s00``, ``s01``, ... and each prompt names its shot, so a simulator
+task can be traced back to its shot without going through pixrun's own code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+#: the key the simulator accepts; distinctive, so a leak into a file or log is visible
+KEY = "sk-runkit-5f3a9c1e7b2d4086"
+#: renders of 20-100 ms
+FAST_RENDER_S = (0.02, 0.1)
+PRICE_UPTC = 100_000  # 360p, 5 s, v4.5: 0.1 PTC
+_PROMPT = "a calm lake at dawn, shot {sid}"
+_SHOT_IN_PROMPT = re.compile(r"shot (s\d+)$")
+
+
+# -- the batch -------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """A manifest written into a test folder, with where its ledger and files go."""
+
+    dir: Path
+    manifest: Path
+    ids: list[str]
+
+    @property
+    def ledger(self) -> Path:
+        return self.manifest.with_name(self.manifest.stem + ".ledger.sqlite")
+
+    @property
+    def out(self) -> Path:
+        return self.dir / "out"
+
+
+def prompt_of(shot_id: str) -> str:
+    return _PROMPT.format(sid=shot_id)
+
+
+def shot_of(prompt: str) -> str:
+    match = _SHOT_IN_PROMPT.search(prompt)
+    assert match, f"a simulator task with a prompt no test wrote: {prompt!r}"
+    return match.group(1)
+
+
+def write_manifest(
+    folder: Path,
+    n_shots: int,
+    *,
+    concurrency: int = 4,
+    download_concurrency: int = 4,
+    requests_per_s: float = 500,
+    budget_ptc: float | None = None,
+    max_attempts: int = 3,
+    timeout_s: float = 60,
+    name: str = "batch",
+) -> Batch:
+    """A text-only manifest of ``n_shots`` cheap shots on a compressed polling clock."""
+    ids = [f"s{i:02d}" for i in range(n_shots)]
+    run: dict[str, Any] = {
+        "concurrency": concurrency,
+        "download_concurrency": download_concurrency,
+        "requests_per_s": requests_per_s,
+        "max_attempts": max_attempts,
+        "poll": {
+            "initial_delay_s": 0.02,
+            "min_interval_s": 0.01,
+            "max_interval_s": 0.2,
+            "timeout_s": timeout_s,
+        },
+    }
+    if budget_ptc is not None:
+        run["budget_ptc"] = budget_ptc
+    doc = {
+        "version": 1,
+        "name": name,
+        "defaults": {"model": "v4.5", "quality": "360p", "duration": 5},
+        "output": {"dir": "out"},
+        "run": run,
+        "shots": [{"id": sid, "prompt": prompt_of(sid)} for sid in ids],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / f"{name}.yaml"
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return Batch(dir=folder, manifest=manifest, ids=ids)
+
+
+# -- running pixrun --------------------------------------------------------------------
+
+
+def env_for(
+    base_url: str | None,
+    *,
+    key: str | None = KEY,
+    crash_at: str | None = None,
+) -> dict[str, str]:
+    """The runner's environment: this tree's code, the simulator, the key, a crash point."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXRUN_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    if base_url is not None:
+        env["PIXRUN_BASE_URL"] = base_url
+    if key is not None:
+        env["PIXRUN_API_KEY"] = key
+    if crash_at is not None:
+        env["PIXRUN_CRASH_AT"] = crash_at
+    return env
+
+
+def run_args(batch: Batch, *extra: str, output: str = "--quiet", yes: bool = True) -> list[str]:
+    """``pixrun run`` on a fast clock: tiny back-off, short read timeout."""
+    args = ["run", str(batch.manifest), output] if output else ["run", str(batch.manifest)]
+    if yes:
+        args.append("--yes")
+    args += ["--backoff-base-s", "0.01", "--provider-option", "read_timeout_s=1"]
+    return args + list(extra)
+
+
+def pixrun(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: Path,
+    timeout_s: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m runner ARGS`` to the end; stdin is never a terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+@dataclass
+class Running:
+    """A ``pixrun`` started in the background; its output goes to files (no pipe fills)."""
+
+    proc: subprocess.Popen[str]
+    stdout_path: Path
+    stderr_path: Path
+    _files: list[TextIO] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.returncode is not None:
+                for fh in self._files:
+                    fh.close()
+
+    def kill(self) -> int:
+        """SIGKILL (this process only, by its pid) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.wait(30)
+
+    def output(self) -> tuple[str, str]:
+        return (
+            self.stdout_path.read_text(encoding="utf-8", errors="replace"),
+            self.stderr_path.read_text(encoding="utf-8", errors="replace"),
+        )
+
+
+def start(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: Path,
+    tag: str,
+    stdin: int | None = subprocess.DEVNULL,
+) -> Running:
+    logs = cwd / "logs"
+    logs.mkdir(exist_ok=True)
+    out_path, err_path = logs / f"{tag}.out", logs / f"{tag}.err"
+    out, err = out_path.open("w", encoding="utf-8"), err_path.open("w", encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        env=dict(env),
+        cwd=cwd,
+        stdin=stdin,
+        stdout=out,
+        stderr=err,
+        text=True,
+    )
+    return Running(proc, out_path, err_path, [out, err])
+
+
+def wait_until(
+    condition: Callable[[], object], *, timeout_s: float = 30, what: str = "condition"
+) -> None:
+    """Poll ``condition`` every 10 ms; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not _holds(condition):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _holds(condition: Callable[[], object]) -> bool:
+    try:
+        return bool(condition())
+    except sqlite3.Error:  # the ledger is still being created
+        return False
+
+
+# -- reading the ledger (read-only, as another process) ---------------------------------
+
+
+def query(ledger: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def integrity(ledger: Path) -> str:
+    ((result,),) = query(ledger, "PRAGMA integrity_check")
+    return str(result)
+
+
+def states(ledger: Path) -> dict[str, str]:
+    return dict(query(ledger, "SELECT shot_id, state FROM shots"))  # type: ignore[arg-type]
+
+
+def in_state(ledger: Path, state: str) -> set[str]:
+    return {r[0] for r in query(ledger, "SELECT shot_id FROM shots WHERE state = ?", (state,))}
+
+
+def run_count(ledger: Path) -> int:
+    """Runs that have started on this ledger (0 while it does not exist yet)."""
+    if not ledger.exists():
+        return 0
+    try:
+        return int(query(ledger, "SELECT COUNT(*) FROM runs")[0][0])
+    except sqlite3.Error:
+        return 0  # still being created or migrated
+
+
+def ledger_task_ids(ledger: Path) -> set[str]:
+    """Every task id the ledger ever committed (attempt rows and shot rows)."""
+    rows = query(
+        ledger,
+        "SELECT task_id FROM attempts WHERE task_id IS NOT NULL "
+        "UNION SELECT task_id FROM shots WHERE task_id IS NOT NULL",
+    )
+    return {str(r[0]) for r in rows}
+
+
+def last_attempts(ledger: Path) -> dict[str, tuple[str, str, str | None]]:
+    """Each shot's latest attempt: ``shot_id -> (trace_id, outcome, task_id)``."""
+    rows = query(
+        ledger,
+        "SELECT a.shot_id, a.trace_id, a.outcome, a.task_id FROM attempts a "
+        "WHERE a.attempt_id = (SELECT MAX(b.attempt_id) FROM attempts b "
+        "WHERE b.shot_id = a.shot_id)",
+    )
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+# -- reading the simulator's books -------------------------------------------------------
+
+
+def sim_tasks(stats: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The simulator's accepted tasks, by the shot named in their prompt."""
+    by_shot: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for task in stats["tasks"]:
+        by_shot[shot_of(task["prompt"])].append(task)
+    return dict(by_shot)
+
+
+def net_charges(stats: Mapping[str, Any]) -> dict[str, int]:
+    """Per shot: charges the simulator kept (accepted tasks not refunded)."""
+    counts: dict[str, int] = defaultdict(int)
+    for task in stats["tasks"]:
+        if task["charged"] and not task["refunded"]:
+            counts[shot_of(task["prompt"])] += 1
+    return dict(counts)
+
+
+# -- checks ----------------------------------------------------------------------------
+
+
+def flat(text: str) -> str:
+    """Output with rich's line wrapping undone, for matching phrases."""
+    return " ".join(text.split())
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_files_match(batch: Batch, stats: Mapping[str, Any], shots: Iterable[str]) -> None:
+    """Each shot is done, its file is byte-identical to what the simulator rendered for
+    the task the ledger names, that task is this shot's, and the sidecar agrees."""
+    tasks = {t["task_id"]: t for t in stats["tasks"]}
+    rows = {
+        r[0]: r[1:]
+        for r in query(batch.ledger, "SELECT shot_id, state, task_id, output_path FROM shots")
+    }
+    for sid in shots:
+        state, task_id, relpath = rows[sid]
+        assert state == "done", f"{sid} is {state}"
+        task = tasks[str(task_id)]
+        assert shot_of(task["prompt"]) == sid, f"{sid} holds the file of another shot's task"
+        target = batch.out / relpath
+        assert sha256_of(target) == task["sha256"], f"{sid}: bytes differ from the simulator's"
+        sidecar = json.loads(target.with_name(target.name + ".json").read_text("utf-8"))
+        assert sidecar["sha256"] == task["sha256"] and str(sidecar["task_id"]) == str(task_id)
+
+
+def assert_only_final_files(batch: Batch) -> None:
+    """After a complete batch, no temporary or partial file is left in the output folder."""
+    expected = {f"{sid}.mp4" for sid in batch.ids} | {f"{sid}.mp4.json" for sid in batch.ids}
+    found = {p.name for p in batch.out.iterdir()}
+    assert found == expected, f"unexpected files: {sorted(found - expected)}"
+
+
+def assert_key_absent(key: str, *texts: str, files: Iterable[Path] = ()) -> None:
+    for text in texts:
+        assert key not in text
+    for path in files:
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), f"the API key is in {path}"
+
+
+def exit_within(running: Running, seconds: float) -> tuple[int, float]:
+    """Wait for the process; its return code and how long it took."""
+    t0 = time.monotonic()
+    try:
+        code = running.wait(seconds)
+    except subprocess.TimeoutExpired:
+        running.kill()
+        raise AssertionError(f"pixrun did not exit within {seconds} s") from None
+    return code, time.monotonic() - t0
