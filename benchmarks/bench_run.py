@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -97,17 +98,23 @@ def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
         measured = run_pixrun(manifest, sim.base_url)
         stats = sim.stats()
         tasks = stats["tasks"]
-        first_created = min(t["created_s"] for t in tasks)
         ideal_s = sum(t["render_s"] for t in tasks) / concurrency
         fetches = sum(t["fetches"] for t in tasks)
+        # the batch's makespan: first generate request sent -> last file recorded done
+        con = sqlite3.connect(manifest.with_name("bench.ledger.sqlite"))
+        first_sent, last_done = con.execute(
+            "SELECT (SELECT MIN(sent_at) FROM attempts), (SELECT MAX(done_at) FROM shots)"
+        ).fetchone()
+        con.close()
+        makespan_s = last_done - first_sent
         return {
             "shots": shots,
             "concurrency": concurrency,
-            "wall_s": round(measured["wall_s"], 2),
-            "makespan_s": round(measured["wall_s"], 2),
+            "process_wall_s": round(measured["wall_s"], 2),
+            "makespan_s": round(makespan_s, 2),
             "ideal_s": round(ideal_s, 2),
-            "makespan_over_ideal": round(measured["wall_s"] / ideal_s, 3),
-            "first_submit_after_s": round(first_created - min(t["created_s"] for t in tasks), 3),
+            "makespan_over_ideal": round(makespan_s / ideal_s, 3),
+            "process_wall_over_ideal": round(measured["wall_s"] / ideal_s, 3),
             "fetch_calls_per_shot": round(fetches / len(tasks), 2),
             "accepted": stats["accepted_tasks"],
         }

@@ -125,6 +125,8 @@ class Plan:
     #: status labels in the order they were first seen (TO_SUBMIT first)
     statuses: tuple[str, ...] = (TO_SUBMIT,)
     currency: str = "PTC"
+    #: already charged by earlier runs (from the ledger); counts against the budget
+    spent_ptc: Decimal = Decimal(0)
 
     @property
     def shot_count(self) -> int:
@@ -159,13 +161,13 @@ class Plan:
         """None without a budget; else whether the known remaining cost is within it."""
         if self.budget_ptc is None:
             return None
-        return self.remaining_ptc <= self.budget_ptc
+        return self.spent_ptc + self.remaining_ptc <= self.budget_ptc
 
     @property
     def over_by_ptc(self) -> Decimal | None:
         if self.budget_ptc is None or self.fits:
             return None
-        return self.remaining_ptc - self.budget_ptc
+        return self.spent_ptc + self.remaining_ptc - self.budget_ptc
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,6 +181,7 @@ class Plan:
             "remaining_count": self.remaining_count,
             "remaining_ptc": ptc_text(self.remaining_ptc),
             "remaining_unpriced": self.remaining_unpriced,
+            "spent_ptc": ptc_text(self.spent_ptc),
             "budget_ptc": ptc_text(self.budget_ptc),
             "fits": self.fits,
             "over_by_ptc": ptc_text(self.over_by_ptc),
@@ -206,6 +209,7 @@ def build_plan(
     max_cost_ptc: Decimal | None = None,
     status_by_shot: Mapping[str, str] | None = None,
     spend_statuses: Collection[str] = DEFAULT_SPEND_STATUSES,
+    spent_ptc: Decimal = Decimal(0),
 ) -> Plan:
     """Group and price the manifest's shots.
 
@@ -255,4 +259,5 @@ def build_plan(
         groups=tuple(groups),
         budget_ptc=budget,
         statuses=tuple(statuses),
+        spent_ptc=spent_ptc,
     )

@@ -52,10 +52,12 @@ class Fault:
     stall_up_after: int | None = None
     #: pass nothing more server-to-client after this many bytes (read and drop)
     stall_down_after: int | None = None
+    #: extra delay before a chunk that starts a video answer (slow downloads)
+    media_latency_s: float = 0.0
 
     @property
     def harmless(self) -> bool:
-        return self == Fault(latency_s=self.latency_s)
+        return self == Fault(latency_s=self.latency_s, media_latency_s=self.media_latency_s)
 
 
 #: ``policy(kind, rng) -> Fault``; kind is "generate", "fetch", "download" or "other"
@@ -195,6 +197,8 @@ class _Conn:
                 fault = rec.fault
                 if fault.latency_s:
                     await asyncio.sleep(fault.latency_s)
+                if fault.media_latency_s and not up and b"video/mp4" in data[:1024]:
+                    await asyncio.sleep(fault.media_latency_s)
                 done = rec.up_forwarded if up else rec.down_delivered
                 reset_at = fault.reset_up_after if up else fault.reset_down_after
                 stall_at = fault.stall_up_after if up else fault.stall_down_after
@@ -274,12 +278,28 @@ class ProxyThread:
         self._thread.start()
         ready.wait()
 
-        async def listen() -> int:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-            return int(self._server.sockets[0].getsockname()[1])
-
-        self.port = self._call(listen)
+        self.port = self._call(lambda: self._listen(0))
         return self.base_url
+
+    async def _listen(self, port: int) -> int:
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", port, reuse_address=True
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def stop_listening(self) -> None:
+        """New connections are refused (connections already open carry on)."""
+
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+
+        self._call(stop)
+
+    def start_listening(self) -> None:
+        """Accept connections again, on the same port."""
+        self._call(lambda: self._listen(self.port))
 
     def close(self) -> None:
         loop, thread = self._loop, self._thread

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from runkit import (
+    FAST_RENDER_S,
     KEY,
     PRICE_UPTC,
     assert_files_match,
@@ -45,7 +46,7 @@ from runner.sim import SimulatorThread
 SimThread = Callable[..., SimulatorThread]
 INTERRUPTED = 130
 #: slow enough that a run is stopped with every task still rendering
-SLOW_RENDER_S = (1.5, 2.0)
+SLOW_RENDER_S = (1.0, 1.5)
 
 
 def _task_ids(sim: SimulatorThread) -> dict[str, list[str]]:
@@ -81,6 +82,7 @@ def test_signal_stops_within_2s_and_the_rerun_collects_without_resubmitting(
     before = _task_ids(sim)
     assert set(before) == at_provider
 
+    sim.simulator.config.render_time_s = FAST_RENDER_S  # for the shots not yet sent
     rerun = pixrun(run_args(batch), env, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     after = _task_ids(sim)

@@ -7,6 +7,7 @@ background thread; the checks read the ledger and the simulator's books.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -23,9 +24,11 @@ from faultkit import (
     sim_tasks_by_shot,
     start_run,
     state_counts,
+    states,
     wait_until,
     write_manifest,
 )
+from tcpproxy import Fault, ProxyThread
 
 from runner.sim import SimConfig, SimulatorThread
 
@@ -34,39 +37,54 @@ from runner.sim import SimConfig, SimulatorThread
 OUTAGE_S = 3.0
 
 
+def _backlog(ledger: Path) -> int:
+    """Shots rendered but not yet saved (0 while the ledger does not exist yet)."""
+    sql = "SELECT COUNT(*) FROM shots WHERE state IN ('rendered', 'downloading')"
+    try:
+        return int(query(ledger, sql)[0][0])
+    except sqlite3.Error:  # not created (or not migrated) yet
+        return 0
+
+
 def test_provider_outage_is_waited_out_and_nothing_fails(tmp_path: Path) -> None:
     """The provider goes away mid-run and comes back on the same port: pixrun backs off,
     keeps polling the tasks it knows, and completes; no shot is marked failed.
 
-    Only a generate that was on the wire at the very moment the server went down may be
-    parked (its answer was lost); once re-queued, the provider's trace-id dedupe makes
-    it complete without a second charge.
+    The outage starts while tasks are rendering and finished videos wait to be
+    downloaded (downloads are slowed by the proxy), so polls, downloads and submits all
+    meet it. Only a generate that was on the wire at the very moment the server went down
+    may be parked (its answer was lost); once re-queued, the provider's trace-id dedupe
+    completes it without a second charge.
     """
     n = 40
     config = SimConfig(api_key=SIM_KEY, render_time_s=(0.05, 0.3), seed=3, dedupe_trace_id=True)
-    with SimulatorThread(config) as sim:
-        manifest = write_manifest(tmp_path, n, concurrency=8, download_concurrency=2)
+    slow_videos = Fault(media_latency_s=0.05)
+    with (
+        SimulatorThread(config) as sim,
+        ProxyThread("127.0.0.1", sim.port, lambda kind, rng: slow_videos) as proxy,
+    ):
+        manifest = write_manifest(tmp_path, n, concurrency=8, download_concurrency=1)
         ledger = ledger_of(manifest)
-        proc = start_run(manifest, sim.base_url)
+        proc = start_run(manifest, proxy.base_url)
         wait_until(
-            lambda: sim.stats(with_tasks=False)["accepted_tasks"] >= 12,
+            lambda: _backlog(ledger) >= 3 and sim.stats(with_tasks=False)["in_flight"] >= 4,
             timeout_s=30,
-            what="the run to get going",
+            what="renders in flight and videos waiting to be downloaded",
         )
         before_ids = {t["task_id"] for t in sim.stats()["tasks"]}
+        proxy.stop_listening()  # connection refused, as from a host that is down
         sim.stop_server()
         stopped_at = time.time()
         time.sleep(OUTAGE_S)
         back_at = time.time()
         sim.start_server()
+        proxy.start_listening()
         out, err = proc.communicate(timeout=120)
         said = explain(proc, out + err)
 
         counts = state_counts(ledger)
         assert counts.get("failed", 0) == 0 and counts.get("moderated", 0) == 0, said
-        parked = {
-            s for s, st in query(ledger, "SELECT shot_id, state FROM shots") if st == "ambiguous"
-        }
+        parked = {s for s, st in states(ledger).items() if st == "ambiguous"}
         assert counts["done"] + len(parked) == n, (counts, said)
         assert proc.returncode == (1 if parked else 0), said
         # only requests already on the wire when the server went down may be parked:

@@ -146,7 +146,8 @@ def test_plan_invalid_manifest_exit_2() -> None:
 
 def test_plan_options(tmp_path: Path) -> None:
     assert run("plan", DEMO, "--max-cost", "lots").exit_code == 2
-    assert run("plan", DEMO, "--ledger", str(tmp_path / "l.sqlite")).exit_code == 0
+    missing = run("plan", DEMO, "--ledger", str(tmp_path / "l.sqlite"))
+    assert missing.exit_code == 2 and "no ledger" in missing.stderr
     prices = tmp_path / "p.json"
     prices.write_text('{"base_ptc": "1", "multipliers": {"quality": {"360p": "2"}}}')
     data = json.loads(run("plan", DEMO, "--prices", str(prices), "--format", "json").stdout)

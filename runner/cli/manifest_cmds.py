@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import sys
@@ -12,10 +13,11 @@ import click
 from rich.console import Console
 
 from runner.cli.render import print_plan, print_problems, print_validation
-from runner.errors import BudgetExceeded, ExitCode
+from runner.errors import BudgetExceeded, ExitCode, UsageError
+from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest, validate_files
 from runner.plan import build_plan, ptc_text
-from runner.pricing import load_price_table
+from runner.pricing import from_uptc, load_price_table
 from runner.schema import manifest_schema_json
 
 COMMANDS: list[click.Command] = []
@@ -95,9 +97,7 @@ def validate_cmd(
     type=_PATH,
     help="Ledger of earlier runs, to plan only what remains (default: beside the manifest).",
 )
-@click.pass_context
 def plan_cmd(
-    ctx: click.Context,
     manifest: Path,
     fmt: str,
     max_cost: Decimal | None,
@@ -109,10 +109,25 @@ def plan_cmd(
     Prices unknown to the price table (10 s) are shown as unknown, never as zero.
     Exit 4 when the plan is over the budget (run.budget_ptc or --max-cost).
     """
-    ctx.meta["pixrun.ledger"] = ledger  # read by the run capability's plan extension
     table = load_price_table(prices)
     loaded = load_manifest(manifest, price_table=table)
-    plan = build_plan(loaded, max_cost_ptc=max_cost)
+    ledger_path = ledger if ledger is not None else default_ledger_path(manifest)
+    if ledger_path.exists():
+        # earlier runs: plan only what remains, and show what is done, in flight, ...
+        from runner.plan_status import SPEND_LABELS, ledger_labels
+
+        labels, spent_uptc = asyncio.run(ledger_labels(loaded, ledger_path))
+        plan = build_plan(
+            loaded,
+            max_cost_ptc=max_cost,
+            status_by_shot=labels,
+            spend_statuses=SPEND_LABELS,
+            spent_ptc=from_uptc(spent_uptc),
+        )
+    elif ledger is not None:
+        raise UsageError(f"no ledger at {ledger}", hint="drop --ledger to plan from scratch")
+    else:
+        plan = build_plan(loaded, max_cost_ptc=max_cost)
     if loaded.warnings:
         print_problems(loaded.warnings, _console(stderr=True))
     if fmt == "json":

@@ -63,6 +63,8 @@ def print_plan(plan: Plan, console: Console) -> None:
             "unknown, not counted in the total); edit the price table to price them"
         )
     if extra:
+        if plan.spent_ptc:
+            console.print(f"spent by earlier runs: {ptc_text(plan.spent_ptc)} {plan.currency}")
         console.print(
             f"still to pay for: {ptc_text(plan.remaining_ptc)} {plan.currency} "
             f"({plan.remaining_count} shots)"
@@ -75,7 +77,7 @@ def print_budget(plan: Plan, console: Console) -> None:
         return
     budget = f"{ptc_text(plan.budget_ptc)} {plan.currency}"
     if plan.fits:
-        spare = ptc_text(plan.budget_ptc - plan.remaining_ptc)
+        spare = ptc_text(plan.budget_ptc - plan.spent_ptc - plan.remaining_ptc)
         console.print(f"[green]fits the budget of {budget}[/] ({spare} {plan.currency} to spare)")
         if plan.remaining_unpriced:
             console.print(

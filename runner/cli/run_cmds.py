@@ -21,6 +21,7 @@ from runner.batch import (
 )
 from runner.errors import ExitCode, UsageError
 from runner.manifest import load_manifest
+from runner.pricing import load_price_table
 
 COMMANDS: list[click.Command] = []
 
@@ -121,6 +122,11 @@ def _ledger_for(manifest: Path | None, ledger: Path | None) -> Path:
 )
 @click.option("--max-cost", metavar="PTC", help="Cost cap in PTC (overrides run.budget_ptc).")
 @click.option(
+    "--prices",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Price table JSON (default: the packaged 302.AI rule).",
+)
+@click.option(
     "--poll-interval",
     type=click.FloatRange(0.0, None),
     metavar="S",
@@ -153,6 +159,7 @@ def run_cmd(
     download_concurrency: int | None,
     requests_per_s: float | None,
     max_cost: str | None,
+    prices: Path | None,
     poll_interval: float | None,
     base_url: str | None,
     provider_options: tuple[str, ...],
@@ -171,7 +178,7 @@ def run_cmd(
 
     if not manifest.exists():
         raise UsageError(f"no manifest at {manifest}")
-    loaded = load_manifest(manifest)
+    loaded = load_manifest(manifest, price_table=load_price_table(prices) if prices else None)
     console = Console(highlight=False)
     cap = _ptc(max_cost)
     if sys.stdin.isatty() and not yes and not json_logs:
@@ -200,8 +207,8 @@ def run_cmd(
             run_batch(loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim)
         )
     del loaded
-    if not json_logs:
-        render_summary(outcome, console, manifest=manifest)
+    # with --json-logs the summary is the last JSON line, so a log pipeline sees the end
+    render_summary(outcome, console, manifest=manifest, mode="json" if json_logs else "text")
     sys.exit(outcome.result.exit_code)
 
 

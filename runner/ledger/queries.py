@@ -468,3 +468,9 @@ async def report_rows(
         )
         for r in rows
     ]
+
+
+async def hashes_and_states(ledger: Ledger) -> dict[str, tuple[str, ShotState]]:
+    """Every shot's request hash and state (for ``pixrun plan`` against a ledger)."""
+    rows = await _fetchall(ledger, "SELECT shot_id, request_hash, state FROM shots")
+    return {sid: (digest, ShotState(state)) for sid, digest, state in rows}
