@@ -365,3 +365,10 @@ def test_pixrun_sim_runs_until_ctrl_c() -> None:
             child.wait()
     assert child.returncode == 0
     assert "simulator stopped: 0 tasks" in out
+
+
+def test_sim_command_offers_every_dialect() -> None:
+    from runner.cli.sim_cmd import SIM_DIALECTS
+    from runner.sim.config import DIALECTS
+
+    assert tuple(SIM_DIALECTS) == tuple(DIALECTS)

@@ -11,15 +11,10 @@ from typing import Any
 import click
 from rich.console import Console
 
-from runner.batch import (
-    RunOverrides,
-    SimulatorSettings,
-    ledger_path_for,
-    requeue_shots,
-    resolve_shot,
-    run_batch,
-)
+# runner.batch (and with it aiohttp) is imported inside the commands that need it, so
+# that `pixrun status` and friends start fast.
 from runner.errors import ExitCode, UsageError
+from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest
 from runner.pricing import load_price_table
 
@@ -79,10 +74,10 @@ def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 def _ledger_for(manifest: Path | None, ledger: Path | None) -> Path:
     if manifest is None and ledger is None:
         raise UsageError("give the manifest or --ledger PATH")
-    if manifest is not None:
-        return ledger_path_for(manifest, ledger)
-    assert ledger is not None
-    return ledger
+    if ledger is not None:
+        return ledger
+    assert manifest is not None
+    return default_ledger_path(manifest)
 
 
 @click.command("run")
@@ -173,6 +168,7 @@ def run_cmd(
     A rerun resumes: done shots are skipped, tasks at the provider are collected, and
     nothing that may have been charged is sent again.
     """
+    from runner.batch import RunOverrides, SimulatorSettings, run_batch
     from runner.cli.progress import make_observer, render_summary
     from runner.plan import build_plan
 
@@ -240,6 +236,8 @@ def retry_cmd(
     """Re-queue failed, parked or named shots for the next `pixrun run`."""
     if not (failed or ambiguous or shots):
         raise UsageError("say what to re-queue: --failed, --ambiguous or --shot ID")
+    from runner.batch import requeue_shots
+
     path = _ledger_for(manifest, ledger)
     moved, parked = asyncio.run(
         requeue_shots(
@@ -269,6 +267,8 @@ def retry_cmd(
 @click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False))
 def resolve_cmd(shot_id: str, manifest: Path | None, task_id: str, ledger: Path | None) -> None:
     """Tie a parked shot to a task id found on the provider's side (no new charge)."""
+    from runner.batch import resolve_shot
+
     path = _ledger_for(manifest, ledger)
     asyncio.run(resolve_shot(path, shot_id, task_id))
     click.echo(f"shot {shot_id} now follows task {task_id}; 'pixrun run' collects it")

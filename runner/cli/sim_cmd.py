@@ -10,10 +10,9 @@ from typing import Any
 
 import click
 
-from runner.pricing import load_price_table
-from runner.provider.config import ENV_API_KEY, ENV_BASE_URL
-from runner.sim import DIALECTS, SimConfig, serve
-from runner.sim.server import STATS_PATH
+# The simulator (and aiohttp with it) is imported when the command runs, so that other
+# commands start fast. The dialect names are runner.sim.config.DIALECTS (a test checks).
+SIM_DIALECTS = ("pixverse", "gateway")
 
 SHARE = click.FloatRange(0.0, 1.0)
 
@@ -46,7 +45,7 @@ SECONDS = click.FloatRange(0.0, min_open=False)
 )
 @click.option(
     "--dialect",
-    type=click.Choice(DIALECTS),
+    type=click.Choice(SIM_DIALECTS),
     default="pixverse",
     show_default=True,
     help="Response family: pixverse (ErrCode/Resp, integer task ids) or gateway "
@@ -171,6 +170,11 @@ def sim_command(host: str, port: int, prices_path: Path | None, **knobs: Any) ->
     balance, renders real (tiny) MP4 files, and can inject every fault a real batch
     meets. Its books are at /_sim/stats.
     """
+    from runner.pricing import load_price_table
+    from runner.provider.config import ENV_API_KEY, ENV_BASE_URL
+    from runner.sim import SimConfig, serve
+    from runner.sim.server import STATS_PATH
+
     config = SimConfig(price_table=load_price_table(prices_path) if prices_path else None, **knobs)
 
     def ready(url: str) -> None:

@@ -235,6 +235,8 @@ class _WriteBatcher:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._queue: list[tuple[list[tuple[str, Sequence[Any]]], asyncio.Future[None]]] = []
+        #: the batch being committed right now
+        self._inflight: list[tuple[list[tuple[str, Sequence[Any]]], asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._failed: LedgerError | None = None
         self._task: asyncio.Task[None] | None = None
@@ -263,6 +265,7 @@ class _WriteBatcher:
             if not self._queue:
                 continue
             batch, self._queue = self._queue, []
+            self._inflight = batch
             try:
                 await self._commit(batch)
             except LedgerError as exc:
@@ -309,10 +312,13 @@ class _WriteBatcher:
 
     async def close(self) -> None:
         if self._task is not None:
-            # let queued writes land before the connection goes away
-            while self._queue and self._failed is None:
+            # let queued writes, and the batch being committed, land before the
+            # connection goes away: a commit cancelled half-way is rolled back
+            while self._failed is None and (
+                waiting := [f for _, f in self._inflight + self._queue if not f.done()]
+            ):
                 self._wakeup.set()
-                await asyncio.sleep(0)
+                await asyncio.wait(waiting)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -372,8 +378,10 @@ class Ledger:
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
-            async with self._conn.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            # one call on the connection's thread: a batched write on the same
+            # connection cannot run between a SELECT's first and last row (that makes
+            # SQLite's results undefined)
+            return list(await self._conn.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot read the ledger {self.path}: {exc}") from exc
 
