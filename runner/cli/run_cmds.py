@@ -11,10 +11,11 @@ from typing import Any
 import click
 from rich.console import Console
 
+from runner.cli.options import existing_ledger, ledger_option, optional_manifest_argument
+
 # runner.batch (and with it aiohttp) is imported inside the commands that need it, so
 # that `pixrun status` and friends start fast.
 from runner.errors import ExitCode, UsageError
-from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest
 from runner.pricing import load_price_table
 
@@ -71,22 +72,9 @@ def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _ledger_for(manifest: Path | None, ledger: Path | None) -> Path:
-    if manifest is None and ledger is None:
-        raise UsageError("give the manifest or --ledger PATH")
-    if ledger is not None:
-        return ledger
-    assert manifest is not None
-    return default_ledger_path(manifest)
-
-
 @click.command("run")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--ledger",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Ledger file (default: beside the manifest, <name>.ledger.sqlite).",
-)
+@ledger_option
 @click.option(
     "--simulate",
     is_flag=True,
@@ -209,8 +197,8 @@ def run_cmd(
 
 
 @click.command("retry")
-@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False))
+@optional_manifest_argument
+@ledger_option
 @click.option("--failed", is_flag=True, help="Re-queue every failed shot.")
 @click.option(
     "--ambiguous",
@@ -238,7 +226,7 @@ def retry_cmd(
         raise UsageError("say what to re-queue: --failed, --ambiguous or --shot ID")
     from runner.batch import requeue_shots
 
-    path = _ledger_for(manifest, ledger)
+    path = existing_ledger(manifest, ledger)
     moved, parked = asyncio.run(
         requeue_shots(
             path,
@@ -262,14 +250,14 @@ def retry_cmd(
 
 @click.command("resolve")
 @click.argument("shot_id")
-@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@optional_manifest_argument
 @click.option("--task-id", required=True, help="The provider's task id for this shot.")
-@click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False))
+@ledger_option
 def resolve_cmd(shot_id: str, manifest: Path | None, task_id: str, ledger: Path | None) -> None:
     """Tie a parked shot to a task id found on the provider's side (no new charge)."""
     from runner.batch import resolve_shot
 
-    path = _ledger_for(manifest, ledger)
+    path = existing_ledger(manifest, ledger)
     asyncio.run(resolve_shot(path, shot_id, task_id))
     click.echo(f"shot {shot_id} now follows task {task_id}; 'pixrun run' collects it")
     sys.exit(ExitCode.OK)

@@ -21,9 +21,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.rule import Rule
 
+from runner.cli.options import existing_ledger, ledger_option, optional_manifest_argument
 from runner.cli.views import report_table, scrub, status_dict, status_renderable
 from runner.errors import UsageError
-from runner.ledger import default_ledger_path, open_ledger
+from runner.ledger import open_ledger
 from runner.ledger.queries import ReportRow, StatusSummary, report_rows, status_summary
 from runner.model import ShotState
 from runner.report import ContactSheetInfo, render_contact_sheet, to_csv, to_json
@@ -32,25 +33,6 @@ COMMANDS: list[click.Command] = []
 
 _STATE_CHOICES = [s.value for s in ShotState] + ["parked"]
 _SHEET_NAME = "contact-sheet.html"
-
-
-def _ledger_path(manifest: Path | None, ledger: Path | None) -> Path:
-    if ledger is not None:
-        if not ledger.exists():
-            raise UsageError(
-                f"no ledger at {ledger}",
-                hint="check the path given to --ledger",
-            )
-        return ledger
-    if manifest is None:
-        raise UsageError("give the manifest (or the ledger with --ledger PATH)")
-    path = default_ledger_path(manifest)
-    if not path.exists():
-        raise UsageError(
-            f"no ledger for {manifest}: expected {path}",
-            hint=f"'pixrun run {manifest}' creates it; a ledger elsewhere: --ledger PATH",
-        )
-    return path
 
 
 def _title(meta: dict[str, str], ledger_path: Path) -> str:
@@ -128,12 +110,8 @@ async def _status_once(path: Path) -> tuple[StatusSummary, str]:
 
 
 @click.command("status")
-@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--ledger",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Ledger file (default: beside the manifest, <name>.ledger.sqlite).",
-)
+@optional_manifest_argument
+@ledger_option
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
@@ -160,7 +138,7 @@ def status_cmd(
 
     Read-only: safe while `pixrun run` works on the same ledger in another process.
     """
-    path = _ledger_path(manifest, ledger)
+    path = existing_ledger(manifest, ledger)
     console = Console(highlight=False)
     if watch:
         with suppress(KeyboardInterrupt):  # Ctrl-C is the way to stop watching
@@ -195,12 +173,8 @@ def _states(state: tuple[str, ...], failed: bool) -> set[ShotState] | None:
 
 
 @click.command("report")
-@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--ledger",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Ledger file (default: beside the manifest, <name>.ledger.sqlite).",
-)
+@optional_manifest_argument
+@ledger_option
 @click.option(
     "--format",
     "fmt",
@@ -231,7 +205,7 @@ def report_cmd(
     failed: bool,
 ) -> None:
     """One row per shot (table, csv, json), or the HTML contact sheet of every clip."""
-    path = _ledger_path(manifest, ledger)
+    path = existing_ledger(manifest, ledger)
     rows, summary = asyncio.run(_report_data(path, _states(state, failed)))
     out_dir = _output_dir(summary.meta, path)
     if fmt == "html":
