@@ -8,8 +8,8 @@ Invariants:
   per ``target`` accepted submissions), so a throttled run settles just under the cap.
 - :class:`CallGate` spaces calls to at most ``rate_per_s`` and holds every call while a
   pause (``Retry-After``, or an outage back-off) is in force.
-- :class:`PollPlanner` never proposes a delay below ``min_interval_s`` or above
-  ``max_interval_s``.
+- :class:`PollPlanner` never proposes a delay below ``min_interval_s``, nor a gap
+  between two polls of a task above ``max_interval_s``.
 """
 
 from __future__ import annotations
@@ -179,9 +179,12 @@ class PollPlanner:
         return len(self._samples) >= self.MIN_SAMPLES
 
     def first_delay_s(self) -> float:
+        """Delay until a new task's first poll. Not capped by ``max_interval_s``, which
+        bounds the gap between two polls: there is no sense in checking a task long
+        before any task like it has ever finished."""
         if not self.learned:
-            return self._clamp(self.initial_delay_s)
-        return self._clamp(self._quantiles()[0])
+            return max(self.min_interval_s, self.initial_delay_s)
+        return max(self.min_interval_s, self._quantiles()[0])
 
     def next_delay_s(self, elapsed_s: float) -> float:
         """Delay until the next poll of a task accepted ``elapsed_s`` seconds ago."""

@@ -635,8 +635,10 @@ class Scheduler:
                 continue
             self._release(job)
             if job.accepted_mono is not None:
+                # it finished between the last poll that saw it pending and this one
                 seen_s = time.monotonic() - job.accepted_mono
-                self._planner.observe((seen_s + min(last_pending_s, seen_s)) / 2)
+                lower_s = min(last_pending_s, seen_s) if last_pending_s > 0 else seen_s
+                self._planner.observe((seen_s + lower_s) / 2)
             await self._render_finished(job, state)
             return
 
