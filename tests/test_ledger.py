@@ -205,9 +205,18 @@ async def test_sync_detects_new_changed_unchanged_and_removed(tmp_path: Path) ->
         a = await ledger.get_shot("a")
         assert a is not None and a.version == 2 and a.state == ShotState.PENDING
         assert await ledger.output_owner("a.mp4") == ("a", "x")
-        # the dropped shot is no longer dispatched
+        # the dropped shot is no longer dispatched: abandoned
         pending = await ledger.next_pending(after_seq=-1, limit=10)
         assert [r.shot_id for r in pending] == ["a", "b", "d"]
+        c = await ledger.get_shot("c")
+        assert c is not None and c.state == ShotState.ABANDONED
+        # back in the manifest (at a new place): pending again, nothing else touched
+        third = await ledger.sync_manifest(
+            [make_shot("c"), make_shot("a", prompt="a new prompt"), make_shot("b")]
+        )
+        assert (third.new, third.changed, third.unchanged) == (0, (), 3)
+        pending = await ledger.next_pending(after_seq=-1, limit=10)
+        assert [(r.shot_id, r.seq) for r in pending] == [("c", 0), ("a", 1), ("b", 2)]
 
 
 async def test_requeue_keeps_trace_for_ambiguous_and_grants_attempts_to_failed(

@@ -195,6 +195,10 @@ class SyncResult:
     removed: tuple[str, ...]
 
 
+#: states whose output file exists (or is being written) under its recorded name
+_HAS_FILE = frozenset({ShotState.DONE, ShotState.DOWNLOADING})
+
+
 def default_ledger_path(manifest_path: Path) -> Path:
     """The ledger lives beside the manifest: ``shots.yaml`` -> ``shots.ledger.sqlite``."""
     return manifest_path.with_name(manifest_path.stem + ".ledger.sqlite")
@@ -424,41 +428,42 @@ class Ledger:
         and the shot starts again as pending, unless it is at the provider right now,
         in which case it is left alone and reported as changed (its task is collected
         first). Shots no longer in the manifest are flagged ``in_manifest = 0`` and no
-        longer dispatched; their task, if one is in flight, is still collected.
+        longer dispatched (pending ones become abandoned; one that comes back is pending
+        again); their task, if one is in flight, is still collected.
         """
         known = {
-            row[0]: (row[1], row[2], ShotState(row[3]))
+            row[0]: (row[1], row[2], ShotState(row[3]), row[4], row[5], row[6])
             for row in await self._fetchall(
-                "SELECT shot_id, request_hash, version, state FROM shots"
+                "SELECT shot_id, request_hash, version, state, seq, in_manifest, output_path "
+                "FROM shots"
             )
         }
         now = _now()
         inserts: list[tuple[Any, ...]] = []
         changed: list[str] = []
         statements: list[tuple[str, Sequence[Any]]] = []
+        #: unchanged shots whose order, membership or output path moved
+        moved: list[tuple[Any, ...]] = []
         seen: set[str] = set()
         unchanged = 0
         for seq, shot in enumerate(shots):
             seen.add(shot.shot_id)
-            cols = _shot_columns(shot)
             old = known.get(shot.shot_id)
             if old is None:
+                cols = _shot_columns(shot)
                 inserts.append(
                     (shot.shot_id, seq, *cols.values(), ShotState.PENDING.value, now, now)
                 )
                 continue
-            old_hash, version, state = old
+            old_hash, version, state, old_seq, in_manifest, old_output = old
             if old_hash == shot.request_hash:
                 unchanged += 1
-                statements.append(
-                    (
-                        "UPDATE shots SET seq = ?, in_manifest = 1, output_path = "
-                        "CASE WHEN state IN ('done','downloading') THEN output_path ELSE ? END "
-                        "WHERE shot_id = ? AND (seq != ? OR in_manifest != 1 "
-                        "OR output_path != ?)",
-                        (seq, shot.output_relpath, shot.shot_id, seq, shot.output_relpath),
-                    )
-                )
+                # a file already written keeps its name; anything else follows the pattern
+                output = old_output if state in _HAS_FILE else shot.output_relpath
+                revived = state == ShotState.ABANDONED
+                if revived or old_seq != seq or not in_manifest or old_output != output:
+                    new_state = ShotState.PENDING if revived else state
+                    moved.append((seq, output, new_state.value, shot.shot_id))
                 continue
             changed.append(shot.shot_id)
             if state.at_provider or state == ShotState.SUBMITTING:
@@ -472,6 +477,7 @@ class Ledger:
                     (now, shot.shot_id),
                 )
             )
+            cols = _shot_columns(shot)
             sets = ", ".join(f"{k} = ?" for k in cols)
             statements.append(
                 (
@@ -497,9 +503,15 @@ class Ledger:
                 )
             )
         removed = [sid for sid in known if sid not in seen]
-        if removed:
-            statements.extend(
-                ("UPDATE shots SET in_manifest = 0 WHERE shot_id = ?", (sid,)) for sid in removed
+        for sid in removed:
+            # dropped from the manifest: never dispatched again; a pending one is
+            # abandoned (a task already at the provider is still collected)
+            statements.append(
+                (
+                    "UPDATE shots SET in_manifest = 0, state = CASE WHEN state = ? THEN ? "
+                    "ELSE state END WHERE shot_id = ?",
+                    (ShotState.PENDING.value, ShotState.ABANDONED.value, sid),
+                )
             )
         conn = self._conn
         try:
@@ -516,6 +528,12 @@ class Ledger:
                 marks = ", ".join("?" for _ in columns)
                 await conn.executemany(
                     f"INSERT INTO shots ({', '.join(columns)}) VALUES ({marks})", inserts
+                )
+            if moved:
+                await conn.executemany(
+                    "UPDATE shots SET seq = ?, in_manifest = 1, output_path = ?, state = ? "
+                    "WHERE shot_id = ?",
+                    moved,
                 )
             for sql, params in statements:
                 await conn.execute(sql, params)
