@@ -185,12 +185,13 @@ def run_cmd(
         provider_options=_provider_options(provider_options),
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
-    observer = make_observer(mode, console)
-    with observer:
-        outcome = _event_loop_runner()(
-            run_batch(loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim)
-        )
+    observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
+    batch = run_batch(loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim)
+    # the run keeps the shots in the ledger, not in memory: drop our reference so the
+    # manifest can be freed once it is synced (flat memory at 100,000 shots)
     del loaded
+    with observer:
+        outcome = _event_loop_runner()(batch)
     # with --json-logs the summary is the last JSON line, so a log pipeline sees the end
     render_summary(outcome, console, manifest=manifest, mode="json" if json_logs else "text")
     sys.exit(outcome.result.exit_code)
