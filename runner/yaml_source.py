@@ -1,28 +1,47 @@
-"""Safe, fast YAML reading for manifests, with source positions on demand.
+"""Safe, lean YAML reading for manifests, with source positions on demand.
 
-The document is composed by libyaml (``yaml.CSafeLoader``) and turned into plain
-Python data by a small builder instead of PyYAML's generic constructor: the builder
-refuses duplicate keys and non-standard tags, and is cheaper per node. Positions of
-individual keys and values are not kept on the happy path; :class:`SourceMap`
-recomposes the text to find them only when there is something to report.
+libyaml (``yaml.CSafeLoader``'s C parser) reads the text as a stream of events, and a
+small builder turns the events straight into plain Python data: no node graph is ever
+held, so a 100,000-shot manifest costs little more memory than its data. The builder
+refuses duplicate keys and non-standard tags, and resolves plain scalars exactly as
+PyYAML's SafeLoader does (its resolver, and SafeConstructor for the rarer types).
+Positions of individual keys and values are not kept on the happy path; only the
+top-level ``shots`` items have theirs noted. :class:`SourceMap` composes the text again
+to find any other position, only when there is something to report.
 
 Invariants:
 - Only plain data comes out: dict, list, str, int, float, bool, None (and the few
-  other standard YAML 1.1 types: dates, bytes, sets). No object is ever constructed from
-  a tag; any tag outside ``tag:yaml.org,2002:`` is a :class:`YamlIssue`.
+  other standard YAML 1.1 types: dates, bytes, sets, ordered pairs). No object is ever
+  constructed from a tag; any tag outside ``tag:yaml.org,2002:`` is a :class:`YamlIssue`.
+- For a valid document without duplicate keys the data equals ``yaml.safe_load``'s.
 - Nothing but :class:`YamlIssue` values describes a problem; no yaml exception escapes.
+  Text libyaml cannot parse, an undefined or repeated anchor, or a second document is
+  one fatal issue, as composing would have raised.
 - Aliases share the built object (a "billion laughs" document stays small), and a
   recursive alias yields a recursive structure: callers validate shapes before walking.
+- Nesting deeper than :data:`MAX_DEPTH` is an issue and is skipped, not built, so the
+  builder's recursion stays far from Python's limit whatever the input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 _STD = "tag:yaml.org,2002:"
@@ -43,9 +62,23 @@ _SAFE_TAGS = frozenset(
 )
 #: deeper than any manifest needs; keeps the builder's recursion far from Python's limit
 MAX_DEPTH = 64
+#: distinct plain scalars whose resolved tag is remembered ("360p", "v4.5", "true"...)
+_TAG_CACHE_ENTRIES = 4096
+_TAG_CACHE_CHARS = 64
+#: plain text values this short are interned: enum-like values repeat across shots
+_SHARED_CHARS = 8
 
 Mark = tuple[int, int]  # 1-based line, column
 PathPart = str | int
+Path_ = tuple[PathPart, ...]
+
+_TOO_DEEP = ("is nested too deeply", "flatten this part of the file")
+_CANNOT_READ_HINT = "write a plain value"
+#: what SafeConstructor.construct_yaml_bool reads (lower-cased)
+_BOOLS: dict[str, bool] = SafeConstructor.bool_values
+#: _key's answers for a ``<<`` key and for a key that cannot be one
+_MERGE = object()
+_BAD_KEY = object()
 
 
 @dataclass(frozen=True)
@@ -71,7 +104,7 @@ class Parsed:
 
 
 class _Loader(yaml.CSafeLoader):
-    """libyaml composer with a cheaper implicit-tag resolver (same results)."""
+    """libyaml parser with a cheaper implicit-tag resolver (same results)."""
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
         if kind is ScalarNode and implicit[0] and value:
@@ -90,6 +123,9 @@ _RESOLVER_FIRST = frozenset(
 if None in yaml.CSafeLoader.yaml_implicit_resolvers:  # pragma: no cover - stock PyYAML has none
     # a resolver for any first character: the shortcut above would be wrong
     _RESOLVER_FIRST = frozenset(chr(i) for i in range(0x110000))
+# The builder takes a scalar that is not plain (quoted, block) to be text, and caches
+# resolved tags by text alone: both hold only while no path resolver is registered.
+assert not yaml.CSafeLoader.yaml_path_resolvers
 
 
 def compose(data: bytes | str) -> Node | None:
@@ -103,8 +139,11 @@ def compose(data: bytes | str) -> Node | None:
 
 def parse(data: bytes | str) -> Parsed:
     """Plain data from YAML text; every problem found is in ``Parsed.issues``."""
+    loader: _Loader | None = None
     try:
-        node = compose(data)
+        loader = _Loader(data)
+        builder = _Builder(loader)
+        found, value = builder.document()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(str(s) for s in (exc.context, exc.problem) if s)
@@ -135,91 +174,149 @@ def parse(data: bytes | str) -> Parsed:
             ],
             [],
         )
-    if node is None:
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if not found:
         return Parsed(None, [], [])
-    builder = _Builder()
-    value = builder.build(node, (), 0)
-    return Parsed(value, builder.issues, _shot_marks(node))
+    return Parsed(value, builder.issues, [(m.line + 1, m.column + 1) for m in builder.shot_marks])
 
 
-def _mark(node: Node) -> Mark:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+@dataclass(slots=True)
+class _Anchor:
+    """What an anchor names: a scalar is rebuilt at every alias (cheap, immutable), a
+    collection is shared, or its problem is reported again where it is used."""
+
+    #: the scalar or collection-start event that defined it (its mark, text, tag)
+    event: Any
+    #: a scalar's resolved tag
+    tag: str = ""
+    #: a collection's built value (filled in while it is built: aliases may recurse)
+    value: Any = None
+    #: why a collection has no value (refused tag, too deep): said again at each alias
+    issue: tuple[str, str] | None = None
+    #: the start marks of a sequence's items (for merge keys and the ``shots`` list)
+    item_marks: list[Any] | None = None
 
 
-def _shot_marks(root: Node) -> list[Mark]:
-    if not isinstance(root, MappingNode):
-        return []
-    found: Node | None = None
-    for key, value in root.value:
-        if isinstance(key, ScalarNode) and key.value == "shots":
-            found = value
-    if not isinstance(found, SequenceNode):
-        return []
-    return [(n.start_mark.line + 1, n.start_mark.column + 1) for n in found.value]
+def _is_text(ev: Any, first: frozenset[str]) -> bool:
+    """True when a scalar event is untagged, unanchored text that no resolver wants."""
+    if ev.tag is not None or ev.anchor is not None:
+        return False
+    text = ev.value
+    return not ev.implicit[0] or (bool(text) and text[0] not in first)
+
+
+def _is_decimal(text: str) -> bool:
+    """Plain decimal digits without a leading zero: an int, as the resolver says."""
+    return text.isdigit() and text.isascii() and (text[0] != "0" or len(text) == 1)
 
 
 class _Builder:
-    """Turns nodes into data, noting duplicates and refused tags on the way."""
+    """Turns libyaml's events into data, noting duplicates and refused tags on the way.
 
-    def __init__(self) -> None:
+    Each method that takes an event builds the node that event starts and consumes
+    the node's remaining events, so the parser is always at the next sibling.
+    """
+
+    def __init__(self, loader: _Loader) -> None:
         self.issues: list[YamlIssue] = []
-        self._memo: dict[int, Any] = {}
-        self._constructor = SafeConstructor()
+        #: start marks of the items of the top-level ``shots`` sequence
+        self.shot_marks: list[Any] = []
+        self._loader = loader
+        #: the parser's next event (None after the stream's end)
+        self._next: Callable[[], Any] = loader.get_event
+        self._anchors: dict[str, _Anchor] = {}
+        self._tags: dict[str, str] = {}
 
-    def build(self, node: Node, path: tuple[PathPart, ...], depth: int) -> Any:
-        cls = type(node)
-        if cls is ScalarNode:
-            tag = node.tag
-            if tag == STR_TAG:
-                return node.value
-            if tag == INT_TAG:
-                text = node.value
-                if text.isascii() and text.isdigit() and (len(text) == 1 or text[0] != "0"):
-                    return int(text)
-            return self._delegate(node, path)
-        memo = self._memo.get(id(node))
-        if memo is not None:
-            return memo
+    # ---- the document -------------------------------------------------------------
+
+    def document(self) -> tuple[bool, Any]:
+        """(False, None) for an empty stream, else (True, the data); raises yaml errors."""
+        next_ = self._next
+        next_()  # stream start
+        ev = next_()
+        if type(ev) is StreamEndEvent:
+            return False, None
+        root = next_()  # the document start was ev
+        value = self._node(root, (), 0)
+        next_()  # document end
+        ev = next_()
+        if type(ev) is not StreamEndEvent:
+            raise ComposerError(
+                "expected a single document in the stream",
+                root.start_mark,
+                "but found another document",
+                ev.start_mark,
+            )
+        return True, value
+
+    # ---- nodes --------------------------------------------------------------------
+
+    def _node(self, ev: Any, path: Path_, depth: int, marks: list[Any] | None = None) -> Any:
+        """The value of the node ``ev`` starts; ``marks`` collects a sequence's item marks."""
+        cls = type(ev)
+        if cls is ScalarEvent:
+            return self._scalar(ev, path)
+        if cls is AliasEvent:
+            return self._alias(ev, path)
         if depth >= MAX_DEPTH:
-            self._issue(node, path, "is nested too deeply", "flatten this part of the file")
+            self._issue(ev.start_mark, path, *_TOO_DEEP)
+            self._skip(ev)
             return None
-        if isinstance(node, MappingNode) and node.tag == MAP_TAG:
-            return self._mapping(node, path, depth)
-        if cls is SequenceNode and node.tag == SEQ_TAG:
-            out: list[Any] = []
-            self._memo[id(node)] = out
-            for i, item in enumerate(node.value):
-                out.append(self.build(item, (*path, i), depth + 1))
-            return out
-        return self._delegate(node, path)
+        tag = ev.tag
+        if cls is MappingStartEvent:
+            if tag is None or tag == "!" or tag == MAP_TAG:
+                return self._mapping(ev, path, depth)
+        elif tag is None or tag == "!" or tag == SEQ_TAG:
+            return self._sequence(ev, path, depth, marks)
+        return self._tagged(ev, path, depth, marks)
 
-    def _mapping(self, node: MappingNode, path: tuple[PathPart, ...], depth: int) -> Any:
+    def _mapping(self, start: Any, path: Path_, depth: int, anchored: bool = True) -> Any:
         own: dict[Any, Any] = {}
-        self._memo[id(node)] = own
+        if anchored and start.anchor is not None:
+            self._define(start).value = own
+        next_ = self._next
+        first = _RESOLVER_FIRST
+        known = self._tags.get
+        intern = sys.intern
+        keys: list[Any] = []  # key events, for the line of a duplicate's first occurrence
         merges: list[dict[Any, Any]] = []
-        build = self.build
-        for key_node, value_node in node.value:
-            # plain text keys and values are nearly everything: no call, no path tuple
-            if type(key_node) is ScalarNode and key_node.tag == STR_TAG:
-                key = key_node.value
-            elif key_node.tag == MERGE_TAG:
-                merges.extend(self._merge_sources(value_node, path, depth))
-                continue
+        while True:
+            ev = next_()
+            if type(ev) is MappingEndEvent:
+                break
+            keys.append(ev)
+            # plain text keys and values are nearly everything: inline, no path tuple
+            if type(ev) is ScalarEvent and _is_text(ev, first):
+                key = intern(ev.value)  # one object for each distinct key of the file
             else:
-                key = build(key_node, path, depth + 1)
-                try:
-                    hash(key)
-                except TypeError:
-                    self._issue(key_node, path, "a key must be plain text", "write the key as text")
+                key = self._key(ev, path, depth)
+                if key is _MERGE:
+                    merges.extend(self._merge_sources(path, depth))
                     continue
-            if key in own:
-                self._duplicate(node, key_node, key, path)
-                continue
-            if type(value_node) is ScalarNode and value_node.tag == STR_TAG:
-                own[key] = value_node.value
+                if key is _BAD_KEY:
+                    self._node(next_(), path, depth + 1)  # its value, read and dropped
+                    continue
+            duplicate = key in own
+            if duplicate:
+                self._duplicate(keys, key, path)
+            ev = next_()
+            if depth == 0 and self._text(keys[-1]) == "shots":
+                value = self._shots(ev, (*path, key) if type(key) is str else path, depth + 1)
+            elif type(ev) is not ScalarEvent or ev.tag is not None or ev.anchor is not None:
+                value = self._node(ev, (*path, key) if type(key) is str else path, depth + 1)
             else:
-                sub = (*path, key) if isinstance(key, str) else path
-                own[key] = build(value_node, sub, depth + 1)
+                text = ev.value
+                if not ev.implicit[0] or (text and text[0] not in first) or known(text) == STR_TAG:
+                    # short text repeats (models, qualities): one object for all
+                    value = intern(text) if len(text) <= _SHARED_CHARS else text
+                elif _is_decimal(text):
+                    value = int(text)
+                else:
+                    value = self._scalar(ev, (*path, key) if type(key) is str else path)
+            if not duplicate:
+                own[key] = value
         if merges:
             merged: dict[Any, Any] = {}
             for source in reversed(merges):
@@ -229,62 +326,345 @@ class _Builder:
             own.update(merged)
         return own
 
-    def _duplicate(
-        self, node: MappingNode, key_node: Node, key: Any, path: tuple[PathPart, ...]
-    ) -> None:
-        first_line = next(
-            (
-                _mark(k)[0]
-                for k, _ in node.value
-                if isinstance(k, ScalarNode) and k is not key_node and k.value == str(key)
-            ),
-            "?",
-        )
-        self._issue(
-            key_node,
-            path,
-            f"duplicate key {key!r} (first at line {first_line})",
-            "keep one of them; YAML would silently drop the first",
-        )
-
-    def _merge_sources(
-        self, node: Node, path: tuple[PathPart, ...], depth: int
-    ) -> list[dict[Any, Any]]:
-        items = node.value if isinstance(node, SequenceNode) else [node]
-        out: list[dict[Any, Any]] = []
-        for item in items:
-            value = self.build(item, path, depth + 1)
-            if isinstance(value, dict):
-                out.append(value)
+    def _sequence(
+        self,
+        start: Any,
+        path: Path_,
+        depth: int,
+        marks: list[Any] | None = None,
+        anchored: bool = True,
+    ) -> list[Any]:
+        out: list[Any] = []
+        if anchored and start.anchor is not None:
+            record = self._define(start)
+            record.value = out
+            if marks is None:
+                marks = []
+            record.item_marks = marks
+        next_ = self._next
+        first = _RESOLVER_FIRST
+        known = self._tags.get
+        while True:
+            ev = next_()
+            cls = type(ev)
+            if cls is SequenceEndEvent:
+                break
+            if cls is not ScalarEvent or ev.tag is not None or ev.anchor is not None:
+                out.append(self._node(ev, (*path, len(out)), depth + 1))
             else:
-                self._issue(
-                    item, path, "a merge key (<<) needs a mapping", "merge an anchored mapping"
-                )
+                text = ev.value
+                if _is_text(ev, first) or known(text) == STR_TAG:
+                    out.append(text)
+                elif _is_decimal(text):
+                    out.append(int(text))
+                else:
+                    out.append(self._scalar(ev, (*path, len(out))))
+            if marks is not None:
+                marks.append(self._source(ev).start_mark)
         return out
 
-    def _delegate(self, node: Node, path: tuple[PathPart, ...]) -> Any:
-        """Rare scalars (floats, bools, dates...) and non-default collection tags."""
-        tag = node.tag or ""
+    def _tagged(self, start: Any, path: Path_, depth: int, marks: list[Any] | None) -> Any:
+        """A collection with an explicit tag: a set, ordered pairs, or a problem."""
+        tag = start.tag
+        is_map = type(start) is MappingStartEvent
+        record = self._define(start) if start.anchor is not None else None
+        empty, problem = self._empty(tag, is_map, start)
+        if problem is not None:
+            self._issue(start.start_mark, path, *problem)
+        if record is not None:
+            record.value, record.issue = empty, problem
+        # the contents are read even when the tag is refused: anchors in them stay usable
+        if is_map:
+            built = self._mapping(start, path, depth, anchored=False)
+            if empty is None:
+                return None
+            empty.update(built)  # a set of the keys
+            return empty
+        if marks is None:
+            marks = []
+        if record is not None:
+            record.item_marks = marks
+        items = self._sequence(start, path, depth, marks, anchored=False)
+        if empty is None:
+            return None
+        pairs = _pairs(tag, start.start_mark, items, marks)
+        if not isinstance(pairs, Exception):
+            empty.extend(pairs)
+            return empty
+        problem = (f"cannot read this value: {pairs}", _CANNOT_READ_HINT)
+        self._issue(start.start_mark, path, *problem)
+        if record is not None:
+            record.value, record.issue = None, problem
+        return None
+
+    def _empty(self, tag: str, is_map: bool, start: Any) -> tuple[Any, tuple[str, str] | None]:
+        """The empty set or list a tagged collection starts as, or why there is none."""
+        if tag not in _SAFE_TAGS:
+            return None, (
+                f"the YAML tag {tag!r} is not allowed",
+                "remove the tag; manifests hold plain values only",
+            )
+        # SafeConstructor says whether the tag fits this kind of node, and what it makes:
+        # !!set a set (of a mapping's keys), !!omap and !!pairs a list of pairs
+        kind = MappingNode if is_map else SequenceNode
+        empty, why = self._construct(kind(tag, [], start.start_mark, start.end_mark))
+        if why is None and not isinstance(empty, set if is_map else list):
+            why = f"{tag} makes a {type(empty).__name__}"
+        if why is not None:
+            return None, (f"cannot read this value: {why}", _CANNOT_READ_HINT)
+        return empty, None
+
+    def _skip(self, start: Any) -> None:
+        """Reads past a collection without building it; its anchors stay defined."""
+        next_ = self._next
+        level = 0
+        ev = start
+        while True:
+            cls = type(ev)
+            if cls is ScalarEvent:
+                if ev.anchor is not None:
+                    self._define(ev).tag = self._tag(ev)
+            elif cls is AliasEvent:
+                self._record(ev)
+            elif cls is MappingStartEvent or cls is SequenceStartEvent:
+                level += 1
+                if ev.anchor is not None:
+                    self._define(ev).issue = _TOO_DEEP
+            else:
+                level -= 1
+            if level == 0:
+                return
+            ev = next_()
+
+    # ---- scalars ------------------------------------------------------------------
+
+    def _tag(self, ev: Any) -> str:
+        """A scalar event's tag, resolved the way the composer resolves it."""
+        tag: str | None = ev.tag
+        if tag is not None and tag != "!":
+            return tag
+        implicit = ev.implicit
+        text: str = ev.value
+        if not implicit[0]:
+            return STR_TAG
+        cached = self._tags.get(text)
+        if cached is None:
+            cached = self._loader.resolve(ScalarNode, text, implicit)
+            if len(self._tags) < _TAG_CACHE_ENTRIES and len(text) <= _TAG_CACHE_CHARS:
+                self._tags[text] = cached
+        return cached
+
+    def _scalar(self, ev: Any, path: Path_) -> Any:
+        tag = self._tag(ev)
+        if ev.anchor is not None:
+            self._define(ev).tag = tag
+        return self._scalar_value(ev, tag, path)
+
+    def _scalar_value(self, ev: Any, tag: str, path: Path_) -> Any:
+        text: str = ev.value
+        if tag == STR_TAG:
+            return text
+        if tag == INT_TAG and _is_decimal(text):
+            return int(text)
+        if tag == NULL_TAG:
+            return None
+        if tag == BOOL_TAG and (flag := _BOOLS.get(text.lower())) is not None:
+            return flag
         if tag not in _SAFE_TAGS:
             self._issue(
-                node,
+                ev.start_mark,
                 path,
                 f"the YAML tag {tag!r} is not allowed",
                 "remove the tag; manifests hold plain values only",
             )
             return None
-        try:
-            value = self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-            self._issue(node, path, f"cannot read this value: {exc}", "write a plain value")
-            return None
-        if not isinstance(node, ScalarNode):
-            self._memo[id(node)] = value
+        value, why = self._construct(ScalarNode(tag, text, ev.start_mark, ev.end_mark, ev.style))
+        if why is not None:
+            self._issue(ev.start_mark, path, f"cannot read this value: {why}", _CANNOT_READ_HINT)
         return value
 
-    def _issue(self, node: Node, path: tuple[PathPart, ...], message: str, hint: str) -> None:
-        line, column = _mark(node)
-        self.issues.append(YamlIssue(message, hint, line, column, path))
+    def _construct(self, node: Node) -> tuple[Any, str | None]:
+        """SafeConstructor's value for a lone node (floats, bools, dates...), or why not."""
+        loader = self._loader
+        try:
+            return loader.construct_object(node, deep=True), None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            return None, str(exc)
+        except (LookupError, AttributeError):
+            # the constructors index and match without checking first: `!!bool maybe`
+            # is a KeyError, `!!timestamp x` an AttributeError
+            return None, f"{node.value!r} is not a valid {node.tag.removeprefix(_STD)}"
+        finally:
+            # the node is thrown away: so is the constructor's memory of it
+            loader.constructed_objects.clear()
+            loader.recursive_objects.clear()
+
+    # ---- keys, merges, aliases ----------------------------------------------------
+
+    def _key(self, ev: Any, path: Path_, depth: int) -> Any:
+        """A key that is not plain text: its value, or _MERGE, or _BAD_KEY (reported)."""
+        cls = type(ev)
+        if cls is ScalarEvent:
+            tag = self._tag(ev)
+            if ev.anchor is not None:
+                self._define(ev).tag = tag
+            if tag == MERGE_TAG:
+                return _MERGE
+            key = self._scalar_value(ev, tag, path)
+        elif cls is AliasEvent:
+            record = self._record(ev)
+            if type(record.event) is ScalarEvent and record.tag == MERGE_TAG:
+                return _MERGE
+            key = self._alias(ev, path)
+        else:
+            key = self._node(ev, path, depth + 1)
+        try:
+            hash(key)
+        except TypeError:
+            self._issue(
+                self._source(ev).start_mark,
+                path,
+                "a key must be plain text",
+                "write the key as text",
+            )
+            return _BAD_KEY
+        return key
+
+    def _duplicate(self, keys: list[Any], key: Any, path: Path_) -> None:
+        this = self._source(keys[-1])
+        text = str(key)
+        first_line: int | str = "?"
+        for k in keys:
+            source = self._source(k)
+            if type(source) is ScalarEvent and source is not this and source.value == text:
+                first_line = self._line(source)
+                break
+        self._issue(
+            this.start_mark,
+            path,
+            f"duplicate key {key!r} (first at line {first_line})",
+            "keep one of them; YAML would silently drop the first",
+        )
+
+    def _merge_sources(self, path: Path_, depth: int) -> list[dict[Any, Any]]:
+        """The mappings a ``<<`` key's value names (read from the parser)."""
+        ev = self._next()
+        cls = type(ev)
+        values: list[Any]
+        marks: list[Any]
+        if cls is SequenceStartEvent:
+            values, marks = [], []
+            if ev.anchor is not None:
+                record = self._define(ev)
+                record.value, record.item_marks = values, marks
+            while type(item := self._next()) is not SequenceEndEvent:
+                values.append(self._node(item, path, depth + 1))
+                marks.append(self._source(item).start_mark)
+        elif cls is AliasEvent:
+            record = self._record(ev)
+            if isinstance(record.value, list) and record.item_marks is not None:
+                values, marks = record.value, record.item_marks
+            else:
+                values, marks = [self._alias(ev, path)], [record.event.start_mark]
+        else:
+            values, marks = [self._node(ev, path, depth + 1)], [ev.start_mark]
+        out: list[dict[Any, Any]] = []
+        # (an alias to a sequence still being built has as many marks as items so far)
+        for value, mark in zip(values, marks, strict=False):
+            if isinstance(value, dict):
+                out.append(value)
+            elif isinstance(value, tuple):  # an item of !!omap / !!pairs: a 1-entry mapping
+                out.append(dict([value]))
+            else:
+                self._issue(
+                    mark, path, "a merge key (<<) needs a mapping", "merge an anchored mapping"
+                )
+        return out
+
+    def _shots(self, ev: Any, path: Path_, depth: int) -> Any:
+        """The top-level ``shots`` value, noting where each of its items starts."""
+        marks: list[Any] = []
+        if type(ev) is AliasEvent:
+            record = self._record(ev)
+            if record.item_marks is not None:
+                marks = list(record.item_marks)
+            value = self._alias(ev, path)
+        else:
+            value = self._node(ev, path, depth, marks)
+        self.shot_marks = marks
+        return value
+
+    def _alias(self, ev: Any, path: Path_) -> Any:
+        record = self._record(ev)
+        source = record.event
+        if type(source) is ScalarEvent:
+            return self._scalar_value(source, record.tag, path)
+        if record.issue is not None:
+            self._issue(source.start_mark, path, *record.issue)
+            return None
+        return record.value
+
+    def _define(self, ev: Any) -> _Anchor:
+        name: str = ev.anchor
+        known = self._anchors.get(name)
+        if known is not None:
+            raise ComposerError(
+                "found duplicate anchor; first occurrence",
+                known.event.start_mark,
+                "second occurrence",
+                ev.start_mark,
+            )
+        record = self._anchors[name] = _Anchor(ev)
+        return record
+
+    def _record(self, ev: Any) -> _Anchor:
+        record = self._anchors.get(ev.anchor)
+        if record is None:
+            raise ComposerError(None, None, "found undefined alias", ev.start_mark)
+        return record
+
+    def _source(self, ev: Any) -> Any:
+        """The event that defines the node ``ev`` stands for (an alias's anchor)."""
+        return self._record(ev).event if type(ev) is AliasEvent else ev
+
+    def _text(self, ev: Any) -> str | None:
+        """A key's text as written, when it is a scalar."""
+        source = self._source(ev)
+        return source.value if type(source) is ScalarEvent else None
+
+    @staticmethod
+    def _line(ev: Any) -> int:
+        line: int = ev.start_mark.line
+        return line + 1
+
+    def _issue(self, mark: Any, path: Path_, message: str, hint: str) -> None:
+        self.issues.append(YamlIssue(message, hint, mark.line + 1, mark.column + 1, path))
+
+
+def _pairs(tag: str, mark: Any, items: list[Any], marks: list[Any]) -> list[Any] | Exception:
+    """The (key, value) pairs of ``!!omap`` / ``!!pairs`` items, or why they are not
+    one-entry mappings (in SafeConstructor's words)."""
+    if tag.endswith("omap"):
+        context = "while constructing an ordered map"
+    else:
+        context = "while constructing pairs"
+    out: list[Any] = []
+    for item, item_mark in zip(items, marks, strict=True):
+        entries = dict.fromkeys(item) if isinstance(item, set) else item  # !!set: a mapping
+        if not isinstance(entries, dict):
+            found = "sequence" if isinstance(entries, list) else "scalar"
+            return ConstructorError(
+                context, mark, f"expected a mapping of length 1, but found {found}", item_mark
+            )
+        if len(entries) != 1:
+            return ConstructorError(
+                context,
+                mark,
+                f"expected a single mapping item, but found {len(entries)} items",
+                item_mark,
+            )
+        out.extend(entries.items())
+    return out
 
 
 class SourceMap:
@@ -327,4 +707,4 @@ class SourceMap:
             if child is None:
                 break
             node = best = child
-        return _mark(best)
+        return best.start_mark.line + 1, best.start_mark.column + 1

@@ -562,3 +562,252 @@ shots:
     assert {s.shot_id: s.request["image"] for s in shots}[
         "url"
     ] == "https://example.test/nowhere.png"
+
+
+# ---- the event builder agrees with yaml.safe_load -----------------------------------
+
+# Valid documents without duplicate keys: runner/yaml_source.parse must build exactly
+# what yaml.safe_load builds (it reads libyaml's events, never a node graph).
+_SAME_AS_SAFE_LOAD = [
+    "a: &x {k: 1}\nb: *x\nc: {<<: *x, d: 2}\nd:\n  <<: *x\n  k: 9\n",
+    "base: &b {x: 1, y: 2}\nmore: &m {z: 4}\nboth: {<<: [*b, *m], w: 5}\n",
+    "t1: 2001-12-14t21:59:43.10-05:00\nt2: 2002-12-14\nt3: 2001-12-14 21:59:43.10 -5\n"
+    "t4: 2001-12-15T02:59:43.1Z\nt5: 2001-12-15 2:59:43.10\nt6: !!timestamp '2020-02-29'\n",
+    "bin: !!binary |\n  R0lGODlhDAAMAIQAAP//9/X17unp5WZmZgAAAOfn515eXvPz7Y6OjuDg4J+fn5\n"
+    "  OTk6enp56enmlpaWNjY6Ojo4SEhP/++f/++f/++f/++f/++f/++f/++f/++f/+\n"
+    "flow: !!binary 'aGVsbG8='\n",
+    "oct: 0o17\nold_oct: 017\nhex: 0x1F\nneg_hex: -0x1f\nbinary: 0b1010\nsep: 1_000\n"
+    "sexa: 190:20:30\nsign: +12\nnot_oct: 089\nzero: 0\nneg_zero: -0\n"
+    "big: 123456789012345678901234567890\n",
+    "f1: .inf\nf2: -.Inf\nf3: +.INF\nf4: 1e3\nf5: 1.5e+3\nf6: 6.8523015e+5\nf7: 685.230_15e+03\n"
+    "f8: 190:20:30.15\nf9: .5\nf10: -1.\nf11: 1.0\nnan: .NaN\n",
+    "e1:\ne2: ~\ne3: null\ne4: ''\ne5: \"\"\ne6: Null\ne7: NULL\nlist:\n  -\n  - ~\n",
+    "s1: !!str 12\ns2: !!str yes\ns3: !!str\ns4: !!str ~\ns5: !!int '7'\ns6: ! 12\ns7: '12'\n"
+    "s8: !<tag:yaml.org,2002:str> 5\ns9: !!float '2'\ns10: !!bool 'on'\ns11: !!null ''\n",
+    "lit: |\n  line1\n  line2\nkeep: |+\n  x\n\nfold: >\n  folded\n  text\n\n  para\n"
+    "plain: a\n  multi\n  line\nq: \"x\\ny \\u00e9 \\t\"\nsq: 'it''s'\nstrip: >-\n  end\n",
+    "bools: [yes, No, on, OFF, true, FALSE, y, n, Yes]\n",
+    "set: !!set {a, b, 1}\nomap: !!omap [{a: 1}, {b: 2}]\npairs: !!pairs [{a: 1}, {a: 2}]\n",
+    "%YAML 1.1\n---\nversion: 1\n...\n",
+    "1: int key\n2.5: float key\nnull: null key\nfalse: bool key\n2024-01-01: date key\n"
+    "'1': text\n",
+    "deep: " + "[" * 60 + "]" * 60 + "\n",
+    "anchors: [&a x, *a, &b [1, 2], *b, &c {k: v}, *c]\n",
+    "{a: 1, b: [2, {c: 3}], d: {e: [], f: {}}, 'g h': \"i\"}\n",
+    "- a\n- - b\n  - c\n- {d: e}\n- ? complex\n  : key\n",
+    "k: v # comment\n? |\n  block key\n: value\n",
+    'unicode: caf\u00e9 \u2603\nemoji: "\\U0001F600"\n',
+    "version: 1\nshots:\n  - &s {prompt: p, model: v4, quality: 360p}\n"
+    "  - <<: *s\n    quality: 540p\n",
+    *("", "# only a comment\n", "---\n", "~\n", "just text\n", "12\n", "[a, b]\n"),
+]
+
+
+def _same_data(ours: object, theirs: object) -> bool:
+    """Equality that also holds for NaN, and that does not allow True for 1."""
+    import math
+
+    if isinstance(ours, float) and math.isnan(ours):
+        return isinstance(theirs, float) and math.isnan(theirs)
+    if type(ours) is not type(theirs):
+        return False
+    if isinstance(ours, dict):
+        assert isinstance(theirs, dict)
+        return ours.keys() == theirs.keys() and all(_same_data(ours[k], theirs[k]) for k in ours)
+    if isinstance(ours, list):
+        assert isinstance(theirs, list)
+        return len(ours) == len(theirs) and all(map(_same_data, ours, theirs))
+    return ours == theirs
+
+
+def _assert_builds_like_safe_load(text: str) -> None:
+    from runner.yaml_source import parse
+
+    parsed = parse(text)
+    assert not parsed.issues, (text, parsed.issues)
+    theirs = yaml.safe_load(text)
+    assert _same_data(parsed.data, theirs), (text, parsed.data, theirs)
+
+
+@pytest.mark.parametrize("text", _SAME_AS_SAFE_LOAD)
+def test_event_builder_matches_safe_load_on_edge_cases(text: str) -> None:
+    _assert_builds_like_safe_load(text)
+
+
+_dump_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+    | st.sampled_from(["yes", "No", "~", "null", "0x1f", "017", "1:20", "1e3", ".inf", "<<", "="])
+    | st.binary(max_size=12)
+    | st.dates()
+    | st.datetimes()
+)
+_dump_keys = (
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+    | st.integers(-5, 2**40)
+    | st.none()
+    | st.dates()
+)
+_dump_data = st.recursive(
+    _dump_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(_dump_keys, inner, max_size=4)
+        | st.sets(st.integers(-3, 3) | st.text(max_size=3), max_size=3)
+        # the same object twice: safe_dump writes an anchor and an alias
+        | inner.map(lambda shared: [shared, {"again": shared}])
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _dump_data,
+    st.sampled_from([None, False, True]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([20, 80]),
+)
+def test_event_builder_matches_safe_load_on_dumped_data(
+    data: object, flow: bool | None, canonical: bool, allow_unicode: bool, width: int
+) -> None:
+    # canonical output tags every node explicitly (!!int "1", !!map {...}); a narrow
+    # width folds long text over several lines
+    text = yaml.safe_dump(
+        data,
+        default_flow_style=flow,
+        canonical=canonical,
+        allow_unicode=allow_unicode,
+        width=width,
+        sort_keys=False,
+    )
+    _assert_builds_like_safe_load(text)
+
+
+def test_merge_sources_follow_the_spec_earlier_wins() -> None:
+    """yaml.org/type/merge: keys of earlier mappings in a ``<<`` sequence win. (PyYAML
+    6.0.4's safe_load lets the later one win for keys longer than one character:
+    yaml/pyyaml#953; the event builder keeps to the spec, as before.)"""
+    from runner.yaml_source import parse
+
+    text = "a: &a {kk: 1, k: 1}\nb: &b {kk: 2, k: 2, only_b: 2}\nc: {<<: [*a, *b], own: 3}\n"
+    parsed = parse(text)
+    assert parsed.data["c"] == {"kk": 1, "k": 1, "only_b": 2, "own": 3}
+    assert not parsed.issues
+
+
+def test_event_builder_shares_aliased_objects() -> None:
+    from runner.yaml_source import parse
+
+    data = parse("a: &x [1, {k: v}]\nb: *x\nc: [*x, *x]\nr: &r {self: *r}\n").data
+    assert data["a"] is data["b"] is data["c"][0] is data["c"][1]
+    assert data["r"]["self"] is data["r"]
+
+
+def test_parse_never_composes_a_node_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner import yaml_source
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("parse composed the document")
+
+    monkeypatch.setattr(yaml_source._Loader, "get_single_node", refuse)
+    monkeypatch.setattr(yaml_source._Loader, "get_node", refuse)
+    parsed = yaml_source.parse((SHIPPED[1]).read_bytes())
+    assert parsed.data["shots"] and not parsed.issues
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "line", "column"),
+    [
+        ("a: 1\nb: *nope\n", "found undefined alias", 2, 4),
+        ("a: &x 1\nb: &x 2\n", "found duplicate anchor", 2, 4),
+        ("a: 1\n---\nb: 2\n", "expected a single document", 2, 1),
+        ("a: [1, 2\nb: 3\n", "not valid YAML", 2, 2),
+    ],
+)
+def test_event_builder_reports_composer_errors_with_positions(
+    text: str, message: str, line: int, column: int
+) -> None:
+    from runner.yaml_source import parse
+
+    parsed = parse(text)
+    assert parsed.data is None and parsed.shot_marks == []
+    (issue,) = parsed.issues
+    assert issue.fatal and message in issue.message
+    assert (issue.line, issue.column) == (line, column)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("!!bool maybe", "'maybe' is not a valid bool"),
+        ("!!timestamp soon", "'soon' is not a valid timestamp"),
+        ("!!float ''", "'' is not a valid float"),
+        ("!!int ''", "'' is not a valid int"),
+        ("!!int x1", "invalid literal for int()"),
+        ("!!binary 'é'", "failed to convert base64 data"),
+        ("!!map [1]", "expected a mapping node"),
+        ("!!omap [1]", "expected a mapping of length 1"),
+        ("!!omap [{a: 1, b: 2}]", "expected a single mapping item"),
+        ("!foo {a: 1}", "the YAML tag '!foo' is not allowed"),
+        ("!!python/name:os.system ''", "is not allowed"),
+    ],
+)
+def test_bad_tagged_values_are_issues_at_their_position(value: str, message: str) -> None:
+    """SafeConstructor indexes and matches without checking (a KeyError for ``!!bool
+    maybe``): every such value is a YamlIssue, never an exception."""
+    from runner.yaml_source import parse
+
+    parsed = parse(f"version: 1\nrun:\n  x: {value}\n")
+    (issue,) = parsed.issues
+    assert message in issue.message, issue
+    assert (issue.line, issue.column, issue.path) == (3, 6, ("run", "x"))
+    assert parsed.data["run"]["x"] is None
+
+
+def test_aliased_bad_value_is_reported_where_used() -> None:
+    from runner.yaml_source import parse
+
+    parsed = parse("a: &t !foo x\nb: *t\nc: [*t]\n")
+    assert parsed.data == {"a": None, "b": None, "c": [None]}
+    assert [(i.line, i.column, i.path) for i in parsed.issues] == [
+        (1, 4, ("a",)),
+        (1, 4, ("b",)),
+        (1, 4, ("c", 0)),
+    ]
+
+
+def test_shot_marks_from_the_event_stream() -> None:
+    from runner.yaml_source import parse
+
+    text = "x: &e {prompt: p}\nshots:\n  - {prompt: a}\n  - *e\n  -   prompt: c\n"
+    assert parse(text).shot_marks == [(3, 5), (1, 4), (5, 7)]
+    aliased = "list: &s\n  - a\n  - b\nshots: *s\n"
+    assert parse(aliased).shot_marks == [(2, 5), (3, 5)]
+    assert parse("shots: {a: 1}\n").shot_marks == []
+    assert parse("- shots\n").shot_marks == []
+
+
+def test_duplicate_key_names_its_first_line() -> None:
+    from runner.yaml_source import parse
+
+    parsed = parse("top:\n  a: 1\n  b: 2\n  a: 3\n")
+    assert parsed.data == {"top": {"a": 1, "b": 2}}
+    (issue,) = parsed.issues
+    assert issue.message == "duplicate key 'a' (first at line 2)"
+    assert (issue.line, issue.column, issue.path) == (4, 3, ("top",))
+
+
+def test_very_deep_nesting_is_skipped_without_recursion() -> None:
+    from runner.yaml_source import MAX_DEPTH, parse
+
+    # libyaml itself refuses more than 1000 levels
+    parsed = parse("a: " + "[" * 990 + "]" * 990 + "\nb: 1\n")
+    (issue,) = parsed.issues
+    assert "nested too deeply" in issue.message
+    assert parsed.data["b"] == 1
+    assert len(issue.path) == MAX_DEPTH
