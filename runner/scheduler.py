@@ -128,8 +128,9 @@ class SchedulerOptions:
     #: exponential back-off of retried calls: first delay and ceiling
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
-    #: on a stop, how long generate calls already under way may take to answer
-    stop_grace_s: float = 1.5
+    #: on a stop, how long generate calls already under way may take to answer; well
+    #: under the 2 s in which Ctrl-C must end the process (shutdown needs the rest)
+    stop_grace_s: float = 1.0
 
 
 @dataclass
@@ -248,6 +249,7 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
         with contextlib.suppress(LedgerError):
+            await self._ledger.flush()  # the writes of jobs a stop cancelled
             self._counts = Counter(await self._ledger.counts_by_state())
         self._observer.snapshot(self._snapshot())
         return self._result()

@@ -233,6 +233,14 @@ def wait_until(
         time.sleep(0.01)
 
 
+def wait_for_run(running: Running, ledger: Path, runs_before: int) -> None:
+    """Until the run has taken the ledger (or ended): its start-up is behind it."""
+    wait_until(
+        lambda: run_count(ledger) > runs_before or running.proc.poll() is not None,
+        what="the run to take the ledger",
+    )
+
+
 def _holds(condition: Callable[[], object]) -> bool:
     try:
         return bool(condition())
@@ -257,7 +265,7 @@ def integrity(ledger: Path) -> str:
 
 
 def states(ledger: Path) -> dict[str, str]:
-    return dict(query(ledger, "SELECT shot_id, state FROM shots"))  # type: ignore[arg-type]
+    return {str(r[0]): str(r[1]) for r in query(ledger, "SELECT shot_id, state FROM shots")}
 
 
 def in_state(ledger: Path, state: str) -> set[str]:

@@ -44,7 +44,7 @@ from runkit import (
     sim_tasks,
     start,
     states,
-    wait_until,
+    wait_for_run,
     write_manifest,
 )
 
@@ -202,10 +202,7 @@ def test_random_kills_during_a_faulty_run(tmp_path: Path, sim_thread: SimThread)
     for i in range(9):
         runs = run_count(batch.ledger)
         runner = start(run_args(batch), env, cwd=tmp_path, tag=f"run{i}")
-        wait_until(
-            lambda: run_count(batch.ledger) > runs or runner.proc.poll() is not None,
-            what="the run to take the ledger",
-        )
+        wait_for_run(runner, batch.ledger, runs)
         time.sleep(rng.uniform(0.05, 0.5))
         code = runner.kill()
         assert code in (KILLED, 0, 1), runner.output()
@@ -216,18 +213,26 @@ def test_random_kills_during_a_faulty_run(tmp_path: Path, sim_thread: SimThread)
         check_books(batch, sim.stats())
     assert kills >= 5, f"only {kills} kills landed before the batch finished"
 
-    final = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert final.returncode in (0, 1), final.stdout + final.stderr
+    # runs without a kill until only parked shots are left. One is enough unless the
+    # faults exhaust a shot's retries for that run (it stays collectable or pending)
+    reruns, left = 0, {"not run yet"}
+    while left and reruns < 3:
+        reruns += 1
+        final = pixrun(run_args(batch), env, cwd=tmp_path)
+        assert final.returncode in (0, 1), final.stdout + final.stderr
+        left = set(states(batch.ledger).values()) - {"done", "ambiguous"}
+    assert not left, f"{left} after {reruns} reruns: {final.stdout}"
     stats = sim.stats()
     parked = check_books(batch, stats)
-    assert in_state(batch.ledger, "submitting") == set()
     assert in_state(batch.ledger, "done") == set(batch.ids) - parked
     assert final.returncode == (1 if parked else 0)
     assert_files_match(batch, stats, set(batch.ids) - parked)
     assert integrity(batch.ledger) == "ok"
 
     # parked shots whose request reached the provider are returned, not charged again
-    reached = {shot_of(t["prompt"]) for t in stats["tasks"]} & parked
+    sent = {t["trace_id"] for t in stats["tasks"]}
+    latest = last_attempts(batch.ledger)
+    reached = {sid for sid in parked if latest[sid][0] in sent}
     sim.simulator.config.dedupe_trace_id = True
     if parked:
         retry = pixrun(["retry", "--ambiguous", str(batch.manifest)], env, cwd=tmp_path)
@@ -241,7 +246,7 @@ def test_random_kills_during_a_faulty_run(tmp_path: Path, sim_thread: SimThread)
     assert_files_match(batch, stats, batch.ids)
     assert_only_final_files(batch)
     assert integrity(batch.ledger) == "ok"
-    print(f"{kills} kills, {len(parked)} parked ({len(reached)} had reached the provider)")
+    print(f"{kills} kills, {reruns} rerun(s), {len(parked)} parked, {len(reached)} reached")
 
 
 # -- the power-loss stand-in ---------------------------------------------------------------

@@ -314,15 +314,20 @@ class _WriteBatcher:
         self.commits += 1
         self.writes += len(batch)
 
+    async def flush(self) -> None:
+        """Wait until every write queued so far, and the batch being committed, landed
+        (or failed), whether or not its caller is still waiting for it."""
+        while self._failed is None and (
+            waiting := [f for _, f in self._inflight + self._queue if not f.done()]
+        ):
+            self._wakeup.set()
+            await asyncio.wait(waiting)
+
     async def close(self) -> None:
         if self._task is not None:
             # let queued writes, and the batch being committed, land before the
             # connection goes away: a commit cancelled half-way is rolled back
-            while self._failed is None and (
-                waiting := [f for _, f in self._inflight + self._queue if not f.done()]
-            ):
-                self._wakeup.set()
-                await asyncio.wait(waiting)
+            await self.flush()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -372,6 +377,11 @@ class Ledger:
     @property
     def commit_count(self) -> int:
         return 0 if self._batcher is None else self._batcher.commits
+
+    async def flush(self) -> None:
+        """Wait for every write queued so far, including those of cancelled callers."""
+        if self._batcher is not None:
+            await self._batcher.flush()
 
     # -- low-level helpers -----------------------------------------------------------
 
