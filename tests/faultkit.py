@@ -92,8 +92,12 @@ def run_args(manifest: Path, *extra: str) -> list[str]:
     ]
 
 
+#: runs started in the background, so a failed test leaves none behind
+_STARTED: list[subprocess.Popen[str]] = []
+
+
 def start_run(manifest: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         run_args(manifest, *extra),
         env=pixrun_env(base_url),
         cwd=REPO,
@@ -102,6 +106,17 @@ def start_run(manifest: Path, base_url: str, *extra: str) -> subprocess.Popen[st
         stderr=subprocess.PIPE,
         text=True,
     )
+    _STARTED.append(proc)
+    return proc
+
+
+def kill_leftovers() -> None:
+    """SIGKILL any background run still going (after a test failed half-way)."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def run_pixrun(

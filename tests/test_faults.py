@@ -7,20 +7,36 @@ background thread; the checks read the ledger and the simulator's books.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
+import random
+import shutil
 import sqlite3
+import subprocess
+import sys
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import pytest
 from faultkit import (
+    REPO,
     SIM_KEY,
     assert_outputs_match,
     explain,
     integrity_ok,
     kept_charges,
+    kill_leftovers,
     ledger_of,
     pixrun,
+    pixrun_env,
     query,
+    run_args,
     run_pixrun,
+    shot_of_trace,
     sim_tasks_by_shot,
     start_run,
     state_counts,
@@ -32,9 +48,19 @@ from tcpproxy import Fault, ProxyThread
 
 from runner.sim import SimConfig, SimulatorThread
 
-#: a real-time outage, standing in for minutes: longer than pixrun's whole retry budget
-#: for a call at --backoff-base-s 0.01 (8 submit tries or 4 download tries)
+#: a real-time outage, standing in for minutes: many times pixrun's whole retry budget
+#: for one call at this back-off base (8 submit tries, 4 download tries: well under 1 s)
 OUTAGE_S = 3.0
+OUTAGE_BACKOFF = ("--backoff-base-s", "0.0001")
+#: exponential back-off: a 3 s outage costs each waiting submit ~15 tries, where a retry
+#: loop without back-off would make thousands
+MAX_REFUSED = 8 * 25
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_runs() -> Iterator[None]:
+    yield
+    kill_leftovers()
 
 
 def _backlog(ledger: Path) -> int:
@@ -65,7 +91,7 @@ def test_provider_outage_is_waited_out_and_nothing_fails(tmp_path: Path) -> None
     ):
         manifest = write_manifest(tmp_path, n, concurrency=8, download_concurrency=1)
         ledger = ledger_of(manifest)
-        proc = start_run(manifest, proxy.base_url)
+        proc = start_run(manifest, proxy.base_url, *OUTAGE_BACKOFF)
         wait_until(
             lambda: _backlog(ledger) >= 3 and sim.stats(with_tasks=False)["in_flight"] >= 4,
             timeout_s=30,
@@ -99,7 +125,7 @@ def test_provider_outage_is_waited_out_and_nothing_fails(tmp_path: Path) -> None
             "SELECT COUNT(*) FROM attempts WHERE outcome = 'transient' AND sent_at BETWEEN ? AND ?",
             (stopped_at, back_at),
         )[0][0]
-        assert refused <= 8 * 12, f"{refused} generate calls in a {OUTAGE_S} s outage"
+        assert refused <= MAX_REFUSED, f"{refused} generate calls in a {OUTAGE_S} s outage"
 
         if parked:  # re-queue the lost answers: the same trace id is sent, deduplicated
             assert pixrun("retry", str(manifest), "--ambiguous").returncode == 0
@@ -118,3 +144,444 @@ def test_provider_outage_is_waited_out_and_nothing_fails(tmp_path: Path) -> None
         collected = {r[0] for r in query(ledger, "SELECT task_id FROM shots WHERE state='done'")}
         assert before_ids <= collected
         assert integrity_ok(ledger)
+
+
+def test_provider_down_when_the_run_starts_is_waited_out(tmp_path: Path) -> None:
+    """Every submit is refused at connect time for a while (nothing was sent): pixrun
+    backs off instead of giving up on shots, parks nothing, and completes once the
+    provider is back."""
+    n = 24
+    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.02, 0.1), seed=13)
+    with SimulatorThread(config) as sim:
+        sim.stop_server()
+        manifest = write_manifest(tmp_path, n, concurrency=8)
+        ledger = ledger_of(manifest)
+        proc = start_run(manifest, sim.base_url, *OUTAGE_BACKOFF)
+        time.sleep(OUTAGE_S)
+        sim.start_server()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, explain(proc, out + err)
+        assert state_counts(ledger) == {"done": n}
+        refused = query(ledger, "SELECT COUNT(*) FROM attempts WHERE outcome = 'transient'")[0][0]
+        assert 0 < refused <= MAX_REFUSED, refused  # it met the outage, and backed off
+        stats = sim.stats()
+        assert stats["charges"]["count"] == n
+        assert assert_outputs_match(ledger, manifest.parent / "out", stats) == n
+
+
+class FlakyPath:
+    """Latency everywhere; resets and stalls in both directions on a share of connections.
+
+    On a generate connection (one request each) a cut lands inside the request (the
+    provider never sees it whole) or inside the answer (the task exists, pixrun never
+    hears of it). Fetch and download connections are pooled, so their cuts land anywhere
+    in a stream of many calls. The first connections of each kind meet every fault once,
+    so every run exercises all of them; after that the faults are drawn at random.
+    """
+
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+
+    def __call__(self, kind: str, rng: random.Random) -> Fault:
+        generate = kind == "generate"
+        head_bytes = 200 if generate else 4000  # a cut inside the request (stream)
+        answer_bytes = 150 if generate else 8000  # a cut inside the answer (stream)
+        faults = [
+            Fault(reset_up_after=rng.randrange(0, head_bytes)),
+            Fault(reset_down_after=rng.randrange(0, answer_bytes)),
+            Fault(stall_up_after=rng.randrange(0, head_bytes)),
+            Fault(stall_down_after=rng.randrange(0, answer_bytes)),
+        ]
+        clean = Fault(latency_s=rng.uniform(0.0, 0.03))
+        index = self.seen[kind]
+        self.seen[kind] += 1
+        if generate and index < 2 * len(faults):  # clean, fault, clean, fault, ...
+            return faults[index // 2] if index % 2 else clean
+        if not generate and index < len(faults):
+            return faults[index]
+        r = rng.random()
+        share = 0.05 if generate else 0.08  # per fault: 20% or 32% of connections
+        return faults[int(r / share)] if r < share * len(faults) else clean
+
+
+def test_flaky_network_path_parks_only_generates_cut_after_sending(tmp_path: Path) -> None:
+    """Through a proxy that delays, stalls and resets connections in both directions,
+    every shot completes exactly once, and the shots parked as ambiguous are exactly
+    those whose generate request went out and whose answer never came back whole.
+
+    The proxy's records say, per generate connection, whether the provider received the
+    whole request and whether pixrun received the whole answer; the simulator's books
+    say what was charged.
+    """
+    n = 40
+    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.02, 0.1), seed=11, dedupe_trace_id=True)
+    with (
+        SimulatorThread(config) as sim,
+        ProxyThread("127.0.0.1", sim.port, FlakyPath(), seed=5) as proxy,
+    ):
+        manifest = write_manifest(tmp_path, n, concurrency=8)
+        ledger = ledger_of(manifest)
+        # a streak of lost answers stops submitting (by design): run until nothing is left
+        for _ in range(6):
+            proc = run_pixrun(manifest, proxy.base_url)
+            assert proc.returncode in (0, 1), explain(proc)
+            if all(s in ("done", "ambiguous") for s in states(ledger).values()):
+                break
+        counts = state_counts(ledger)
+        assert set(counts) <= {"done", "ambiguous"}, (counts, explain(proc))
+
+        generates = [r for r in proxy.records() if r.kind == "generate"]
+        assert all(r.trace_id for r in generates), "the proxy lost track of a generate"
+        unanswered = {r.trace_id for r in generates if not r.response_delivered}
+        reached = {r.trace_id for r in generates if r.request_forwarded}
+        assert unanswered, "the proxy cut no generate: the test proves nothing"
+        parked = dict(
+            query(ledger, "SELECT trace_id, shot_id FROM attempts WHERE outcome = 'ambiguous'")
+        )
+        # the only ambiguous shots are those whose generate was cut after it was sent,
+        # and every such shot was parked rather than sent again
+        assert set(parked) == unanswered
+        assert set(parked.values()) == {s for s, st in states(ledger).items() if st == "ambiguous"}
+
+        stats = sim.stats()
+        charged_traces = {t["trace_id"] for t in stats["tasks"]}
+        # an answer cut on its way back: the task exists (charged once, not again);
+        # a request cut on its way out: the provider never saw it, nothing was charged
+        for trace in unanswered:
+            assert (trace in charged_traces) == (trace in reached), trace
+        by_shot = sim_tasks_by_shot(ledger, stats)
+        for shot_id, tasks in by_shot.items():
+            assert len(tasks) == 1, f"{shot_id} was generated {len(tasks)} times"
+
+        # re-queue the parked shots: their trace ids are sent again and deduplicated
+        assert pixrun("retry", str(manifest), "--ambiguous").returncode == 0
+        proxy.set_policy(lambda kind, rng: Fault(latency_s=0.005))
+        rerun = run_pixrun(manifest, proxy.base_url)
+        assert rerun.returncode == 0, explain(rerun)
+        assert state_counts(ledger) == {"done": n}
+        stats = sim.stats()
+        by_shot = sim_tasks_by_shot(ledger, stats)
+        assert {s: len(t) for s, t in by_shot.items()} == {f"s{i:04d}": 1 for i in range(n)}
+        assert stats["charges"]["count"] == n
+        assert assert_outputs_match(ledger, manifest.parent / "out", stats) == n
+        cuts = {r.cut for r in proxy.records() if r.cut}
+        assert {"reset_up", "reset_down", "stall_up", "stall_down"} <= cuts, cuts
+        assert integrity_ok(ledger)
+
+
+# -- a full disk -------------------------------------------------------------------------
+
+PAGE_BYTES = 4096
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
+    """``tmpfs(name, size_bytes)``: a small tmpfs mounted under tmp_path (unmounted after).
+
+    Skips the test, saying why, where mounting is not permitted (it needs root with
+    CAP_SYS_ADMIN, as in CI containers run with --privileged or on a dev box).
+    """
+    mounted: list[Path] = []
+
+    def mount(name: str, size_bytes: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount(8) here: cannot make a small file system to fill")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(
+                f"cannot mount a tmpfs ({done.stderr.strip() or done.returncode}): mounting "
+                "needs root with CAP_SYS_ADMIN"
+            )
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(directory: Path, leave_bytes: int) -> Path:
+    """Fill the file system of ``directory`` until only ``leave_bytes`` are free."""
+    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+    filler = directory / "filler.bin"
+    block = b"\0" * 65536
+    remaining = max(0, free - leave_bytes)
+    with filler.open("wb", buffering=0) as fh:
+        while remaining > 0:
+            try:
+                remaining -= fh.write(block[: min(len(block), remaining)])
+            except OSError as exc:  # someone else is writing there too: full is full
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+    return filler
+
+
+#: pixrun with the disk of its outputs "filling up" after a byte budget: the download
+#: seam raises ENOSPC exactly as a full file system does (fault injection, no mount)
+_INJECT_DISK_FULL = """
+import errno, io, os, sys
+import runner.provider.download as download
+budget = [int(os.environ["FAULT_DISK_BYTES"])]
+class Filling(io.FileIO):
+    def write(self, data):
+        budget[0] -= len(data)
+        if budget[0] < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+download._open_part = lambda path: io.BufferedWriter(Filling(path, "w"))
+from runner.cli import main
+sys.argv[0] = "pixrun"
+main()
+"""
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "injected"])
+def test_disk_full_while_downloading_stops_cleanly_and_a_rerun_finishes(
+    tmp_path: Path, tmpfs: Callable[[str, int], Path], how: str
+) -> None:
+    """The disk fills mid-run: no partial file is left under a final name, the shot that
+    hit it stays collectable (rendered), pixrun stops with exit 1 and says the disk is
+    full, and a rerun after space is freed finishes it without generating it again."""
+    n = 30
+    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.02, 0.1), seed=21)
+    with SimulatorThread(config) as sim:
+        if how == "tmpfs":
+            out_dir = tmpfs("disk", 64 * PAGE_BYTES) / "out"
+            out_dir.mkdir()
+            # room for a few videos and their sidecars (a page each), then ENOSPC
+            filler: Path | None = _fill(out_dir.parent, leave_bytes=9 * PAGE_BYTES)
+            manifest = write_manifest(tmp_path, n, concurrency=4, output_dir=out_dir)
+            first = run_pixrun(manifest, sim.base_url)
+        else:
+            out_dir = tmp_path / "out"
+            filler = None
+            manifest = write_manifest(tmp_path, n, concurrency=4, output_dir=out_dir)
+            args = run_args(manifest)
+            first = subprocess.run(
+                [sys.executable, "-c", _INJECT_DISK_FULL, *args[3:]],
+                env=pixrun_env(sim.base_url, FAULT_DISK_BYTES=str(5 * 982 + 500)),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        ledger = ledger_of(manifest)
+        said = explain(first)
+        assert first.returncode == 1, said
+        text = (first.stdout + first.stderr).lower()
+        assert "disk is full" in text and "free space" in text, said
+        assert "traceback" not in text, said
+
+        rows = query(ledger, "SELECT shot_id, state, error_kind, task_id, output_path FROM shots")
+        by_state = Counter(r[1] for r in rows)
+        assert by_state.get("failed", 0) == 0 and by_state.get("ambiguous", 0) == 0, by_state
+        full = [r for r in rows if r[2] == "disk_full"]
+        assert full, (by_state, said)
+        assert all(r[1] == "rendered" for r in full), full  # collectable
+        assert by_state.get("pending", 0) > 0, "pixrun did not stop submitting"
+        stats = sim.stats()
+        served = {t["task_id"]: t["sha256"] for t in stats["tasks"]}
+        for shot_id, state, _, task_id, relpath in rows:
+            target = out_dir / relpath
+            if state != "done" and target.exists():
+                # only a complete, verified video ever carries a final name
+                digest = hashlib.sha256(target.read_bytes()).hexdigest()
+                assert digest == served[task_id], f"{shot_id}: a bad file under its final name"
+        for path in out_dir.rglob("*"):
+            assert not path.name.startswith("."), f"temporary file left behind: {path}"
+        collectable = {r[0]: r[3] for r in rows if r[1] == "rendered"}
+        generated = stats["charges"]["count"]
+
+        if filler is not None:
+            filler.unlink()  # space is freed
+        rerun = run_pixrun(manifest, sim.base_url)
+        assert rerun.returncode == 0, explain(rerun)
+        assert state_counts(ledger) == {"done": n}
+        stats = sim.stats()
+        after = dict(query(ledger, "SELECT shot_id, task_id FROM shots"))
+        # the rendered shots were collected from their task, never generated again
+        assert {s: after[s] for s in collectable} == collectable
+        assert stats["charges"]["count"] == generated + by_state.get("pending", 0)
+        by_shot = sim_tasks_by_shot(ledger, stats)
+        assert all(len(t) == 1 for t in by_shot.values())
+        assert assert_outputs_match(ledger, out_dir, stats) == n
+        assert integrity_ok(ledger)
+
+
+# -- a ledger that cannot be written ---------------------------------------------------
+
+
+class GenerateLog:
+    """A generate hook: the wall-clock time and trace id of every generate received."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, str]] = []
+
+    async def __call__(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+        self.seen.append((time.time(), headers.get("Ai-trace-id", "")))
+
+    def after(self, moment: float) -> list[str]:
+        return [trace for at, trace in list(self.seen) if at > moment]
+
+
+def _assert_stopped_sending(log: GenerateLog, ledger: Path, since: float, said: str) -> None:
+    """Nothing was sent after the ledger failed, and nothing ever went out without its
+    intent committed first."""
+    # a request whose intent committed just before may still be on its way (a few ms)
+    late = log.after(since + 0.3)
+    assert not late, f"{len(late)} generate request(s) sent after the ledger failed\n{said}"
+    intents = set(shot_of_trace(ledger))
+    assert {trace for _, trace in log.seen} <= intents, "a generate went out without an intent"
+
+
+def _outcome(proc: subprocess.Popen[str], *, timeout_s: float) -> tuple[str, str]:
+    """The run's output; a run that does not stop is killed (and then judged)."""
+    try:
+        return proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return out, err + f"\n[killed: still running {timeout_s} s after the fault]"
+
+
+def _finish(manifest: Path, sim: SimulatorThread, n: int, ledger: Path) -> None:
+    """Re-queue what the failure left parked (the provider dedupes trace ids) and rerun."""
+    where = ("--ledger", str(ledger))
+    rerun = run_pixrun(manifest, sim.base_url, *where)  # parks what was left submitting
+    if state_counts(ledger).get("ambiguous"):
+        assert pixrun("retry", str(manifest), "--ambiguous", *where).returncode == 0
+        rerun = run_pixrun(manifest, sim.base_url, *where)
+    assert rerun.returncode == 0, explain(rerun)
+    assert state_counts(ledger) == {"done": n}
+    stats = sim.stats()
+    by_shot = sim_tasks_by_shot(ledger, stats)
+    assert {s: len(t) for s, t in by_shot.items()} == {f"s{i:04d}": 1 for i in range(n)}
+    assert assert_outputs_match(ledger, manifest.parent / "out", stats) == n
+    assert integrity_ok(ledger)
+
+
+def test_read_only_ledger_folder_refuses_to_start(
+    tmp_path: Path, tmpfs: Callable[[str, int], Path]
+) -> None:
+    """A ledger whose folder cannot be written: exit 2 with a clear message before a
+    single request is sent, for a new ledger and for one a previous run left; once the
+    folder is writable again, a rerun completes."""
+    log = GenerateLog()
+    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.01, 0.03), generate_hook=log)
+    with SimulatorThread(config) as sim:
+        folder = tmpfs("ledgers", 256 * PAGE_BYTES)
+        ledger = folder / "batch.ledger.sqlite"
+        manifest = write_manifest(tmp_path, 10)
+
+        def remount(mode: str) -> None:
+            subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True)
+
+        remount("ro")
+        first = run_pixrun(manifest, sim.base_url, "--ledger", str(ledger))
+        said = explain(first)
+        assert first.returncode == 2, said
+        assert "ledger" in first.stderr and "read-only" in first.stderr.lower(), said
+        assert "Traceback" not in first.stderr, said
+        assert sim.stats(with_tasks=False)["calls"].get("generate", 0) == 0
+        assert not ledger.exists()
+
+        remount("rw")
+        done = run_pixrun(manifest, sim.base_url, "--ledger", str(ledger))
+        assert done.returncode == 0, explain(done)
+        # the batch grows; the folder of the existing ledger turns read-only
+        manifest = write_manifest(tmp_path, 15)
+        remount("ro")
+        again = run_pixrun(manifest, sim.base_url, "--ledger", str(ledger))
+        said = explain(again)
+        assert again.returncode == 2, said
+        assert "read-only" in again.stderr.lower() and "Traceback" not in again.stderr, said
+        assert len(log.seen) == 10, "a request was sent with a read-only ledger"
+        remount("rw")
+        rerun = run_pixrun(manifest, sim.base_url, "--ledger", str(ledger))
+        assert rerun.returncode == 0, explain(rerun)
+        assert len(log.seen) == 15
+        assert query(ledger, "SELECT state, COUNT(*) FROM shots GROUP BY state") == [("done", 15)]
+        assert integrity_ok(ledger)
+
+
+def _take_write_lock(ledger: Path) -> sqlite3.Connection:
+    """Another process's write lock on the ledger (BEGIN EXCLUSIVE), held until closed."""
+    con = sqlite3.connect(ledger, timeout=30, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    return con
+
+
+def test_ledger_locked_by_another_process_mid_run_stops_sending(tmp_path: Path) -> None:
+    """Another process holds the ledger's write lock mid-run, longer than pixrun's busy
+    timeout (5 s, real time): pixrun stops (exit 1, says why) without sending another
+    generate request; once the lock is gone, a rerun completes."""
+    n = 40
+    log = GenerateLog()
+    config = SimConfig(
+        api_key=SIM_KEY,
+        render_time_s=(0.05, 0.2),
+        seed=31,
+        generate_hook=log,
+        dedupe_trace_id=True,
+    )
+    with SimulatorThread(config) as sim:
+        manifest = write_manifest(tmp_path, n, concurrency=4)
+        ledger = ledger_of(manifest)
+        proc = start_run(manifest, sim.base_url)
+        wait_until(lambda: len(log.seen) >= 8, timeout_s=30, what="the run to get going")
+        con = _take_write_lock(ledger)
+        locked_at = time.time()
+        assert len(log.seen) < n, "the run was over before the lock: the test proves nothing"
+        try:
+            out, err = _outcome(proc, timeout_s=20)
+        finally:
+            con.rollback()
+            con.close()
+        said = explain(proc, out + err)
+        _assert_stopped_sending(log, ledger, locked_at, said)
+        assert proc.returncode == 1, said
+        assert "cannot write the ledger" in out + err and "locked" in out + err, said
+        assert "Traceback" not in err, said
+        _finish(manifest, sim, n, ledger)
+
+
+def test_ledger_disk_full_mid_run_stops_sending(
+    tmp_path: Path, tmpfs: Callable[[str, int], Path]
+) -> None:
+    """The ledger's file system fills mid-run (commits fail with an I/O error): pixrun
+    stops (exit 1, says why) without sending another generate request; once space is
+    freed, a rerun completes."""
+    n = 40
+    log = GenerateLog()
+    config = SimConfig(
+        api_key=SIM_KEY,
+        render_time_s=(0.05, 0.2),
+        seed=41,
+        generate_hook=log,
+        dedupe_trace_id=True,
+    )
+    with SimulatorThread(config) as sim:
+        folder = tmpfs("ledgers", 4 * 1024 * 1024)
+        ledger = folder / "batch.ledger.sqlite"
+        manifest = write_manifest(tmp_path, n, concurrency=4)
+        proc = start_run(manifest, sim.base_url, "--ledger", str(ledger))
+        wait_until(lambda: len(log.seen) >= 8, timeout_s=30, what="the run to get going")
+        filler = _fill(folder, leave_bytes=0)
+        full_at = time.time()
+        assert len(log.seen) < n, "the run was over before the disk filled: proves nothing"
+        out, err = _outcome(proc, timeout_s=20)
+        said = explain(proc, out + err)
+        _assert_stopped_sending(log, ledger, full_at, said)
+        assert proc.returncode == 1, said
+        assert "cannot write the ledger" in out + err and "full" in out + err, said
+        assert "Traceback" not in err, said
+        filler.unlink()
+        _finish(manifest, sim, n, ledger)

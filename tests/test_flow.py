@@ -141,3 +141,19 @@ def test_planner_keeps_calls_and_detection_delay_low(render_s: tuple[float, floa
     assert calls / n <= 5.0
     # on average about half the spacing of the 8-point quantile grid
     assert delay / n <= 0.6 * (high - low) / PollPlanner.GRID
+
+
+def test_failures_inside_one_pause_do_not_escalate_it() -> None:
+    clock = FakeClock()
+    gate = CallGate(0, clock=clock)
+    for _ in range(3):
+        gate.record_failure(base_s=1, cap_s=60)
+    failures, until = gate.failures, gate.paused_until
+    # the calls that were waiting on this pause fail too: one round, one escalation
+    for _ in range(10):
+        waited = gate.record_failure(base_s=1, cap_s=60)
+        assert 0 < waited <= until
+    assert (gate.failures, gate.paused_until) == (failures, until)
+    clock.now = until + 0.01  # the next round after the pause may escalate again
+    gate.record_failure(base_s=1, cap_s=60)
+    assert gate.failures == failures + 1
