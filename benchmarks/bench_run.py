@@ -81,9 +81,10 @@ def run_pixrun(manifest: Path, base_url: str, *extra: str) -> dict[str, float]:
 
 
 def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp, SimulatorThread(
-        SimConfig(api_key=KEY, render_time_s=(1.0, 2.0), seed=3)
-    ) as sim:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SimulatorThread(SimConfig(api_key=KEY, render_time_s=(1.0, 2.0), seed=3)) as sim,
+    ):
         manifest = write_manifest(
             Path(tmp),
             shots,
@@ -121,9 +122,10 @@ def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
 
 
 def bench_throughput(shots: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp, SimulatorThread(
-        SimConfig(api_key=KEY, render_time_s=(0.0, 0.0), seed=3)
-    ) as sim:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SimulatorThread(SimConfig(api_key=KEY, render_time_s=(0.0, 0.0), seed=3)) as sim,
+    ):
         manifest = write_manifest(
             Path(tmp),
             shots,

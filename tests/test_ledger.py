@@ -59,7 +59,7 @@ async def test_newer_or_foreign_database_is_refused(tmp_path: Path) -> None:
     con.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
     con.commit()
     con.close()
-    with pytest.raises(LedgerSchemaError, match="upgrade|newer|knows up to"):
+    with pytest.raises(LedgerSchemaError, match=r"knows up to"):
         await open_ledger(newer, writer=True)
     foreign = tmp_path / "foreign.sqlite"
     con = raw(foreign)
