@@ -805,6 +805,7 @@ class Scheduler:
         """Download with retries; ``(result, staging path or None)``, or None if given up."""
         row = job.row
         tries = 0
+        refreshes = 0
         # Straight to the final name: the adapter publishes without ever replacing a
         # file. Only when something already sits there do we stage and compare.
         staged: Path | None = None
@@ -818,8 +819,11 @@ class Scheduler:
                 result = await self._provider.download(row.video_url, dest)
                 return result, staged
             except UrlExpired:
-                tries += 1
-                if not await self._refresh_url(job) or tries >= self._opt.max_download_tries:
+                # each refresh is progress (a fresh URL); only a task that keeps handing
+                # out URLs that expire before they can be used is given up on
+                refreshes += 1
+                limit = 3 * self._opt.max_download_tries
+                if refreshes > limit or not await self._refresh_url(job):
                     await self._download_failed(
                         job, "the download URL expired and no fresh one could be had"
                     )
@@ -882,14 +886,15 @@ class Scheduler:
     async def _refresh_url(self, job: _Job) -> bool:
         row = job.row
         assert row.task_id is not None
-        for _ in range(5):
+        # fetching is free: ride out throttling and passing errors like a poll does
+        for attempt in range(1, 21):
             try:
                 state = await self._fetch(row.task_id)
             except TaskNotFound:
                 return False
             if state is not None:
                 break
-            await asyncio.sleep(max(self._opt.poll.min_interval_s, self._opt.backoff_base_s))
+            await asyncio.sleep(backoff_s(attempt, base_s=self._opt.backoff_base_s, cap_s=10.0))
         else:
             return False
         if state.status != TaskStatus.SUCCEEDED or not state.video_url:
