@@ -71,6 +71,20 @@ def _prepare_part(dest: Path, part: Path) -> BinaryIO:
     return _open_part(part)
 
 
+async def _open_in_thread(dest: Path, part: Path) -> BinaryIO:
+    """Open the temporary file off the event loop; if the caller is cancelled while the
+    thread works, wait for it and remove what it created (no stray ``.part`` file)."""
+    opening = asyncio.ensure_future(asyncio.to_thread(_prepare_part, dest, part))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            (await opening).close()
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+
+
 class _Cut(Exception):
     """The body stopped early; resume or restart."""
 
@@ -260,7 +274,7 @@ async def download_file(
     try:
         # in a worker thread: opening a file can wait on the file system's journal
         # (other downloads' fsyncs), and the event loop must not wait with it
-        file = await asyncio.to_thread(_prepare_part, dest, part)
+        file = await _open_in_thread(dest, part)
     except OSError as exc:
         raise write_error(exc, dest) from exc
     try:
