@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,25 +58,43 @@ def write_manifest(
 
 
 def run_pixrun(manifest: Path, base_url: str, *extra: str) -> dict[str, float]:
+    """Run pixrun to completion; wall time, and CPU and peak RSS of that process alone
+    (``os.wait4``: RUSAGE_CHILDREN would mix in earlier children's peaks)."""
     env = dict(os.environ, PIXRUN_BASE_URL=base_url, PIXRUN_API_KEY=KEY)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "run", str(manifest), "--yes", "--quiet", *extra],
         env=env,
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
     )
+    # read the pipes in threads so a chatty child cannot block; reap with wait4
+    outputs: dict[str, str] = {}
+
+    def drain(name: str, stream: Any) -> None:
+        outputs[name] = stream.read()
+
+    readers = [
+        threading.Thread(target=drain, args=("out", proc.stdout)),
+        threading.Thread(target=drain, args=("err", proc.stderr)),
+    ]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
     wall_s = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for reader in readers:
+        reader.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"pixrun exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(
+            f"pixrun exited {proc.returncode}:\n{outputs.get('out')}\n{outputs.get('err')}"
+        )
     return {
         "wall_s": wall_s,
-        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        "max_rss_mb": after.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "max_rss_mb": usage.ru_maxrss / 1024,
     }
 
 

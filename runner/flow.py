@@ -193,6 +193,11 @@ class PollPlanner:
             i = bisect.bisect_right(grid, elapsed_s + self.min_interval_s * 0.5)
             if i < len(grid):
                 return self._clamp(grid[i] - elapsed_s)
+            # just past the slowest render seen: most likely a slightly slower one, so
+            # keep the grid's spacing for a few more polls before backing off
+            spacing = (grid[-1] - grid[0]) / (len(grid) - 1)
+            if spacing > 0 and elapsed_s < grid[-1] + 3 * spacing:
+                return self._clamp(spacing)
         # beyond anything seen (or nothing learned yet): back off geometrically
         return self._clamp(max(self.min_interval_s, 0.25 * elapsed_s))
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from shots import make_shot
@@ -309,3 +310,32 @@ async def test_ledger_never_stores_the_api_key(
         await ledger.start_run()
         await ledger.end_run(0, {"ok": True})
     assert marker.encode() not in path.read_bytes()
+
+
+def test_grouped_writes_keep_each_shots_order() -> None:
+    """Batching may interleave shots, never reorder the writes about one shot."""
+    from runner.ledger import _grouped
+
+    def call(shot: str | None, *sqls: str) -> tuple[list[tuple[str, tuple[str, ...]]], Any, Any]:
+        return ([(sql, (shot or "-", sql)) for sql in sqls], shot, None)
+
+    batch = [
+        call("a", "UPDATE shots", "INSERT attempts"),
+        call("b", "UPDATE shots", "INSERT attempts"),
+        call("a", "UPDATE attempts", "UPDATE shots"),
+        call(None, "INSERT events"),
+        call("c", "UPDATE shots"),
+    ]
+    groups = _grouped(batch)  # type: ignore[arg-type]
+    # the same SQL of different shots runs as one executemany
+    assert groups[0] == (
+        "UPDATE shots",
+        [("a", "UPDATE shots"), ("b", "UPDATE shots"), ("c", "UPDATE shots")],
+    )
+    flat = [(row[0], sql) for sql, rows in groups for row in rows]
+    assert len(flat) == 8
+    for shot in ("a", "b", "c"):
+        mine = [sql for who, sql in flat if who == shot]
+        expected = [sql for stmts, key, _ in batch if key == shot for sql, _ in stmts]
+        assert mine == expected, shot
+    assert len(groups) < len(flat)

@@ -226,11 +226,20 @@ def _shot_columns(shot: Shot) -> dict[str, Any]:
     }
 
 
+_Statement = tuple[str, Sequence[Any]]
+#: (statements, the shot they concern or None, the caller's future)
+_Call = tuple[list[_Statement], str | None, "asyncio.Future[None]"]
+
+
 class _WriteBatcher:
     """Groups the writes of many concurrent shots into one ``BEGIN IMMEDIATE`` commit.
 
-    Each submitted write is a list of ``(sql, params)``; the writes of one call stay in
-    order and in one transaction. Callers await their own write's commit. A failed
+    Each submitted write is a list of ``(sql, params)`` and the shot it concerns; the
+    statements of one call stay in order and in one transaction, and the calls about one
+    shot stay in the order they were made. Calls about different shots may be
+    interleaved, so that statements with the same SQL run as one ``executemany``: a few
+    thread hops per commit instead of two per call. Callers await their own write's
+    commit. A failed
     transaction fails every write in it with :class:`LedgerError`, and the batcher
     refuses further writes: the run must stop rather than send requests it could not
     record.
@@ -238,9 +247,9 @@ class _WriteBatcher:
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
-        self._queue: list[tuple[list[tuple[str, Sequence[Any]]], asyncio.Future[None]]] = []
+        self._queue: list[_Call] = []
         #: the batch being committed right now
-        self._inflight: list[tuple[list[tuple[str, Sequence[Any]]], asyncio.Future[None]]] = []
+        self._inflight: list[_Call] = []
         self._wakeup = asyncio.Event()
         self._failed: LedgerError | None = None
         self._task: asyncio.Task[None] | None = None
@@ -250,13 +259,13 @@ class _WriteBatcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="ledger-writer")
 
-    async def write(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
+    async def write(self, statements: list[_Statement], key: str | None) -> None:
         if self._failed is not None:
             raise self._failed
         if self._task is None:
             self.start()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((statements, future))
+        self._queue.append((statements, key, future))
         self._wakeup.set()
         # shield: a cancelled caller (Ctrl-C) must not tear a commit in half; the
         # write still lands, and the caller's cancellation proceeds after it.
@@ -274,34 +283,21 @@ class _WriteBatcher:
                 await self._commit(batch)
             except LedgerError as exc:
                 self._failed = exc
-                for _, fut in batch + self._queue:
+                for _, _, fut in batch + self._queue:
                     if not fut.done():
                         fut.set_exception(exc)
                 self._queue = []
                 return
-            for _, fut in batch:
+            for _, _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
 
-    async def _commit(
-        self, batch: list[tuple[list[tuple[str, Sequence[Any]]], asyncio.Future[None]]]
-    ) -> None:
+    async def _commit(self, batch: list[_Call]) -> None:
         conn = self._conn
         try:
             await conn.execute("BEGIN IMMEDIATE")
-            # Consecutive statements with the same SQL go through executemany: fewer
-            # thread hops, same order.
-            pending_sql: str | None = None
-            pending: list[Sequence[Any]] = []
-            for statements, _ in batch:
-                for sql, params in statements:
-                    if sql != pending_sql and pending:
-                        await conn.executemany(pending_sql or "", pending)
-                        pending = []
-                    pending_sql = sql
-                    pending.append(params)
-            if pending:
-                await conn.executemany(pending_sql or "", pending)
+            for sql, rows in _grouped(batch):
+                await conn.executemany(sql, rows)
             await conn.commit()
         except (sqlite3.Error, OSError, ValueError) as exc:
             with contextlib.suppress(sqlite3.Error, ValueError):
@@ -318,7 +314,7 @@ class _WriteBatcher:
         """Wait until every write queued so far, and the batch being committed, landed
         (or failed), whether or not its caller is still waiting for it."""
         while self._failed is None and (
-            waiting := [f for _, f in self._inflight + self._queue if not f.done()]
+            waiting := [f for _, _, f in self._inflight + self._queue if not f.done()]
         ):
             self._wakeup.set()
             await asyncio.wait(waiting)
@@ -331,6 +327,36 @@ class _WriteBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _grouped(batch: list[_Call]) -> list[tuple[str, list[Sequence[Any]]]]:
+    """The batch's statements as ``(sql, rows)`` groups, in an order that keeps each
+    call's statements in order and the calls about one shot in order.
+
+    Calls go into rounds: the n-th call about a shot goes into round n, so no round
+    holds two calls about the same shot and rounds run one after the other. Within a
+    round, the i-th statements of every call run before the (i+1)-th, grouped by SQL.
+    """
+    rounds: list[list[list[_Statement]]] = []
+    seen: dict[str, int] = {}
+    for statements, key, _ in batch:
+        index = 0
+        if key is not None:
+            index = seen.get(key, 0)
+            seen[key] = index + 1
+        while len(rounds) <= index:
+            rounds.append([])
+        rounds[index].append(statements)
+    groups: list[tuple[str, list[Sequence[Any]]]] = []
+    for calls in rounds:
+        for position in range(max(len(c) for c in calls)):
+            by_sql: dict[str, list[Sequence[Any]]] = {}
+            for call in calls:
+                if position < len(call):
+                    sql, params = call[position]
+                    by_sql.setdefault(sql, []).append(params)
+            groups.extend(by_sql.items())
+    return groups
 
 
 class Ledger:
@@ -385,10 +411,11 @@ class Ledger:
 
     # -- low-level helpers -----------------------------------------------------------
 
-    async def _write(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
+    async def _write(self, statements: list[_Statement], key: str | None = None) -> None:
+        """Queue a write about the shot ``key`` (None: about no shot) and await its commit."""
         if self._batcher is None:
             raise LedgerError("this ledger was opened read-only")
-        await self._batcher.write(statements)
+        await self._batcher.write(statements, key)
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -747,7 +774,8 @@ class Ledger:
                         AttemptOutcome.SENDING.value,
                     ),
                 ),
-            ]
+            ],
+            shot.shot_id,
         )
         return attempt_id
 
@@ -774,7 +802,8 @@ class Ledger:
                     "updated_at = ? WHERE shot_id = ?",
                     (ShotState.SUBMITTED.value, task_id, now, next_poll_at, now, shot_id),
                 ),
-            ]
+            ],
+            shot_id,
         )
 
     async def attempt_finished(
@@ -805,7 +834,7 @@ class Ledger:
                     (now, event[0].value, shot_id, event[1]),
                 )
             )
-        await self._write(statements)
+        await self._write(statements, shot_id)
 
     async def update_shot(
         self,
@@ -824,7 +853,7 @@ class Ledger:
                     (now, event[0].value, shot_id, event[1]),
                 )
             )
-        await self._write(statements)
+        await self._write(statements, shot_id)
 
     @staticmethod
     def _update_sql(

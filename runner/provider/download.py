@@ -211,6 +211,16 @@ def _finish_file(file: BinaryIO, part: Path) -> str | None:
     return mp4_problem(part)
 
 
+def _finish_and_publish(
+    file: BinaryIO, part: Path, dest: Path, size: int, sha256: str
+) -> str | None:
+    """Flush, verify and publish; the problem that kept the file back, or None."""
+    problem = _finish_file(file, part)
+    if problem is None:
+        _publish(part, dest, size, sha256)
+    return problem
+
+
 def _publish(part: Path, dest: Path, size: int, sha256: str) -> None:
     """Give ``part`` the name ``dest`` atomically, never replacing another file."""
     try:
@@ -281,8 +291,12 @@ async def download_file(
         try:
             transfer = _Transfer(file, dest, max_bytes)
             await _transfer_all(session, url, transfer, timeout, resume_attempts, on_request)
+            sha256 = transfer.hasher.hexdigest()
             try:
-                problem = await asyncio.to_thread(_finish_file, file, part)
+                # one trip to a worker thread: fsync, verify, then publish if sound
+                problem = await asyncio.to_thread(
+                    _finish_and_publish, file, part, dest, transfer.received, sha256
+                )
             except OSError as exc:
                 raise write_error(exc, dest) from exc
             if problem:
@@ -292,11 +306,6 @@ async def download_file(
             # matters has been raised already (or the data is fsynced).
             with contextlib.suppress(OSError):
                 file.close()
-        sha256 = transfer.hasher.hexdigest()
-        try:
-            await asyncio.to_thread(_publish, part, dest, transfer.received, sha256)
-        except OSError as exc:
-            raise write_error(exc, dest) from exc
         return DownloadResult(path=dest, bytes=transfer.received, sha256=sha256)
     except BaseException:
         with contextlib.suppress(OSError):
