@@ -271,16 +271,8 @@ class Scheduler:
                 self._backlog_drained.clear()
                 await self._backlog_drained.wait()
             await self._limiter.acquire()
-            row = buffer.popleft()
-            if not self._budget_allows(row):
-                self._limiter.release()
-                cap = (self._opt.budget_uptc or 0) / 1e6
-                self._stop_submitting(
-                    StopReason.BUDGET,
-                    f"the budget cap of {cap:g} PTC would be passed: no more submissions",
-                )
-                return
-            self._spawn(_Job(row, holds_slot=True))
+            # the budget is checked where money is committed: before each generate call
+            self._spawn(_Job(buffer.popleft(), holds_slot=True))
 
     def _stopped(self) -> bool:
         return self._submit_stop is not None
@@ -399,7 +391,11 @@ class Scheduler:
                 return
             if not self._budget_allows(row):
                 self._release(job)
-                self._stop_submitting(StopReason.BUDGET, "the budget cap would be passed")
+                cap = (self._opt.budget_uptc or 0) / 1e6
+                self._stop_submitting(
+                    StopReason.BUDGET,
+                    f"the budget cap of {cap:g} PTC would be passed: no more submissions",
+                )
                 return
             self._reserved_uptc += price
             # from the intent to the answer, a stop waits (briefly) for this shot: cut
@@ -972,9 +968,7 @@ class Scheduler:
                     "last_error": "the output file was missing or changed: downloading again",
                 },
             )
-            self._counts[ShotState.DONE] -= 1
-            self._counts[ShotState.RENDERED] += 1
-            row.state = ShotState.RENDERED
+            self._move(row, ShotState.RENDERED)
             self._spawn(_Job(row))
 
     # -- reporting -----------------------------------------------------------------

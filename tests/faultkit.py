@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# the ledger-reading primitives are the crash suite's; these helpers build on them
+from runkit import integrity, query, states
 
 #: the repository root: the subprocess imports this tree's ``runner``
 REPO = Path(__file__).resolve().parents[1]
@@ -146,24 +147,12 @@ def pixrun(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str
     )
 
 
-def query(ledger: Path, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        return con.execute(sql, tuple(params)).fetchall()
-    finally:
-        con.close()
-
-
-def states(ledger: Path) -> dict[str, str]:
-    return dict(query(ledger, "SELECT shot_id, state FROM shots"))
-
-
 def state_counts(ledger: Path) -> Counter[str]:
     return Counter(states(ledger).values())
 
 
 def integrity_ok(ledger: Path) -> bool:
-    return query(ledger, "PRAGMA integrity_check") == [("ok",)]
+    return integrity(ledger) == "ok"
 
 
 def shot_of_trace(ledger: Path) -> dict[str, str]:
@@ -204,14 +193,6 @@ def assert_outputs_match(ledger: Path, output_dir: Path, stats: Mapping[str, Any
     leftovers = [p.name for p in output_dir.rglob(".*") if p.is_file()]
     assert not leftovers, f"temporary files left behind: {leftovers}"
     return len(done)
-
-
-def wait_until(check: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def explain(proc: subprocess.CompletedProcess[str] | subprocess.Popen[str], out: str = "") -> str:

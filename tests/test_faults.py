@@ -41,9 +41,9 @@ from faultkit import (
     start_run,
     state_counts,
     states,
-    wait_until,
     write_manifest,
 )
+from runkit import wait_until
 from tcpproxy import Fault, ProxyThread
 
 from runner.sim import SimConfig, SimulatorThread

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import SIM_KEY
+from faultkit import assert_outputs_match
 from shots import make_manifest, make_shot
 
 from runner.batch import BatchOutcome, RunOverrides, run_batch
@@ -74,17 +74,10 @@ def ledger_rows(manifest: Manifest, sql: str) -> list[tuple[Any, ...]]:
 
 
 def assert_outputs_match_simulator(manifest: Manifest, sim: Simulator) -> int:
-    """Every done shot's file is byte-identical to what the simulator served."""
-    stats = sim.stats()
-    served = {t["task_id"]: t["sha256"] for t in stats["tasks"]}
-    done = ledger_rows(
-        manifest, "SELECT shot_id, task_id, output_path, sha256 FROM shots WHERE state='done'"
-    )
-    for shot_id, task_id, relpath, sha in done:
-        data = (manifest.output.dir / relpath).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == sha == served[task_id], shot_id
-        assert data[4:8] == b"ftyp"
-    return len(done)
+    """Every done shot's file is byte-identical to what the simulator served; no
+    temporary file is left. Returns the number of done shots."""
+    ledger = manifest.path.with_name("batch.ledger.sqlite")
+    return assert_outputs_match(ledger, manifest.output.dir, sim.stats())
 
 
 def charges_per_trace(sim: Simulator) -> dict[str, int]:

@@ -41,6 +41,7 @@ from runner.errors import (
     UrlExpired,
     UsageError,
 )
+from runner.outputs import sha256_file
 
 CHUNK_BYTES = 256 * 1024
 _MAX_BOXES = 100_000
@@ -226,7 +227,7 @@ def _publish(part: Path, dest: Path, size: int, sha256: str) -> None:
     try:
         os.link(part, dest)
     except FileExistsError:
-        if dest.is_file() and dest.stat().st_size == size and _sha256_of(dest) == sha256:
+        if dest.is_file() and dest.stat().st_size == size and sha256_file(dest) == sha256:
             part.unlink()
             return
         raise OutputConflict(
@@ -257,14 +258,6 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
 
 
 async def download_file(
