@@ -1,8 +1,8 @@
 """Downloading a finished video without ever leaving a bad file under its final name.
 
 Invariants:
-- Bytes go to a temporary file beside the target (``.<name>.part``), hashed as they are
-  written. Only a complete, verified MP4 (the byte count matches ``Content-Length`` /
+- Bytes go to a temporary file beside the target (``.<name>.part``), hashed and checked
+  box by box as they are written (nothing is read back). Only a complete, verified MP4 (the byte count matches ``Content-Length`` /
   ``Content-Range``, the box chain starts with ``ftyp``, has a ``moov`` and ends exactly
   at the end of the file) is fsynced and published under the final name, atomically.
 - Publishing never replaces an existing file: if the target appeared meanwhile it must
@@ -63,19 +63,23 @@ def part_path(dest: Path) -> Path:
 
 
 def _open_part(path: Path) -> BinaryIO:
-    """Open (and truncate) the temporary file; a seam for disk-full tests."""
-    return open(path, "wb")
+    """Open (and truncate) the temporary file, unbuffered: every write goes straight to
+    the kernel, so no bytes wait in a Python buffer; a seam for disk-full tests."""
+    return open(path, "wb", buffering=0)
 
 
 def _prepare_part(dest: Path, part: Path) -> BinaryIO:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return _open_part(part)
+    try:
+        return _open_part(part)
+    except FileNotFoundError:  # the folder is new (or was removed): make it, once
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _open_part(part)
 
 
 async def _open_in_thread(dest: Path, part: Path) -> BinaryIO:
     """Open the temporary file off the event loop; if the caller is cancelled while the
     thread works, wait for it and remove what it created (no stray ``.part`` file)."""
-    opening = asyncio.ensure_future(asyncio.to_thread(_prepare_part, dest, part))
+    opening = asyncio.get_running_loop().run_in_executor(None, _prepare_part, dest, part)
     try:
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
@@ -101,6 +105,7 @@ class _Transfer:
         self.received = 0
         self.total: int | None = None
         self.head = b""
+        self.boxes = Mp4Walk()
 
     def restart(self) -> None:
         self.file.seek(0)
@@ -109,6 +114,7 @@ class _Transfer:
         self.received = 0
         self.total = None
         self.head = b""
+        self.boxes = Mp4Walk()
 
     def expect_total(self, total: int | None) -> None:
         self.total = total
@@ -133,11 +139,22 @@ class _Transfer:
                     hint="fetch the task again; the URL may point at an error page",
                 )
         try:
-            self.file.write(chunk)
+            _write_all(self.file, chunk)
         except OSError as exc:
             raise write_error(exc, self.dest) from exc
         self.hasher.update(chunk)
+        self.boxes.feed(chunk, self.received)
         self.received += len(chunk)
+
+
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """An unbuffered write may take less than it was given; write until all is taken."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:  # a raw file answers 0 / None only when it cannot proceed
+            raise OSError(errno.EIO, "the file took no bytes")
+        view = view[written:]
 
 
 def write_error(exc: OSError, dest: Path) -> DiskFull | UsageError:
@@ -165,61 +182,101 @@ def check_url(url: str) -> None:
         )
 
 
+class Mp4Walk:
+    """Walks the top-level box chain of an MP4 as its bytes arrive, in order, so a
+    download is verified without reading the file back.
+
+    Sound means: the chain starts with ``ftyp``, holds a ``moov``, and its last box ends
+    exactly at the end of the file (or is a size-0 box, which runs to the end).
+    """
+
+    def __init__(self) -> None:
+        self._next = 0  # where the next box header starts
+        self._header = b""  # the bytes of that header seen so far
+        self._boxes = 0
+        self._last: tuple[str, int] = ("", 0)  # the last box: its type and start
+        self._to_end = False  # a size-0 box runs to the end of the file
+        self._seen: set[bytes] = set()
+        self._problem: str | None = None
+
+    def feed(self, chunk: bytes, offset: int) -> None:
+        """Take ``chunk``, whose first byte is byte ``offset`` of the file."""
+        end = offset + len(chunk)
+        while self._problem is None and not self._to_end:
+            at = self._next + len(self._header)
+            if at >= end:
+                return
+            want = 16 if len(self._header) >= 8 and self._header[:4] == b"\0\0\0\1" else 8
+            self._header += chunk[at - offset : at - offset + want - len(self._header)]
+            if len(self._header) < 8:
+                return
+            if self._header[:4] == b"\0\0\0\1" and len(self._header) < 16:
+                continue  # a 64-bit size follows
+            self._box(self._header)
+            self._header = b""
+
+    def _box(self, header: bytes) -> None:
+        pos = self._next
+        box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+        header_len = 8
+        if box_size == 1:
+            box_size, header_len = int.from_bytes(header[8:16], "big"), 16
+        name = kind.decode("latin-1")
+        if self._boxes == 0 and kind != b"ftyp":
+            self._problem = f"it does not start with an ftyp box (found {name!r}): not an MP4"
+            return
+        self._boxes += 1
+        if self._boxes > _MAX_BOXES:
+            self._problem = "too many boxes to be a video"
+            return
+        self._seen.add(kind)
+        self._last = (name, pos)
+        if box_size == 0:
+            self._to_end = True
+            return
+        if box_size < header_len:
+            self._problem = f"the {name!r} box at byte {pos} has an impossible size"
+            return
+        self._next = pos + box_size
+
+    def problem(self, size: int) -> str | None:
+        """What makes the ``size`` bytes fed so far not a complete MP4, or None."""
+        if self._problem is not None:
+            return self._problem
+        if self._boxes == 0 and not self._header:
+            return "the file is empty"
+        if self._header:
+            return f"a box header is cut off at byte {self._next} (the file is truncated)"
+        if not self._to_end and self._next > size:
+            name, pos = self._last
+            return f"the {name!r} box at byte {pos} runs past the end (the file is truncated)"
+        if b"moov" not in self._seen:
+            return "it has no moov box: not a playable MP4"
+        return None
+
+
 def mp4_problem(path: Path) -> str | None:
-    """What makes ``path`` not a complete MP4 (box chain ftyp..., moov, exact end)."""
-    size = path.stat().st_size
-    seen: set[bytes] = set()
-    pos = 0
+    """What makes the file at ``path`` not a complete MP4 (see :class:`Mp4Walk`)."""
+    walk = Mp4Walk()
+    size = 0
     with open(path, "rb") as f:
-        for index in range(_MAX_BOXES):
-            if pos == size:
-                break
-            f.seek(pos)
-            head = f.read(16)
-            if len(head) < 8:
-                return f"a box header is cut off at byte {pos} (the file is truncated)"
-            box_size, kind = int.from_bytes(head[:4], "big"), head[4:8]
-            header = 8
-            if box_size == 1:
-                if len(head) < 16:
-                    return f"a box header is cut off at byte {pos} (the file is truncated)"
-                box_size, header = int.from_bytes(head[8:16], "big"), 16
-            elif box_size == 0:
-                box_size = size - pos
-            name = kind.decode("latin-1")
-            if index == 0 and kind != b"ftyp":
-                return f"it does not start with an ftyp box (found {name!r}): not an MP4"
-            if box_size < header:
-                return f"the {name!r} box at byte {pos} has an impossible size"
-            if pos + box_size > size:
-                return f"the {name!r} box at byte {pos} runs past the end (the file is truncated)"
-            seen.add(kind)
-            pos += box_size
-        else:
-            return "too many boxes to be a video"
-    if not seen:
-        return "the file is empty"
-    if b"moov" not in seen:
-        return "it has no moov box: not a playable MP4"
-    return None
+        while chunk := f.read(CHUNK_BYTES):
+            walk.feed(chunk, size)
+            size += len(chunk)
+    return walk.problem(size)
 
 
-def _finish_file(file: BinaryIO, part: Path) -> str | None:
-    """Flush to disk and verify; runs in a worker thread."""
-    file.flush()
+def _finish_file(file: BinaryIO) -> None:
+    """Make the bytes durable; runs in a worker thread."""
+    file.flush()  # a no-op for the raw file; a buffered one (a test seam) needs it
     os.fsync(file.fileno())
     file.close()  # here, not on the event loop: closing can wait on the disk too
-    return mp4_problem(part)
 
 
-def _finish_and_publish(
-    file: BinaryIO, part: Path, dest: Path, size: int, sha256: str
-) -> str | None:
-    """Flush, verify and publish; the problem that kept the file back, or None."""
-    problem = _finish_file(file, part)
-    if problem is None:
-        _publish(part, dest, size, sha256)
-    return problem
+def _finish_and_publish(file: BinaryIO, part: Path, dest: Path, size: int, sha256: str) -> None:
+    """Make the verified bytes durable, then publish them under the final name."""
+    _finish_file(file)
+    _publish(part, dest, size, sha256)
 
 
 def _publish(part: Path, dest: Path, size: int, sha256: str) -> None:
@@ -285,15 +342,16 @@ async def download_file(
             transfer = _Transfer(file, dest, max_bytes)
             await _transfer_all(session, url, transfer, timeout, resume_attempts, on_request)
             sha256 = transfer.hasher.hexdigest()
+            problem = transfer.boxes.problem(transfer.received)
+            if problem:
+                raise DownloadCorrupt(f"the downloaded file is unusable: {problem}")
             try:
-                # one trip to a worker thread: fsync, verify, then publish if sound
-                problem = await asyncio.to_thread(
-                    _finish_and_publish, file, part, dest, transfer.received, sha256
+                # one trip to a worker thread: fsync, then publish
+                await asyncio.get_running_loop().run_in_executor(
+                    None, _finish_and_publish, file, part, dest, transfer.received, sha256
                 )
             except OSError as exc:
                 raise write_error(exc, dest) from exc
-            if problem:
-                raise DownloadCorrupt(f"the downloaded file is unusable: {problem}")
         finally:
             # After a failed flush the close fails the same way; the error that
             # matters has been raised already (or the data is fsynced).
