@@ -222,7 +222,6 @@ def _collector_tuned_for_the_run() -> Iterator[None]:
     shot). Freeze what exists now, so collections skip it, and collect less often.
     Memory stays flat: reference counting frees almost all of it; cycles wait longer."""
     before = gc.get_threshold()
-    gc.collect()
     gc.freeze()
     gc.set_threshold(_RUN_GC_THRESHOLD, *before[1:])
     try:

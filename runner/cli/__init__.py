@@ -6,6 +6,7 @@ where errors become messages and exit codes. No SQL and no HTTP here.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -31,8 +32,36 @@ def print_error(exc: PixrunError) -> None:
         err_console.print(f"  [dim]hint:[/] {escape(exc.hint)}")
 
 
+#: command name -> the module that defines it (in its ``COMMANDS``). A command's module
+#: is imported only when that command runs: ``pixrun run`` does not pay for the report
+#: and table code, nor ``pixrun status --watch`` for the manifest loader.
+_COMMAND_MODULES = {
+    "validate": "runner.cli.manifest_cmds",
+    "plan": "runner.cli.manifest_cmds",
+    "schema": "runner.cli.manifest_cmds",
+    "run": "runner.cli.run_cmds",
+    "retry": "runner.cli.run_cmds",
+    "resolve": "runner.cli.run_cmds",
+    "status": "runner.cli.view_cmds",
+    "report": "runner.cli.view_cmds",
+    "sim": "runner.cli.sim_cmd",
+}
+
+
 class PixrunGroup(click.Group):
-    """Maps every foreseeable failure to a message and an exit code, never a traceback."""
+    """Loads each command on demand, and maps every foreseeable failure to a message
+    and an exit code, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(_COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = _COMMAND_MODULES.get(cmd_name)
+        if module_name is not None and cmd_name not in self.commands:
+            module = importlib.import_module(module_name)
+            for command in module.COMMANDS:
+                self.commands.setdefault(command.name or "", command)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -53,18 +82,6 @@ def cli() -> None:
     Exit codes: 0 success; 1 finished but some shots did not succeed; 2 invalid input
     or usage; 3 the provider refused the API key; 4 out of money; 130 interrupted.
     """
-
-
-def _register() -> None:
-    # Imported here so that each command module can import ``cli`` from this package.
-    from runner.cli import manifest_cmds, run_cmds, sim_cmd, view_cmds
-
-    for module in (manifest_cmds, run_cmds, view_cmds, sim_cmd):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:
