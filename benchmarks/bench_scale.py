@@ -240,7 +240,11 @@ def main(
     shots = shots or (10_000 if quick else 100_000)
     hook = FirstGenerate()
     config = SimConfig(api_key=KEY, render_time_s=(0.0, 0.0), seed=5, generate_hook=hook)
-    with tempfile.TemporaryDirectory(prefix="pixrun-scale-") as tmp, SimulatorThread(config) as sim:
+    bench_dir = os.environ.get("BENCH_DIR") or None
+    with (
+        tempfile.TemporaryDirectory(prefix="pixrun-scale-", dir=bench_dir) as tmp,
+        SimulatorThread(config) as sim,
+    ):
         folder = Path(tmp)
         full = bench_full_run(folder, sim, shots, concurrency)
         resume = bench_resume(folder, sim, hook, full, repeat)

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -185,8 +184,7 @@ async def run_batch(
             scheduler = Scheduler(ledger, provider, options, observer)
             remove = _install_signals(scheduler) if handle_signals else (lambda: None)
             try:
-                with _collector_tuned_for_the_run():
-                    result = await scheduler.run(planned_uptc=planned_uptc)
+                result = await scheduler.run(planned_uptc=planned_uptc)
             finally:
                 remove()
             with contextlib.suppress(LedgerError):
@@ -208,27 +206,6 @@ async def run_batch(
         new_shots=sync.new,
         changed_shots=len(sync.changed),
     )
-
-
-#: the cyclic collector's first-generation threshold while a batch runs (default 700)
-_RUN_GC_THRESHOLD = 10_000
-
-
-@contextlib.contextmanager
-def _collector_tuned_for_the_run() -> Iterator[None]:
-    """A run allocates a steady stream of short-lived, mostly acyclic objects (futures,
-    requests, rows): at the default threshold the collector ran several times per shot,
-    each time walking everything loaded at start-up (measured: about 0.15 ms of CPU per
-    shot). Freeze what exists now, so collections skip it, and collect less often.
-    Memory stays flat: reference counting frees almost all of it; cycles wait longer."""
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(_RUN_GC_THRESHOLD, *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
 
 
 async def _check_budget(ledger: Ledger, budget_uptc: int | None) -> None:

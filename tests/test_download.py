@@ -8,10 +8,12 @@ import os
 import signal
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 from aiohttp import web
@@ -347,3 +349,46 @@ async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
         result = await provider_factory(url).download(url + "?fast=1", dest)
     assert dest.read_bytes() == VIDEO and result.bytes == len(VIDEO)
     assert not part_path(dest).exists()
+
+
+def test_concurrent_publishes_share_folder_fsyncs_and_each_waits_for_one_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: a publish returns only once an fsync of its folder that began after
+    its link has finished; publishes at the same moment share fsyncs."""
+    links = [0]
+    lock = threading.Lock()
+    #: (links counted when the fsync began, finished?)
+    fsyncs: list[list[Any]] = []
+
+    def slow_fsync(directory: Path) -> None:
+        with lock:
+            record = [links[0], False]
+            fsyncs.append(record)
+        time.sleep(0.005)
+        record[1] = True
+
+    monkeypatch.setattr(download_module, "_fsync_dir", slow_fsync)
+    syncs = download_module._FolderSyncs()
+    barrier = threading.Barrier(8)
+    failures: list[str] = []
+
+    def publisher() -> None:
+        for _ in range(10):
+            barrier.wait()
+            with lock:  # the "link": counted before make_durable, as in _publish
+                links[0] += 1
+                mine = links[0]
+            syncs.make_durable(tmp_path)
+            with lock:
+                if not any(began >= mine and done for began, done in fsyncs):
+                    failures.append(f"link {mine} returned before an fsync covered it")
+
+    threads = [threading.Thread(target=publisher) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert links[0] == 80
+    assert len(fsyncs) < 40, f"{len(fsyncs)} folder fsyncs for 80 publishes"

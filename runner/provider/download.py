@@ -2,9 +2,11 @@
 
 Invariants:
 - Bytes go to a temporary file beside the target (``.<name>.part``), hashed and checked
-  box by box as they are written (nothing is read back). Only a complete, verified MP4 (the byte count matches ``Content-Length`` /
-  ``Content-Range``, the box chain starts with ``ftyp``, has a ``moov`` and ends exactly
-  at the end of the file) is fsynced and published under the final name, atomically.
+  box by box as they are written (nothing is read back). Only a complete, verified MP4
+  (the byte count matches ``Content-Length`` / ``Content-Range``, the box chain starts
+  with ``ftyp``, has a ``moov`` and ends exactly at the end of the file) is fsynced and
+  published under the final name, atomically; the new name is durable (its folder
+  fsynced, one fsync shared by concurrent downloads) before :func:`download_file` returns.
 - Publishing never replaces an existing file: if the target appeared meanwhile it must
   hold the same bytes, else :class:`~runner.errors.OutputConflict`.
 - A cut transfer is resumed with ``Range`` when the server honours it, restarted from
@@ -23,8 +25,9 @@ import errno
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -305,11 +308,49 @@ def _publish(part: Path, dest: Path, size: int, sha256: str) -> None:
         os.rename(part, dest)
     else:
         part.unlink()
-    _fsync_dir(dest.parent)
+    _FOLDER_SYNCS.make_durable(dest.parent)
+
+
+class _FolderSyncs:
+    """Group commit for new names: one fsync of a folder makes durable every name that
+    was published in it before that fsync began, so concurrent downloads into one folder
+    share folder fsyncs instead of queueing one each behind the folder's lock.
+
+    Called from worker threads, after the link: a thread counts its link, then either
+    finds that an fsync begun after its count has finished, or runs one itself, which
+    covers every link counted before it began.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._folders: dict[str, _FolderSync] = {}
+
+    def make_durable(self, directory: Path) -> None:
+        with self._lock:
+            folder = self._folders.setdefault(str(directory), _FolderSync())
+            folder.linked += 1
+            mine = folder.linked
+        with folder.syncing:  # one fsync of a folder at a time
+            if folder.durable >= mine:
+                return  # an fsync that began after this link has finished
+            with self._lock:
+                covers = folder.linked
+            _fsync_dir(directory)
+            folder.durable = covers
+
+
+@dataclass
+class _FolderSync:
+    linked: int = 0  # names published so far
+    durable: int = 0  # of which a finished fsync covers the first this many
+    syncing: threading.Lock = field(default_factory=threading.Lock)
+
+
+_FOLDER_SYNCS = _FolderSyncs()
 
 
 def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
