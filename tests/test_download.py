@@ -180,6 +180,28 @@ async def test_a_body_that_is_not_an_mp4_is_refused(
     async with web_server(html) as url:
         with pytest.raises(DownloadCorrupt) as info:
             await provider_factory(url).download(url, dest)
+    assert "not an MP4" in str(info.value) and "b'<html><b'" in str(info.value)
+    assert_nothing_kept(dest)
+
+
+async def test_a_body_that_is_not_an_mp4_is_refused_at_its_first_bytes(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    """The box walk judges the start of the body: an error page that never ends (or is
+    huge) is refused at once, not after the whole of it."""
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/html"})
+        response.content_length = 10**9
+        await response.prepare(request)
+        await response.write(b"<html><body>" + b" " * 4096)
+        await asyncio.sleep(30)  # the rest never comes
+        return response
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(endless) as url:
+        with pytest.raises(DownloadCorrupt) as info:
+            await asyncio.wait_for(provider_factory(url).download(url, dest), timeout=5)
     assert "not an MP4" in str(info.value)
     assert_nothing_kept(dest)
 

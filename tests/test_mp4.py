@@ -77,6 +77,17 @@ def test_the_verdict_does_not_depend_on_how_the_bytes_arrive(
 def test_a_bad_first_box_is_known_at_once() -> None:
     """The walk stops at the first bad box: later bytes cannot make it sound."""
     walk = Mp4Walk()
-    walk.feed(b"\0\0\0\x10RIFF", 0)
+    walk.feed(b"\0\0\0\x10", 0)
+    assert walk.broken is None  # a size alone: too early to tell
+    walk.feed(b"RIFF", 4)
+    assert "does not start with an ftyp box" in (walk.broken or "")
     walk.feed(VIDEO, 8)
-    assert "does not start with an ftyp box" in (walk.problem(8 + len(VIDEO)) or "")
+    assert walk.problem(8 + len(VIDEO)) == walk.broken
+
+
+def test_a_sound_stream_is_never_called_broken_on_the_way() -> None:
+    walk = Mp4Walk()
+    for offset in range(len(VIDEO)):
+        walk.feed(VIDEO[offset : offset + 1], offset)
+        assert walk.broken is None
+    assert walk.problem(len(VIDEO)) is None

@@ -107,7 +107,6 @@ class _Transfer:
         self.hasher = hashlib.sha256()
         self.received = 0
         self.total: int | None = None
-        self.head = b""
         self.boxes = Mp4Walk()
 
     def restart(self) -> None:
@@ -116,7 +115,6 @@ class _Transfer:
         self.hasher = hashlib.sha256()
         self.received = 0
         self.total = None
-        self.head = b""
         self.boxes = Mp4Walk()
 
     def expect_total(self, total: int | None) -> None:
@@ -134,19 +132,18 @@ class _Transfer:
                 f"the body passed the download cap of {self.max_bytes} bytes; nothing was kept",
                 hint="raise the download size cap if this is expected",
             )
-        if len(self.head) < 8:
-            self.head += chunk[: 8 - len(self.head)]
-            if len(self.head) == 8 and self.head[4:8] != b"ftyp":
-                raise DownloadCorrupt(
-                    f"the body is not an MP4 (it starts with {self.head!r}); nothing was kept",
-                    hint="fetch the task again; the URL may point at an error page",
-                )
+        # checked before a byte is written: an error page never reaches the disk
+        self.boxes.feed(chunk, self.received)
+        if (problem := self.boxes.broken) is not None:
+            raise DownloadCorrupt(
+                f"the body is unusable: {problem}; nothing was kept",
+                hint="fetch the task again; the URL may point at an error page",
+            )
         try:
             _write_all(self.file, chunk)
         except OSError as exc:
             raise write_error(exc, self.dest) from exc
         self.hasher.update(chunk)
-        self.boxes.feed(chunk, self.received)
         self.received += len(chunk)
 
 
@@ -226,7 +223,9 @@ class Mp4Walk:
             box_size, header_len = int.from_bytes(header[8:16], "big"), 16
         name = kind.decode("latin-1")
         if self._boxes == 0 and kind != b"ftyp":
-            self._problem = f"it does not start with an ftyp box (found {name!r}): not an MP4"
+            self._problem = (
+                f"it does not start with an ftyp box (it starts with {header[:8]!r}): not an MP4"
+            )
             return
         self._boxes += 1
         if self._boxes > _MAX_BOXES:
@@ -241,6 +240,12 @@ class Mp4Walk:
             self._problem = f"the {name!r} box at byte {pos} has an impossible size"
             return
         self._next = pos + box_size
+
+    @property
+    def broken(self) -> str | None:
+        """A problem already certain, whatever bytes follow (a bad first box, an
+        impossible size, too many boxes); None so far."""
+        return self._problem
 
     def problem(self, size: int) -> str | None:
         """What makes the ``size`` bytes fed so far not a complete MP4, or None."""
