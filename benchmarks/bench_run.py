@@ -30,9 +30,17 @@ from typing import Any
 import yaml
 
 from benchmarks.machine import byte_compile, settle_filesystem
+from runner.ledger import default_ledger_path
 from runner.sim import SimConfig, SimulatorThread
 
 KEY = "bench-key"
+#: polling for zero render time, where the runner, not the clock, is what is measured
+FAST_POLL = {
+    "initial_delay_s": 0.001,
+    "min_interval_s": 0.001,
+    "max_interval_s": 0.5,
+    "timeout_s": 120,
+}
 
 
 def write_manifest(
@@ -42,33 +50,38 @@ def write_manifest(
     concurrency: int,
     poll: dict[str, float],
     download_concurrency: int = 16,
+    requests_per_s: float = 5000,
+    name: str | None = None,
+    prompt: str = "benchmark shot {i}",
 ) -> Path:
+    """``folder/bench.yaml``: one explicit text shot per entry (``prompt`` formatted with
+    ``i``), as a script generating a big batch would write it."""
     manifest = {
         "version": 1,
-        "name": f"bench {shots}",
+        "name": name or f"bench {shots}",
         "defaults": {"model": "v4.5", "quality": "360p", "duration": 5},
         "output": {"dir": "out", "filename": "{shot_id}.mp4", "sidecar": False},
         "run": {
             "concurrency": concurrency,
             "download_concurrency": download_concurrency,
-            "requests_per_s": 5000,
+            "requests_per_s": requests_per_s,
             "max_attempts": 3,
             "poll": poll,
         },
-        "shots": [{"id": f"shot-{i:06d}", "prompt": f"benchmark shot {i}"} for i in range(shots)],
+        "shots": [{"id": f"shot-{i:06d}", "prompt": prompt.format(i=i)} for i in range(shots)],
     }
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
 
 
-def run_pixrun(manifest: Path, base_url: str, *extra: str) -> dict[str, float]:
-    """Run pixrun to completion; wall time, and CPU and peak RSS of that process alone
-    (``os.wait4``: RUSAGE_CHILDREN would mix in earlier children's peaks)."""
+def measure_pixrun(base_url: str, *args: str) -> dict[str, float]:
+    """Run ``pixrun <args>`` to completion: wall time, and CPU and peak RSS of that
+    process alone (``os.wait4``: RUSAGE_CHILDREN would mix in earlier children's peaks)."""
     env = dict(os.environ, PIXRUN_BASE_URL=base_url, PIXRUN_API_KEY=KEY)
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", str(manifest), "--yes", "--quiet", *extra],
+        [sys.executable, "-m", "runner", *args],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -94,22 +107,42 @@ def run_pixrun(manifest: Path, base_url: str, *extra: str) -> dict[str, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(
-            f"pixrun exited {proc.returncode}:\n{outputs.get('out')}\n{outputs.get('err')}"
+            f"pixrun {args[0]} exited {proc.returncode}:\n{outputs.get('out')}\n"
+            f"{outputs.get('err')}"
         )
     return {
         "wall_s": wall_s,
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "max_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
     }
 
 
-def _bench_dir() -> str | None:
+def run_pixrun(manifest: Path, base_url: str) -> dict[str, float]:
+    """``pixrun run`` of the whole manifest, measured as :func:`measure_pixrun` does."""
+    return measure_pixrun(base_url, "run", str(manifest), "--yes", "--quiet")
+
+
+def batch_span_s(ledger: Path) -> float:
+    """The batch's makespan, from its ledger: first generate request sent -> last file
+    recorded done."""
+    con = sqlite3.connect(ledger)
+    try:
+        first_sent, last_done = con.execute(
+            "SELECT (SELECT MIN(sent_at) FROM attempts), (SELECT MAX(done_at) FROM shots)"
+        ).fetchone()
+    finally:
+        con.close()
+    return float(last_done - first_sent)
+
+
+def bench_dir() -> str | None:
+    """Where the temporary folders go: ``BENCH_DIR``, else the system's default."""
     return os.environ.get("BENCH_DIR") or None
 
 
 def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
     with (
-        tempfile.TemporaryDirectory(dir=_bench_dir()) as tmp,
+        tempfile.TemporaryDirectory(dir=bench_dir()) as tmp,
         SimulatorThread(SimConfig(api_key=KEY, render_time_s=(1.0, 2.0), seed=3)) as sim,
     ):
         manifest = write_manifest(
@@ -128,13 +161,7 @@ def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
         tasks = stats["tasks"]
         ideal_s = sum(t["render_s"] for t in tasks) / concurrency
         fetches = sum(t["fetches"] for t in tasks)
-        # the batch's makespan: first generate request sent -> last file recorded done
-        con = sqlite3.connect(manifest.with_name("bench.ledger.sqlite"))
-        first_sent, last_done = con.execute(
-            "SELECT (SELECT MIN(sent_at) FROM attempts), (SELECT MAX(done_at) FROM shots)"
-        ).fetchone()
-        con.close()
-        makespan_s = last_done - first_sent
+        makespan_s = batch_span_s(default_ledger_path(manifest))
         return {
             "shots": shots,
             "concurrency": concurrency,
@@ -143,7 +170,7 @@ def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
             "ideal_s": round(ideal_s, 2),
             "makespan_over_ideal": round(makespan_s / ideal_s, 3),
             "process_wall_over_ideal": round(measured["wall_s"] / ideal_s, 3),
-            "fetch_calls_per_shot": round(fetches / len(tasks), 2),
+            "fetch_calls_per_shot": round(fetches / shots, 2),
             "accepted": stats["accepted_tasks"],
         }
 
@@ -167,7 +194,7 @@ def bench_throughput(shots: int, runs: int = 3) -> dict[str, Any]:
 
 def _throughput_once(shots: int) -> dict[str, Any]:
     with (
-        tempfile.TemporaryDirectory(dir=_bench_dir()) as tmp,
+        tempfile.TemporaryDirectory(dir=bench_dir()) as tmp,
         SimulatorThread(SimConfig(api_key=KEY, render_time_s=(0.0, 0.0), seed=3)) as sim,
     ):
         manifest = write_manifest(
@@ -175,12 +202,7 @@ def _throughput_once(shots: int) -> dict[str, Any]:
             shots,
             concurrency=200,
             download_concurrency=32,
-            poll={
-                "initial_delay_s": 0.001,
-                "min_interval_s": 0.001,
-                "max_interval_s": 0.5,
-                "timeout_s": 120,
-            },
+            poll=FAST_POLL,
         )
         file_system = settle_filesystem(Path(tmp) / "out")
         measured = run_pixrun(manifest, sim.base_url)
@@ -188,7 +210,7 @@ def _throughput_once(shots: int) -> dict[str, Any]:
         return {
             "shots_per_s": round(shots / measured["wall_s"], 1),
             "runner_cpu_ms_per_shot": round(1000 * measured["cpu_s"] / shots, 3),
-            "runner_peak_rss_mb": round(measured["max_rss_mb"], 1),
+            "runner_peak_rss_mb": round(measured["peak_rss_mb"], 1),
             "file_system": file_system,
             "accepted": stats["accepted_tasks"],
         }

@@ -14,19 +14,19 @@ the bottleneck). Measured:
    Target: < 1 s.
 4. The ledger's size per shot (bytes / shot), after the run closed it.
 
-``python -m benchmarks.bench_scale [--shots N] [--concurrency N]``; ``main()`` returns
-the numbers as a dict (``--quick``: 10,000 shots).
+``BENCH_DIR`` chooses where the temporary folder goes (default: the system's).
+
+``python -m benchmarks.bench_scale [--quick] [--shots N] [--concurrency N] [--repeat N]``;
+``main()`` returns the numbers as a dict (``--quick``: 10,000 shots).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,13 +34,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from runner.ledger import open_ledger
+from benchmarks.bench_run import (
+    FAST_POLL,
+    KEY,
+    batch_span_s,
+    bench_dir,
+    measure_pixrun,
+    run_pixrun,
+    write_manifest,
+)
+from benchmarks.machine import byte_compile
+from runner.ledger import default_ledger_path, open_ledger
 from runner.ledger.queries import status_summary
 from runner.sim import SimConfig, SimulatorThread
 
-KEY = "bench-scale-key"
 TARGET_RSS_MB = 500.0
 TARGET_RESUME_RATIO = 1.5
 TARGET_STATUS_S = 1.0
@@ -48,87 +55,34 @@ TARGET_STATUS_S = 1.0
 RESUME_LEFT = 10
 
 
-def write_manifest(folder: Path, shots: int, *, concurrency: int, name: str) -> Path:
-    """One explicit entry per shot, as a script generating a big batch would write it."""
-    doc = {
-        "version": 1,
-        "name": name,
-        "defaults": {"model": "v4.5", "quality": "360p", "duration": 5},
-        "output": {"dir": "out", "filename": "{shot_id}.mp4", "sidecar": False},
-        "run": {
-            "concurrency": concurrency,
-            "download_concurrency": 32,
-            "requests_per_s": 100_000,
-            "poll": {
-                "initial_delay_s": 0.001,
-                "min_interval_s": 0.001,
-                "max_interval_s": 0.5,
-                "timeout_s": 600,
-            },
-        },
-        "shots": [
-            {"id": f"shot-{i:06d}", "prompt": f"scale shot {i}: a calm lake at dawn"}
-            for i in range(shots)
-        ],
-    }
-    path = folder / "scale.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, width=200))
-    return path
-
-
-def _env(base_url: str) -> dict[str, str]:
-    return dict(os.environ, PIXRUN_BASE_URL=base_url, PIXRUN_API_KEY=KEY)
-
-
-def _pixrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "runner", *args]
-
-
-def run_measured(args: list[str], env: Mapping[str, str]) -> dict[str, float]:
-    """Run a child to completion: wall time, CPU time and peak RSS of that child alone."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        args,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+def write_scale_manifest(folder: Path, shots: int, concurrency: int) -> Path:
+    return write_manifest(
+        folder,
+        shots,
+        concurrency=concurrency,
+        download_concurrency=32,
+        requests_per_s=100_000,
+        poll={**FAST_POLL, "timeout_s": 600},
+        name="scale",
+        prompt="scale shot {i}: a calm lake at dawn",
     )
-    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix in earlier ones)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall_s = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[2:4])} exited {proc.returncode}:\n{out}\n{err}")
-    return {
-        "wall_s": wall_s,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
-    }
 
 
 def bench_full_run(
     folder: Path, sim: SimulatorThread, shots: int, concurrency: int
 ) -> dict[str, Any]:
-    manifest = write_manifest(folder, shots, concurrency=concurrency, name="scale")
-    measured = run_measured(_pixrun("run", str(manifest), "--yes", "--quiet"), _env(sim.base_url))
-    ledger = manifest.with_name("scale.ledger.sqlite")
+    manifest = write_scale_manifest(folder, shots, concurrency)
+    measured = run_pixrun(manifest, sim.base_url)
+    ledger = default_ledger_path(manifest)
     con = sqlite3.connect(ledger)
     try:
         (done,) = con.execute("SELECT COUNT(*) FROM shots WHERE state = 'done'").fetchone()
-        first_sent, last_done = con.execute(
-            "SELECT (SELECT MIN(sent_at) FROM attempts), (SELECT MAX(done_at) FROM shots)"
-        ).fetchone()
         (attempts,) = con.execute("SELECT COUNT(*) FROM attempts").fetchone()
-        page_size = con.execute("PRAGMA page_size").fetchone()[0]
-        pages = con.execute("PRAGMA page_count").fetchone()[0]
     finally:
         con.close()
     if done != shots:
         raise RuntimeError(f"only {done} of {shots} shots done")
+    batch_s = batch_span_s(ledger)
     stats = sim.stats(with_tasks=False)
     ledger_bytes = ledger.stat().st_size
     wal = ledger.with_name(ledger.name + "-wal")
@@ -137,15 +91,14 @@ def bench_full_run(
         "concurrency": concurrency,
         "wall_s": round(measured["wall_s"], 1),
         "shots_per_s": round(shots / measured["wall_s"], 1),
-        "batch_s": round(last_done - first_sent, 1),
-        "batch_shots_per_s": round(shots / (last_done - first_sent), 1),
+        "batch_s": round(batch_s, 1),
+        "batch_shots_per_s": round(shots / batch_s, 1),
         "runner_cpu_ms_per_shot": round(1000 * measured["cpu_s"] / shots, 3),
         "runner_peak_rss_mb": round(measured["peak_rss_mb"], 1),
         "accepted_tasks": stats["accepted_tasks"],
         "attempt_rows": attempts,
         "ledger_bytes": ledger_bytes,
         "ledger_bytes_per_shot": round(ledger_bytes / shots, 1),
-        "ledger_pages": pages * page_size,
         "wal_left_bytes": wal.stat().st_size if wal.exists() else 0,
         "manifest": manifest,
         "ledger": ledger,
@@ -161,6 +114,7 @@ class FirstGenerate:
 
     def reset(self) -> None:
         self.first_at = None
+        self.count = 0
 
     async def __call__(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
         self.count += 1
@@ -173,19 +127,16 @@ def bench_resume(
 ) -> dict[str, Any]:
     """The finished ledger, with the manifest grown by 10 shots: all but 10 are done."""
     shots = full["shots"]
-    manifest = write_manifest(
-        folder, shots + RESUME_LEFT, concurrency=full["concurrency"], name="scale"
-    )
+    manifest = write_scale_manifest(folder, shots + RESUME_LEFT, full["concurrency"])
     ledger: Path = full["ledger"]
     pristine = ledger.with_name("pristine.sqlite")
     shutil.copyfile(ledger, pristine)
     out = folder / "out"
     new_files = [out / f"shot-{i:06d}.mp4" for i in range(shots, shots + RESUME_LEFT)]
-    env = _env(sim.base_url)
 
     plan_s = []
     for _ in range(repeat):
-        plan_s.append(run_measured(_pixrun("plan", str(manifest)), env)["wall_s"])
+        plan_s.append(measure_pixrun(sim.base_url, "plan", str(manifest))["wall_s"])
 
     dispatch_s = []
     run_wall_s = []
@@ -195,18 +146,17 @@ def bench_resume(
         for path in new_files:
             path.unlink(missing_ok=True)
         hook.reset()
-        before = hook.count
         started = time.perf_counter()
-        measured = run_measured(_pixrun("run", str(manifest), "--yes", "--quiet"), env)
-        if hook.first_at is None or hook.count - before != RESUME_LEFT:
-            raise RuntimeError(f"expected {RESUME_LEFT} generates, saw {hook.count - before}")
+        measured = run_pixrun(manifest, sim.base_url)
+        if hook.first_at is None or hook.count != RESUME_LEFT:
+            raise RuntimeError(f"expected {RESUME_LEFT} generates, saw {hook.count}")
         dispatch_s.append(hook.first_at - started)
         run_wall_s.append(measured["wall_s"])
         run_rss.append(measured["peak_rss_mb"])
 
     status_s = []
     for _ in range(repeat):
-        status_s.append(run_measured(_pixrun("status", str(manifest)), env)["wall_s"])
+        status_s.append(measure_pixrun(sim.base_url, "status", str(manifest))["wall_s"])
     query_s = asyncio.run(_status_query_s(ledger, repeat))
     plan = statistics.median(plan_s)
     dispatch = statistics.median(dispatch_s)
@@ -238,11 +188,11 @@ def main(
     quick: bool = False, shots: int | None = None, concurrency: int = 300, repeat: int = 3
 ) -> dict[str, Any]:
     shots = shots or (10_000 if quick else 100_000)
+    byte_compile()
     hook = FirstGenerate()
     config = SimConfig(api_key=KEY, render_time_s=(0.0, 0.0), seed=5, generate_hook=hook)
-    bench_dir = os.environ.get("BENCH_DIR") or None
     with (
-        tempfile.TemporaryDirectory(prefix="pixrun-scale-", dir=bench_dir) as tmp,
+        tempfile.TemporaryDirectory(prefix="pixrun-scale-", dir=bench_dir()) as tmp,
         SimulatorThread(config) as sim,
     ):
         folder = Path(tmp)

@@ -4,7 +4,9 @@ The ledger is built through the real write API (sync_manifest, begin_attempt,
 attempt_accepted, update_shot), with a night's mix of states: most done, some pending,
 some in flight, a few failed and parked. Target: status in under a second.
 
-Run: ``.venv/bin/python benchmarks/bench_status.py [--shots N]``
+Not in ``make bench``'s default set (bench_scale times status on a real run's ledger);
+``python -m benchmarks.run_all --only status`` or ``python -m benchmarks.bench_status
+[--quick] [--shots N]`` (``--quick``: 10,000 shots); ``main()`` returns the numbers.
 """
 
 from __future__ import annotations
@@ -143,21 +145,24 @@ async def measure(path: Path, repeat: int = 5) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--shots", type=int, default=100_000)
-    args = parser.parse_args()
+def main(quick: bool = False, shots: int | None = None) -> dict[str, float]:
+    shots = shots or (10_000 if quick else 100_000)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.ledger.sqlite"
-        build_s = asyncio.run(build(path, args.shots))
+        build_s = asyncio.run(build(path, shots))
         result = asyncio.run(measure(path))
         result["build_s"] = build_s
         result["ledger_mb"] = path.stat().st_size / 1e6
     for key, value in result.items():
         print(f"{key:>22}: {value:.3f}")
     target = "ok" if result["status_max_s"] < 1.0 else "MISSED"
-    print(f"status under 1 s on {args.shots} shots: {target}")
+    print(f"status under 1 s on {shots} shots: {target}")
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10,000 shots")
+    parser.add_argument("--shots", type=int)
+    args = parser.parse_args()
+    main(quick=args.quick, shots=args.shots)

@@ -7,22 +7,21 @@ Targets (they live here, never in unit tests):
 - scale: 100,000-shot batch peak RSS < 500 MB; resume dispatch <= 1.5x plan time;
   status < 1 s
 
-``python -m benchmarks.run_all [--quick] [--only plan,run,scale]``
+``python -m benchmarks.run_all [--quick] [--only plan,run,scale]``; ``--only status`` runs
+benchmarks/bench_status.py (status and report queries on a ledger built in process; not
+in the default set).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-from benchmarks.machine import byte_compile
 
 BENCHES = ("plan", "run", "scale")
 
@@ -32,7 +31,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--only", default=",".join(BENCHES))
     args = parser.parse_args()
-    byte_compile()  # as an installed package is (see benchmarks/machine.py)
     results: dict[str, Any] = {
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -40,8 +38,7 @@ def main() -> None:
     for name in args.only.split(","):
         module = importlib.import_module(f"benchmarks.bench_{name}")
         print(f"== {name}", flush=True)
-        takes_quick = "quick" in inspect.signature(module.main).parameters
-        results[name] = module.main(quick=args.quick) if takes_quick else module.main()
+        results[name] = module.main(quick=args.quick)
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -55,6 +55,15 @@ async def provider_factory() -> AsyncIterator[Callable[..., Provider]]:
         await provider.close()
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_runs() -> Iterator[None]:
+    """A test that failed half-way leaves no ``pixrun`` it started (runkit.start) behind."""
+    from runkit import kill_leftovers
+
+    yield
+    kill_leftovers()
+
+
 @pytest.fixture
 def sim_thread() -> Iterator[Callable[..., SimulatorThread]]:
     """``sim = sim_thread(**knobs)``: a simulator in a background thread, outside the

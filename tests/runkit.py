@@ -1,6 +1,6 @@
 """Run ``pixrun`` as a real subprocess against a simulator thread, and read the evidence.
 
-The crash and CLI tests use it. The simulator lives in the test process
+The crash, CLI, fault and chaos tests use it. The simulator lives in the test process
 (:class:`~runner.sim.SimulatorThread`), outside the runner. It keeps its books across
 runner crashes, so they prove what reached the provider. The ledger is read through
 separate read-only SQLite connections, as another process would read it.
@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ KEY = "sk-runkit-5f3a9c1e7b2d4086"
 #: renders of 20-100 ms
 FAST_RENDER_S = (0.02, 0.1)
 PRICE_UPTC = 100_000  # 360p, 5 s, v4.5: 0.1 PTC
-_PROMPT = "a calm lake at dawn, shot {sid}"
+_SCENE = "a calm lake at dawn"
 _SHOT_IN_PROMPT = re.compile(r"shot (s\d+)$")
 
 
@@ -48,18 +48,16 @@ class Batch:
     dir: Path
     manifest: Path
     ids: list[str]
-
-    @property
-    def ledger(self) -> Path:
-        return self.manifest.with_name(self.manifest.stem + ".ledger.sqlite")
-
-    @property
-    def out(self) -> Path:
-        return self.dir / "out"
+    out: Path
+    ledger: Path
 
 
-def prompt_of(shot_id: str) -> str:
-    return _PROMPT.format(sid=shot_id)
+def shot_ids(n_shots: int) -> list[str]:
+    return [f"s{i:02d}" for i in range(n_shots)]
+
+
+def prompt_of(shot_id: str, scene: str = _SCENE) -> str:
+    return f"{scene}, shot {shot_id}"
 
 
 def shot_of(prompt: str) -> str:
@@ -79,9 +77,18 @@ def write_manifest(
     max_attempts: int = 3,
     timeout_s: float = 60,
     name: str = "batch",
+    output_dir: Path | None = None,
+    ledger: Path | None = None,
+    scenes: Mapping[str, str] | None = None,
 ) -> Batch:
-    """A text-only manifest of ``n_shots`` cheap shots on a compressed polling clock."""
-    ids = [f"s{i:02d}" for i in range(n_shots)]
+    """A text-only manifest ``NAME.yaml`` of ``n_shots`` cheap shots on a compressed
+    polling clock. Outputs go to ``output_dir`` (default: ``out`` next to the manifest);
+    ``ledger`` is where the test points ``--ledger`` (default: pixrun's, next to the
+    manifest); ``scenes`` replaces the scene of some shots' prompts (each still names
+    its shot)."""
+    ids = shot_ids(n_shots)
+    scenes = scenes or {}
+    out = output_dir or folder / "out"
     run: dict[str, Any] = {
         "concurrency": concurrency,
         "download_concurrency": download_concurrency,
@@ -100,14 +107,15 @@ def write_manifest(
         "version": 1,
         "name": name,
         "defaults": {"model": "v4.5", "quality": "360p", "duration": 5},
-        "output": {"dir": "out"},
+        "output": {"dir": str(output_dir) if output_dir else "out"},
         "run": run,
-        "shots": [{"id": sid, "prompt": prompt_of(sid)} for sid in ids],
+        "shots": [{"id": sid, "prompt": prompt_of(sid, scenes.get(sid, _SCENE))} for sid in ids],
     }
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / f"{name}.yaml"
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return Batch(dir=folder, manifest=manifest, ids=ids)
+    ledger = ledger or manifest.with_name(manifest.stem + ".ledger.sqlite")
+    return Batch(dir=folder, manifest=manifest, ids=ids, out=out, ledger=ledger)
 
 
 # -- running pixrun --------------------------------------------------------------------
@@ -146,11 +154,13 @@ def pixrun(
     env: Mapping[str, str],
     *,
     cwd: Path,
-    timeout_s: float = 60,
+    timeout_s: float = 120,
+    entry: Sequence[str] = ("-m", "runner"),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m runner ARGS`` to the end; stdin is never a terminal."""
+    """Run ``python -m runner ARGS`` (or ``python ENTRY ARGS``) to the end; stdin is
+    never a terminal."""
     return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
+        [sys.executable, *entry, *args],
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
@@ -198,6 +208,10 @@ class Running:
         )
 
 
+#: runs started in the background, so a failed test leaves none behind
+_STARTED: list[Running] = []
+
+
 def start(
     args: Sequence[str],
     env: Mapping[str, str],
@@ -219,7 +233,23 @@ def start(
         stderr=err,
         text=True,
     )
-    return Running(proc, out_path, err_path, [out, err])
+    running = Running(proc, out_path, err_path, [out, err])
+    _STARTED.append(running)
+    return running
+
+
+def kill_leftovers() -> None:
+    """SIGKILL any background run still going (after a test failed half-way)."""
+    while _STARTED:
+        _STARTED.pop().kill()
+
+
+def explain(result: subprocess.CompletedProcess[str] | Running) -> str:
+    """For assertion messages: how the run ended and what it said."""
+    if isinstance(result, Running):
+        out, err = result.output()
+        return f"exit {result.proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
 def wait_until(
@@ -268,6 +298,10 @@ def states(ledger: Path) -> dict[str, str]:
     return {str(r[0]): str(r[1]) for r in query(ledger, "SELECT shot_id, state FROM shots")}
 
 
+def state_counts(ledger: Path) -> Counter[str]:
+    return Counter(states(ledger).values())
+
+
 def in_state(ledger: Path, state: str) -> set[str]:
     return {r[0] for r in query(ledger, "SELECT shot_id FROM shots WHERE state = ?", (state,))}
 
@@ -292,6 +326,11 @@ def ledger_task_ids(ledger: Path) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
+def shot_of_trace(ledger: Path) -> dict[str, str]:
+    """Every Ai-trace-id the ledger ever recorded an intent for -> its shot."""
+    return dict(query(ledger, "SELECT trace_id, shot_id FROM attempts"))
+
+
 def last_attempts(ledger: Path) -> dict[str, tuple[str, str, str | None]]:
     """Each shot's latest attempt: ``shot_id -> (trace_id, outcome, task_id)``."""
     rows = query(
@@ -311,6 +350,23 @@ def sim_tasks(stats: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     by_shot: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for task in stats["tasks"]:
         by_shot[shot_of(task["prompt"])].append(task)
+    return dict(by_shot)
+
+
+def sim_tasks_by_intent(ledger: Path, stats: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The simulator's tasks grouped by shot through the ledger's trace ids.
+
+    Fails if the simulator holds a task whose trace id the ledger never recorded (a
+    generate request went out without a durable intent), or whose intent belongs to
+    another shot than the one its prompt names.
+    """
+    owner = shot_of_trace(ledger)
+    by_shot: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for task in stats["tasks"]:
+        shot = owner.get(task["trace_id"])
+        assert shot is not None, f"task {task['task_id']} has no intent in the ledger: {task}"
+        assert shot == shot_of(task["prompt"]), f"{shot}'s intent sent another prompt: {task}"
+        by_shot[shot].append(task)
     return dict(by_shot)
 
 
@@ -337,36 +393,60 @@ def sha256_of(path: Path) -> str:
 
 def assert_files_match(batch: Batch, stats: Mapping[str, Any], shots: Iterable[str]) -> None:
     """Each shot is done, its file is byte-identical to what the simulator rendered for
-    the task the ledger names, that task is this shot's, and the sidecar agrees."""
+    the task the ledger names (and to the digest the ledger recorded), that task is this
+    shot's, and the sidecar agrees."""
     tasks = {t["task_id"]: t for t in stats["tasks"]}
     rows = {
         r[0]: r[1:]
-        for r in query(batch.ledger, "SELECT shot_id, state, task_id, output_path FROM shots")
+        for r in query(
+            batch.ledger, "SELECT shot_id, state, task_id, output_path, sha256 FROM shots"
+        )
     }
     for sid in shots:
-        state, task_id, relpath = rows[sid]
+        state, task_id, relpath, recorded = rows[sid]
         assert state == "done", f"{sid} is {state}"
         task = tasks[str(task_id)]
         assert shot_of(task["prompt"]) == sid, f"{sid} holds the file of another shot's task"
         target = batch.out / relpath
-        assert sha256_of(target) == task["sha256"], f"{sid}: bytes differ from the simulator's"
+        assert sha256_of(target) == task["sha256"] == recorded, f"{sid}: bytes differ"
         sidecar = json.loads(target.with_name(target.name + ".json").read_text("utf-8"))
         assert sidecar["sha256"] == task["sha256"] and str(sidecar["task_id"]) == str(task_id)
 
 
-def assert_only_final_files(batch: Batch) -> None:
-    """After a complete batch, no temporary or partial file is left in the output folder."""
-    expected = {f"{sid}.mp4" for sid in batch.ids} | {f"{sid}.mp4.json" for sid in batch.ids}
+def assert_only_final_files(batch: Batch, shots: Iterable[str] | None = None) -> None:
+    """After a complete batch, the output folder holds the files of ``shots`` (default:
+    all) and their sidecars, and nothing else: no temporary or partial file."""
+    ids = batch.ids if shots is None else list(shots)
+    expected = {f"{sid}.mp4" for sid in ids} | {f"{sid}.mp4.json" for sid in ids}
     found = {p.name for p in batch.out.iterdir()}
     assert found == expected, f"unexpected files: {sorted(found - expected)}"
+
+
+def assert_outputs_match(ledger: Path, output_dir: Path, stats: Mapping[str, Any]) -> int:
+    """For any ledger (shots need not follow this kit's naming): every done shot's file
+    is byte-identical to what the simulator served for its task; no temporary file is
+    left. Returns the number of done shots."""
+    served = {t["task_id"]: t["sha256"] for t in stats["tasks"]}
+    done = query(
+        ledger, "SELECT shot_id, task_id, output_path, sha256 FROM shots WHERE state = 'done'"
+    )
+    for shot_id, task_id, relpath, sha in done:
+        assert sha256_of(output_dir / relpath) == sha == served[task_id], shot_id
+    leftovers = [p.name for p in output_dir.rglob(".*") if p.is_file()]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+    return len(done)
 
 
 def assert_key_absent(key: str, *texts: str, files: Iterable[Path] = ()) -> None:
     for text in texts:
         assert key not in text
     for path in files:
-        if path.is_file():
-            assert key.encode() not in path.read_bytes(), f"the API key is in {path}"
+        assert key.encode() not in path.read_bytes(), f"the API key is in {path}"
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file in ``folder`` and below (all a run wrote: ledger, WAL, lock, outputs)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
 def exit_within(running: Running, seconds: float) -> tuple[int, float]:

@@ -55,10 +55,6 @@ class Fault:
     #: extra delay before a chunk that starts a video answer (slow downloads)
     media_latency_s: float = 0.0
 
-    @property
-    def harmless(self) -> bool:
-        return self == Fault(latency_s=self.latency_s, media_latency_s=self.media_latency_s)
-
 
 #: ``policy(kind, rng) -> Fault``; kind is "generate", "fetch", "download" or "other"
 Policy = Callable[[str, random.Random], Fault]
@@ -74,7 +70,6 @@ class _Head:
 
     buffer: bytearray = field(default_factory=bytearray)
     done: bool = False
-    first_line: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     #: head plus Content-Length body bytes; None until known
     total_bytes: int | None = None
@@ -87,8 +82,7 @@ class _Head:
         if end < 0:
             return
         lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
-        self.first_line = lines[0]
-        for line in lines[1:]:
+        for line in lines[1:]:  # after the request or status line
             name, _, value = line.partition(":")
             self.headers[name.strip().lower()] = value.strip()
         length = int(self.headers.get("content-length", "0") or 0)
@@ -173,7 +167,7 @@ class _Conn:
                 w.close()
         self.closed.set()
 
-    async def pump(self, up: bool, choose: Callable[[bytes], Fault]) -> None:
+    async def pump(self, up: bool, choose: Callable[[str], Fault]) -> None:
         """Pass one direction on, applying the connection's fault to it."""
         rec = self.record
         reader, writer = (self.client_r, self.server_w) if up else (self.server_r, self.client_w)
@@ -190,7 +184,7 @@ class _Conn:
                     break
                 if up and rec.kind == "unknown":
                     rec.kind = _kind_of(data.split(b"\r\n", 1)[0])
-                    rec.fault = choose(data)
+                    rec.fault = choose(rec.kind)
                 head.feed(data)
                 if stalled:
                     continue  # a black hole: read and drop until the peer gives up
@@ -359,8 +353,8 @@ class ProxyThread:
                 return
             conn = _Conn(record, (client_r, client_w), server)
 
-            def choose(first: bytes) -> Fault:
-                return self.policy(_kind_of(first.split(b"\r\n", 1)[0]), self._rng)
+            def choose(kind: str) -> Fault:
+                return self.policy(kind, self._rng)
 
             await asyncio.gather(conn.pump(True, choose), conn.pump(False, choose))
         finally:

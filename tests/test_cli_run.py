@@ -26,11 +26,13 @@ from runkit import (
     assert_key_absent,
     env_for,
     exit_within,
+    files_under,
     flat,
     in_state,
     integrity,
     last_attempts,
     pixrun,
+    prompt_of,
     run_args,
     run_count,
     shot_of,
@@ -259,7 +261,7 @@ def test_refused_key_exits_3_and_fails_no_shot(tmp_path: Path, sim_thread: SimTh
     summary = json.loads(done.stdout.splitlines()[-1])
     assert summary["stop_reason"] == "auth" and summary["counts"] == {"pending": 4}
     assert sim.stats()["accepted_tasks"] == 0
-    assert_key_absent(wrong, done.stdout, done.stderr, files=[batch.ledger])
+    assert_key_absent(wrong, done.stdout, done.stderr, files=files_under(tmp_path))
 
 
 def test_invalid_manifest_exits_2_naming_file_and_line(
@@ -268,7 +270,7 @@ def test_invalid_manifest_exits_2_naming_file_and_line(
     sim = sim_thread()
     batch = write_manifest(tmp_path, 3)
     lines = batch.manifest.read_text().splitlines()
-    at = lines.index(f"  prompt: {'a calm lake at dawn, shot s01'}")
+    at = lines.index(f"  prompt: {prompt_of('s01')}")
     lines.insert(at + 1, "  quality: 999p")
     batch.manifest.write_text("\n".join(lines) + "\n")
     done = pixrun(run_args(batch), env_for(sim.base_url), cwd=tmp_path)
@@ -339,9 +341,10 @@ def test_json_logs_parse_and_never_carry_the_key(tmp_path: Path, sim_thread: Sim
     assert sorted(r["shot_id"] for r in records if r.get("kind") == "done") == batch.ids
     assert records[-1]["type"] == "summary" and records[-1]["exit_code"] == 0
     assert echoes == [f"Bearer {KEY}"] * 3  # the key was in answers pixrun read
-    wal = batch.ledger.with_name(batch.ledger.name + "-wal")
-    sidecars = [batch.out / f"{sid}.mp4.json" for sid in batch.ids]
-    assert_key_absent(KEY, done.stdout, done.stderr, files=[batch.ledger, wal, *sidecars])
+    # every file the run left: the ledger (and its WAL, if any), outputs and sidecars
+    written = files_under(tmp_path)
+    assert {batch.ledger, batch.out / "s00.mp4.json"} <= set(written)
+    assert_key_absent(KEY, done.stdout, done.stderr, files=written)
 
 
 def test_resolve_ties_a_parked_shot_to_its_task_without_a_new_charge(

@@ -8,13 +8,11 @@ background thread; the checks read the ledger and the simulator's books.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -22,31 +20,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import (
-    REPO,
-    SIM_KEY,
-    assert_outputs_match,
+from runkit import (
+    Batch,
+    Running,
+    assert_files_match,
+    assert_only_final_files,
+    env_for,
     explain,
-    integrity_ok,
-    kept_charges,
-    kill_leftovers,
-    ledger_of,
+    in_state,
+    integrity,
+    net_charges,
     pixrun,
-    pixrun_env,
     query,
     run_args,
-    run_pixrun,
+    sha256_of,
     shot_of_trace,
-    sim_tasks_by_shot,
-    start_run,
+    sim_tasks_by_intent,
+    start,
     state_counts,
     states,
+    wait_until,
     write_manifest,
 )
-from runkit import wait_until
 from tcpproxy import Fault, ProxyThread
 
-from runner.sim import SimConfig, SimulatorThread
+from runner.sim import SimulatorThread
+
+SimThread = Callable[..., SimulatorThread]
 
 #: a real-time outage, standing in for minutes: many times pixrun's whole retry budget
 #: for one call at this back-off base (8 submit tries, 4 download tries: well under 1 s)
@@ -57,41 +57,60 @@ OUTAGE_BACKOFF = ("--backoff-base-s", "0.0001")
 MAX_REFUSED = 8 * 25
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_runs() -> Iterator[None]:
-    yield
-    kill_leftovers()
+def _run(batch: Batch, base_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``pixrun run`` on the batch to the end."""
+    return pixrun(run_args(batch, *extra), env_for(base_url), cwd=batch.dir)
+
+
+def _retry_ambiguous(batch: Batch, *extra: str) -> None:
+    """``pixrun retry --ambiguous``: re-queue the parked shots (same trace ids). It needs
+    no provider: the one it is given refuses connections."""
+    args = ["retry", str(batch.manifest), "--ambiguous", *extra]
+    done = pixrun(args, env_for("http://127.0.0.1:9"), cwd=batch.dir)
+    assert done.returncode == 0, explain(done)
+
+
+def _assert_complete(batch: Batch, sim: SimulatorThread) -> dict[str, Any]:
+    """Every shot done, generated exactly once (and with an intent), its file the
+    simulator's bytes, nothing else left in the output folder, the ledger sound."""
+    assert state_counts(batch.ledger) == {"done": len(batch.ids)}
+    stats = sim.stats()
+    by_shot = sim_tasks_by_intent(batch.ledger, stats)
+    assert {s: len(t) for s, t in by_shot.items()} == {sid: 1 for sid in batch.ids}
+    assert_files_match(batch, stats, batch.ids)
+    assert_only_final_files(batch)
+    assert integrity(batch.ledger) == "ok"
+    return stats
 
 
 def _backlog(ledger: Path) -> int:
-    """Shots rendered but not yet saved (0 while the ledger does not exist yet)."""
+    """Shots rendered but not yet saved (wait_until retries while the ledger is created)."""
     sql = "SELECT COUNT(*) FROM shots WHERE state IN ('rendered', 'downloading')"
-    try:
-        return int(query(ledger, sql)[0][0])
-    except sqlite3.Error:  # not created (or not migrated) yet
-        return 0
+    return int(query(ledger, sql)[0][0])
 
 
-def test_provider_outage_is_waited_out_and_nothing_fails(tmp_path: Path) -> None:
+def test_provider_outage_is_waited_out_and_nothing_fails(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
     """The provider goes away mid-run and comes back on the same port: pixrun backs off,
     keeps polling the tasks it knows, and completes; no shot is marked failed.
 
     The outage starts while tasks are rendering and finished videos wait to be
-    downloaded (downloads are slowed by the proxy), so polls, downloads and submits all
-    meet it. Only a generate that was on the wire at the very moment the server went down
-    may be parked (its answer was lost); once re-queued, the provider's trace-id dedupe
-    completes it without a second charge.
+    downloaded (downloads are slowed by the proxy), so polls and downloads meet it, and
+    submits too when a slot frees up in it (not every run: the back-off of refused
+    submits is proven by the next test). Only a generate that was on the wire at the
+    very moment the server went down may be parked (its answer was lost); once re-queued,
+    the provider's trace-id dedupe completes it without a second charge.
     """
     n = 40
-    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.05, 0.3), seed=3, dedupe_trace_id=True)
+    sim = sim_thread(render_time_s=(0.05, 0.3), seed=3, dedupe_trace_id=True)
     slow_videos = Fault(media_latency_s=0.05)
-    with (
-        SimulatorThread(config) as sim,
-        ProxyThread("127.0.0.1", sim.port, lambda kind, rng: slow_videos) as proxy,
-    ):
-        manifest = write_manifest(tmp_path, n, concurrency=8, download_concurrency=1)
-        ledger = ledger_of(manifest)
-        proc = start_run(manifest, proxy.base_url, *OUTAGE_BACKOFF)
+    with ProxyThread("127.0.0.1", sim.port, lambda kind, rng: slow_videos) as proxy:
+        batch = write_manifest(tmp_path, n, concurrency=8, download_concurrency=1)
+        ledger = batch.ledger
+        runner = start(
+            run_args(batch, *OUTAGE_BACKOFF), env_for(proxy.base_url), cwd=tmp_path, tag="outage"
+        )
         wait_until(
             lambda: _backlog(ledger) >= 3 and sim.stats(with_tasks=False)["in_flight"] >= 4,
             timeout_s=30,
@@ -105,21 +124,21 @@ def test_provider_outage_is_waited_out_and_nothing_fails(tmp_path: Path) -> None
         back_at = time.time()
         sim.start_server()
         proxy.start_listening()
-        out, err = proc.communicate(timeout=120)
-        said = explain(proc, out + err)
+        runner.wait(120)
+        said = explain(runner)
 
         counts = state_counts(ledger)
         assert counts.get("failed", 0) == 0 and counts.get("moderated", 0) == 0, said
-        parked = {s for s, st in states(ledger).items() if st == "ambiguous"}
+        parked = in_state(ledger, "ambiguous")
         assert counts["done"] + len(parked) == n, (counts, said)
-        assert proc.returncode == (1 if parked else 0), said
+        assert runner.proc.returncode == (1 if parked else 0), said
         # only requests already on the wire when the server went down may be parked:
         # anything sent during the outage was refused at connect time (nothing sent)
         for shot_id, sent_at in query(
             ledger, "SELECT shot_id, sent_at FROM attempts WHERE outcome = 'ambiguous'"
         ):
             assert sent_at <= stopped_at, f"{shot_id} parked for a request sent in the outage"
-        # refused submits were retried, with back-off: a handful of calls, not a storm
+        # submits refused in the outage (if any) were retried with back-off, not in a storm
         refused = query(
             ledger,
             "SELECT COUNT(*) FROM attempts WHERE outcome = 'transient' AND sent_at BETWEEN ? AND ?",
@@ -127,46 +146,36 @@ def test_provider_outage_is_waited_out_and_nothing_fails(tmp_path: Path) -> None
         )[0][0]
         assert refused <= MAX_REFUSED, f"{refused} generate calls in a {OUTAGE_S} s outage"
 
-        if parked:  # re-queue the lost answers: the same trace id is sent, deduplicated
-            assert pixrun("retry", str(manifest), "--ambiguous").returncode == 0
-            rerun = run_pixrun(manifest, sim.base_url)
-            assert rerun.returncode == 0, explain(rerun)
+    if parked:  # re-queue the lost answers: the same trace id is sent, deduplicated
+        _retry_ambiguous(batch)
+        rerun = _run(batch, sim.base_url)
+        assert rerun.returncode == 0, explain(rerun)
 
-        assert state_counts(ledger) == {"done": n}
-        stats = sim.stats()
-        by_shot = sim_tasks_by_shot(ledger, stats)
-        assert {s: kept_charges(t) for s, t in by_shot.items()} == {
-            f"s{i:04d}": 1 for i in range(n)
-        }
-        assert stats["charges"]["count"] == n, "a shot was generated twice"
-        assert assert_outputs_match(ledger, manifest.parent / "out", stats) == n
-        # the tasks the provider held before the outage were collected, not generated again
-        collected = {r[0] for r in query(ledger, "SELECT task_id FROM shots WHERE state='done'")}
-        assert before_ids <= collected
-        assert integrity_ok(ledger)
+    stats = _assert_complete(batch, sim)
+    assert net_charges(stats) == {sid: 1 for sid in batch.ids}  # none refunded either
+    # the tasks the provider held before the outage were collected, not generated again
+    collected = {r[0] for r in query(ledger, "SELECT task_id FROM shots WHERE state='done'")}
+    assert before_ids <= collected
 
 
-def test_provider_down_when_the_run_starts_is_waited_out(tmp_path: Path) -> None:
+def test_provider_down_when_the_run_starts_is_waited_out(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
     """Every submit is refused at connect time for a while (nothing was sent): pixrun
     backs off instead of giving up on shots, parks nothing, and completes once the
     provider is back."""
-    n = 24
-    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.02, 0.1), seed=13)
-    with SimulatorThread(config) as sim:
-        sim.stop_server()
-        manifest = write_manifest(tmp_path, n, concurrency=8)
-        ledger = ledger_of(manifest)
-        proc = start_run(manifest, sim.base_url, *OUTAGE_BACKOFF)
-        time.sleep(OUTAGE_S)
-        sim.start_server()
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, explain(proc, out + err)
-        assert state_counts(ledger) == {"done": n}
-        refused = query(ledger, "SELECT COUNT(*) FROM attempts WHERE outcome = 'transient'")[0][0]
-        assert 0 < refused <= MAX_REFUSED, refused  # it met the outage, and backed off
-        stats = sim.stats()
-        assert stats["charges"]["count"] == n
-        assert assert_outputs_match(ledger, manifest.parent / "out", stats) == n
+    sim = sim_thread(render_time_s=(0.02, 0.1), seed=13)
+    sim.stop_server()
+    batch = write_manifest(tmp_path, 24, concurrency=8)
+    runner = start(
+        run_args(batch, *OUTAGE_BACKOFF), env_for(sim.base_url), cwd=tmp_path, tag="down"
+    )
+    time.sleep(OUTAGE_S)
+    sim.start_server()
+    assert runner.wait(120) == 0, explain(runner)
+    refused = query(batch.ledger, "SELECT COUNT(*) FROM attempts WHERE outcome = 'transient'")[0][0]
+    assert 0 < refused <= MAX_REFUSED, refused  # it met the outage, and backed off
+    _assert_complete(batch, sim)
 
 
 class FlakyPath:
@@ -204,7 +213,9 @@ class FlakyPath:
         return faults[int(r / share)] if r < share * len(faults) else clean
 
 
-def test_flaky_network_path_parks_only_generates_cut_after_sending(tmp_path: Path) -> None:
+def test_flaky_network_path_parks_only_generates_cut_after_sending(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
     """Through a proxy that delays, stalls and resets connections in both directions,
     every shot completes exactly once, and the shots parked as ambiguous are exactly
     those whose generate request went out and whose answer never came back whole.
@@ -213,17 +224,13 @@ def test_flaky_network_path_parks_only_generates_cut_after_sending(tmp_path: Pat
     whole request and whether pixrun received the whole answer; the simulator's books
     say what was charged.
     """
-    n = 40
-    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.02, 0.1), seed=11, dedupe_trace_id=True)
-    with (
-        SimulatorThread(config) as sim,
-        ProxyThread("127.0.0.1", sim.port, FlakyPath(), seed=5) as proxy,
-    ):
-        manifest = write_manifest(tmp_path, n, concurrency=8)
-        ledger = ledger_of(manifest)
+    sim = sim_thread(render_time_s=(0.02, 0.1), seed=11, dedupe_trace_id=True)
+    with ProxyThread("127.0.0.1", sim.port, FlakyPath(), seed=5) as proxy:
+        batch = write_manifest(tmp_path, 40, concurrency=8)
+        ledger = batch.ledger
         # a streak of lost answers stops submitting (by design): run until nothing is left
         for _ in range(6):
-            proc = run_pixrun(manifest, proxy.base_url)
+            proc = _run(batch, proxy.base_url)
             assert proc.returncode in (0, 1), explain(proc)
             if all(s in ("done", "ambiguous") for s in states(ledger).values()):
                 break
@@ -241,7 +248,7 @@ def test_flaky_network_path_parks_only_generates_cut_after_sending(tmp_path: Pat
         # the only ambiguous shots are those whose generate was cut after it was sent,
         # and every such shot was parked rather than sent again
         assert set(parked) == unanswered
-        assert set(parked.values()) == {s for s, st in states(ledger).items() if st == "ambiguous"}
+        assert set(parked.values()) == in_state(ledger, "ambiguous")
 
         stats = sim.stats()
         charged_traces = {t["trace_id"] for t in stats["tasks"]}
@@ -249,24 +256,18 @@ def test_flaky_network_path_parks_only_generates_cut_after_sending(tmp_path: Pat
         # a request cut on its way out: the provider never saw it, nothing was charged
         for trace in unanswered:
             assert (trace in charged_traces) == (trace in reached), trace
-        by_shot = sim_tasks_by_shot(ledger, stats)
+        by_shot = sim_tasks_by_intent(ledger, stats)
         for shot_id, tasks in by_shot.items():
             assert len(tasks) == 1, f"{shot_id} was generated {len(tasks)} times"
 
         # re-queue the parked shots: their trace ids are sent again and deduplicated
-        assert pixrun("retry", str(manifest), "--ambiguous").returncode == 0
+        _retry_ambiguous(batch)
         proxy.set_policy(lambda kind, rng: Fault(latency_s=0.005))
-        rerun = run_pixrun(manifest, proxy.base_url)
+        rerun = _run(batch, proxy.base_url)
         assert rerun.returncode == 0, explain(rerun)
-        assert state_counts(ledger) == {"done": n}
-        stats = sim.stats()
-        by_shot = sim_tasks_by_shot(ledger, stats)
-        assert {s: len(t) for s, t in by_shot.items()} == {f"s{i:04d}": 1 for i in range(n)}
-        assert stats["charges"]["count"] == n
-        assert assert_outputs_match(ledger, manifest.parent / "out", stats) == n
+        _assert_complete(batch, sim)
         cuts = {r.cut for r in proxy.records() if r.cut}
         assert {"reset_up", "reset_down", "stall_up", "stall_down"} <= cuts, cuts
-        assert integrity_ok(ledger)
 
 
 # -- a full disk -------------------------------------------------------------------------
@@ -344,76 +345,64 @@ main()
 
 @pytest.mark.parametrize("how", ["tmpfs", "injected"])
 def test_disk_full_while_downloading_stops_cleanly_and_a_rerun_finishes(
-    tmp_path: Path, tmpfs: Callable[[str, int], Path], how: str
+    tmp_path: Path, tmpfs: Callable[[str, int], Path], sim_thread: SimThread, how: str
 ) -> None:
     """The disk fills mid-run: no partial file is left under a final name, the shot that
     hit it stays collectable (rendered), pixrun stops with exit 1 and says the disk is
     full, and a rerun after space is freed finishes it without generating it again."""
     n = 30
-    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.02, 0.1), seed=21)
-    with SimulatorThread(config) as sim:
-        if how == "tmpfs":
-            out_dir = tmpfs("disk", 64 * PAGE_BYTES) / "out"
-            out_dir.mkdir()
-            # room for a few videos and their sidecars (a page each), then ENOSPC
-            filler: Path | None = _fill(out_dir.parent, leave_bytes=9 * PAGE_BYTES)
-            manifest = write_manifest(tmp_path, n, concurrency=4, output_dir=out_dir)
-            first = run_pixrun(manifest, sim.base_url)
-        else:
-            out_dir = tmp_path / "out"
-            filler = None
-            manifest = write_manifest(tmp_path, n, concurrency=4, output_dir=out_dir)
-            args = run_args(manifest)
-            first = subprocess.run(
-                [sys.executable, "-c", _INJECT_DISK_FULL, *args[3:]],
-                env=pixrun_env(sim.base_url, FAULT_DISK_BYTES=str(5 * 982 + 500)),
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-        ledger = ledger_of(manifest)
-        said = explain(first)
-        assert first.returncode == 1, said
-        text = (first.stdout + first.stderr).lower()
-        assert "disk is full" in text and "free space" in text, said
-        assert "traceback" not in text, said
+    sim = sim_thread(render_time_s=(0.02, 0.1), seed=21)
+    if how == "tmpfs":
+        out_dir = tmpfs("disk", 64 * PAGE_BYTES) / "out"
+        out_dir.mkdir()
+        # room for a few videos and their sidecars (a page each), then ENOSPC
+        filler: Path | None = _fill(out_dir.parent, leave_bytes=9 * PAGE_BYTES)
+        batch = write_manifest(tmp_path, n, concurrency=4, output_dir=out_dir)
+        first = _run(batch, sim.base_url)
+    else:
+        filler = None
+        batch = write_manifest(tmp_path, n, concurrency=4)
+        first = pixrun(
+            run_args(batch),
+            {**env_for(sim.base_url), "FAULT_DISK_BYTES": str(5 * 982 + 500)},
+            cwd=tmp_path,
+            entry=("-c", _INJECT_DISK_FULL),
+        )
+    ledger, out_dir = batch.ledger, batch.out
+    said = explain(first)
+    assert first.returncode == 1, said
+    text = (first.stdout + first.stderr).lower()
+    assert "disk is full" in text and "free space" in text, said
+    assert "traceback" not in text, said
 
-        rows = query(ledger, "SELECT shot_id, state, error_kind, task_id, output_path FROM shots")
-        by_state = Counter(r[1] for r in rows)
-        assert by_state.get("failed", 0) == 0 and by_state.get("ambiguous", 0) == 0, by_state
-        full = [r for r in rows if r[2] == "disk_full"]
-        assert full, (by_state, said)
-        assert all(r[1] == "rendered" for r in full), full  # collectable
-        assert by_state.get("pending", 0) > 0, "pixrun did not stop submitting"
-        stats = sim.stats()
-        served = {t["task_id"]: t["sha256"] for t in stats["tasks"]}
-        for shot_id, state, _, task_id, relpath in rows:
-            target = out_dir / relpath
-            if state != "done" and target.exists():
-                # only a complete, verified video ever carries a final name
-                digest = hashlib.sha256(target.read_bytes()).hexdigest()
-                assert digest == served[task_id], f"{shot_id}: a bad file under its final name"
-        for path in out_dir.rglob("*"):
-            assert not path.name.startswith("."), f"temporary file left behind: {path}"
-        collectable = {r[0]: r[3] for r in rows if r[1] == "rendered"}
-        generated = stats["charges"]["count"]
+    rows = query(ledger, "SELECT shot_id, state, error_kind, task_id, output_path FROM shots")
+    by_state = Counter(r[1] for r in rows)
+    assert by_state.get("failed", 0) == 0 and by_state.get("ambiguous", 0) == 0, by_state
+    full = [r for r in rows if r[2] == "disk_full"]
+    assert full, (by_state, said)
+    assert all(r[1] == "rendered" for r in full), full  # collectable
+    assert by_state.get("pending", 0) > 0, "pixrun did not stop submitting"
+    stats = sim.stats()
+    served = {t["task_id"]: t["sha256"] for t in stats["tasks"]}
+    for shot_id, state, _, task_id, relpath in rows:
+        target = out_dir / relpath
+        if state != "done" and target.exists():
+            # only a complete, verified video ever carries a final name
+            assert sha256_of(target) == served[task_id], f"{shot_id}: a bad file under its name"
+    for path in out_dir.rglob("*"):
+        assert not path.name.startswith("."), f"temporary file left behind: {path}"
+    collectable = {r[0]: r[3] for r in rows if r[1] == "rendered"}
+    generated = stats["charges"]["count"]
 
-        if filler is not None:
-            filler.unlink()  # space is freed
-        rerun = run_pixrun(manifest, sim.base_url)
-        assert rerun.returncode == 0, explain(rerun)
-        assert state_counts(ledger) == {"done": n}
-        stats = sim.stats()
-        after = dict(query(ledger, "SELECT shot_id, task_id FROM shots"))
-        # the rendered shots were collected from their task, never generated again
-        assert {s: after[s] for s in collectable} == collectable
-        assert stats["charges"]["count"] == generated + by_state.get("pending", 0)
-        by_shot = sim_tasks_by_shot(ledger, stats)
-        assert all(len(t) == 1 for t in by_shot.values())
-        assert assert_outputs_match(ledger, out_dir, stats) == n
-        assert integrity_ok(ledger)
+    if filler is not None:
+        filler.unlink()  # space is freed
+    rerun = _run(batch, sim.base_url)
+    assert rerun.returncode == 0, explain(rerun)
+    stats = _assert_complete(batch, sim)
+    after = dict(query(ledger, "SELECT shot_id, task_id FROM shots"))
+    # the rendered shots were collected from their task, never generated again
+    assert {s: after[s] for s in collectable} == collectable
+    assert stats["charges"]["count"] == generated + by_state.get("pending", 0)
 
 
 # -- a ledger that cannot be written ---------------------------------------------------
@@ -442,74 +431,69 @@ def _assert_stopped_sending(log: GenerateLog, ledger: Path, since: float, said: 
     assert {trace for _, trace in log.seen} <= intents, "a generate went out without an intent"
 
 
-def _outcome(proc: subprocess.Popen[str], *, timeout_s: float) -> tuple[str, str]:
-    """The run's output; a run that does not stop is killed (and then judged)."""
+def _outcome(runner: Running, *, timeout_s: float) -> tuple[str, str, str]:
+    """The run's output and its explanation; a run that does not stop is killed (and
+    then judged)."""
     try:
-        return proc.communicate(timeout=timeout_s)
+        runner.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        return out, err + f"\n[killed: still running {timeout_s} s after the fault]"
+        runner.kill()
+        return *runner.output(), f"{explain(runner)}\n[killed: still running {timeout_s} s]"
+    return *runner.output(), explain(runner)
 
 
-def _finish(manifest: Path, sim: SimulatorThread, n: int, ledger: Path) -> None:
+def _finish(batch: Batch, sim: SimulatorThread) -> None:
     """Re-queue what the failure left parked (the provider dedupes trace ids) and rerun."""
-    where = ("--ledger", str(ledger))
-    rerun = run_pixrun(manifest, sim.base_url, *where)  # parks what was left submitting
-    if state_counts(ledger).get("ambiguous"):
-        assert pixrun("retry", str(manifest), "--ambiguous", *where).returncode == 0
-        rerun = run_pixrun(manifest, sim.base_url, *where)
+    where = ("--ledger", str(batch.ledger))
+    rerun = _run(batch, sim.base_url, *where)  # parks what was left submitting
+    if in_state(batch.ledger, "ambiguous"):
+        _retry_ambiguous(batch, *where)
+        rerun = _run(batch, sim.base_url, *where)
     assert rerun.returncode == 0, explain(rerun)
-    assert state_counts(ledger) == {"done": n}
-    stats = sim.stats()
-    by_shot = sim_tasks_by_shot(ledger, stats)
-    assert {s: len(t) for s, t in by_shot.items()} == {f"s{i:04d}": 1 for i in range(n)}
-    assert assert_outputs_match(ledger, manifest.parent / "out", stats) == n
-    assert integrity_ok(ledger)
+    _assert_complete(batch, sim)
 
 
 def test_read_only_ledger_folder_refuses_to_start(
-    tmp_path: Path, tmpfs: Callable[[str, int], Path]
+    tmp_path: Path, tmpfs: Callable[[str, int], Path], sim_thread: SimThread
 ) -> None:
     """A ledger whose folder cannot be written: exit 2 with a clear message before a
     single request is sent, for a new ledger and for one a previous run left; once the
     folder is writable again, a rerun completes."""
     log = GenerateLog()
-    config = SimConfig(api_key=SIM_KEY, render_time_s=(0.01, 0.03), generate_hook=log)
-    with SimulatorThread(config) as sim:
-        folder = tmpfs("ledgers", 256 * PAGE_BYTES)
-        ledger = folder / "batch.ledger.sqlite"
-        manifest = write_manifest(tmp_path, 10)
+    sim = sim_thread(render_time_s=(0.01, 0.03), generate_hook=log)
+    folder = tmpfs("ledgers", 256 * PAGE_BYTES)
+    ledger = folder / "batch.ledger.sqlite"
+    where = ("--ledger", str(ledger))
+    batch = write_manifest(tmp_path, 10, concurrency=8, ledger=ledger)
 
-        def remount(mode: str) -> None:
-            subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True)
+    def remount(mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True)
 
-        remount("ro")
-        first = run_pixrun(manifest, sim.base_url, "--ledger", str(ledger))
-        said = explain(first)
-        assert first.returncode == 2, said
-        assert "ledger" in first.stderr and "read-only" in first.stderr.lower(), said
-        assert "Traceback" not in first.stderr, said
-        assert sim.stats(with_tasks=False)["calls"].get("generate", 0) == 0
-        assert not ledger.exists()
+    remount("ro")
+    first = _run(batch, sim.base_url, *where)
+    said = explain(first)
+    assert first.returncode == 2, said
+    assert "ledger" in first.stderr and "read-only" in first.stderr.lower(), said
+    assert "Traceback" not in first.stderr, said
+    assert sim.stats(with_tasks=False)["calls"].get("generate", 0) == 0
+    assert not ledger.exists()
 
-        remount("rw")
-        done = run_pixrun(manifest, sim.base_url, "--ledger", str(ledger))
-        assert done.returncode == 0, explain(done)
-        # the batch grows; the folder of the existing ledger turns read-only
-        manifest = write_manifest(tmp_path, 15)
-        remount("ro")
-        again = run_pixrun(manifest, sim.base_url, "--ledger", str(ledger))
-        said = explain(again)
-        assert again.returncode == 2, said
-        assert "read-only" in again.stderr.lower() and "Traceback" not in again.stderr, said
-        assert len(log.seen) == 10, "a request was sent with a read-only ledger"
-        remount("rw")
-        rerun = run_pixrun(manifest, sim.base_url, "--ledger", str(ledger))
-        assert rerun.returncode == 0, explain(rerun)
-        assert len(log.seen) == 15
-        assert query(ledger, "SELECT state, COUNT(*) FROM shots GROUP BY state") == [("done", 15)]
-        assert integrity_ok(ledger)
+    remount("rw")
+    done = _run(batch, sim.base_url, *where)
+    assert done.returncode == 0, explain(done)
+    # the batch grows; the folder of the existing ledger turns read-only
+    batch = write_manifest(tmp_path, 15, concurrency=8, ledger=ledger)
+    remount("ro")
+    again = _run(batch, sim.base_url, *where)
+    said = explain(again)
+    assert again.returncode == 2, said
+    assert "read-only" in again.stderr.lower() and "Traceback" not in again.stderr, said
+    assert len(log.seen) == 10, "a request was sent with a read-only ledger"
+    remount("rw")
+    rerun = _run(batch, sim.base_url, *where)
+    assert rerun.returncode == 0, explain(rerun)
+    assert len(log.seen) == 15
+    _assert_complete(batch, sim)
 
 
 def _take_write_lock(ledger: Path) -> sqlite3.Connection:
@@ -519,69 +503,52 @@ def _take_write_lock(ledger: Path) -> sqlite3.Connection:
     return con
 
 
-def test_ledger_locked_by_another_process_mid_run_stops_sending(tmp_path: Path) -> None:
+def test_ledger_locked_by_another_process_mid_run_stops_sending(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
     """Another process holds the ledger's write lock mid-run, longer than pixrun's busy
     timeout (5 s, real time): pixrun stops (exit 1, says why) without sending another
     generate request; once the lock is gone, a rerun completes."""
-    n = 40
     log = GenerateLog()
-    config = SimConfig(
-        api_key=SIM_KEY,
-        render_time_s=(0.05, 0.2),
-        seed=31,
-        generate_hook=log,
-        dedupe_trace_id=True,
-    )
-    with SimulatorThread(config) as sim:
-        manifest = write_manifest(tmp_path, n, concurrency=4)
-        ledger = ledger_of(manifest)
-        proc = start_run(manifest, sim.base_url)
-        wait_until(lambda: len(log.seen) >= 8, timeout_s=30, what="the run to get going")
-        con = _take_write_lock(ledger)
-        locked_at = time.time()
-        assert len(log.seen) < n, "the run was over before the lock: the test proves nothing"
-        try:
-            out, err = _outcome(proc, timeout_s=20)
-        finally:
-            con.rollback()
-            con.close()
-        said = explain(proc, out + err)
-        _assert_stopped_sending(log, ledger, locked_at, said)
-        assert proc.returncode == 1, said
-        assert "cannot write the ledger" in out + err and "locked" in out + err, said
-        assert "Traceback" not in err, said
-        _finish(manifest, sim, n, ledger)
+    sim = sim_thread(render_time_s=(0.05, 0.2), seed=31, generate_hook=log, dedupe_trace_id=True)
+    batch = write_manifest(tmp_path, 40, concurrency=4)
+    runner = start(run_args(batch), env_for(sim.base_url), cwd=tmp_path, tag="locked")
+    wait_until(lambda: len(log.seen) >= 8, timeout_s=30, what="the run to get going")
+    con = _take_write_lock(batch.ledger)
+    locked_at = time.time()
+    assert len(log.seen) < len(batch.ids), "the run was over before the lock: proves nothing"
+    try:
+        out, err, said = _outcome(runner, timeout_s=20)
+    finally:
+        con.rollback()
+        con.close()
+    _assert_stopped_sending(log, batch.ledger, locked_at, said)
+    assert runner.proc.returncode == 1, said
+    assert "cannot write the ledger" in out + err and "locked" in out + err, said
+    assert "Traceback" not in err, said
+    _finish(batch, sim)
 
 
 def test_ledger_disk_full_mid_run_stops_sending(
-    tmp_path: Path, tmpfs: Callable[[str, int], Path]
+    tmp_path: Path, tmpfs: Callable[[str, int], Path], sim_thread: SimThread
 ) -> None:
     """The ledger's file system fills mid-run (commits fail with an I/O error): pixrun
     stops (exit 1, says why) without sending another generate request; once space is
     freed, a rerun completes."""
-    n = 40
     log = GenerateLog()
-    config = SimConfig(
-        api_key=SIM_KEY,
-        render_time_s=(0.05, 0.2),
-        seed=41,
-        generate_hook=log,
-        dedupe_trace_id=True,
-    )
-    with SimulatorThread(config) as sim:
-        folder = tmpfs("ledgers", 4 * 1024 * 1024)
-        ledger = folder / "batch.ledger.sqlite"
-        manifest = write_manifest(tmp_path, n, concurrency=4)
-        proc = start_run(manifest, sim.base_url, "--ledger", str(ledger))
-        wait_until(lambda: len(log.seen) >= 8, timeout_s=30, what="the run to get going")
-        filler = _fill(folder, leave_bytes=0)
-        full_at = time.time()
-        assert len(log.seen) < n, "the run was over before the disk filled: proves nothing"
-        out, err = _outcome(proc, timeout_s=20)
-        said = explain(proc, out + err)
-        _assert_stopped_sending(log, ledger, full_at, said)
-        assert proc.returncode == 1, said
-        assert "cannot write the ledger" in out + err and "full" in out + err, said
-        assert "Traceback" not in err, said
-        filler.unlink()
-        _finish(manifest, sim, n, ledger)
+    sim = sim_thread(render_time_s=(0.05, 0.2), seed=41, generate_hook=log, dedupe_trace_id=True)
+    folder = tmpfs("ledgers", 4 * 1024 * 1024)
+    batch = write_manifest(tmp_path, 40, concurrency=4, ledger=folder / "batch.ledger.sqlite")
+    args = run_args(batch, "--ledger", str(batch.ledger))
+    runner = start(args, env_for(sim.base_url), cwd=tmp_path, tag="full")
+    wait_until(lambda: len(log.seen) >= 8, timeout_s=30, what="the run to get going")
+    filler = _fill(folder, leave_bytes=0)
+    full_at = time.time()
+    assert len(log.seen) < len(batch.ids), "the run was over before the disk filled: proves nothing"
+    out, err, said = _outcome(runner, timeout_s=20)
+    _assert_stopped_sending(log, batch.ledger, full_at, said)
+    assert runner.proc.returncode == 1, said
+    assert "cannot write the ledger" in out + err and "full" in out + err, said
+    assert "Traceback" not in err, said
+    filler.unlink()
+    _finish(batch, sim)

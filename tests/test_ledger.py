@@ -309,7 +309,11 @@ async def test_ledger_never_stores_the_api_key(
         await ledger.sync_manifest([make_shot("a")])
         await ledger.start_run()
         await ledger.end_run(0, {"ok": True})
-    assert marker.encode() not in path.read_bytes()
+    # every file the ledger left: the database, and any journal or lock file beside it
+    files = sorted(tmp_path.iterdir())
+    assert path in files
+    for file in files:
+        assert marker.encode() not in file.read_bytes(), file
 
 
 def test_grouped_writes_keep_each_shots_order() -> None:

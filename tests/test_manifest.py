@@ -95,7 +95,9 @@ def test_invalid_fixture_reports_exactly_its_expectations(path: Path) -> None:
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
 def test_every_problem_is_located_and_explained(path: Path) -> None:
-    for p in problems_of(path):
+    problems = problems_of(path)
+    assert problems
+    for p in problems:
         assert p.file == str(path)
         assert p.message and p.hint, p
         if path.name != "empty.yaml":
@@ -452,6 +454,7 @@ def test_fuzz_nothing_but_manifest_error_comes_out(
     try:
         load_manifest(path)
     except ManifestError as exc:
+        assert exc.problems
         assert all(isinstance(p, Problem) and p.message for p in exc.problems)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import SIM_KEY
-from faultkit import assert_outputs_match
+from runkit import assert_outputs_match, query
 from shots import make_manifest, make_shot
 
 from runner.batch import BatchOutcome, RunOverrides, run_batch
@@ -65,19 +64,18 @@ async def run(
     )
 
 
+def ledger_of(manifest: Manifest) -> Path:
+    return manifest.path.with_name("batch.ledger.sqlite")
+
+
 def ledger_rows(manifest: Manifest, sql: str) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(manifest.path.with_name("batch.ledger.sqlite"))
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    return query(ledger_of(manifest), sql)
 
 
 def assert_outputs_match_simulator(manifest: Manifest, sim: Simulator) -> int:
     """Every done shot's file is byte-identical to what the simulator served; no
     temporary file is left. Returns the number of done shots."""
-    ledger = manifest.path.with_name("batch.ledger.sqlite")
-    return assert_outputs_match(ledger, manifest.output.dir, sim.stats())
+    return assert_outputs_match(ledger_of(manifest), manifest.output.dir, sim.stats())
 
 
 def charges_per_trace(sim: Simulator) -> dict[str, int]:

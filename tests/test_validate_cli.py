@@ -32,7 +32,11 @@ def write(tmp_path: Path, text: str) -> str:
 def test_validate_valid_manifests_exit_0() -> None:
     result = run("validate", DEMO, EXAMPLE)
     assert result.exit_code == 0, result.output
-    assert "valid" in result.stdout and "5 shots" in result.stdout and "17 shots" in result.stdout
+    # one summary line per file ("valid" alone would also match "invalid")
+    assert result.stdout.splitlines() == [
+        f"valid: {DEMO} (5 shots)",
+        f"valid: {EXAMPLE} (17 shots)",
+    ]
     assert result.stderr == ""
 
 
@@ -47,9 +51,10 @@ def test_validate_invalid_exit_2_with_locations() -> None:
 
 
 def test_validate_mixed_files_exit_2_and_reports_both() -> None:
-    result = run("validate", DEMO, str(INVALID / "keys.yaml"))
+    bad = str(INVALID / "keys.yaml")
+    result = run("validate", DEMO, bad)
     assert result.exit_code == 2
-    assert "valid" in result.stdout and "invalid" in result.stdout
+    assert result.stdout.splitlines() == [f"valid: {DEMO} (5 shots)", f"invalid: {bad} (11 errors)"]
 
 
 def test_validate_json_is_a_list_of_problem_objects() -> None:
