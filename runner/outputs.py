@@ -6,19 +6,24 @@ Invariants:
 - An existing file at an output path is replaced only if it is byte-identical to what
   would be written; a different file is moved aside only when the ledger says it is an
   older version of the same shot, and refused otherwise.
-- Sidecars are written to a temporary name and renamed, like the videos.
+- Sidecars are written to a temporary name, fsynced and renamed, like the videos; a
+  sidecar written with its video shares the folder fsync that makes both names durable.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.errors import DiskFull, OutputConflict
+from runner.errors import DiskFull, OutputConflict, UsageError
 
 
 @functools.lru_cache(maxsize=8)
@@ -51,6 +56,59 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def make_names_durable(folder: Path) -> None:
+    """Make every name created in ``folder`` so far durable (a blocking folder fsync,
+    shared with concurrent callers); for worker threads."""
+    _FOLDER_SYNCS.make_durable(folder)
+
+
+class _FolderSyncs:
+    """Group commit for new names: one fsync of a folder makes durable every name that
+    was published in it before that fsync began, so concurrent downloads into one folder
+    share folder fsyncs instead of queueing one each behind the folder's lock.
+
+    Called from worker threads, after the link: a thread counts its link, then either
+    finds that an fsync begun after its count has finished, or runs one itself, which
+    covers every link counted before it began.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._folders: dict[str, _FolderSync] = {}
+
+    def make_durable(self, directory: Path) -> None:
+        with self._lock:
+            folder = self._folders.setdefault(str(directory), _FolderSync())
+            folder.linked += 1
+            mine = folder.linked
+        with folder.syncing:  # one fsync of a folder at a time
+            if folder.durable >= mine:
+                return  # an fsync that began after this link has finished
+            with self._lock:
+                covers = folder.linked
+            _fsync_dir(directory)
+            folder.durable = covers
+
+
+@dataclass
+class _FolderSync:
+    linked: int = 0  # names published so far
+    durable: int = 0  # of which a finished fsync covers the first this many
+    syncing: threading.Lock = field(default_factory=threading.Lock)
+
+
+_FOLDER_SYNCS = _FolderSyncs()
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def archive_name(target: Path, version: int) -> Path:
     """``clip.mp4`` of version 1 -> ``clip.v1.mp4`` (first free name)."""
     candidate = target.with_name(f"{target.stem}.v{version}{target.suffix}")
@@ -61,21 +119,44 @@ def archive_name(target: Path, version: int) -> Path:
     return candidate
 
 
+def sidecar_path(target: Path) -> Path:
+    return target.with_name(target.name + ".json")
+
+
 def write_sidecar(target: Path, data: dict[str, Any]) -> Path:
-    sidecar = target.with_name(target.name + ".json")
+    """Write ``<target>.json``: to a temporary name, fsynced, then renamed into place.
+
+    The new name is durable once its folder is fsynced; the download that calls this
+    (in its worker thread, just after publishing the video) shares that folder fsync
+    with the video. Raises :class:`DiskFull` or :class:`UsageError`, as writing the
+    video would.
+    """
+    sidecar = sidecar_path(target)
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    payload = (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                if not written:
+                    raise OSError(errno.EIO, "the file took no bytes")
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, sidecar)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == 28:  # ENOSPC
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(
-                f"the disk is full writing {sidecar}", hint="free space, then rerun"
+                f"the disk is full while writing {sidecar}",
+                hint=f"free space under {sidecar.parent} and rerun; finished files are kept",
             ) from exc
-        raise OutputConflict(f"cannot write {sidecar}: {exc.strerror}") from exc
+        raise UsageError(
+            f"cannot write {sidecar}: {exc.strerror or exc}",
+            hint="check that the output directory is writable",
+        ) from exc
     return sidecar

@@ -31,7 +31,7 @@ import contextlib
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from runner.ledger import AttemptOutcome, EventKind, Ledger, ShotRow
 from runner.model import ErrorKind, PollSettings, ShotState
 from runner.outputs import (
     archive_name,
+    make_names_durable,
     resolve_output,
     sha256_file,
     staging_path,
@@ -161,6 +162,29 @@ class _Job:
     retry_delay_s: float = 0.0
     #: wall-clock start of the current render, for the render-time model
     accepted_mono: float | None = None
+
+
+class _Sidecar:
+    """A shot's sidecar, waiting for what only the finished download knows. Called in
+    the download's worker-thread trip, right after the video is published (see
+    :meth:`Provider.download`), so both names share one folder fsync."""
+
+    def __init__(self, target: Path, fields: dict[str, Any]) -> None:
+        self.target = target
+        self.fields = fields
+        #: set once written: the shot's done time, as the sidecar records it
+        self.done_at: float | None = None
+
+    def __call__(self, result: DownloadResult) -> None:
+        done_at = time.time()
+        data = {**self.fields, "sha256": result.sha256, "bytes": result.bytes, "done_at": done_at}
+        write_sidecar(self.target, data)
+        self.done_at = done_at
+
+    def write_durably(self, result: DownloadResult) -> None:
+        """For a video placed over an existing file: write, then fsync the folder."""
+        self(result)
+        make_names_durable(self.target.parent)
 
 
 class Scheduler:
@@ -762,7 +786,10 @@ class Scheduler:
         if row.state != ShotState.DOWNLOADING:
             await self._ledger.update_shot(row.shot_id, {"state": ShotState.DOWNLOADING})
             self._move(row, ShotState.DOWNLOADING)
-        fetched = await self._fetch_file(job, target)
+        # the sidecar is written in the download's own worker-thread trip, and shares
+        # the folder fsync that makes the video's name durable
+        sidecar = _Sidecar(target, self._sidecar_fields(row)) if self._opt.sidecar else None
+        fetched = await self._fetch_file(job, target, sidecar)
         if fetched is None:
             return
         result, staged = fetched
@@ -771,14 +798,16 @@ class Scheduler:
         ):
             return
         crashpoints.reached(CrashPoint.MID_DOWNLOAD)
-        now = time.time()
-        if self._opt.sidecar:
+        if sidecar is not None and sidecar.done_at is None:  # placed over an existing file
             try:
-                await asyncio.to_thread(write_sidecar, target, self._sidecar(row, result, now))
-            except DiskFull as exc:
-                await self._download_failed(job, str(exc), kind=ErrorKind.DISK_FULL)
-                self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
+                await asyncio.to_thread(sidecar.write_durably, replace(result, path=target))
+            except (DiskFull, UsageError) as exc:
+                kind = ErrorKind.DISK_FULL if isinstance(exc, DiskFull) else ErrorKind.DOWNLOAD
+                await self._download_failed(job, str(exc), kind=kind)
+                if isinstance(exc, DiskFull):
+                    self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
                 return
+        now = sidecar.done_at if sidecar is not None and sidecar.done_at else time.time()
         await self._ledger.update_shot(
             row.shot_id,
             {
@@ -796,7 +825,7 @@ class Scheduler:
         self._emit(RunEventKind.DONE, f"saved {row.output_path}", row)
 
     async def _fetch_file(
-        self, job: _Job, target: Path
+        self, job: _Job, target: Path, sidecar: _Sidecar | None
     ) -> tuple[DownloadResult, Path | None] | None:
         """Download with retries; ``(result, staging path or None)``, or None if given up."""
         row = job.row
@@ -812,7 +841,9 @@ class Scheduler:
                     raise UrlExpired("no download URL known")
                 if staged is not None:  # a staging file left by a crash is never trusted
                     await asyncio.to_thread(staged.unlink, missing_ok=True)
-                result = await self._provider.download(row.video_url, dest)
+                result = await self._provider.download(
+                    row.video_url, dest, then=sidecar if staged is None else None
+                )
                 return result, staged
             except UrlExpired:
                 # each refresh is progress (a fresh URL); only a task that keeps handing
@@ -917,8 +948,9 @@ class Scheduler:
         self._emit(RunEventKind.FAILED, f"not downloaded (a rerun retries): {message}", row)
 
     @staticmethod
-    def _sidecar(row: ShotRow, result: Any, now: float) -> dict[str, Any]:
-        request = row.request
+    def _sidecar_fields(row: ShotRow) -> dict[str, Any]:
+        """The sidecar, but for what only the finished download knows."""
+        request = dict(row.request)
         for key in ("image", "last_image"):
             if isinstance(request.get(key), str) and request[key].startswith("file://"):
                 request[key] = request[key][len("file://") :]
@@ -931,12 +963,9 @@ class Scheduler:
             "task_id": row.task_id,
             "seed": row.seed,
             "price_ptc": None if row.price_uptc is None else row.price_uptc / 1e6,
-            "sha256": result.sha256,
-            "bytes": result.bytes,
             "attempts": row.attempts,
             "submitted_at": row.submitted_at,
             "rendered_at": row.rendered_at,
-            "done_at": now,
         }
 
     # -- verification of earlier runs' files ----------------------------------------

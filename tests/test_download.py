@@ -4,6 +4,7 @@ oversize bodies, existing files, a full disk, and a hard kill mid-download."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from typing import Any, BinaryIO
 import pytest
 from aiohttp import web
 
+from runner import outputs as outputs_module
 from runner.errors import (
     DiskFull,
     DownloadCorrupt,
@@ -25,8 +27,17 @@ from runner.errors import (
     DownloadTooLarge,
     OutputConflict,
     UrlExpired,
+    UsageError,
 )
-from runner.provider import Provider, TaskStatus, mp4_problem, part_path, trace_id_for
+from runner.outputs import sidecar_path, write_sidecar
+from runner.provider import (
+    DownloadResult,
+    Provider,
+    TaskStatus,
+    mp4_problem,
+    part_path,
+    trace_id_for,
+)
 from runner.provider import download as download_module
 from runner.sim import Simulator, task_mp4
 
@@ -286,6 +297,59 @@ async def test_an_existing_file_is_never_replaced(
     assert result.bytes == len(VIDEO) and same.read_bytes() == VIDEO
 
 
+async def test_then_runs_after_the_publish_and_shares_the_folder_fsync(
+    provider_factory: ProviderFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidecar hook sees the video under its final name, and the folder fsync that
+    makes the names durable begins after the hook, before the download returns."""
+    timeline: list[str] = []
+
+    def fsync_dir(directory: Path) -> None:
+        timeline.append("folder fsync")
+
+    monkeypatch.setattr(outputs_module, "_fsync_dir", fsync_dir)
+
+    def then(result: DownloadResult) -> None:
+        assert result.path.read_bytes() == VIDEO and not part_path(result.path).exists()
+        write_sidecar(result.path, {"sha256": result.sha256})
+        timeline.append("then")
+
+    async def video(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=VIDEO, content_type="video/mp4")
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(video) as url:
+        result = await provider_factory(url).download(url, dest, then=then)
+    timeline.append("returned")
+    assert timeline == ["then", "folder fsync", "returned"]
+    sidecar = json.loads(sidecar_path(dest).read_text("utf-8"))
+    assert sidecar == {"sha256": result.sha256}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "a.mp4.json"]
+
+
+async def test_a_failing_then_leaves_the_video_published_and_raises_its_error(
+    provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    def then(result: DownloadResult) -> None:
+        raise DiskFull(f"the disk is full while writing {sidecar_path(result.path)}")
+
+    async def video(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=VIDEO, content_type="video/mp4")
+
+    dest = tmp_path / "a.mp4"
+    async with web_server(video) as url:
+        with pytest.raises(DiskFull, match=r"a\.mp4\.json"):
+            await provider_factory(url).download(url, dest, then=then)
+    # the video is published (a rerun accepts the identical file); no temporary is left
+    assert dest.read_bytes() == VIDEO
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+def test_a_sidecar_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="missing"):
+        write_sidecar(tmp_path / "missing" / "a.mp4", {"x": 1})
+
+
 async def test_a_full_disk_is_disk_full(
     provider_factory: ProviderFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -390,8 +454,8 @@ def test_concurrent_publishes_share_folder_fsyncs_and_each_waits_for_one_after_i
         time.sleep(0.005)
         record[1] = True
 
-    monkeypatch.setattr(download_module, "_fsync_dir", slow_fsync)
-    syncs = download_module._FolderSyncs()
+    monkeypatch.setattr(outputs_module, "_fsync_dir", slow_fsync)
+    syncs = outputs_module._FolderSyncs()
     barrier = threading.Barrier(8)
     failures: list[str] = []
 

@@ -19,7 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -177,8 +177,15 @@ class Provider:
             raise TransientError(f"fetch {task_id}: {self._why(exc)}") from exc
         return parse_fetch(status, resp_headers, _decode(raw), task_id, redact=self.config.redact)
 
-    async def download(self, url: str, dest: Path) -> DownloadResult:
-        """Fetch a finished video into ``dest`` (see runner/provider/download.py)."""
+    async def download(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        then: Callable[[DownloadResult], None] | None = None,
+    ) -> DownloadResult:
+        """Fetch a finished video into ``dest``; ``then`` runs in the same worker-thread
+        trip, after the file is published (see runner/provider/download.py)."""
         pooled, _ = self._sessions()
 
         def count() -> None:
@@ -192,6 +199,7 @@ class Provider:
             resume_attempts=self.config.download_resume_attempts,
             timeout=self._download_timeout,
             on_request=count,
+            then=then,
         )
 
 

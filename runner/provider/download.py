@@ -7,6 +7,8 @@ Invariants:
   with ``ftyp``, has a ``moov`` and ends exactly at the end of the file) is fsynced and
   published under the final name, atomically; the new name is durable (its folder
   fsynced, one fsync shared by concurrent downloads) before :func:`download_file` returns.
+  A companion file written by the caller's ``then`` hook in the same worker-thread trip
+  (the sidecar) is covered by the same folder fsync.
 - Publishing never replaces an existing file: if the target appeared meanwhile it must
   hold the same bytes, else :class:`~runner.errors.OutputConflict`.
 - A cut transfer is resumed with ``Range`` when the server honours it, restarted from
@@ -25,9 +27,8 @@ import errno
 import hashlib
 import os
 import re
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,7 +45,7 @@ from runner.errors import (
     UrlExpired,
     UsageError,
 )
-from runner.outputs import sha256_file
+from runner.outputs import make_names_durable, sha256_file
 
 CHUNK_BYTES = 256 * 1024
 _MAX_BOXES = 100_000
@@ -281,20 +282,35 @@ def _finish_file(file: BinaryIO) -> None:
     file.close()  # here, not on the event loop: closing can wait on the disk too
 
 
-def _finish_and_publish(file: BinaryIO, part: Path, dest: Path, size: int, sha256: str) -> None:
-    """Make the verified bytes durable, then publish them under the final name."""
+def _finish_and_publish(
+    file: BinaryIO,
+    part: Path,
+    result: DownloadResult,
+    then: Callable[[DownloadResult], None] | None,
+) -> None:
+    """Make the verified bytes durable, publish them under the final name, run ``then``
+    (files it writes beside the video share the folder fsync), then make the new names
+    durable. One worker-thread trip for all of it."""
     _finish_file(file)
-    _publish(part, dest, size, sha256)
+    linked = _publish(part, result.path, result.bytes, result.sha256)
+    try:
+        if then is not None:
+            then(result)
+    finally:
+        # the video's name is made durable even when ``then`` failed: it is published
+        if linked or then is not None:
+            make_names_durable(result.path.parent)
 
 
-def _publish(part: Path, dest: Path, size: int, sha256: str) -> None:
-    """Give ``part`` the name ``dest`` atomically, never replacing another file."""
+def _publish(part: Path, dest: Path, size: int, sha256: str) -> bool:
+    """Give ``part`` the name ``dest`` atomically, never replacing another file; False
+    when an identical file already had that name (nothing new to make durable)."""
     try:
         os.link(part, dest)
     except FileExistsError:
         if dest.is_file() and dest.stat().st_size == size and sha256_file(dest) == sha256:
             part.unlink()
-            return
+            return False
         raise OutputConflict(
             f"{dest} already exists with different content; it was not replaced",
             hint="move the existing file away, or change the output file name",
@@ -313,54 +329,7 @@ def _publish(part: Path, dest: Path, size: int, sha256: str) -> None:
         os.rename(part, dest)
     else:
         part.unlink()
-    _FOLDER_SYNCS.make_durable(dest.parent)
-
-
-class _FolderSyncs:
-    """Group commit for new names: one fsync of a folder makes durable every name that
-    was published in it before that fsync began, so concurrent downloads into one folder
-    share folder fsyncs instead of queueing one each behind the folder's lock.
-
-    Called from worker threads, after the link: a thread counts its link, then either
-    finds that an fsync begun after its count has finished, or runs one itself, which
-    covers every link counted before it began.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._folders: dict[str, _FolderSync] = {}
-
-    def make_durable(self, directory: Path) -> None:
-        with self._lock:
-            folder = self._folders.setdefault(str(directory), _FolderSync())
-            folder.linked += 1
-            mine = folder.linked
-        with folder.syncing:  # one fsync of a folder at a time
-            if folder.durable >= mine:
-                return  # an fsync that began after this link has finished
-            with self._lock:
-                covers = folder.linked
-            _fsync_dir(directory)
-            folder.durable = covers
-
-
-@dataclass
-class _FolderSync:
-    linked: int = 0  # names published so far
-    durable: int = 0  # of which a finished fsync covers the first this many
-    syncing: threading.Lock = field(default_factory=threading.Lock)
-
-
-_FOLDER_SYNCS = _FolderSyncs()
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return True
 
 
 async def download_file(
@@ -372,8 +341,14 @@ async def download_file(
     resume_attempts: int,
     timeout: aiohttp.ClientTimeout,
     on_request: Callable[[], None] = lambda: None,
+    then: Callable[[DownloadResult], None] | None = None,
 ) -> DownloadResult:
-    """Fetch ``url`` into ``dest`` (see the module invariants)."""
+    """Fetch ``url`` into ``dest`` (see the module invariants).
+
+    ``then`` runs in the worker thread right after the file is published and before
+    the folder fsync, so what it writes beside the file (a sidecar) shares that fsync;
+    its exceptions propagate as raised, with the file left published.
+    """
     check_url(url)
     dest = Path(dest)
     part = part_path(dest)
@@ -391,10 +366,11 @@ async def download_file(
             problem = transfer.boxes.problem(transfer.received)
             if problem:
                 raise DownloadCorrupt(f"the downloaded file is unusable: {problem}")
+            result = DownloadResult(path=dest, bytes=transfer.received, sha256=sha256)
             try:
-                # one trip to a worker thread: fsync, then publish
+                # one trip to a worker thread: fsync, publish, ``then``, folder fsync
                 await asyncio.get_running_loop().run_in_executor(
-                    None, _finish_and_publish, file, part, dest, transfer.received, sha256
+                    None, _finish_and_publish, file, part, result, then
                 )
             except OSError as exc:
                 raise write_error(exc, dest) from exc
@@ -403,7 +379,7 @@ async def download_file(
             # matters has been raised already (or the data is fsynced).
             with contextlib.suppress(OSError):
                 file.close()
-        return DownloadResult(path=dest, bytes=transfer.received, sha256=sha256)
+        return result
     except BaseException:
         with contextlib.suppress(OSError):
             part.unlink()
