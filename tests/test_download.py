@@ -39,6 +39,7 @@ from runner.provider import (
     trace_id_for,
 )
 from runner.provider import download as download_module
+from runner.provider.download import WRITE_BYTES, Mp4Walk
 from runner.sim import Simulator, task_mp4
 
 SimFactory = Callable[..., Awaitable[Simulator]]
@@ -387,19 +388,29 @@ KILLED_DOWNLOADER = textwrap.dedent(
 )
 
 
+#: larger than what waits in memory, so part of it is on disk when the download dies
+BIG_VIDEO = VIDEO + (8 + 2 * WRITE_BYTES).to_bytes(4, "big") + b"free" + bytes(2 * WRITE_BYTES)
+
+
+@pytest.mark.parametrize("video", [VIDEO, BIG_VIDEO], ids=["small", "big"])
 async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
-    provider_factory: ProviderFactory, tmp_path: Path
+    provider_factory: ProviderFactory, tmp_path: Path, video: bytes
 ) -> None:
+    """Killed mid-transfer: nothing under the final name. A small video was still all
+    in memory (no file at all); a big one left a partial ``.part`` file, which the
+    next attempt truncates."""
+    assert mp4_problem_of(video) is None
+    sent = 300 if video is VIDEO else WRITE_BYTES + WRITE_BYTES // 2
     first_bytes_sent = asyncio.Event()
     release = asyncio.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
         if request.query.get("fast"):
-            return web.Response(body=VIDEO, content_type="video/mp4")
+            return web.Response(body=video, content_type="video/mp4")
         response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
-        response.content_length = len(VIDEO)
+        response.content_length = len(video)
         await response.prepare(request)
-        await response.write(VIDEO[:300])
+        await response.write(video[:sent])
         first_bytes_sent.set()
         await release.wait()
         return response
@@ -417,11 +428,12 @@ async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
         returncode: int | None = None
         try:
             await asyncio.wait_for(first_bytes_sent.wait(), timeout=20)
-            for _ in range(500):
-                if part_path(dest).exists():
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.1)  # let the child take in what was sent
+            if video is BIG_VIDEO:
+                for _ in range(500):
+                    if part_path(dest).exists() and part_path(dest).stat().st_size:
+                        break
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # let the child take in what was sent
             assert child.returncode is None, "the download must still be in progress"
             child.send_signal(signal.SIGKILL)
         finally:
@@ -429,12 +441,52 @@ async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
             release.set()
         assert returncode == -signal.SIGKILL
         assert not dest.exists(), "nothing under the final name after a hard kill"
-        assert part_path(dest).exists()
-        assert part_path(dest).stat().st_size < len(VIDEO)
+        if video is VIDEO:
+            assert not part_path(dest).exists(), "a small download never touched the disk"
+        else:
+            assert 0 < part_path(dest).stat().st_size < len(video)
         # the next attempt starts over cleanly and publishes a complete file
         result = await provider_factory(url).download(url + "?fast=1", dest)
-    assert dest.read_bytes() == VIDEO and result.bytes == len(VIDEO)
+    assert dest.read_bytes() == video and result.bytes == len(video)
     assert not part_path(dest).exists()
+
+
+@pytest.mark.parametrize("honour_range", [True, False], ids=["resumed", "restarted"])
+async def test_a_big_cut_transfer_ends_as_exactly_the_video(
+    provider_factory: ProviderFactory, tmp_path: Path, honour_range: bool
+) -> None:
+    """Cut after part of a big body was written to disk (and part still waited in
+    memory): resumed, the file continues where it stopped; restarted from byte 0 (the
+    server ignored Range), the bytes already on disk are dropped."""
+    cut_at = 2 * WRITE_BYTES
+    requests: list[str | None] = []
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        requests.append(request.headers.get("Range"))
+        if len(requests) == 1:
+            return await send_cut(request, BIG_VIDEO, cut_at)
+        if honour_range and (asked := request.headers.get("Range")):
+            start = int(asked.removeprefix("bytes=").rstrip("-"))
+            return web.Response(
+                status=206,
+                body=BIG_VIDEO[start:],
+                headers={"Content-Range": f"bytes {start}-{len(BIG_VIDEO) - 1}/{len(BIG_VIDEO)}"},
+                content_type="video/mp4",
+            )
+        return web.Response(body=BIG_VIDEO, content_type="video/mp4")
+
+    dest = tmp_path / "big.mp4"
+    async with web_server(flaky) as url:
+        result = await provider_factory(url).download(url, dest)
+    assert len(requests) == 2 and requests[0] is None and requests[1]  # a resume was asked
+    assert dest.read_bytes() == BIG_VIDEO and result.bytes == len(BIG_VIDEO)
+    assert not part_path(dest).exists()
+
+
+def mp4_problem_of(data: bytes) -> str | None:
+    walk = Mp4Walk()
+    walk.feed(data, 0)
+    return walk.problem(len(data))
 
 
 def test_concurrent_publishes_share_folder_fsyncs_and_each_waits_for_one_after_it(

@@ -1,10 +1,12 @@
 """Downloading a finished video without ever leaving a bad file under its final name.
 
 Invariants:
-- Bytes go to a temporary file beside the target (``.<name>.part``), hashed and checked
-  box by box as they are written (nothing is read back). Only a complete, verified MP4
-  (the byte count matches ``Content-Length`` / ``Content-Range``, the box chain starts
-  with ``ftyp``, has a ``moov`` and ends exactly at the end of the file) is fsynced and
+- Bytes are checked box by box and hashed as they arrive (nothing is read back), wait
+  in memory up to :data:`WRITE_BYTES`, and are written by worker threads to a temporary
+  file beside the target (``.<name>.part``): the event loop never waits on the disk.
+  Only a complete, verified MP4 (the byte count matches ``Content-Length`` /
+  ``Content-Range``, the box chain starts with ``ftyp``, has a ``moov`` and ends
+  exactly at the end of the file) is fsynced and
   published under the final name, atomically; the new name is durable (its folder
   fsynced, one fsync shared by concurrent downloads) before :func:`download_file` returns.
   A companion file written by the caller's ``then`` hook in the same worker-thread trip
@@ -48,6 +50,10 @@ from runner.errors import (
 from runner.outputs import make_names_durable, sha256_file
 
 CHUNK_BYTES = 256 * 1024
+#: received bytes wait in memory up to this much, then a worker thread writes them: the
+#: event loop never waits on the disk, and a video up to this size is opened, written,
+#: fsynced and published in a single worker-thread trip
+WRITE_BYTES = 1 << 20
 _MAX_BOXES = 100_000
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -80,17 +86,19 @@ def _prepare_part(dest: Path, part: Path) -> BinaryIO:
         return _open_part(part)
 
 
-async def _open_in_thread(dest: Path, part: Path) -> BinaryIO:
-    """Open the temporary file off the event loop; if the caller is cancelled while the
-    thread works, wait for it and remove what it created (no stray ``.part`` file)."""
-    opening = asyncio.get_running_loop().run_in_executor(None, _prepare_part, dest, part)
+async def _in_worker(t: _Transfer, step: Callable[..., BinaryIO], *args: object) -> None:
+    """Run a file step in a worker thread; the file it returns becomes the transfer's.
+
+    The event loop never waits on the disk. If the caller is cancelled meanwhile, the
+    step is waited for first, so that no file is opened or written after the caller
+    has cleaned up (no stray ``.part`` file).
+    """
+    running = asyncio.get_running_loop().run_in_executor(None, step, *args)
     try:
-        return await asyncio.shield(opening)
+        t.file = await asyncio.shield(running)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            (await opening).close()
-        with contextlib.suppress(OSError):
-            part.unlink()
+            t.file = await running
         raise
 
 
@@ -99,20 +107,28 @@ class _Cut(Exception):
 
 
 class _Transfer:
-    """The temporary file, the running hash and what the server promised."""
+    """The bytes received (in memory until written), the running hash and what the
+    server promised. The temporary file is opened by the first write, in a worker
+    thread; until then it is None."""
 
-    def __init__(self, file: BinaryIO, dest: Path, max_bytes: int) -> None:
-        self.file = file
+    def __init__(self, dest: Path, part: Path, max_bytes: int) -> None:
         self.dest = dest
+        self.part = part
+        self.file: BinaryIO | None = None
         self.max_bytes = max_bytes
         self.hasher = hashlib.sha256()
         self.received = 0
         self.total: int | None = None
         self.boxes = Mp4Walk()
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        #: the file's bytes are void (the server started over): truncate before writing
+        self.void = False
 
     def restart(self) -> None:
-        self.file.seek(0)
-        self.file.truncate()
+        self.pending = []
+        self.pending_bytes = 0
+        self.void = self.file is not None
         self.hasher = hashlib.sha256()
         self.received = 0
         self.total = None
@@ -127,25 +143,60 @@ class _Transfer:
                 hint="raise the download size cap if this is expected",
             )
 
-    def write(self, chunk: bytes) -> None:
+    def take(self, chunk: bytes) -> bool:
+        """Accept ``chunk``; True when enough waits in memory to be written now."""
         if self.received + len(chunk) > self.max_bytes:
             raise DownloadTooLarge(
                 f"the body passed the download cap of {self.max_bytes} bytes; nothing was kept",
                 hint="raise the download size cap if this is expected",
             )
-        # checked before a byte is written: an error page never reaches the disk
+        # checked before a byte is kept: an error page never reaches the disk
         self.boxes.feed(chunk, self.received)
         if (problem := self.boxes.broken) is not None:
             raise DownloadCorrupt(
                 f"the body is unusable: {problem}; nothing was kept",
                 hint="fetch the task again; the URL may point at an error page",
             )
-        try:
-            _write_all(self.file, chunk)
-        except OSError as exc:
-            raise write_error(exc, self.dest) from exc
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
         self.hasher.update(chunk)
         self.received += len(chunk)
+        return self.pending_bytes >= WRITE_BYTES
+
+    def drain(self) -> tuple[BinaryIO | None, list[bytes], bool]:
+        """What a worker must write: (file or None, chunks, truncate first?)."""
+        work = (self.file, self.pending, self.void)
+        self.pending, self.pending_bytes, self.void = [], 0, False
+        return work
+
+    async def write_pending(self) -> None:
+        file, chunks, void = self.drain()
+        try:
+            await _in_worker(self, _write_out, file, self.dest, self.part, chunks, void)
+        except OSError as exc:
+            raise write_error(exc, self.dest) from exc
+
+
+def _write_out(
+    file: BinaryIO | None, dest: Path, part: Path, chunks: list[bytes], void: bool
+) -> BinaryIO:
+    """Open the temporary file if it is not yet, drop void bytes, append ``chunks``;
+    runs in a worker thread. A file it opened is closed again if writing fails."""
+    opened = file is None
+    if file is None:
+        file = _prepare_part(dest, part)
+    try:
+        if void:
+            file.seek(0)
+            file.truncate()
+        for chunk in chunks:
+            _write_all(file, chunk)
+    except BaseException:
+        if opened:
+            with contextlib.suppress(OSError):
+                file.close()
+        raise
+    return file
 
 
 def _write_all(file: BinaryIO, data: bytes) -> None:
@@ -275,24 +326,22 @@ def mp4_problem(path: Path) -> str | None:
     return walk.problem(size)
 
 
-def _finish_file(file: BinaryIO) -> None:
-    """Make the bytes durable; runs in a worker thread."""
-    file.flush()  # a no-op for the raw file; a buffered one (a test seam) needs it
-    os.fsync(file.fileno())
-    file.close()  # here, not on the event loop: closing can wait on the disk too
-
-
 def _finish_and_publish(
-    file: BinaryIO,
-    part: Path,
+    t: _Transfer,
     result: DownloadResult,
     then: Callable[[DownloadResult], None] | None,
-) -> None:
-    """Make the verified bytes durable, publish them under the final name, run ``then``
-    (files it writes beside the video share the folder fsync), then make the new names
-    durable. One worker-thread trip for all of it."""
-    _finish_file(file)
-    linked = _publish(part, result.path, result.bytes, result.sha256)
+) -> BinaryIO:
+    """Write what waits in memory, make the bytes durable, publish them under the final
+    name, run ``then`` (files it writes beside the video share the folder fsync), then
+    make the new names durable. One worker-thread trip for all of it."""
+    file, chunks, void = t.drain()
+    file = _write_out(file, t.dest, t.part, chunks, void)
+    try:
+        file.flush()  # a no-op for the raw file; a buffered one (a test seam) needs it
+        os.fsync(file.fileno())
+    finally:
+        file.close()  # here, not on the event loop: closing can wait on the disk too
+    linked = _publish(t.part, result.path, result.bytes, result.sha256)
     try:
         if then is not None:
             then(result)
@@ -300,6 +349,7 @@ def _finish_and_publish(
         # the video's name is made durable even when ``then`` failed: it is published
         if linked or then is not None:
             make_names_durable(result.path.parent)
+    return file
 
 
 def _publish(part: Path, dest: Path, size: int, sha256: str) -> bool:
@@ -351,38 +401,32 @@ async def download_file(
     """
     check_url(url)
     dest = Path(dest)
-    part = part_path(dest)
-    try:
-        # in a worker thread: opening a file can wait on the file system's journal
-        # (other downloads' fsyncs), and the event loop must not wait with it
-        file = await _open_in_thread(dest, part)
-    except OSError as exc:
-        raise write_error(exc, dest) from exc
+    transfer = _Transfer(dest, part_path(dest), max_bytes)
     try:
         try:
-            transfer = _Transfer(file, dest, max_bytes)
             await _transfer_all(session, url, transfer, timeout, resume_attempts, on_request)
-            sha256 = transfer.hasher.hexdigest()
             problem = transfer.boxes.problem(transfer.received)
             if problem:
                 raise DownloadCorrupt(f"the downloaded file is unusable: {problem}")
-            result = DownloadResult(path=dest, bytes=transfer.received, sha256=sha256)
+            result = DownloadResult(
+                path=dest, bytes=transfer.received, sha256=transfer.hasher.hexdigest()
+            )
             try:
-                # one trip to a worker thread: fsync, publish, ``then``, folder fsync
-                await asyncio.get_running_loop().run_in_executor(
-                    None, _finish_and_publish, file, part, result, then
-                )
+                # one worker-thread trip: write what waits, fsync, publish, ``then``,
+                # folder fsync
+                await _in_worker(transfer, _finish_and_publish, transfer, result, then)
             except OSError as exc:
                 raise write_error(exc, dest) from exc
         finally:
-            # After a failed flush the close fails the same way; the error that
-            # matters has been raised already (or the data is fsynced).
-            with contextlib.suppress(OSError):
-                file.close()
+            # After a failed write the close fails the same way; the error that
+            # matters has been raised already (or the data is fsynced and closed).
+            if transfer.file is not None:
+                with contextlib.suppress(OSError):
+                    transfer.file.close()
         return result
     except BaseException:
         with contextlib.suppress(OSError):
-            part.unlink()
+            transfer.part.unlink()
         raise
 
 
@@ -426,7 +470,8 @@ async def _one_request(
         ) as resp:
             _take_status(resp, t)
             async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
-                t.write(chunk)
+                if t.take(chunk):
+                    await t.write_pending()
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise TransientError(f"cannot reach the download server: {exc}") from exc
     except aiohttp.NonHttpUrlClientError as exc:
