@@ -86,8 +86,9 @@ def _prepare_part(dest: Path, part: Path) -> BinaryIO:
         return _open_part(part)
 
 
-async def _in_worker(t: _Transfer, step: Callable[..., BinaryIO], *args: object) -> None:
-    """Run a file step in a worker thread; the file it returns becomes the transfer's.
+async def _in_worker(t: _Transfer, step: Callable[..., BinaryIO | None], *args: object) -> None:
+    """Run a file step in a worker thread; the file it returns becomes the transfer's
+    open file (None: the step closed it).
 
     The event loop never waits on the disk. If the caller is cancelled meanwhile, the
     step is waited for first, so that no file is opened or written after the caller
@@ -327,21 +328,22 @@ def mp4_problem(path: Path) -> str | None:
 
 
 def _finish_and_publish(
-    t: _Transfer,
+    work: tuple[BinaryIO | None, list[bytes], bool],
+    part: Path,
     result: DownloadResult,
     then: Callable[[DownloadResult], None] | None,
-) -> BinaryIO:
+) -> None:
     """Write what waits in memory, make the bytes durable, publish them under the final
     name, run ``then`` (files it writes beside the video share the folder fsync), then
     make the new names durable. One worker-thread trip for all of it."""
-    file, chunks, void = t.drain()
-    file = _write_out(file, t.dest, t.part, chunks, void)
+    file, chunks, void = work
+    file = _write_out(file, result.path, part, chunks, void)
     try:
         file.flush()  # a no-op for the raw file; a buffered one (a test seam) needs it
         os.fsync(file.fileno())
     finally:
         file.close()  # here, not on the event loop: closing can wait on the disk too
-    linked = _publish(t.part, result.path, result.bytes, result.sha256)
+    linked = _publish(part, result.path, result.bytes, result.sha256)
     try:
         if then is not None:
             then(result)
@@ -349,7 +351,6 @@ def _finish_and_publish(
         # the video's name is made durable even when ``then`` failed: it is published
         if linked or then is not None:
             make_names_durable(result.path.parent)
-    return file
 
 
 def _publish(part: Path, dest: Path, size: int, sha256: str) -> bool:
@@ -414,7 +415,8 @@ async def download_file(
             try:
                 # one worker-thread trip: write what waits, fsync, publish, ``then``,
                 # folder fsync
-                await _in_worker(transfer, _finish_and_publish, transfer, result, then)
+                work = transfer.drain()
+                await _in_worker(transfer, _finish_and_publish, work, transfer.part, result, then)
             except OSError as exc:
                 raise write_error(exc, dest) from exc
         finally:
