@@ -21,7 +21,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from runner.errors import DiskFull, OutputConflict, UsageError
 
@@ -135,28 +135,36 @@ def write_sidecar(target: Path, data: dict[str, Any]) -> Path:
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")
     payload = (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                if not written:
-                    raise OSError(errno.EIO, "the file took no bytes")
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open(tmp, "wb", buffering=0) as fh:
+            write_all(fh, payload)
+            os.fsync(fh.fileno())
         os.replace(tmp, sidecar)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(
-                f"the disk is full while writing {sidecar}",
-                hint=f"free space under {sidecar.parent} and rerun; finished files are kept",
-            ) from exc
-        raise UsageError(
-            f"cannot write {sidecar}: {exc.strerror or exc}",
-            hint="check that the output directory is writable",
-        ) from exc
+        raise write_error(exc, sidecar) from exc
     return sidecar
+
+
+def write_all(file: BinaryIO, data: bytes) -> None:
+    """An unbuffered write may take less than it was given; write until all is taken."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:  # a raw file answers 0 / None only when it cannot proceed
+            raise OSError(errno.EIO, "the file took no bytes")
+        view = view[written:]
+
+
+def write_error(exc: OSError, path: Path) -> DiskFull | UsageError:
+    """An OS error while writing an output (a video or its sidecar), as the error the
+    user can act on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"the disk is full while writing {path}",
+            hint=f"free space under {path.parent} and rerun; finished files are kept",
+        )
+    return UsageError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        hint="check that the output directory exists and is writable",
+    )

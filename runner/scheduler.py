@@ -31,7 +31,7 @@ import contextlib
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -800,14 +800,12 @@ class Scheduler:
         crashpoints.reached(CrashPoint.MID_DOWNLOAD)
         if sidecar is not None and sidecar.done_at is None:  # placed over an existing file
             try:
-                await asyncio.to_thread(sidecar.write_durably, replace(result, path=target))
+                await asyncio.to_thread(sidecar.write_durably, result)
             except (DiskFull, UsageError) as exc:
-                kind = ErrorKind.DISK_FULL if isinstance(exc, DiskFull) else ErrorKind.DOWNLOAD
-                await self._download_failed(job, str(exc), kind=kind)
-                if isinstance(exc, DiskFull):
-                    self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
+                await self._write_failed(job, exc)
                 return
-        now = sidecar.done_at if sidecar is not None and sidecar.done_at else time.time()
+        # the sidecar records the done time; the ledger records the same one
+        now = time.time() if sidecar is None or sidecar.done_at is None else sidecar.done_at
         await self._ledger.update_shot(
             row.shot_id,
             {
@@ -855,17 +853,13 @@ class Scheduler:
                         job, "the download URL expired and no fresh one could be had"
                     )
                     return None
-            except DiskFull as exc:
-                await self._download_failed(job, str(exc), kind=ErrorKind.DISK_FULL)
-                self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
+            except (DiskFull, UsageError) as exc:  # the file system refuses (full, permissions)
+                await self._write_failed(job, exc)
                 return None
             except OutputConflict as exc:
                 if staged is None:
                     staged = staging_path(target)
                     continue
-                await self._download_failed(job, str(exc))
-                return None
-            except UsageError as exc:  # the file system refuses (permissions)
                 await self._download_failed(job, str(exc))
                 return None
             except TransientError as exc:
@@ -946,6 +940,15 @@ class Scheduler:
         )
         self._move(row, ShotState.RENDERED)
         self._emit(RunEventKind.FAILED, f"not downloaded (a rerun retries): {message}", row)
+
+    async def _write_failed(self, job: _Job, exc: DiskFull | UsageError) -> None:
+        """An output could not be written: the shot stays collectable; a full disk
+        stops the run (every further file would fail the same way)."""
+        if isinstance(exc, DiskFull):
+            await self._download_failed(job, str(exc), kind=ErrorKind.DISK_FULL)
+            self.request_stop(StopReason.DISK_FULL, f"{exc}: free space, then rerun")
+        else:
+            await self._download_failed(job, str(exc))
 
     @staticmethod
     def _sidecar_fields(row: ShotRow) -> dict[str, Any]:

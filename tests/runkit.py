@@ -394,16 +394,16 @@ def sha256_of(path: Path) -> str:
 def assert_files_match(batch: Batch, stats: Mapping[str, Any], shots: Iterable[str]) -> None:
     """Each shot is done, its file is byte-identical to what the simulator rendered for
     the task the ledger names (and to the digest the ledger recorded), that task is this
-    shot's, and the sidecar agrees."""
+    shot's, and the sidecar agrees (its digest, task and done time are the ledger's)."""
     tasks = {t["task_id"]: t for t in stats["tasks"]}
     rows = {
         r[0]: r[1:]
         for r in query(
-            batch.ledger, "SELECT shot_id, state, task_id, output_path, sha256 FROM shots"
+            batch.ledger, "SELECT shot_id, state, task_id, output_path, sha256, done_at FROM shots"
         )
     }
     for sid in shots:
-        state, task_id, relpath, recorded = rows[sid]
+        state, task_id, relpath, recorded, done_at = rows[sid]
         assert state == "done", f"{sid} is {state}"
         task = tasks[str(task_id)]
         assert shot_of(task["prompt"]) == sid, f"{sid} holds the file of another shot's task"
@@ -411,6 +411,7 @@ def assert_files_match(batch: Batch, stats: Mapping[str, Any], shots: Iterable[s
         assert sha256_of(target) == task["sha256"] == recorded, f"{sid}: bytes differ"
         sidecar = json.loads(target.with_name(target.name + ".json").read_text("utf-8"))
         assert sidecar["sha256"] == task["sha256"] and str(sidecar["task_id"]) == str(task_id)
+        assert sidecar["done_at"] == done_at, f"{sid}: the sidecar's done time is not the ledger's"
 
 
 def assert_only_final_files(batch: Batch, shots: Iterable[str] | None = None) -> None:

@@ -39,7 +39,7 @@ from runner.provider import (
     trace_id_for,
 )
 from runner.provider import download as download_module
-from runner.provider.download import WRITE_BYTES, Mp4Walk
+from runner.provider.download import WRITE_BYTES
 from runner.sim import Simulator, task_mp4
 
 SimFactory = Callable[..., Awaitable[Simulator]]
@@ -298,11 +298,17 @@ async def test_an_existing_file_is_never_replaced(
     assert result.bytes == len(VIDEO) and same.read_bytes() == VIDEO
 
 
+@pytest.mark.parametrize("already_there", [False, True], ids=["new", "identical-existing"])
 async def test_then_runs_after_the_publish_and_shares_the_folder_fsync(
-    provider_factory: ProviderFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    provider_factory: ProviderFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    already_there: bool,
 ) -> None:
     """The sidecar hook sees the video under its final name, and the folder fsync that
-    makes the names durable begins after the hook, before the download returns."""
+    makes the names durable begins after the hook, before the download returns; also
+    when the identical video was already there (a rerun after a crash), where only the
+    sidecar's name is new."""
     timeline: list[str] = []
 
     def fsync_dir(directory: Path) -> None:
@@ -319,6 +325,8 @@ async def test_then_runs_after_the_publish_and_shares_the_folder_fsync(
         return web.Response(body=VIDEO, content_type="video/mp4")
 
     dest = tmp_path / "a.mp4"
+    if already_there:
+        dest.write_bytes(VIDEO)
     async with web_server(video) as url:
         result = await provider_factory(url).download(url, dest, then=then)
     timeline.append("returned")
@@ -329,8 +337,11 @@ async def test_then_runs_after_the_publish_and_shares_the_folder_fsync(
 
 
 async def test_a_failing_then_leaves_the_video_published_and_raises_its_error(
-    provider_factory: ProviderFactory, tmp_path: Path
+    provider_factory: ProviderFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    folder_fsyncs: list[Path] = []
+    monkeypatch.setattr(outputs_module, "_fsync_dir", folder_fsyncs.append)
+
     def then(result: DownloadResult) -> None:
         raise DiskFull(f"the disk is full while writing {sidecar_path(result.path)}")
 
@@ -341,8 +352,10 @@ async def test_a_failing_then_leaves_the_video_published_and_raises_its_error(
     async with web_server(video) as url:
         with pytest.raises(DiskFull, match=r"a\.mp4\.json"):
             await provider_factory(url).download(url, dest, then=then)
-    # the video is published (a rerun accepts the identical file); no temporary is left
+    # the video is published, and its name made durable all the same (a rerun accepts
+    # the identical file); no temporary is left
     assert dest.read_bytes() == VIDEO
+    assert folder_fsyncs == [tmp_path]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
@@ -377,6 +390,16 @@ KILLED_DOWNLOADER = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from runner.provider import Provider, ProviderConfig
+    from runner.provider import download
+
+    took = download._Transfer.take
+
+    def take_and_say(self, chunk):
+        due = took(self, chunk)
+        print("took", self.received, flush=True)  # the parent kills after this
+        return due
+
+    download._Transfer.take = take_and_say
 
     async def main() -> None:
         config = ProviderConfig(base_url="http://127.0.0.1:9", api_key="k")
@@ -392,16 +415,21 @@ KILLED_DOWNLOADER = textwrap.dedent(
 BIG_VIDEO = VIDEO + (8 + 2 * WRITE_BYTES).to_bytes(4, "big") + b"free" + bytes(2 * WRITE_BYTES)
 
 
-@pytest.mark.parametrize("video", [VIDEO, BIG_VIDEO], ids=["small", "big"])
+@pytest.mark.parametrize(
+    ("video", "sent", "leaves_part"),
+    [(VIDEO, 300, False), (BIG_VIDEO, WRITE_BYTES + WRITE_BYTES // 2, True)],
+    ids=["small", "big"],
+)
 async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
-    provider_factory: ProviderFactory, tmp_path: Path, video: bytes
+    provider_factory: ProviderFactory,
+    tmp_path: Path,
+    video: bytes,
+    sent: int,
+    leaves_part: bool,
 ) -> None:
-    """Killed mid-transfer: nothing under the final name. A small video was still all
-    in memory (no file at all); a big one left a partial ``.part`` file, which the
-    next attempt truncates."""
-    assert mp4_problem_of(video) is None
-    sent = 300 if video is VIDEO else WRITE_BYTES + WRITE_BYTES // 2
-    first_bytes_sent = asyncio.Event()
+    """Killed mid-transfer, once the child has taken everything that was sent: nothing
+    under the final name. A small video was still all in memory (no file at all); a big
+    one left a partial ``.part`` file, which the next attempt truncates."""
     release = asyncio.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
@@ -411,7 +439,6 @@ async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
         response.content_length = len(video)
         await response.prepare(request)
         await response.write(video[:sent])
-        first_bytes_sent.set()
         await release.wait()
         return response
 
@@ -424,16 +451,21 @@ async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
             url,
             str(dest),
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+            stdout=asyncio.subprocess.PIPE,
         )
+        assert child.stdout is not None
         returncode: int | None = None
         try:
-            await asyncio.wait_for(first_bytes_sent.wait(), timeout=20)
-            if video is BIG_VIDEO:
+            taken = 0
+            while taken < sent:  # the child has taken every byte sent
+                line = await asyncio.wait_for(child.stdout.readline(), timeout=20)
+                assert line, "the child stopped before taking what was sent"
+                taken = int(line.split()[1])
+            if leaves_part:  # the write of the first MiB is under way in a worker
                 for _ in range(500):
                     if part_path(dest).exists() and part_path(dest).stat().st_size:
                         break
                     await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)  # let the child take in what was sent
             assert child.returncode is None, "the download must still be in progress"
             child.send_signal(signal.SIGKILL)
         finally:
@@ -441,10 +473,10 @@ async def test_a_kill_mid_download_leaves_no_file_under_the_final_name(
             release.set()
         assert returncode == -signal.SIGKILL
         assert not dest.exists(), "nothing under the final name after a hard kill"
-        if video is VIDEO:
-            assert not part_path(dest).exists(), "a small download never touched the disk"
-        else:
+        if leaves_part:
             assert 0 < part_path(dest).stat().st_size < len(video)
+        else:
+            assert not part_path(dest).exists(), "a small download never touched the disk"
         # the next attempt starts over cleanly and publishes a complete file
         result = await provider_factory(url).download(url + "?fast=1", dest)
     assert dest.read_bytes() == video and result.bytes == len(video)
@@ -459,13 +491,18 @@ async def test_a_big_cut_transfer_ends_as_exactly_the_video(
     memory): resumed, the file continues where it stopped; restarted from byte 0 (the
     server ignored Range), the bytes already on disk are dropped."""
     cut_at = 2 * WRITE_BYTES
+    dest = tmp_path / "big.mp4"
     requests: list[str | None] = []
 
     async def flaky(request: web.Request) -> web.StreamResponse:
         requests.append(request.headers.get("Range"))
         if len(requests) == 1:
             return await send_cut(request, BIG_VIDEO, cut_at)
-        if honour_range and (asked := request.headers.get("Range")):
+        # at the cut, the first MiB was on disk and the rest still waited in memory
+        on_disk = part_path(dest).stat().st_size
+        asked = request.headers.get("Range")
+        assert asked is not None and 0 < on_disk < int(asked.removeprefix("bytes=").rstrip("-"))
+        if honour_range:
             start = int(asked.removeprefix("bytes=").rstrip("-"))
             return web.Response(
                 status=206,
@@ -475,18 +512,11 @@ async def test_a_big_cut_transfer_ends_as_exactly_the_video(
             )
         return web.Response(body=BIG_VIDEO, content_type="video/mp4")
 
-    dest = tmp_path / "big.mp4"
     async with web_server(flaky) as url:
         result = await provider_factory(url).download(url, dest)
     assert len(requests) == 2 and requests[0] is None and requests[1]  # a resume was asked
     assert dest.read_bytes() == BIG_VIDEO and result.bytes == len(BIG_VIDEO)
     assert not part_path(dest).exists()
-
-
-def mp4_problem_of(data: bytes) -> str | None:
-    walk = Mp4Walk()
-    walk.feed(data, 0)
-    return walk.problem(len(data))
 
 
 def test_concurrent_publishes_share_folder_fsyncs_and_each_waits_for_one_after_it(
@@ -508,7 +538,7 @@ def test_concurrent_publishes_share_folder_fsyncs_and_each_waits_for_one_after_i
 
     monkeypatch.setattr(outputs_module, "_fsync_dir", slow_fsync)
     syncs = outputs_module._FolderSyncs()
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(8, timeout=10)  # a failed thread cannot hang the rest
     failures: list[str] = []
 
     def publisher() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.provider import mp4_problem
+from runner.provider import download, mp4_problem
 from runner.provider.download import Mp4Walk
 from runner.sim import task_mp4
 
@@ -91,3 +91,15 @@ def test_a_sound_stream_is_never_called_broken_on_the_way() -> None:
         walk.feed(VIDEO[offset : offset + 1], offset)
         assert walk.broken is None
     assert walk.problem(len(VIDEO)) is None
+
+
+def test_a_chain_of_too_many_boxes_is_refused_as_soon_as_it_passes_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(download, "_MAX_BOXES", 3)
+    walk = Mp4Walk()
+    data = box(b"ftyp", b"isom") + box(b"moov") + box(b"free")
+    walk.feed(data, 0)
+    assert walk.broken is None
+    walk.feed(box(b"free"), len(data))
+    assert walk.broken == "too many boxes to be a video"

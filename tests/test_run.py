@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -313,5 +314,16 @@ async def test_changed_shot_becomes_a_new_version_and_keeps_the_old_file(
     assert sim.stats()["accepted_tasks"] == 3
     assert (first.output.dir / "a.v1.mp4").read_bytes() == old_bytes
     assert (first.output.dir / "a.mp4").read_bytes() != old_bytes
-    ((version,),) = ledger_rows(second, "SELECT version FROM shots WHERE shot_id='a'")
+    ((version, sha256, done_at),) = ledger_rows(
+        second, "SELECT version, sha256, done_at FROM shots WHERE shot_id='a'"
+    )
     assert version == 2
+    # the new version's video was placed over the old one: its sidecar is the new one's
+    sidecar = json.loads((first.output.dir / "a.mp4.json").read_text())
+    assert sidecar["version"] == 2 and sidecar["prompt"] == "a stormy sea"
+    assert (
+        sidecar["sha256"]
+        == sha256
+        == hashlib.sha256((first.output.dir / "a.mp4").read_bytes()).hexdigest()
+    )
+    assert sidecar["done_at"] == done_at

@@ -6,9 +6,9 @@ Invariants:
   file beside the target (``.<name>.part``): the event loop never waits on the disk.
   Only a complete, verified MP4 (the byte count matches ``Content-Length`` /
   ``Content-Range``, the box chain starts with ``ftyp``, has a ``moov`` and ends
-  exactly at the end of the file) is fsynced and
-  published under the final name, atomically; the new name is durable (its folder
-  fsynced, one fsync shared by concurrent downloads) before :func:`download_file` returns.
+  exactly at the end of the file) is fsynced and published under the final name,
+  atomically; the new name is durable (its folder fsynced, one fsync shared by
+  concurrent downloads) before :func:`download_file` returns.
   A companion file written by the caller's ``then`` hook in the same worker-thread trip
   (the sidecar) is covered by the same folder fsync.
 - Publishing never replaces an existing file: if the target appeared meanwhile it must
@@ -38,16 +38,14 @@ import aiohttp
 from yarl import URL
 
 from runner.errors import (
-    DiskFull,
     DownloadCorrupt,
     DownloadError,
     DownloadTooLarge,
     OutputConflict,
     TransientError,
     UrlExpired,
-    UsageError,
 )
-from runner.outputs import make_names_durable, sha256_file
+from runner.outputs import make_names_durable, sha256_file, write_all, write_error
 
 CHUNK_BYTES = 256 * 1024
 #: received bytes wait in memory up to this much, then a worker thread writes them: the
@@ -78,11 +76,11 @@ def _open_part(path: Path) -> BinaryIO:
     return open(path, "wb", buffering=0)
 
 
-def _prepare_part(dest: Path, part: Path) -> BinaryIO:
+def _prepare_part(part: Path) -> BinaryIO:
     try:
         return _open_part(part)
     except FileNotFoundError:  # the folder is new (or was removed): make it, once
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        part.parent.mkdir(parents=True, exist_ok=True)
         return _open_part(part)
 
 
@@ -173,54 +171,29 @@ class _Transfer:
     async def write_pending(self) -> None:
         file, chunks, void = self.drain()
         try:
-            await _in_worker(self, _write_out, file, self.dest, self.part, chunks, void)
+            await _in_worker(self, _write_out, file, self.part, chunks, void)
         except OSError as exc:
             raise write_error(exc, self.dest) from exc
 
 
-def _write_out(
-    file: BinaryIO | None, dest: Path, part: Path, chunks: list[bytes], void: bool
-) -> BinaryIO:
+def _write_out(file: BinaryIO | None, part: Path, chunks: list[bytes], void: bool) -> BinaryIO:
     """Open the temporary file if it is not yet, drop void bytes, append ``chunks``;
     runs in a worker thread. A file it opened is closed again if writing fails."""
     opened = file is None
     if file is None:
-        file = _prepare_part(dest, part)
+        file = _prepare_part(part)
     try:
         if void:
             file.seek(0)
             file.truncate()
         for chunk in chunks:
-            _write_all(file, chunk)
+            write_all(file, chunk)
     except BaseException:
         if opened:
             with contextlib.suppress(OSError):
                 file.close()
         raise
     return file
-
-
-def _write_all(file: BinaryIO, data: bytes) -> None:
-    """An unbuffered write may take less than it was given; write until all is taken."""
-    view = memoryview(data)
-    while view:
-        written = file.write(view)
-        if not written:  # a raw file answers 0 / None only when it cannot proceed
-            raise OSError(errno.EIO, "the file took no bytes")
-        view = view[written:]
-
-
-def write_error(exc: OSError, dest: Path) -> DiskFull | UsageError:
-    """An OS error while writing an output, as the error the user can act on."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(
-            f"the disk is full while writing {dest}",
-            hint=f"free space under {dest.parent} and rerun; finished files are kept",
-        )
-    return UsageError(
-        f"cannot write {dest}: {exc.strerror or exc}",
-        hint="check that the output directory exists and is writable",
-    )
 
 
 def check_url(url: str) -> None:
@@ -337,7 +310,7 @@ def _finish_and_publish(
     name, run ``then`` (files it writes beside the video share the folder fsync), then
     make the new names durable. One worker-thread trip for all of it."""
     file, chunks, void = work
-    file = _write_out(file, result.path, part, chunks, void)
+    file = _write_out(file, part, chunks, void)
     try:
         file.flush()  # a no-op for the raw file; a buffered one (a test seam) needs it
         os.fsync(file.fileno())
