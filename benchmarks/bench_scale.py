@@ -43,7 +43,7 @@ from benchmarks.bench_run import (
     run_pixrun,
     write_manifest,
 )
-from benchmarks.machine import byte_compile
+from benchmarks.machine import byte_compile, settle_filesystem
 from runner.ledger import default_ledger_path, open_ledger
 from runner.ledger.queries import status_summary
 from runner.sim import SimConfig, SimulatorThread
@@ -72,6 +72,7 @@ def bench_full_run(
     folder: Path, sim: SimulatorThread, shots: int, concurrency: int
 ) -> dict[str, Any]:
     manifest = write_scale_manifest(folder, shots, concurrency)
+    file_system = settle_filesystem(folder / "out")
     measured = run_pixrun(manifest, sim.base_url)
     ledger = default_ledger_path(manifest)
     con = sqlite3.connect(ledger)
@@ -95,6 +96,7 @@ def bench_full_run(
         "batch_shots_per_s": round(shots / batch_s, 1),
         "runner_cpu_ms_per_shot": round(1000 * measured["cpu_s"] / shots, 3),
         "runner_peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "file_system": file_system,
         "accepted_tasks": stats["accepted_tasks"],
         "attempt_rows": attempts,
         "ledger_bytes": ledger_bytes,

@@ -18,6 +18,7 @@ than the differences the benchmarks are meant to show:
 from __future__ import annotations
 
 import compileall
+import functools
 import os
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ CHEAP_CREATE_MS = 0.05
 _PROBE_FILES = 200
 
 
+@functools.cache
 def byte_compile() -> None:
     """Write the runner's bytecode, as installing the package does."""
     compileall.compile_dir(Path(runner.__file__).parent, quiet=1)
