@@ -196,8 +196,9 @@ def _write_out(file: BinaryIO | None, part: Path, chunks: list[bytes], void: boo
     return file
 
 
-def check_url(url: str) -> None:
-    """Only http(s) URLs with a host are followed."""
+def check_url(url: str) -> URL:
+    """The parsed URL, if it is one pixrun follows: http(s) with a host. The request goes
+    to this parsed URL, so what was checked is exactly what is fetched."""
     try:
         parsed = URL(url)
     except ValueError as exc:
@@ -206,6 +207,7 @@ def check_url(url: str) -> None:
         raise DownloadError(
             f"refusing to download from {url[:120]!r}: only http and https URLs are followed"
         )
+    return parsed
 
 
 class Mp4Walk:
@@ -373,12 +375,12 @@ async def download_file(
     the folder fsync, so what it writes beside the file (a sidecar) shares that fsync;
     its exceptions propagate as raised, with the file left published.
     """
-    check_url(url)
+    parsed = check_url(url)
     dest = Path(dest)
     transfer = _Transfer(dest, part_path(dest), max_bytes)
     try:
         try:
-            await _transfer_all(session, url, transfer, timeout, resume_attempts, on_request)
+            await _transfer_all(session, parsed, transfer, timeout, resume_attempts, on_request)
             problem = transfer.boxes.problem(transfer.received)
             if problem:
                 raise DownloadCorrupt(f"the downloaded file is unusable: {problem}")
@@ -407,7 +409,7 @@ async def download_file(
 
 async def _transfer_all(
     session: aiohttp.ClientSession,
-    url: str,
+    url: URL,
     transfer: _Transfer,
     timeout: aiohttp.ClientTimeout,
     resume_attempts: int,
@@ -431,7 +433,7 @@ async def _transfer_all(
 
 async def _one_request(
     session: aiohttp.ClientSession,
-    url: str,
+    url: URL,
     t: _Transfer,
     timeout: aiohttp.ClientTimeout,
 ) -> None:
