@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.machine import byte_compile
+from benchmarks.machine import bench_dir, byte_compile
 
 TARGET_RATIO = 1.5
 TARGET_PEAK_MB = 1024
@@ -159,7 +159,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     shots = 20_000 if quick else 100_000
     repeat = 1 if quick else 3
     byte_compile()  # the timed imports load bytecode, as an installed package does
-    with tempfile.TemporaryDirectory(prefix="pixrun-bench-plan-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pixrun-bench-plan-", dir=bench_dir()) as tmp:
         path = write_manifest(Path(tmp), shots)
         size_mb = path.stat().st_size / 1e6
         bare = best_of("bare", path, repeat)

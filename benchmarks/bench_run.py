@@ -10,6 +10,10 @@
    Targets: >= 200 shots/s and <= 3 ms. Five runs without sidecars, taken in turn with
    those, are reported beside them, with the paired differences.
 
+Beside each throughput run it reports the CPU speed probe of benchmarks/machine.py
+(a fixed workload timed just before and after the run): this VM's CPU speed drifts by
+more than the differences measured here.
+
 ``BENCH_DIR`` chooses where the temporary folders go (default: the system's).
 
 ``python -m benchmarks.bench_run [--quick]``; ``--quick`` runs smaller batches.
@@ -30,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.machine import byte_compile, settle_filesystem
+from benchmarks.machine import bench_dir, byte_compile, cpu_speed_probe_ms, settle_filesystem
 from runner.ledger import default_ledger_path
 from runner.sim import SimConfig, SimulatorThread
 
@@ -139,11 +143,6 @@ def batch_span_s(ledger: Path) -> float:
     return float(last_done - first_sent)
 
 
-def bench_dir() -> str | None:
-    """Where the temporary folders go: ``BENCH_DIR``, else the system's default."""
-    return os.environ.get("BENCH_DIR") or None
-
-
 def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(dir=bench_dir()) as tmp,
@@ -213,6 +212,13 @@ def _summary(shots: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runner_cpu_ms_per_shot_each": [m["cpu_ms"] for m in runs],
         "shots_per_s_each": [m["shots_per_s"] for m in runs],
         "runner_peak_rss_mb": max(m["peak_rss_mb"] for m in runs),
+        # the machine's speed around each run (see benchmarks/machine.py): lower is faster
+        "cpu_probe_ms_each": [m["cpu_probe_ms"] for m in runs],
+        # CPU per shot in units of the probe's CPU: moves with the runner, hardly with the
+        # machine's speed, so sessions can be compared (the target is in milliseconds)
+        "runner_cpu_per_probe": round(
+            statistics.median(m["cpu_ms"] / m["cpu_probe_ms"] for m in runs), 4
+        ),
         "file_system": [m["file_system"] for m in runs],
     }
 
@@ -229,7 +235,9 @@ def _throughput_once(shots: int, folder: Path, *, sidecar: bool) -> dict[str, An
             sidecar=sidecar,
         )
         file_system = settle_filesystem(folder / "out")
+        probe_before_ms = cpu_speed_probe_ms()
         measured = run_pixrun(manifest, sim.base_url)
+        probe_after_ms = cpu_speed_probe_ms()
         accepted = sim.stats(with_tasks=False)["accepted_tasks"]
     if accepted != shots:
         raise RuntimeError(f"the simulator accepted {accepted} tasks for {shots} shots")
@@ -240,6 +248,7 @@ def _throughput_once(shots: int, folder: Path, *, sidecar: bool) -> dict[str, An
         "sys_ms": round(1000 * measured["sys_s"] / shots, 3),
         "peak_rss_mb": round(measured["peak_rss_mb"], 1),
         "file_system": file_system,
+        "cpu_probe_ms": round((probe_before_ms + probe_after_ms) / 2, 1),
     }
 
 

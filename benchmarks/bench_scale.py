@@ -38,12 +38,11 @@ from benchmarks.bench_run import (
     FAST_POLL,
     KEY,
     batch_span_s,
-    bench_dir,
     measure_pixrun,
     run_pixrun,
     write_manifest,
 )
-from benchmarks.machine import byte_compile, settle_filesystem
+from benchmarks.machine import bench_dir, byte_compile, settle_filesystem
 from runner.ledger import default_ledger_path, open_ledger
 from runner.ledger.queries import status_summary
 from runner.sim import SimConfig, SimulatorThread

@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import bench_dir
 from runner.ledger import EventKind, Ledger, open_ledger
 from runner.ledger.queries import report_rows, status_summary
 from runner.model import Mode, Shot, ShotState, SourceMark
@@ -147,7 +148,7 @@ async def measure(path: Path, repeat: int = 5) -> dict[str, float]:
 
 def main(quick: bool = False, shots: int | None = None) -> dict[str, float]:
     shots = shots or (10_000 if quick else 100_000)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="pixrun-bench-status-", dir=bench_dir()) as tmp:
         path = Path(tmp) / "bench.ledger.sqlite"
         build_s = asyncio.run(build(path, shots))
         result = asyncio.run(measure(path))

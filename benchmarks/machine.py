@@ -1,6 +1,6 @@
 """Benchmark hygiene: measure the runner, not the state the machine was left in.
 
-Two effects, both seen on this project's VMs, change the runner's CPU per shot by more
+Three effects, all seen on this project's VMs, change the runner's CPU per shot by more
 than the differences the benchmarks are meant to show:
 
 - ``PYTHONDONTWRITEBYTECODE`` is set in the project's shells, so every pixrun process
@@ -13,6 +13,14 @@ than the differences the benchmarks are meant to show:
   1 ms of kernel CPU instead of about 0.02 ms. That is the file system's cost, not the
   runner's: :func:`settle_filesystem` writes dirty blocks back and waits until a create
   in the output folder is cheap again, and reports what it measured either way.
+- The VM's CPU itself runs faster or slower from minute to minute: the same pure-Python
+  loop has taken from 0.39 to 0.63 s of CPU within one idle minute. Nothing here can
+  settle that; :func:`cpu_speed_probe_ms` times a fixed workload just before and after
+  each measured run, and the benchmarks report it beside the run, so a slow minute can
+  be told from a slow runner.
+
+``BENCH_DIR`` chooses the disk every benchmark writes its temporary folders to
+(:func:`bench_dir`; default: the system's temporary folder).
 """
 
 from __future__ import annotations
@@ -28,6 +36,25 @@ import runner
 #: a create costing at most this much CPU counts as a settled file system
 CHEAP_CREATE_MS = 0.05
 _PROBE_FILES = 200
+#: steps of the CPU speed probe's loop: about 0.1 s of CPU on this project's VMs
+_SPEED_PROBE_STEPS = 700_000
+
+
+def bench_dir() -> str | None:
+    """Where the benchmarks' temporary folders go: ``BENCH_DIR``, else the system's default."""
+    return os.environ.get("BENCH_DIR") or None
+
+
+def cpu_speed_probe_ms() -> float:
+    """CPU milliseconds this thread takes for a fixed pure-Python workload: the same
+    work every time, so it moves only with the machine's speed (lower is faster)."""
+    started = time.thread_time()
+    total = 0
+    for step in range(_SPEED_PROBE_STEPS):
+        total += step * step % 7
+    if total < 0:  # never true; keeps the loop's result alive
+        raise AssertionError(total)
+    return round(1000 * (time.thread_time() - started), 1)
 
 
 @functools.cache
