@@ -28,6 +28,11 @@ from typing import Any, TextIO
 
 import yaml
 
+from runner.sim import SimulatorThread
+
+#: the ``sim_thread`` fixture: ``sim = sim_thread(**knobs)``
+SimThread = Callable[..., SimulatorThread]
+
 REPO = Path(__file__).resolve().parents[1]
 #: the key the simulator accepts; distinctive, so a leak into a file or log is visible
 KEY = "sk-runkit-5f3a9c1e7b2d4086"
@@ -169,6 +174,11 @@ def pixrun(
         timeout=timeout_s,
         check=False,
     )
+
+
+def run_pixrun(batch: Batch, base_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``pixrun run`` on the batch to the end (:func:`run_args`, the key, ``base_url``)."""
+    return pixrun(run_args(batch, *extra), env_for(base_url), cwd=batch.dir)
 
 
 @dataclass

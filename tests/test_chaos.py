@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import pytest
 from runkit import (
     Batch,
     Running,
+    SimThread,
     assert_files_match,
     assert_only_final_files,
     env_for,
@@ -38,6 +39,7 @@ from runkit import (
     net_charges,
     pixrun,
     run_args,
+    run_pixrun,
     shot_ids,
     sim_tasks_by_intent,
     start,
@@ -45,10 +47,6 @@ from runkit import (
     states,
     write_manifest,
 )
-
-from runner.sim import SimulatorThread
-
-SimThread = Callable[..., SimulatorThread]
 
 FULL = os.environ.get("PIXRUN_CHAOS_FULL") == "1"
 #: every shot whose index is a multiple of this is refused by moderation
@@ -148,7 +146,7 @@ def run_chaos(
             requeued.update(parked)
             done = pixrun(["retry", str(batch.manifest), "--ambiguous"], env, cwd=tmp_path)
             assert done.returncode == 0, explain(done)
-        final_run = pixrun(run_args(batch), env, cwd=tmp_path)
+        final_run = run_pixrun(batch, sim.base_url)
         log.append(f"final run: exit {final_run.returncode}")
         assert final_run.returncode in (0, 1), f"{log}\n{explain(final_run)}"
     assert _complete(batch), (log, state_counts(batch.ledger))

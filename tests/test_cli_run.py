@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from runkit import (
     FAST_RENDER_S,
     KEY,
     PRICE_UPTC,
+    SimThread,
     assert_files_match,
     assert_key_absent,
     env_for,
@@ -45,7 +46,6 @@ from runkit import (
 
 from runner.sim import SimulatorThread
 
-SimThread = Callable[..., SimulatorThread]
 INTERRUPTED = 130
 #: slow enough that a run is stopped with every task still rendering
 SLOW_RENDER_S = (1.0, 1.5)

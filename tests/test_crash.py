@@ -19,7 +19,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 from runkit import (
     PRICE_UPTC,
     Batch,
+    SimThread,
     assert_files_match,
     assert_only_final_files,
     env_for,
@@ -40,6 +41,7 @@ from runkit import (
     query,
     run_args,
     run_count,
+    run_pixrun,
     shot_of,
     sim_tasks,
     start,
@@ -50,7 +52,6 @@ from runkit import (
 
 from runner.sim import SimulatorThread
 
-SimThread = Callable[..., SimulatorThread]
 KILLED = -signal.SIGKILL
 
 # -- named crash points ------------------------------------------------------------------
@@ -107,7 +108,7 @@ def test_crash_point_then_rerun_completes_without_paying_twice(
         assert unrecorded == set()
 
     # -- the rerun: resumes everything, parks what may have been charged, resends nothing
-    rerun = pixrun(run_args(batch), env, cwd=tmp_path)
+    rerun = run_pixrun(batch, sim.base_url)
     assert rerun.returncode == (1 if parked else 0), rerun.stdout + rerun.stderr
     assert in_state(batch.ledger, "ambiguous") == parked
     for sid in parked:
@@ -129,7 +130,7 @@ def test_crash_point_then_rerun_completes_without_paying_twice(
     retry = pixrun(["retry", "--ambiguous", str(batch.manifest)], env, cwd=tmp_path)
     assert retry.returncode == 0, retry.stderr
     assert "may have been accepted and charged" in flat(retry.stderr)
-    final = pixrun(run_args(batch), env, cwd=tmp_path)
+    final = run_pixrun(batch, sim.base_url)
     assert final.returncode == 0, final.stdout + final.stderr
     stats = sim.stats()
     assert _tasks_per_shot(sim) == {sid: 1 for sid in batch.ids}
@@ -218,7 +219,7 @@ def test_random_kills_during_a_faulty_run(tmp_path: Path, sim_thread: SimThread)
     reruns, left = 0, {"not run yet"}
     while left and reruns < 3:
         reruns += 1
-        final = pixrun(run_args(batch), env, cwd=tmp_path)
+        final = run_pixrun(batch, sim.base_url)
         assert final.returncode in (0, 1), final.stdout + final.stderr
         left = set(states(batch.ledger).values()) - {"done", "ambiguous"}
     assert not left, f"{left} after {reruns} reruns: {final.stdout}"
@@ -237,7 +238,7 @@ def test_random_kills_during_a_faulty_run(tmp_path: Path, sim_thread: SimThread)
     if parked:
         retry = pixrun(["retry", "--ambiguous", str(batch.manifest)], env, cwd=tmp_path)
         assert retry.returncode == 0, retry.stderr
-    last = pixrun(run_args(batch), env, cwd=tmp_path)
+    last = run_pixrun(batch, sim.base_url)
     assert last.returncode == 0, last.stdout + last.stderr
     stats = sim.stats()
     check_books(batch, stats)
@@ -274,7 +275,7 @@ def test_every_generate_request_arrives_after_its_intent_is_committed(
         checked.append(trace)
 
     sim = sim_thread(seed=3, generate_hook=intent_committed, **FAULTS)
-    done = pixrun(run_args(batch), env_for(sim.base_url), cwd=tmp_path)
+    done = run_pixrun(batch, sim.base_url)
     stats = sim.stats()
     assert stats["violations"] == [], stats["violations"][:1]
     assert done.returncode == 0, done.stdout + done.stderr

@@ -23,6 +23,7 @@ import pytest
 from runkit import (
     Batch,
     Running,
+    SimThread,
     assert_files_match,
     assert_only_final_files,
     env_for,
@@ -33,6 +34,7 @@ from runkit import (
     pixrun,
     query,
     run_args,
+    run_pixrun,
     sha256_of,
     shot_of_trace,
     sim_tasks_by_intent,
@@ -46,8 +48,6 @@ from tcpproxy import Fault, ProxyThread
 
 from runner.sim import SimulatorThread
 
-SimThread = Callable[..., SimulatorThread]
-
 #: a real-time outage, standing in for minutes: many times pixrun's whole retry budget
 #: for one call at this back-off base (8 submit tries, 4 download tries: well under 1 s)
 OUTAGE_S = 3.0
@@ -55,11 +55,6 @@ OUTAGE_BACKOFF = ("--backoff-base-s", "0.0001")
 #: exponential back-off: a 3 s outage costs each waiting submit ~15 tries, where a retry
 #: loop without back-off would make thousands
 MAX_REFUSED = 8 * 25
-
-
-def _run(batch: Batch, base_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``pixrun run`` on the batch to the end."""
-    return pixrun(run_args(batch, *extra), env_for(base_url), cwd=batch.dir)
 
 
 def _retry_ambiguous(batch: Batch, *extra: str) -> None:
@@ -148,7 +143,7 @@ def test_provider_outage_is_waited_out_and_nothing_fails(
 
     if parked:  # re-queue the lost answers: the same trace id is sent, deduplicated
         _retry_ambiguous(batch)
-        rerun = _run(batch, sim.base_url)
+        rerun = run_pixrun(batch, sim.base_url)
         assert rerun.returncode == 0, explain(rerun)
 
     stats = _assert_complete(batch, sim)
@@ -230,7 +225,7 @@ def test_flaky_network_path_parks_only_generates_cut_after_sending(
         ledger = batch.ledger
         # a streak of lost answers stops submitting (by design): run until nothing is left
         for _ in range(6):
-            proc = _run(batch, proxy.base_url)
+            proc = run_pixrun(batch, proxy.base_url)
             assert proc.returncode in (0, 1), explain(proc)
             if all(s in ("done", "ambiguous") for s in states(ledger).values()):
                 break
@@ -263,7 +258,7 @@ def test_flaky_network_path_parks_only_generates_cut_after_sending(
         # re-queue the parked shots: their trace ids are sent again and deduplicated
         _retry_ambiguous(batch)
         proxy.set_policy(lambda kind, rng: Fault(latency_s=0.005))
-        rerun = _run(batch, proxy.base_url)
+        rerun = run_pixrun(batch, proxy.base_url)
         assert rerun.returncode == 0, explain(rerun)
         _assert_complete(batch, sim)
         cuts = {r.cut for r in proxy.records() if r.cut}
@@ -358,7 +353,7 @@ def test_disk_full_while_downloading_stops_cleanly_and_a_rerun_finishes(
         # room for a few videos and their sidecars (a page each), then ENOSPC
         filler: Path | None = _fill(out_dir.parent, leave_bytes=9 * PAGE_BYTES)
         batch = write_manifest(tmp_path, n, concurrency=4, output_dir=out_dir)
-        first = _run(batch, sim.base_url)
+        first = run_pixrun(batch, sim.base_url)
     else:
         filler = None
         batch = write_manifest(tmp_path, n, concurrency=4)
@@ -396,7 +391,7 @@ def test_disk_full_while_downloading_stops_cleanly_and_a_rerun_finishes(
 
     if filler is not None:
         filler.unlink()  # space is freed
-    rerun = _run(batch, sim.base_url)
+    rerun = run_pixrun(batch, sim.base_url)
     assert rerun.returncode == 0, explain(rerun)
     stats = _assert_complete(batch, sim)
     after = dict(query(ledger, "SELECT shot_id, task_id FROM shots"))
@@ -445,10 +440,10 @@ def _outcome(runner: Running, *, timeout_s: float) -> tuple[str, str, str]:
 def _finish(batch: Batch, sim: SimulatorThread) -> None:
     """Re-queue what the failure left parked (the provider dedupes trace ids) and rerun."""
     where = ("--ledger", str(batch.ledger))
-    rerun = _run(batch, sim.base_url, *where)  # parks what was left submitting
+    rerun = run_pixrun(batch, sim.base_url, *where)  # parks what was left submitting
     if in_state(batch.ledger, "ambiguous"):
         _retry_ambiguous(batch, *where)
-        rerun = _run(batch, sim.base_url, *where)
+        rerun = run_pixrun(batch, sim.base_url, *where)
     assert rerun.returncode == 0, explain(rerun)
     _assert_complete(batch, sim)
 
@@ -470,7 +465,7 @@ def test_read_only_ledger_folder_refuses_to_start(
         subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True)
 
     remount("ro")
-    first = _run(batch, sim.base_url, *where)
+    first = run_pixrun(batch, sim.base_url, *where)
     said = explain(first)
     assert first.returncode == 2, said
     assert "ledger" in first.stderr and "read-only" in first.stderr.lower(), said
@@ -479,18 +474,18 @@ def test_read_only_ledger_folder_refuses_to_start(
     assert not ledger.exists()
 
     remount("rw")
-    done = _run(batch, sim.base_url, *where)
+    done = run_pixrun(batch, sim.base_url, *where)
     assert done.returncode == 0, explain(done)
     # the batch grows; the folder of the existing ledger turns read-only
     batch = write_manifest(tmp_path, 15, concurrency=8, ledger=ledger)
     remount("ro")
-    again = _run(batch, sim.base_url, *where)
+    again = run_pixrun(batch, sim.base_url, *where)
     said = explain(again)
     assert again.returncode == 2, said
     assert "read-only" in again.stderr.lower() and "Traceback" not in again.stderr, said
     assert len(log.seen) == 10, "a request was sent with a read-only ledger"
     remount("rw")
-    rerun = _run(batch, sim.base_url, *where)
+    rerun = run_pixrun(batch, sim.base_url, *where)
     assert rerun.returncode == 0, explain(rerun)
     assert len(log.seen) == 15
     _assert_complete(batch, sim)
