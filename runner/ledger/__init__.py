@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -179,8 +180,9 @@ class ShotRow:
         values["state"] = ShotState(values["state"])
         return cls(**values)
 
-    @property
-    def request(self) -> dict[str, Any]:
+    @functools.cached_property
+    def request(self) -> Mapping[str, Any]:
+        """The request body, decoded once per row (read-only: callers copy to change it)."""
         result: dict[str, Any] = json.loads(self.request_json)
         return result
 
