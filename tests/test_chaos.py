@@ -38,6 +38,7 @@ from runkit import (
     integrity,
     net_charges,
     pixrun,
+    query,
     run_args,
     run_pixrun,
     shot_ids,
@@ -141,7 +142,7 @@ def run_chaos(
     for _ in range(8):
         if _complete(batch):
             break
-        parked = in_state(batch.ledger, "ambiguous")
+        parked = in_state(batch.ledger, "ambiguous") if _has_schema(batch) else []
         if parked:
             requeued.update(parked)
             done = pixrun(["retry", str(batch.manifest), "--ambiguous"], env, cwd=tmp_path)
@@ -181,8 +182,16 @@ def run_chaos(
     }
 
 
-def _complete(batch: Batch) -> bool:
+def _has_schema(batch: Batch) -> bool:
+    """A kill while the first run creates the ledger can leave the file without its
+    tables (the rerun creates them)."""
     if not batch.ledger.exists():
+        return False
+    return bool(query(batch.ledger, "SELECT 1 FROM sqlite_master WHERE name = 'shots'"))
+
+
+def _complete(batch: Batch) -> bool:
+    if not _has_schema(batch):
         return False
     final = states(batch.ledger)
     return len(final) == len(batch.ids) and set(final.values()) <= {"done", "moderated"}
