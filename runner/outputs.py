@@ -5,7 +5,9 @@ Invariants:
   :func:`resolve_output` checks again).
 - An existing file at an output path is replaced only if it is byte-identical to what
   would be written; a different file is moved aside only when the ledger says it is an
-  older version of the same shot, and refused otherwise.
+  older version of the same shot, and refused otherwise. Every name created in the
+  output folder (a published video, a sidecar, a version moved aside and its
+  replacement) is made durable by a folder fsync before the shot counts as done.
 - Sidecars are written to a temporary name, fsynced and renamed, like the videos; a
   sidecar written with its video shares the folder fsync that makes both names durable.
 """
@@ -117,6 +119,14 @@ def archive_name(target: Path, version: int) -> Path:
         n += 1
         candidate = target.with_name(f"{target.stem}.v{version}-{n}{target.suffix}")
     return candidate
+
+
+def move_aside_and_place(target: Path, aside: Path, staged: Path) -> None:
+    """Move the older version at ``target`` to ``aside``, put ``staged`` in its place,
+    and make both names durable; for worker threads."""
+    os.replace(target, aside)
+    os.replace(staged, target)
+    make_names_durable(target.parent)
 
 
 def sidecar_path(target: Path) -> Path:

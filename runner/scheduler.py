@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from runner.model import ErrorKind, PollSettings, ShotState
 from runner.outputs import (
     archive_name,
     make_names_durable,
+    move_aside_and_place,
     resolve_output,
     sha256_file,
     staging_path,
@@ -891,8 +891,7 @@ class Scheduler:
         owner = await self._ledger.output_owner(row.output_path)
         if owner is not None and owner[0] == row.shot_id and owner[1] == current:
             aside = archive_name(target, row.version - 1)
-            await asyncio.to_thread(os.replace, target, aside)
-            await asyncio.to_thread(os.replace, staged, target)
+            await asyncio.to_thread(move_aside_and_place, target, aside, staged)
             return True
         staged.unlink(missing_ok=True)
         await self._finish_render(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ from conftest import SIM_KEY
 from runkit import assert_outputs_match, query
 from shots import make_manifest, make_shot
 
+from runner import outputs as outputs_module
 from runner.batch import BatchOutcome, RunOverrides, run_batch
 from runner.errors import BudgetExceeded, ExitCode
 from runner.events import RunEvent, RunEventKind, RunSnapshot
-from runner.model import Manifest, ShotState
+from runner.model import Manifest, OutputSettings, ShotState
 from runner.sim import Simulator
 
 SimFactory = Callable[..., Awaitable[Simulator]]
@@ -327,3 +329,30 @@ async def test_changed_shot_becomes_a_new_version_and_keeps_the_old_file(
         == hashlib.sha256((first.output.dir / "a.mp4").read_bytes()).hexdigest()
     )
     assert sidecar["done_at"] == done_at
+
+
+@pytest.mark.parametrize("sidecar", [True, False], ids=["with-sidecar", "no-sidecar"])
+async def test_a_new_version_placed_over_the_old_file_is_made_durable(
+    tmp_path: Path, sim_factory: SimFactory, monkeypatch: pytest.MonkeyPatch, sidecar: bool
+) -> None:
+    """Moving the old version aside and the new one into place creates names: the
+    folder is fsynced after both, before the shot is done, with or without a sidecar."""
+    sim = await sim_factory()
+    output = OutputSettings(dir=tmp_path / "out", sidecar=sidecar)
+    first = replace(make_manifest(tmp_path, [make_shot("a")]), output=output)
+    await run(first, sim)
+    names_at_fsync: list[set[str]] = []
+
+    def fsync_dir(directory: Path) -> None:
+        if directory == output.dir:
+            names_at_fsync.append({p.name for p in directory.iterdir()})
+
+    monkeypatch.setattr(outputs_module, "_fsync_dir", fsync_dir)
+    second = replace(
+        make_manifest(tmp_path, [make_shot("a", prompt="a stormy sea")]), output=output
+    )
+    outcome = await run(second, sim)
+    assert outcome.result.counts == {ShotState.DONE: 1}
+    assert (output.dir / "a.v1.mp4").exists()
+    # an fsync saw the old version aside and no staging file left: it covers the moves
+    assert any("a.v1.mp4" in names and ".a.mp4.incoming" not in names for names in names_at_fsync)
