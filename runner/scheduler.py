@@ -798,14 +798,17 @@ class Scheduler:
         ):
             return
         crashpoints.reached(CrashPoint.MID_DOWNLOAD)
-        if sidecar is not None and sidecar.done_at is None:  # placed over an existing file
-            try:
-                await asyncio.to_thread(sidecar.write_durably, result)
-            except (DiskFull, UsageError) as exc:
-                await self._write_failed(job, exc)
-                return
-        # the sidecar records the done time; the ledger records the same one
-        now = time.time() if sidecar is None or sidecar.done_at is None else sidecar.done_at
+        now = time.time()
+        if sidecar is not None:
+            if staged is not None:  # placed over an existing file: the sidecar comes now
+                try:
+                    await asyncio.to_thread(sidecar.write_durably, result)
+                except (DiskFull, UsageError) as exc:
+                    await self._write_failed(job, exc)
+                    return
+            # the sidecar records the done time; the ledger records the same one
+            assert sidecar.done_at is not None  # written by the download's trip, or above
+            now = sidecar.done_at
         await self._ledger.update_shot(
             row.shot_id,
             {
