@@ -7,8 +7,9 @@
    (a sidecar beside every video). Reports shots per second and the runner's CPU
    milliseconds per shot (user + system of the pixrun process), the median of five
    runs, each in its own folder on a settled file system (see benchmarks/machine.py).
-   Targets: >= 200 shots/s and <= 3 ms. Five runs without sidecars, taken in turn with
-   those, are reported beside them, with the paired differences.
+   Targets: >= 200 shots/s and <= 3 ms. Five runs without sidecars and five with
+   ``--all-cpus`` (threads placed by the OS instead of kept on one CPU), taken in turn
+   with those, are reported beside them, with the paired differences.
 
 Beside each throughput run it reports the CPU speed probe of benchmarks/machine.py
 (a fixed workload timed just before and after the run): this VM's CPU speed drifts by
@@ -125,9 +126,9 @@ def measure_pixrun(base_url: str, *args: str) -> dict[str, float]:
     return measured
 
 
-def run_pixrun(manifest: Path, base_url: str) -> dict[str, float]:
+def run_pixrun(manifest: Path, base_url: str, *extra: str) -> dict[str, float]:
     """``pixrun run`` of the whole manifest, measured as :func:`measure_pixrun` does."""
-    return measure_pixrun(base_url, "run", str(manifest), "--yes", "--quiet")
+    return measure_pixrun(base_url, "run", str(manifest), "--yes", "--quiet", *extra)
 
 
 def batch_span_s(ledger: Path) -> float:
@@ -179,24 +180,35 @@ def bench_makespan(shots: int, concurrency: int = 50) -> dict[str, Any]:
 
 
 def bench_throughput(shots: int, rounds: int = 5) -> dict[str, Any]:
-    """``rounds`` pairs of runs, with sidecars (the default output) and without, taken
-    in turn so that both see the same machine; each run in its own folder, all removed
-    only after the last run, so no run follows a mass deletion of another's files (see
+    """``rounds`` rounds of three runs: the default (sidecars on, threads kept on one
+    CPU), without sidecars, and with ``--all-cpus``, taken in turn so that all three
+    see the same machine; each run in its own folder, all removed only after the last
+    run, so no run follows a mass deletion of another's files (see
     benchmarks/machine.py)."""
-    series: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    variants = {
+        "default_output": {"sidecar": True, "all_cpus": False},
+        "no_sidecars": {"sidecar": False, "all_cpus": False},
+        "all_cpus": {"sidecar": True, "all_cpus": True},
+    }
+    series: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(dir=bench_dir()) as parent:
         for n in range(rounds):
-            for sidecar in (True, False):
-                folder = Path(parent) / f"run-{n}-{'sidecar' if sidecar else 'bare'}"
-                series[sidecar].append(_throughput_once(shots, folder, sidecar=sidecar))
-    with_sidecars = _summary(shots, series[True])
-    paired = [a["cpu_ms"] - b["cpu_ms"] for a, b in zip(series[True], series[False], strict=True)]
-    return {
-        "default_output": with_sidecars,
-        "no_sidecars": _summary(shots, series[False]),
-        "sidecar_cost_ms_per_shot": round(statistics.median(paired), 3),
-        "sidecar_cost_each": [round(d, 3) for d in paired],
-    }
+            for name, settings in variants.items():
+                folder = Path(parent) / f"run-{n}-{name}"
+                series[name].append(_throughput_once(shots, folder, **settings))
+    result: dict[str, Any] = {name: _summary(shots, runs) for name, runs in series.items()}
+    # paired by round: what sidecars cost, and what leaving the threads to the OS costs
+    # (see runner/placement.py)
+    for key, costly, cheap in (
+        ("sidecar_cost", "default_output", "no_sidecars"),
+        ("all_cpus_cost", "all_cpus", "default_output"),
+    ):
+        paired = [
+            a["cpu_ms"] - b["cpu_ms"] for a, b in zip(series[costly], series[cheap], strict=True)
+        ]
+        result[f"{key}_ms_per_shot"] = round(statistics.median(paired), 3)
+        result[f"{key}_each"] = [round(d, 3) for d in paired]
+    return result
 
 
 def _summary(shots: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -223,7 +235,7 @@ def _summary(shots: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _throughput_once(shots: int, folder: Path, *, sidecar: bool) -> dict[str, Any]:
+def _throughput_once(shots: int, folder: Path, *, sidecar: bool, all_cpus: bool) -> dict[str, Any]:
     folder.mkdir()
     with SimulatorThread(SimConfig(api_key=KEY, render_time_s=(0.0, 0.0), seed=3)) as sim:
         manifest = write_manifest(
@@ -236,7 +248,7 @@ def _throughput_once(shots: int, folder: Path, *, sidecar: bool) -> dict[str, An
         )
         file_system = settle_filesystem(folder / "out")
         probe_before_ms = cpu_speed_probe_ms()
-        measured = run_pixrun(manifest, sim.base_url)
+        measured = run_pixrun(manifest, sim.base_url, *(["--all-cpus"] if all_cpus else []))
         probe_after_ms = cpu_speed_probe_ms()
         accepted = sim.stats(with_tasks=False)["accepted_tasks"]
     if accepted != shots:
@@ -263,6 +275,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     for name, title in (
         ("default_output", "throughput (zero render time; default output, with sidecars)"),
         ("no_sidecars", "throughput without sidecars (output.sidecar: false), for comparison"),
+        ("all_cpus", "throughput with --all-cpus (threads placed by the OS), for comparison"),
     ):
         print(f"run benchmark: {title}")
         for key, value in throughput[name].items():
@@ -271,6 +284,10 @@ def main(quick: bool = False) -> dict[str, Any]:
     print(
         f"  sidecar cost, median of paired runs: {throughput['sidecar_cost_ms_per_shot']} ms "
         f"per shot {throughput['sidecar_cost_each']}"
+    )
+    print(
+        f"  --all-cpus cost, median of paired runs: {throughput['all_cpus_cost_ms_per_shot']} "
+        f"ms per shot {throughput['all_cpus_cost_each']}"
     )
     return {"makespan": makespan, "throughput": throughput}
 
