@@ -136,8 +136,13 @@ async def run_batch(
     overrides: RunOverrides | None = None,
     simulate: SimulatorSettings | None = None,
     handle_signals: bool = True,
+    cpu: int | None = None,
 ) -> BatchOutcome:
-    """Run (or resume) a batch. Raises the errors of :mod:`runner.errors`."""
+    """Run (or resume) a batch. Raises the errors of :mod:`runner.errors`.
+
+    ``cpu``: the one CPU the caller keeps this process's threads on, for the ledger's
+    record (:func:`runner.placement.keep_to_one_cpu`); None when it does not.
+    """
     overrides = overrides or RunOverrides()
     path = ledger_path_for(manifest.path, ledger_path)
     settings = manifest.run
@@ -180,7 +185,7 @@ async def run_batch(
         parked = await ledger.recover()
         await _check_budget(ledger, options.budget_uptc)
         async with _provider_for(overrides, simulate) as provider:
-            await ledger.start_run()
+            await ledger.start_run(cpu=cpu)
             scheduler = Scheduler(ledger, provider, options, observer)
             remove = _install_signals(scheduler) if handle_signals else (lambda: None)
             try:

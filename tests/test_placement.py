@@ -20,6 +20,7 @@ from runkit import (
     SimThread,
     env_for,
     in_state,
+    query,
     run_args,
     start,
     wait_until,
@@ -160,8 +161,12 @@ def test_pixrun_run_keeps_to_one_cpu_unless_told_otherwise(
         assert running.wait() == 130
     given = sorted(os.sched_getaffinity(0))
     assert len(threads) > 1  # the ledger's thread at least
+    (started,) = query(batch.ledger, "SELECT message FROM events WHERE kind = 'run_started'")
     if flag is None:
         assert len({tuple(c) for c in threads}) == 1, threads
         assert len(threads[0]) == 1 and threads[0][0] in given
+        # the ledger says where the run's threads were kept
+        assert started == (f"run 1 started (threads kept on CPU {threads[0][0]})",)
     else:
         assert all(c == given for c in threads), threads
+        assert started == ("run 1 started",)

@@ -196,12 +196,14 @@ def run_cmd(
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
-    batch = run_batch(loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim)
+    # before the run starts its threads (they inherit it); see runner.placement
+    cpu = keep_to_one_cpu() if one_cpu else None
+    batch = run_batch(
+        loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim, cpu=cpu
+    )
     # the run keeps the shots in the ledger, not in memory: drop our reference so the
     # manifest can be freed once it is synced (flat memory at 100,000 shots)
     del loaded
-    if one_cpu:
-        keep_to_one_cpu()  # before the run starts its threads; see runner.placement
     with observer:
         outcome = _event_loop_runner()(batch)
     # with --json-logs the summary is the last JSON line, so a log pipeline sees the end

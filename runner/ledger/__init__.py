@@ -643,7 +643,9 @@ class Ledger:
 
     # -- run bookkeeping -------------------------------------------------------------
 
-    async def start_run(self) -> int:
+    async def start_run(self, *, cpu: int | None = None) -> int:
+        """Record a run taking the ledger; ``cpu``: the one CPU its threads are kept on
+        (see runner.placement), noted in the ``run_started`` event."""
         now = _now()
         rows = await self._fetchall("SELECT COALESCE(MAX(attempt_id), 0) FROM attempts")
         self._next_attempt_id = int(rows[0][0]) + 1
@@ -652,7 +654,8 @@ class Ledger:
         )
         rows = await self._fetchall("SELECT MAX(run_id) FROM runs")
         self._run_id = int(rows[0][0])
-        await self.add_event(EventKind.RUN_STARTED, None, f"run {self._run_id} started")
+        where = f" (threads kept on CPU {cpu})" if cpu is not None else ""
+        await self.add_event(EventKind.RUN_STARTED, None, f"run {self._run_id} started{where}")
         return self._run_id
 
     async def end_run(self, exit_code: int, summary: Mapping[str, Any]) -> None:
