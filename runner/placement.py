@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 __all__ = ["current_cpu", "keep_to_one_cpu"]
@@ -85,12 +86,5 @@ def _thread_ids() -> list[int]:
         others = [int(name) for name in os.listdir("/proc/self/task")]
     except OSError:
         return [0]
-    caller = _own_tid()
+    caller = threading.get_native_id()
     return [0, *(tid for tid in others if tid != caller)]
-
-
-def _own_tid() -> int | None:
-    try:
-        return int(os.readlink("/proc/thread-self").rpartition("/")[2])
-    except (OSError, ValueError):
-        return None
