@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -121,12 +122,29 @@ def archive_name(target: Path, version: int) -> Path:
     return candidate
 
 
-def move_aside_and_place(target: Path, aside: Path, staged: Path) -> None:
-    """Move the older version at ``target`` to ``aside``, put ``staged`` in its place,
-    and make both names durable; for worker threads."""
-    os.replace(target, aside)
-    os.replace(staged, target)
-    make_names_durable(target.parent)
+def place_over(
+    target: Path, staged: Path, aside: Path | None, then: Callable[[], None] | None = None
+) -> None:
+    """Settle a download that was staged beside an existing file at ``target``; for
+    worker threads, one trip.
+
+    ``aside`` None: the existing file is the same video, and the staged copy is dropped.
+    Otherwise the existing file (an older version of the shot) moves to ``aside`` and
+    the staged one takes its place. ``then`` (the sidecar) runs next, and one folder
+    fsync then makes every new name durable, even when ``then`` failed: as
+    :func:`runner.provider.download.download_file` does for a video published anew.
+    """
+    if aside is None:
+        staged.unlink(missing_ok=True)
+    else:
+        os.replace(target, aside)
+        os.replace(staged, target)
+    try:
+        if then is not None:
+            then()
+    finally:
+        if aside is not None or then is not None:
+            make_names_durable(target.parent)
 
 
 def sidecar_path(target: Path) -> Path:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -61,8 +62,7 @@ from runner.ledger import AttemptOutcome, EventKind, Ledger, ShotRow
 from runner.model import ErrorKind, PollSettings, ShotState
 from runner.outputs import (
     archive_name,
-    make_names_durable,
-    move_aside_and_place,
+    place_over,
     resolve_output,
     sha256_file,
     staging_path,
@@ -166,8 +166,9 @@ class _Job:
 
 class _Sidecar:
     """A shot's sidecar, waiting for what only the finished download knows. Called in
-    the download's worker-thread trip, right after the video is published (see
-    :meth:`Provider.download`), so both names share one folder fsync."""
+    the worker-thread trip that publishes the video (:meth:`Provider.download`, or
+    :func:`runner.outputs.place_over` for a video staged beside an existing file), so
+    both names share one folder fsync."""
 
     def __init__(self, target: Path, fields: dict[str, Any]) -> None:
         self.target = target
@@ -180,11 +181,6 @@ class _Sidecar:
         data = {**self.fields, "sha256": result.sha256, "bytes": result.bytes, "done_at": done_at}
         write_sidecar(self.target, data)
         self.done_at = done_at
-
-    def write_durably(self, result: DownloadResult) -> None:
-        """For a video placed over an existing file: write, then fsync the folder."""
-        self(result)
-        make_names_durable(self.target.parent)
 
 
 class Scheduler:
@@ -794,20 +790,14 @@ class Scheduler:
             return
         result, staged = fetched
         if staged is not None and not await self._place_over_existing(
-            job, target, staged, result.sha256
+            job, target, staged, result, sidecar
         ):
             return
         crashpoints.reached(CrashPoint.MID_DOWNLOAD)
         now = time.time()
         if sidecar is not None:
-            if staged is not None:  # placed over an existing file: the sidecar comes now
-                try:
-                    await asyncio.to_thread(sidecar.write_durably, result)
-                except (DiskFull, UsageError) as exc:
-                    await self._write_failed(job, exc)
-                    return
             # the sidecar records the done time; the ledger records the same one
-            assert sidecar.done_at is not None  # written by the download's trip, or above
+            assert sidecar.done_at is not None  # written in the trip that placed the video
             now = sidecar.done_at
         await self._ledger.update_shot(
             row.shot_id,
@@ -883,28 +873,39 @@ class Scheduler:
                 await asyncio.sleep(backoff_s(tries, base_s=self._opt.backoff_base_s, cap_s=5.0))
 
     async def _place_over_existing(
-        self, job: _Job, target: Path, staged: Path, sha256: str
+        self,
+        job: _Job,
+        target: Path,
+        staged: Path,
+        result: DownloadResult,
+        sidecar: _Sidecar | None,
     ) -> bool:
-        """A file already sits at the target: keep it if identical, never clobber."""
+        """A file already sits at the target: keep it if identical, move it aside if it
+        is this shot's older version, never clobber anything else. The sidecar is
+        written in the same worker-thread trip. False: the shot is dealt with."""
         row = job.row
         current = await asyncio.to_thread(sha256_file, target)
-        if current == sha256:
-            staged.unlink(missing_ok=True)
-            return True
-        owner = await self._ledger.output_owner(row.output_path)
-        if owner is not None and owner[0] == row.shot_id and owner[1] == current:
+        aside = None
+        if current != result.sha256:
+            owner = await self._ledger.output_owner(row.output_path)
+            if owner is None or owner[0] != row.shot_id or owner[1] != current:
+                staged.unlink(missing_ok=True)
+                await self._finish_render(
+                    job,
+                    ShotState.FAILED,
+                    ErrorKind.OUTPUT_CONFLICT,
+                    f"a different file already exists at {target}; move it away or change "
+                    "output.filename, then 'pixrun retry --shot " + row.shot_id + "'",
+                )
+                return False
             aside = archive_name(target, row.version - 1)
-            await asyncio.to_thread(move_aside_and_place, target, aside, staged)
-            return True
-        staged.unlink(missing_ok=True)
-        await self._finish_render(
-            job,
-            ShotState.FAILED,
-            ErrorKind.OUTPUT_CONFLICT,
-            f"a different file already exists at {target}; move it away or change "
-            "output.filename, then 'pixrun retry --shot " + row.shot_id + "'",
-        )
-        return False
+        then = functools.partial(sidecar, result) if sidecar is not None else None
+        try:
+            await asyncio.to_thread(place_over, target, staged, aside, then)
+        except (DiskFull, UsageError) as exc:
+            await self._write_failed(job, exc)
+            return False
+        return True
 
     async def _refresh_url(self, job: _Job) -> bool:
         row = job.row

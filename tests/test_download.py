@@ -336,6 +336,55 @@ async def test_then_runs_after_the_publish_and_shares_the_folder_fsync(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "a.mp4.json"]
 
 
+@pytest.mark.parametrize("identical", [True, False], ids=["identical", "older-version"])
+def test_place_over_runs_then_before_the_one_folder_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identical: bool
+) -> None:
+    """A download staged beside an existing file: the identical copy is dropped, or the
+    older version moved aside and the new one put in its place; the sidecar comes next,
+    and one folder fsync, after it, covers every new name."""
+    timeline: list[str] = []
+
+    def fsync_dir(directory: Path) -> None:
+        assert directory == tmp_path
+        timeline.append(f"folder fsync: {sorted(p.name for p in tmp_path.iterdir())}")
+
+    monkeypatch.setattr(outputs_module, "_fsync_dir", fsync_dir)
+    target, staged = tmp_path / "a.mp4", outputs_module.staging_path(tmp_path / "a.mp4")
+    target.write_bytes(VIDEO if identical else b"the older version")
+    staged.write_bytes(VIDEO)
+    aside = None if identical else tmp_path / "a.v1.mp4"
+
+    def then() -> None:
+        write_sidecar(target, {"version": 2})
+        timeline.append("then")
+
+    outputs_module.place_over(target, staged, aside, then)
+    names = ["a.mp4", "a.mp4.json"] if identical else ["a.mp4", "a.mp4.json", "a.v1.mp4"]
+    assert timeline == ["then", f"folder fsync: {names}"]
+    assert target.read_bytes() == VIDEO
+    if aside is not None:
+        assert aside.read_bytes() == b"the older version"
+
+
+def test_place_over_makes_the_moves_durable_when_then_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder_fsyncs: list[Path] = []
+    monkeypatch.setattr(outputs_module, "_fsync_dir", folder_fsyncs.append)
+    target, staged = tmp_path / "a.mp4", outputs_module.staging_path(tmp_path / "a.mp4")
+    target.write_bytes(b"the older version")
+    staged.write_bytes(VIDEO)
+
+    def then() -> None:
+        raise DiskFull("the disk is full while writing a.mp4.json")
+
+    with pytest.raises(DiskFull):
+        outputs_module.place_over(target, staged, tmp_path / "a.v1.mp4", then)
+    assert folder_fsyncs == [tmp_path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "a.v1.mp4"]
+
+
 async def test_a_failing_then_leaves_the_video_published_and_raises_its_error(
     provider_factory: ProviderFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -336,7 +336,8 @@ async def test_a_new_version_placed_over_the_old_file_is_made_durable(
     tmp_path: Path, sim_factory: SimFactory, monkeypatch: pytest.MonkeyPatch, sidecar: bool
 ) -> None:
     """Moving the old version aside and the new one into place creates names: the
-    folder is fsynced after both, before the shot is done, with or without a sidecar."""
+    folder is fsynced after both, before the shot is done, with or without a sidecar;
+    with one, after the new version's sidecar is in place too."""
     sim = await sim_factory()
     output = OutputSettings(dir=tmp_path / "out", sidecar=sidecar)
     first = replace(make_manifest(tmp_path, [make_shot("a")]), output=output)
@@ -345,7 +346,11 @@ async def test_a_new_version_placed_over_the_old_file_is_made_durable(
 
     def fsync_dir(directory: Path) -> None:
         if directory == output.dir:
-            names_at_fsync.append({p.name for p in directory.iterdir()})
+            names = {p.name for p in directory.iterdir()}
+            if "a.mp4.json" in names:  # which version's sidecar has the name
+                version = json.loads((directory / "a.mp4.json").read_text())["version"]
+                names.add(f"sidecar of version {version}")
+            names_at_fsync.append(names)
 
     monkeypatch.setattr(outputs_module, "_fsync_dir", fsync_dir)
     second = replace(
@@ -355,4 +360,9 @@ async def test_a_new_version_placed_over_the_old_file_is_made_durable(
     assert outcome.result.counts == {ShotState.DONE: 1}
     assert (output.dir / "a.v1.mp4").exists()
     # an fsync saw the old version aside and no staging file left: it covers the moves
-    assert any("a.v1.mp4" in names and ".a.mp4.incoming" not in names for names in names_at_fsync)
+    # (and, with sidecars, the new version's sidecar under its name)
+    covered = {"a.v1.mp4", "sidecar of version 2"} if sidecar else {"a.v1.mp4"}
+    assert any(
+        covered <= names and not {".a.mp4.incoming", ".a.mp4.json.tmp"} & names
+        for names in names_at_fsync
+    ), names_at_fsync
