@@ -22,7 +22,9 @@ with ``raise ... from exc``; only the CLI prints errors.
     │   ├── TransientError         5xx, refused/reset before the request was written
     │   ├── AmbiguousSubmit        timeout/reset AFTER a generate request was written
     │   ├── InvalidRequest         400/422 or a parameter ErrCode; the shot is invalid
-    │   ├── TaskNotFound           the provider does not know this task id
+    │   ├── TaskNotFound           a recognised envelope says: no such task
+    │   ├── ContractMismatch       an answer pixrun does not recognise (a wrong route,
+    │   │                          HTML, a redirect, no known envelope): stop all (5)
     │   └── DownloadError          a download could not be completed
     │       ├── UrlExpired         403/404 on a signed URL: fetch the task again
     │       ├── DownloadCorrupt    short body, not an MP4, checksum mismatch
@@ -48,6 +50,7 @@ class ExitCode:
     INVALID = 2  #: invalid input or usage
     AUTH = 3  #: the provider refused the API key
     MONEY = 4  #: budget cap or account balance
+    CONTRACT = 5  #: the provider answered in a way pixrun does not recognise
     INTERRUPTED = 130  #: Ctrl-C or SIGTERM
 
 
@@ -189,6 +192,20 @@ class InvalidRequest(ProviderError):
 
 class TaskNotFound(ProviderError):
     """The provider does not know the task id."""
+
+
+class ContractMismatch(ProviderError):
+    """The provider answered in a way pixrun does not recognise: a route-level 404/405,
+    a redirect, HTML or other non-JSON, or JSON in neither known envelope. Never read
+    as "task gone": the run stops at once, nothing is marked failed, task ids are kept.
+    ``shot_charged`` is True when the answer came to a generate request that may have
+    created (and charged) a task."""
+
+    exit_code = ExitCode.CONTRACT
+
+    def __init__(self, message: str, *, shot_charged: bool = False, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.shot_charged = shot_charged
 
 
 class DownloadError(ProviderError):

@@ -395,7 +395,13 @@ class Scheduler:
         row = job.row
         same = row.attempts > 0 and row.error_kind in _SAME_ATTEMPT_KINDS
         attempt_no = row.attempts if same else row.attempts + 1
-        trace_id = trace_id_for(f"{row.shot_id}@v{row.version}", attempt_no)
+        trace_id = None
+        if same:  # a repeat of an attempt already sent: the id it went out with
+            trace_id = await self._ledger.sent_trace_id(row.shot_id, row.version, attempt_no)
+        if trace_id is None:
+            trace_id = trace_id_for(
+                f"{row.shot_id}@v{row.version}", attempt_no, secret=self._ledger.trace_secret
+            )
         price = row.price_uptc or 0
         transient_tries = 0
         now_wall = time.time()

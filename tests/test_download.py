@@ -42,6 +42,9 @@ from runner.provider import download as download_module
 from runner.provider.download import WRITE_BYTES
 from runner.sim import Simulator, task_mp4
 
+#: a ledger's trace secret, for calls made outside a ledger
+TEST_SECRET = b"pixrun-test-trace-secret"
+
 SimFactory = Callable[..., Awaitable[Simulator]]
 ProviderFactory = Callable[..., Provider]
 REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "360p"}
@@ -82,7 +85,7 @@ def assert_nothing_kept(dest: Path) -> None:
 
 
 async def rendered_url(sim: Simulator, provider: Provider) -> str:
-    task_id = await provider.generate(REQUEST, trace_id=trace_id_for("dl", 1))
+    task_id = await provider.generate(REQUEST, trace_id=trace_id_for("dl", 1, secret=TEST_SECRET))
     for _ in range(200):
         state = await provider.fetch(task_id)
         if state.status is TaskStatus.SUCCEEDED:

@@ -54,6 +54,39 @@ async def test_each_migration_applies_from_the_previous_version(tmp_path: Path) 
         assert raw(path).execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
 
 
+async def test_version_1_ledger_with_work_gains_a_private_trace_secret(tmp_path: Path) -> None:
+    """Migration 2 on a ledger an earlier pixrun left mid-run: the work is kept, the
+    attempt already sent keeps its trace id, and every ledger gets its own secret."""
+    secrets = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.sqlite"
+        con = raw(path)
+        con.executescript(MIGRATIONS[0])
+        con.execute("PRAGMA user_version = 1")
+        con.execute("PRAGMA application_id = 1346984018")
+        con.execute(
+            "INSERT INTO shots (shot_id, seq, mode, prompt, request_json, request_hash, "
+            "output_path, max_attempts, state, attempts, created_at, updated_at) "
+            "VALUES ('hero', 0, 'text', 'p', '{}', 'h', 'hero.mp4', 3, 'submitting', 1, 0, 0)"
+        )
+        con.execute(
+            "INSERT INTO attempts (shot_id, shot_version, attempt_no, trace_id, request_hash, "
+            "sent_at, outcome) VALUES ('hero', 1, 1, 'old-trace-id', 'h', 0, 'sending')"
+        )
+        con.commit()
+        con.close()
+        async with await open_ledger(path, writer=True) as ledger:
+            secrets.append(ledger.trace_secret)
+        con = raw(path)
+        assert con.execute("SELECT state FROM shots").fetchone() == ("submitting",)
+        assert con.execute("SELECT trace_id, refunded_uptc FROM attempts").fetchone() == (
+            "old-trace-id",
+            None,
+        )
+        assert con.execute("SELECT COUNT(*) FROM uploads").fetchone() == (0,)
+    assert len(secrets[0]) == 32 and secrets[0] != secrets[1]
+
+
 async def test_newer_or_foreign_database_is_refused(tmp_path: Path) -> None:
     newer = tmp_path / "newer.sqlite"
     con = raw(newer)

@@ -33,6 +33,9 @@ from runner.errors import (
 from runner.provider import TRACE_HEADER, Provider, trace_id_for
 from runner.sim import Simulator
 
+#: a ledger's trace secret, for calls made outside a ledger
+TEST_SECRET = b"pixrun-test-trace-secret"
+
 SimFactory = Callable[..., Awaitable[Simulator]]
 ProviderFactory = Callable[..., Provider]
 REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "720p", "duration": 8}
@@ -285,7 +288,7 @@ async def test_lost_answer_is_ambiguous_and_the_task_exists(
     sim = await sim_factory(lost_generate_share=1.0, slow_generate_s=1.0 if slow else 0.0)
     provider = provider_factory(sim, read_timeout_s=0.2, total_timeout_s=1.0)
     with pytest.raises(AmbiguousSubmit):
-        await provider.generate(REQUEST, trace_id=trace_id_for("s", 1))
+        await provider.generate(REQUEST, trace_id=trace_id_for("s", 1, secret=TEST_SECRET))
     stats = sim.stats()
     assert stats["accepted_tasks"] == 1 and stats["charges"]["sum_ptc"] == REQUEST_PRICE_PTC
 
@@ -305,7 +308,7 @@ async def test_trace_id_and_local_images_go_out(
 
     sim = await sim_factory(generate_hook=hook)
     request = {"prompt": "wake up", "model": "v4.5", "image": image.as_uri()}
-    trace = trace_id_for("img-shot", 2)
+    trace = trace_id_for("img-shot", 2, secret=TEST_SECRET)
     await provider_factory(sim).generate(request, trace_id=trace)
     body, headers = seen[0]
     assert headers[TRACE_HEADER] == trace

@@ -38,6 +38,9 @@ from runner.provider import (
 from runner.provider.dialects import parse_retry_after
 from runner.sim import Simulator, shot_key_of
 
+#: a ledger's trace secret, for calls made outside a ledger
+TEST_SECRET = b"pixrun-test-trace-secret"
+
 SAMPLES = Path(__file__).parent / "data" / "api-samples"
 
 
@@ -230,15 +233,35 @@ def test_retry_after_seconds_and_http_dates() -> None:
 
 
 def test_trace_id_is_deterministic_per_shot_and_attempt() -> None:
-    a1 = trace_id_for("shot-a", 1)
-    assert a1 == trace_id_for("shot-a", 1)
-    assert len({a1, trace_id_for("shot-a", 2), trace_id_for("shot-b", 1)}) == 3
+    a1 = trace_id_for("shot-a", 1, secret=TEST_SECRET)
+    assert a1 == trace_id_for("shot-a", 1, secret=TEST_SECRET)
+    assert (
+        len(
+            {
+                a1,
+                trace_id_for("shot-a", 2, secret=TEST_SECRET),
+                trace_id_for("shot-b", 1, secret=TEST_SECRET),
+            }
+        )
+        == 3
+    )
     parsed = uuid.UUID(a1)
     assert parsed.version == 8
     assert parsed.int & 0xFFFFFFFF == 1
     # the simulator recognises the attempts of one shot (for "fail the first attempt")
-    assert shot_key_of(a1, {}) == shot_key_of(trace_id_for("shot-a", 2), {})
-    assert shot_key_of(a1, {}) != shot_key_of(trace_id_for("shot-b", 1), {})
+    assert shot_key_of(a1, {}) == shot_key_of(trace_id_for("shot-a", 2, secret=TEST_SECRET), {})
+    assert shot_key_of(a1, {}) != shot_key_of(trace_id_for("shot-b", 1, secret=TEST_SECRET), {})
+
+
+def test_trace_ids_of_two_ledgers_never_meet() -> None:
+    """Two ledgers (two people, two projects) with a shot of the same name: a provider
+    that deduplicates on the trace id must not hand one the other's video."""
+    other = b"another-ledger-secret-0123456789"
+    mine = {trace_id_for("hero@v1", n, secret=TEST_SECRET) for n in range(1, 50)}
+    theirs = {trace_id_for("hero@v1", n, secret=other) for n in range(1, 50)}
+    assert not mine & theirs
+    with pytest.raises(ValueError):
+        trace_id_for("hero@v1", 1, secret=b"short")
 
 
 def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,7 +310,9 @@ async def test_contract_lifecycle(
 ) -> None:
     sim = await sim_factory(dialect=dialect, render_time_s=(0.05, 0.05))
     provider = provider_factory(sim)
-    task_id = await provider.generate(TEXT_REQUEST, trace_id=trace_id_for("s1", 1))
+    task_id = await provider.generate(
+        TEXT_REQUEST, trace_id=trace_id_for("s1", 1, secret=TEST_SECRET)
+    )
     assert isinstance(task_id, str)
     if dialect == "pixverse":
         assert task_id.isdigit()
@@ -315,13 +340,18 @@ async def test_contract_moderation_and_failure(
     )
     provider = provider_factory(sim)
     moderated = await provider.generate(
-        {**TEXT_REQUEST, "prompt": "a Forbidden scene"}, trace_id=trace_id_for("m", 1)
+        {**TEXT_REQUEST, "prompt": "a Forbidden scene"},
+        trace_id=trace_id_for("m", 1, secret=TEST_SECRET),
     )
     assert (await wait_final(provider, moderated)).status is TaskStatus.MODERATED
-    failed = await provider.generate(TEXT_REQUEST, trace_id=trace_id_for("f", 1))
+    failed = await provider.generate(
+        TEXT_REQUEST, trace_id=trace_id_for("f", 1, secret=TEST_SECRET)
+    )
     state = await wait_final(provider, failed)
     assert state.status is TaskStatus.FAILED and state.message
-    retried = await provider.generate(TEXT_REQUEST, trace_id=trace_id_for("f", 2))
+    retried = await provider.generate(
+        TEXT_REQUEST, trace_id=trace_id_for("f", 2, secret=TEST_SECRET)
+    )
     assert (await wait_final(provider, retried)).status is TaskStatus.SUCCEEDED
 
 

@@ -28,6 +28,9 @@ from runner.pricing import price_of, to_uptc
 from runner.provider import Provider, TaskState, TaskStatus, mp4_problem, trace_id_for
 from runner.sim import SimConfig, Simulator, SimulatorThread, task_mp4, tiny_mp4
 
+#: a ledger's trace secret, for calls made outside a ledger
+TEST_SECRET = b"pixrun-test-trace-secret"
+
 SimFactory = Callable[..., Awaitable[Simulator]]
 ProviderFactory = Callable[..., Provider]
 
@@ -65,7 +68,10 @@ async def test_books_n_tasks_charged_by_the_price_rule(
     provider = provider_factory(sim)
     requests = [request_for(i) for i in range(n)]
     task_ids = await asyncio.gather(
-        *(provider.generate(r, trace_id=trace_id_for(f"s{i}", 1)) for i, r in enumerate(requests))
+        *(
+            provider.generate(r, trace_id=trace_id_for(f"s{i}", 1, secret=TEST_SECRET))
+            for i, r in enumerate(requests)
+        )
     )
     assert len(set(task_ids)) == n
     prices = [price_of(r) for r in requests]
@@ -114,9 +120,9 @@ async def test_failed_first_attempt_is_refunded_and_the_retry_renders(
     sim = await sim_factory(balance_ptc="1", fail_first_attempt_share=1.0)
     provider = provider_factory(sim)
     request = {"prompt": "x", "model": "v4.5", "quality": "540p"}  # 0.15 PTC
-    first = await provider.generate(request, trace_id=trace_id_for("shot", 1))
+    first = await provider.generate(request, trace_id=trace_id_for("shot", 1, secret=TEST_SECRET))
     assert (await final_state(provider, first)).status is TaskStatus.FAILED
-    second = await provider.generate(request, trace_id=trace_id_for("shot", 2))
+    second = await provider.generate(request, trace_id=trace_id_for("shot", 2, secret=TEST_SECRET))
     assert (await final_state(provider, second)).status is TaskStatus.SUCCEEDED
     stats = sim.stats()
     assert stats["charges"]["sum_ptc"] == "0.3"
@@ -130,7 +136,7 @@ async def test_dedupe_on_trace_id_charges_once(
     request = {"prompt": "x", "model": "v4.5", "quality": "360p"}
     deduping = await sim_factory(dedupe_trace_id=True)
     provider = provider_factory(deduping)
-    trace = trace_id_for("shot", 1)
+    trace = trace_id_for("shot", 1, secret=TEST_SECRET)
     assert await provider.generate(request, trace_id=trace) == await provider.generate(
         request, trace_id=trace
     )
@@ -149,7 +155,7 @@ async def test_ambiguous_submit_retried_with_the_same_trace_is_charged_once(
     sim = await sim_factory(dedupe_trace_id=True, lost_generate_share=1.0)
     provider = provider_factory(sim)
     request = {"prompt": "x", "model": "v4.5", "quality": "360p"}
-    trace = trace_id_for("shot", 1)
+    trace = trace_id_for("shot", 1, secret=TEST_SECRET)
     with pytest.raises(AmbiguousSubmit):
         await provider.generate(request, trace_id=trace)
     task_id = await provider.generate(request, trace_id=trace)  # dedupe answers, not lost

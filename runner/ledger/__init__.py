@@ -49,6 +49,9 @@ from runner.ledger.migrations import LATEST_VERSION, MIGRATIONS
 from runner.model import Shot, ShotState
 
 __all__ = [
+    "META_PROVIDER",
+    "META_TRACE_SECRET",
+    "SIM_INFIX",
     "AttemptOutcome",
     "EventKind",
     "Ledger",
@@ -201,9 +204,20 @@ class SyncResult:
 _HAS_FILE = frozenset({ShotState.DONE, ShotState.DOWNLOADING})
 
 
-def default_ledger_path(manifest_path: Path) -> Path:
-    """The ledger lives beside the manifest: ``shots.yaml`` -> ``shots.ledger.sqlite``."""
-    return manifest_path.with_name(manifest_path.stem + ".ledger.sqlite")
+#: meta key: who the ledger's work was sent to, as JSON ``{"simulated": bool,
+#: "base_url": str | None, "dialect": str | None}`` (see runner.batch)
+META_PROVIDER = "provider"
+#: meta key: the random secret every Ai-trace-id of this ledger derives from (hex)
+META_TRACE_SECRET = "trace_secret"
+#: a rehearsal's ledger and outputs carry this infix, so they never mix with real work
+SIM_INFIX = ".sim"
+
+
+def default_ledger_path(manifest_path: Path, *, simulated: bool = False) -> Path:
+    """The ledger lives beside the manifest: ``shots.yaml`` -> ``shots.ledger.sqlite``;
+    a rehearsal's (``--simulate``) is ``shots.sim.ledger.sqlite``."""
+    infix = SIM_INFIX if simulated else ""
+    return manifest_path.with_name(manifest_path.stem + infix + ".ledger.sqlite")
 
 
 def _now() -> float:
@@ -379,6 +393,7 @@ class Ledger:
         self._batcher = _WriteBatcher(conn) if writable else None
         self._next_attempt_id = 1
         self._run_id: int | None = None
+        self._trace_secret: bytes | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -401,6 +416,20 @@ class Ledger:
     def connection(self) -> aiosqlite.Connection:
         """For :mod:`runner.ledger.queries` only."""
         return self._conn
+
+    @property
+    def trace_secret(self) -> bytes:
+        """The ledger's private secret for Ai-trace-ids (writers only; created by
+        migration 2 and never changed, so a retried attempt repeats its id)."""
+        if self._trace_secret is None:
+            raise LedgerError("the ledger's trace secret was not loaded (open it as a writer)")
+        return self._trace_secret
+
+    async def load_trace_secret(self) -> None:
+        rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (META_TRACE_SECRET,))
+        if not rows:
+            raise LedgerSchemaError(f"the ledger {self.path} has no trace secret")
+        self._trace_secret = bytes.fromhex(str(rows[0][0]))
 
     @property
     def commit_count(self) -> int:
@@ -731,6 +760,16 @@ class Ledger:
             (ShotState.DONE.value,),
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    async def sent_trace_id(self, shot_id: str, version: int, attempt_no: int) -> str | None:
+        """The Ai-trace-id an attempt was last sent with, so a repeat of that attempt
+        sends it again (even one sent before this ledger had a trace secret)."""
+        rows = await self._fetchall(
+            "SELECT trace_id FROM attempts WHERE shot_id = ? AND shot_version = ? "
+            "AND attempt_no = ? ORDER BY attempt_id DESC LIMIT 1",
+            (shot_id, version, attempt_no),
+        )
+        return str(rows[0][0]) if rows else None
 
     async def output_owner(self, output_path: str) -> tuple[str, str | None] | None:
         """Which shot (and archived version's sha256) owns a relative output path."""
@@ -1104,4 +1143,11 @@ async def open_ledger(path: Path, *, writer: bool) -> Ledger:
         if lock_fd is not None:
             os.close(lock_fd)
         raise
-    return Ledger(path, conn, writable=writer, lock_fd=lock_fd)
+    ledger = Ledger(path, conn, writable=writer, lock_fd=lock_fd)
+    if writer:
+        try:
+            await ledger.load_trace_secret()
+        except LedgerError:
+            await ledger.close()
+            raise
+    return ledger

@@ -110,6 +110,28 @@ CREATE TABLE runs (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (V1,)
+#: v2: the ledger's private trace secret (every Ai-trace-id derives from it, so two
+#: ledgers never send the same id); refunds and the provider's own cost figure per
+#: attempt; the upload cache (one upload per distinct local image per ledger); a
+#: re-rolled shot's seed, kept across manifest syncs.
+V2 = """
+INSERT OR IGNORE INTO meta (key, value) VALUES ('trace_secret', lower(hex(randomblob(32))));
+
+ALTER TABLE attempts ADD COLUMN refunded_uptc INTEGER;  -- given back by the provider
+ALTER TABLE attempts ADD COLUMN points TEXT;            -- the provider's cost figure, as sent
+
+CREATE TABLE uploads (
+    sha256        TEXT PRIMARY KEY,             -- content of the local image
+    url           TEXT NOT NULL,                -- where the provider keeps it
+    bytes         INTEGER NOT NULL,
+    charged_uptc  INTEGER,                      -- what the upload cost (price table)
+    uploaded_at   REAL NOT NULL
+);
+
+ALTER TABLE shots ADD COLUMN seed_override INTEGER;     -- pixrun retry --new-seed
+ALTER TABLE shots ADD COLUMN override_base_hash TEXT;   -- the manifest request it re-rolls
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2)
 
 LATEST_VERSION = len(MIGRATIONS)

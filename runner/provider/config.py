@@ -3,14 +3,17 @@
 Invariants:
 - The API key comes from the environment variable ``PIXRUN_API_KEY`` only, and never
   appears in a repr, a message or a log line (``repr=False``; see :func:`redact`).
-- :func:`trace_id_for` is a pure function of (shot id, attempt): a retried submit of the
-  same attempt carries the same ``Ai-trace-id``, so a provider that deduplicates on it
-  cannot charge twice.
+- :func:`trace_id_for` is a pure function of (ledger secret, shot key, attempt): a
+  retried submit of the same attempt carries the same ``Ai-trace-id``, so a provider
+  that deduplicates on it cannot charge twice; and two ledgers (two people, or two
+  projects with a shot of the same name) never send the same id, so such a provider
+  never hands one of them the other's video.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import uuid
 from dataclasses import dataclass, field, fields
@@ -110,16 +113,21 @@ class ProviderConfig:
         return text
 
 
-def trace_id_for(shot_id: str, attempt: int) -> str:
+def trace_id_for(shot_key: str, attempt: int, *, secret: bytes) -> str:
     """The ``Ai-trace-id`` of one attempt of one shot: a UUIDv8 (RFC 9562 custom layout).
 
-    The top 96 bits (less the version and variant bits) come from SHA-256 of the shot id,
-    the low 32 bits are the attempt number, so the same shot and attempt always give the
-    same id and different attempts of a shot share a recognisable prefix.
+    The top 96 bits (less the version and variant bits) come from HMAC-SHA256 of the
+    shot key (shot id and version) under the ledger's random ``secret``; the low 32 bits
+    are the attempt number. The same ledger, shot and attempt always give the same id;
+    attempts of one shot share a recognisable prefix; without the secret an id can be
+    neither predicted nor reproduced by anyone else.
     """
     if not 0 <= attempt < 2**32:
         raise ValueError(f"attempt {attempt} out of range")
-    digest = int.from_bytes(hashlib.sha256(shot_id.encode("utf-8")).digest()[:16], "big")
+    if len(secret) < 16:
+        raise ValueError("the trace secret must be at least 16 bytes")
+    mac = hmac.new(secret, shot_key.encode("utf-8"), hashlib.sha256).digest()[:16]
+    digest = int.from_bytes(mac, "big")
     value = (digest & ~((1 << 32) - 1)) | attempt
     value &= ~(0xF << 76)
     value |= 0x8 << 76  # version 8
