@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import time
 from collections.abc import Callable, Mapping
@@ -68,6 +69,8 @@ class TaskState:
     size_bytes: int | None = None
     #: the provider's reason for a failure or moderation, when it gave one
     message: str | None = None
+    #: the prompt the task was made from, when the answer carries it (resolve checks it)
+    prompt: str | None = None
 
 
 class Op(StrEnum):
@@ -409,6 +412,7 @@ def _pixverse_state(resp: Mapping[str, Any], task_id: str, redact: Redact) -> Ta
             height=_int_or_none(resp.get("outputHeight")),
             size_bytes=_int_or_none(resp.get("size")),
             message=redact(message)[:MAX_MESSAGE_CHARS] if message else None,
+            prompt=_prompt(resp.get("prompt")),
         )
     )
 
@@ -435,8 +439,16 @@ def _gateway_state(data: Mapping[str, Any], task_id: str, redact: Redact) -> Tas
             height=_int_or_none(data.get("height") or data.get("outputHeight")),
             size_bytes=_int_or_none(data.get("size")),
             message=redact(message)[:MAX_MESSAGE_CHARS] if message else None,
+            prompt=_prompt(data.get("prompt")),
         )
     )
+
+
+def _prompt(value: Any) -> str | None:
+    """The prompt as the provider echoes it; "..." and blanks (redacted samples) are None."""
+    if isinstance(value, str) and value.strip() and value.strip() != "...":
+        return value
+    return None
 
 
 def _seed(value: Any) -> int | None:
@@ -452,15 +464,9 @@ def _seed(value: Any) -> int | None:
 def _finish(state: TaskState) -> TaskState:
     """A "succeeded" without a URL is not collectable yet: keep polling for the URL."""
     if state.status is TaskStatus.SUCCEEDED and state.video_url is None:
-        return TaskState(
-            task_id=state.task_id,
+        return dataclasses.replace(
+            state,
             status=TaskStatus.RENDERING,
-            video_url=None,
-            poster_url=state.poster_url,
-            seed=state.seed,
-            width=state.width,
-            height=state.height,
-            size_bytes=state.size_bytes,
             message="the provider reports success but gave no video URL yet",
         )
     return state
