@@ -4,7 +4,16 @@ This is the core that ``pixrun run`` calls, and the core of ``retry`` and ``reso
 
 Invariants:
 - Nothing is sent before the manifest is valid, the ledger is locked, synced and
-  recovered, and the remaining plan fits the budget.
+  recovered, the ledger is known to belong to this provider (a rehearsal's ledger never
+  meets the real provider, nor the reverse), every output folder is proven writable with
+  room for the videos to come, and the remaining plan fits the budget. Each refusal
+  costs nothing.
+- A rehearsal (``--simulate``) has its own ledger (``shots.sim.ledger.sqlite``) and
+  output folder (``out/<name>.sim``) by default, and its simulator keeps its tasks in
+  a state file beside that ledger, so a resumed rehearsal collects them.
+- Done shots whose request changed are re-rendered (paid again) only when the person
+  agreed (asked on a terminal) or said ``--rerender-changed``; otherwise they are held,
+  said so, and the run ends with exit 1.
 - The ledger is closed (every queued write committed) on every way out, including
   Ctrl-C and a refused key.
 - A second Ctrl-C (or SIGTERM) ends the process at once with exit code 130; the ledger
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -24,14 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import BudgetExceeded, ExitCode, LedgerError, UsageError
-from runner.events import RunObserver
-from runner.ledger import Ledger, default_ledger_path, open_ledger
+from runner.events import RunEvent, RunEventKind, RunObserver
+from runner.ledger import META_PROVIDER, SIM_INFIX, Ledger, default_ledger_path, open_ledger
 from runner.model import Manifest, ShotState
+from runner.preflight import check_folders_writable, run_preflight
+from runner.pricing import PriceTable, default_price_table
 from runner.provider import Provider, ProviderConfig
 from runner.scheduler import RunResult, Scheduler, SchedulerOptions, StopReason
 
 #: the key the in-process simulator accepts (never a real key)
 SIM_API_KEY = "pixrun-simulator-key"
+#: a real render's typical time, the yardstick for scaling a rehearsal's clock
+REAL_RENDER_S = 60.0
+#: a ledger's first run with this many done shots whose videos are 64x64 (the
+#: simulator's clips) and no recorded provider was a rehearsal (pixrun before 0.2)
+SIM_CLIP_PX = 64
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,10 @@ class RunOverrides:
     backoff_base_s: float | None = None
     #: ProviderConfig fields (timeouts, paths, caps) for this run
     provider_options: Mapping[str, Any] = field(default_factory=dict)
+    #: how long a provider that never answered is given (tests on a fast clock)
+    unreachable_grace_s: float | None = None
+    #: how long a download that keeps failing is tried (tests on a fast clock)
+    download_give_up_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,10 +87,88 @@ class BatchOutcome:
     recovered_ambiguous: list[str]
     new_shots: int
     changed_shots: int
+    simulated: bool = False
+    #: done shots whose request changed and that were not re-rendered (exit 1)
+    held_changed: tuple[str, ...] = ()
+    #: shots whose file was already on disk and was adopted, nothing sent
+    adopted: tuple[str, ...] = ()
 
 
-def ledger_path_for(manifest_path: Path, explicit: Path | None) -> Path:
-    return explicit if explicit is not None else default_ledger_path(manifest_path)
+@dataclass(frozen=True)
+class RunPreview:
+    """What a run is about to spend, for the person to agree to (on a terminal)."""
+
+    name: str
+    simulated: bool
+    #: shots the run will submit (and pay for), and what they cost (micro-PTC)
+    to_submit: int
+    to_submit_uptc: int
+    #: of those, shots the price table cannot price (the budget cannot be checked)
+    unpriced: int
+    #: done shots whose request changed: re-rendering them pays again
+    changed_done: tuple[str, ...]
+    changed_done_uptc: int
+    spent_uptc: int
+    budget_uptc: int | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The person's answer to a :class:`RunPreview`."""
+
+    go: bool
+    #: re-render (and pay again for) the done shots whose request changed
+    rerender_changed: bool
+
+
+#: asks, on a terminal, whether to go ahead and whether to re-render changed done shots
+Confirm = Callable[[RunPreview], Decision]
+
+
+def ledger_path_for(manifest_path: Path, explicit: Path | None, *, simulated: bool = False) -> Path:
+    if explicit is not None:
+        return explicit
+    return default_ledger_path(manifest_path, simulated=simulated)
+
+
+def output_dir_for(output_dir: Path, *, simulated: bool) -> Path:
+    """A rehearsal writes beside the real outputs, never into them: ``out/x.sim``."""
+    return output_dir.with_name(output_dir.name + SIM_INFIX) if simulated else output_dir
+
+
+def sim_state_path(ledger_path: Path) -> Path:
+    """Where a rehearsal's in-process simulator keeps its tasks between runs."""
+    return ledger_path.with_name(ledger_path.name + ".sim-state.jsonl")
+
+
+def provider_identity(config: ProviderConfig | None) -> dict[str, Any]:
+    """Who a ledger's work goes to: the simulator (any port) or a real base URL."""
+    if config is None:
+        return {"simulated": True, "base_url": None, "dialect": None}
+    return {"simulated": False, "base_url": config.base_url, "dialect": None}
+
+
+def scaled_for_simulator(
+    options: SchedulerOptions, render_time_s: tuple[float, float]
+) -> SchedulerOptions:
+    """A rehearsal's clock: poll settings and time limits shrink with its render times
+    (never grow), so a 3-shot rehearsal of 1 s renders does not wait 20 s."""
+    factor = min(1.0, max(render_time_s[1], 0.05) / REAL_RENDER_S)
+    poll = options.poll
+    return replace(
+        options,
+        poll=replace(
+            poll,
+            initial_delay_s=poll.initial_delay_s * factor,
+            min_interval_s=poll.min_interval_s * factor,
+            max_interval_s=poll.max_interval_s * factor,
+            timeout_s=max(poll.timeout_s * factor, 10 * render_time_s[1] + 10),
+        ),
+        stall_timeout_s=max(options.stall_timeout_s * factor, 10 * render_time_s[1] + 10),
+        download_give_up_s=max(options.download_give_up_s * factor, 10.0),
+        outage_timeout_s=max(options.outage_timeout_s * factor, 60.0),
+        unreachable_grace_s=max(options.unreachable_grace_s * factor, 10.0),
+    )
 
 
 def _to_uptc(value: Decimal | None) -> int | None:
@@ -78,13 +177,16 @@ def _to_uptc(value: Decimal | None) -> int | None:
 
 @contextlib.asynccontextmanager
 async def _provider_for(
-    overrides: RunOverrides, simulate: SimulatorSettings | None
+    overrides: RunOverrides,
+    simulate: SimulatorSettings | None,
+    config: ProviderConfig | None = None,
+    ledger_path: Path | None = None,
 ) -> AsyncIterator[Provider]:
+    """The provider a batch talks to: the real one (``config``, else from the
+    environment), or an in-process simulator that keeps its tasks beside the rehearsal
+    ledger (``ledger_path``), so a resumed rehearsal finds them."""
     if simulate is None:
-        config = ProviderConfig.from_env(
-            base_url=overrides.base_url, **dict(overrides.provider_options)
-        )
-        async with Provider(config) as provider:
+        async with Provider(config or _real_config(overrides)) as provider:
             yield provider
         return
     # Imported only here: the simulator is a separate room the real path never enters.
@@ -137,99 +239,271 @@ async def run_batch(
     simulate: SimulatorSettings | None = None,
     handle_signals: bool = True,
     cpu: int | None = None,
+    confirm: Confirm | None = None,
+    rerender_changed: bool = False,
+    switch_provider: bool = False,
 ) -> BatchOutcome:
     """Run (or resume) a batch. Raises the errors of :mod:`runner.errors`.
 
+    ``confirm``: asks the person (a terminal) whether to go ahead; None never asks.
+    Done shots whose request changed are re-rendered when ``confirm`` agreed or
+    ``rerender_changed`` is set, and held otherwise. ``switch_provider`` lets a
+    ledger move to another provider than the one it was created with.
     ``cpu``: the one CPU the caller keeps this process's threads on, for the ledger's
     record (:func:`runner.placement.keep_to_one_cpu`); None when it does not.
     """
     overrides = overrides or RunOverrides()
-    path = ledger_path_for(manifest.path, ledger_path)
+    simulated = simulate is not None
+    path = ledger_path_for(manifest.path, ledger_path, simulated=simulated)
+    output_dir = output_dir_for(manifest.output.dir, simulated=simulated)
+    options = _options(manifest, overrides, output_dir, simulate)
+    # the provider's settings are checked before the ledger is touched: a missing key
+    # or a malformed URL changes nothing
+    config = None if simulate is not None else _real_config(overrides)
+    identity = provider_identity(config)
+    check_folders_writable([output_dir])
+    created = not path.exists() or path.stat().st_size == 0
+    ledger = await open_ledger(path, writer=True)
+    try:
+        async with ledger:
+            await _check_identity(ledger, identity, switch_provider=switch_provider)
+            check_ledger_owner(await ledger.get_meta(), manifest)
+            preview = await _preview(ledger, manifest, options.budget_uptc, simulated)
+            changed_done = preview.changed_done
+            _check_budget(preview, rerender=rerender_changed)
+            decision = Decision(go=True, rerender_changed=rerender_changed)
+            if confirm is not None:
+                decision = confirm(preview)
+            if not decision.go:
+                raise Declined("declined: nothing was sent")
+            rerender = decision.rerender_changed or rerender_changed
+            _check_budget(preview, rerender=rerender)
+            hold = frozenset() if rerender else frozenset(changed_done)
+            await ledger.set_meta(
+                {
+                    "manifest": str(manifest.path),
+                    "name": manifest.name,
+                    "output_dir": str(output_dir),
+                    META_PROVIDER: json.dumps(identity, sort_keys=True),
+                }
+            )
+            sync = await ledger.sync_manifest(manifest.shots, hold=hold)
+            planned_uptc = sum(_to_uptc(s.price_ptc) or 0 for s in manifest.shots)
+            del manifest  # the ledger holds every shot now; keep memory flat at scale
+            parked = await ledger.recover()
+            checked = await run_preflight(ledger, output_dir, simulated=simulated)
+            for shot_id in hold:
+                observer.event(
+                    RunEvent(
+                        RunEventKind.CHANGED,
+                        "its request changed since it was done: not re-rendered (run with "
+                        "--rerender-changed to re-render it, charged)",
+                        shot_id=shot_id,
+                    )
+                )
+            async with _provider_for(overrides, simulate, config, path) as provider:
+                await ledger.start_run(cpu=cpu)
+                scheduler = Scheduler(ledger, provider, options, observer)
+                remove = _install_signals(scheduler) if handle_signals else (lambda: None)
+                try:
+                    result = await scheduler.run(planned_uptc=planned_uptc)
+                finally:
+                    remove()
+                if hold and result.exit_code == ExitCode.OK:
+                    result.exit_code = ExitCode.SHOTS_FAILED
+                with contextlib.suppress(LedgerError):
+                    await ledger.end_run(
+                        result.exit_code,
+                        {
+                            "counts": {k.value: v for k, v in result.counts.items()},
+                            "spent_uptc": result.spent_uptc,
+                            "elapsed_s": round(result.elapsed_s, 3),
+                            "calls": result.calls,
+                            "stop_reason": result.stop_reason,
+                            "held_changed": len(hold),
+                        },
+                    )
+    except Declined:
+        if created:  # a question declined leaves no ledger behind
+            _remove_ledger_files(path)
+        raise
+    return BatchOutcome(
+        result=result,
+        ledger_path=path,
+        output_dir=output_dir,
+        recovered_ambiguous=parked,
+        new_shots=sync.new,
+        changed_shots=len(sync.changed),
+        simulated=simulated,
+        held_changed=tuple(sorted(hold)),
+        adopted=checked.adopted,
+    )
+
+
+def _options(
+    manifest: Manifest,
+    overrides: RunOverrides,
+    output_dir: Path,
+    simulate: SimulatorSettings | None,
+) -> SchedulerOptions:
     settings = manifest.run
     poll = settings.poll
     if overrides.poll_floor_s is not None:
         poll = replace(poll, min_interval_s=overrides.poll_floor_s)
     budget = overrides.max_cost_ptc if overrides.max_cost_ptc is not None else settings.budget_ptc
+    table = manifest_price_table(manifest)
     options = SchedulerOptions(
-        output_dir=manifest.output.dir,
+        output_dir=output_dir,
         concurrency=overrides.concurrency or settings.concurrency,
         download_concurrency=overrides.download_concurrency or settings.download_concurrency,
         requests_per_s=overrides.requests_per_s or settings.requests_per_s,
         poll=poll,
         budget_uptc=_to_uptc(budget),
         sidecar=manifest.output.sidecar,
+        upload_price_uptc=_to_uptc(table.upload_ptc) or 0,
+        stall_timeout_s=settings.stall_timeout_s,
+        outage_timeout_s=settings.outage_timeout_s,
     )
+    if simulate is not None:
+        options = scaled_for_simulator(options, simulate.render_time_s)
     if overrides.backoff_base_s is not None:
         options = replace(options, backoff_base_s=overrides.backoff_base_s)
-    if simulate is None and not os.environ.get("PIXRUN_API_KEY"):
-        # checked before the ledger is touched, so a missing key changes nothing
-        ProviderConfig.from_env(base_url=overrides.base_url)
-    try:
-        manifest.output.dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    if overrides.unreachable_grace_s is not None:
+        options = replace(options, unreachable_grace_s=overrides.unreachable_grace_s)
+    if overrides.download_give_up_s is not None:
+        options = replace(options, download_give_up_s=overrides.download_give_up_s)
+    return options
+
+
+def manifest_price_table(manifest: Manifest) -> PriceTable:
+    table = manifest.price_table
+    return table if isinstance(table, PriceTable) else default_price_table()
+
+
+def _real_config(overrides: RunOverrides) -> ProviderConfig:
+    return ProviderConfig.from_env(base_url=overrides.base_url, **dict(overrides.provider_options))
+
+
+class Declined(UsageError):
+    """The person said no at the confirmation: nothing was sent (exit 1, as an abort)."""
+
+    exit_code = ExitCode.SHOTS_FAILED
+
+
+def _remove_ledger_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        with contextlib.suppress(OSError):
+            path.with_name(path.name + suffix).unlink()
+
+
+async def _check_identity(
+    ledger: Ledger, identity: dict[str, Any], *, switch_provider: bool
+) -> None:
+    """A ledger's work goes to one provider: a rehearsal's never meets the real one."""
+    meta = await ledger.get_meta()
+    raw = meta.get(META_PROVIDER)
+    if raw is None:
+        if meta.get("name") is None:
+            return  # a new ledger: this run's provider becomes its own
+        recorded = {"simulated": await ledger.looks_simulated(SIM_CLIP_PX), "base_url": None}
+        if not recorded["simulated"]:
+            return  # an earlier pixrun's real ledger: it stays with this provider
+    else:
+        try:
+            recorded = json.loads(raw)
+        except ValueError:
+            recorded = {}
+    same = bool(recorded.get("simulated")) == identity["simulated"] and (
+        identity["simulated"] or recorded.get("base_url") in (None, identity["base_url"])
+    )
+    if same or switch_provider:
+        return
+    if recorded.get("simulated"):
         raise UsageError(
-            f"cannot create the output folder {manifest.output.dir}: {exc.strerror}"
-        ) from exc
-    ledger = await open_ledger(path, writer=True)
-    async with ledger:
-        await ledger.set_meta(
-            {
-                "manifest": str(manifest.path),
-                "name": manifest.name,
-                "output_dir": str(manifest.output.dir),
-            }
+            f"the ledger {ledger.path} holds a rehearsal (--simulate): its shots were "
+            "rendered by the simulator, and running it against the real provider would "
+            "deliver the simulator's clips or pay twice",
+            hint="resume the rehearsal with --simulate; a real run uses its own ledger "
+            "(drop --ledger), or --switch-provider to take this ledger over on purpose",
         )
-        sync = await ledger.sync_manifest(manifest.shots)
-        planned_uptc = sum(_to_uptc(s.price_ptc) or 0 for s in manifest.shots)
-        del manifest  # the ledger holds every shot now; keep memory flat at scale
-        parked = await ledger.recover()
-        await _check_budget(ledger, options.budget_uptc)
-        async with _provider_for(overrides, simulate) as provider:
-            await ledger.start_run(cpu=cpu)
-            scheduler = Scheduler(ledger, provider, options, observer)
-            remove = _install_signals(scheduler) if handle_signals else (lambda: None)
-            try:
-                result = await scheduler.run(planned_uptc=planned_uptc)
-            finally:
-                remove()
-            with contextlib.suppress(LedgerError):
-                await ledger.end_run(
-                    result.exit_code,
-                    {
-                        "counts": {k.value: v for k, v in result.counts.items()},
-                        "spent_uptc": result.spent_uptc,
-                        "elapsed_s": round(result.elapsed_s, 3),
-                        "calls": result.calls,
-                        "stop_reason": result.stop_reason,
-                    },
-                )
-    return BatchOutcome(
-        result=result,
-        ledger_path=path,
-        output_dir=options.output_dir,
-        recovered_ambiguous=parked,
-        new_shots=sync.new,
-        changed_shots=len(sync.changed),
+    if identity["simulated"]:
+        raise UsageError(
+            f"the ledger {ledger.path} holds real work (sent to {recorded.get('base_url')}); "
+            "a rehearsal must not write into it",
+            hint="drop --ledger: --simulate uses its own ledger (NAME.sim.ledger.sqlite)",
+        )
+    raise UsageError(
+        f"the ledger {ledger.path} holds work sent to {recorded.get('base_url')}, not to "
+        f"{identity['base_url']}: that provider does not know its tasks",
+        hint="use the same --base-url / PIXRUN_BASE_URL, another ledger, or "
+        "--switch-provider (tasks in flight at the old provider will be parked)",
     )
 
 
-async def _check_budget(ledger: Ledger, budget_uptc: int | None) -> None:
+def check_ledger_owner(meta: dict[str, str], manifest: Manifest) -> None:
+    """Placeholder: the ledger-belongs-to-another-manifest check (see run --force)."""
+
+
+async def _preview(
+    ledger: Ledger, manifest: Manifest, budget_uptc: int | None, simulated: bool
+) -> RunPreview:
+    """What syncing the manifest and running would submit, before anything is written."""
+    known = await ledger.known_shots()
+    to_submit = to_submit_uptc = unpriced = 0
+    changed_done: list[str] = []
+    changed_done_uptc = 0
+    for shot in manifest.shots:
+        price = _to_uptc(shot.price_ptc)
+        entry = known.get(shot.shot_id)
+        if entry is None:
+            submits = True
+        else:
+            state, digest, rerolled_from = entry
+            same = shot.request_hash in (digest, rerolled_from)
+            if not same and state == ShotState.DONE:
+                changed_done.append(shot.shot_id)
+                changed_done_uptc += price or 0
+                continue
+            if same:
+                submits = state in (ShotState.PENDING, ShotState.ABANDONED)
+            else:
+                submits = not (state.at_provider or state == ShotState.SUBMITTING)
+        if submits:
+            to_submit += 1
+            to_submit_uptc += price or 0
+            unpriced += price is None
+    return RunPreview(
+        name=manifest.name,
+        simulated=simulated,
+        to_submit=to_submit,
+        to_submit_uptc=to_submit_uptc,
+        unpriced=unpriced,
+        changed_done=tuple(changed_done),
+        changed_done_uptc=changed_done_uptc,
+        spent_uptc=await ledger.spent_uptc(),
+        budget_uptc=budget_uptc,
+    )
+
+
+def _check_budget(preview: RunPreview, *, rerender: bool) -> None:
+    budget_uptc = preview.budget_uptc
     if budget_uptc is None:
         return
-    count, remaining_uptc, unpriced = await ledger.remaining_cost()
-    spent = await ledger.spent_uptc()
-    if unpriced:
+    if preview.unpriced:
         raise BudgetExceeded(
-            f"{unpriced} shot(s) to submit have no published price, so the budget cannot "
-            "be checked",
+            f"{preview.unpriced} shot(s) to submit have no published price, so the budget "
+            "cannot be checked",
             hint="add their price to the price table, or drop the budget "
             "(run.budget_ptc / --max-cost)",
         )
-    if spent + remaining_uptc > budget_uptc:
+    spent = preview.spent_uptc
+    remaining = preview.to_submit_uptc + (preview.changed_done_uptc if rerender else 0)
+    count = preview.to_submit + (len(preview.changed_done) if rerender else 0)
+    if spent + remaining > budget_uptc:
         raise BudgetExceeded(
             f"the plan does not fit the budget: {spent / 1e6:g} PTC spent + "
-            f"{remaining_uptc / 1e6:g} PTC for {count} shot(s) to submit = "
-            f"{(spent + remaining_uptc) / 1e6:g} PTC > cap {budget_uptc / 1e6:g} PTC",
+            f"{remaining / 1e6:g} PTC for {count} shot(s) to submit = "
+            f"{(spent + remaining) / 1e6:g} PTC > cap {budget_uptc / 1e6:g} PTC",
             hint="raise the cap (run.budget_ptc or --max-cost) or remove shots",
         )
 

@@ -30,6 +30,8 @@ class RunEventKind(str, Enum):
     BUDGET_REACHED = "budget_reached"  #: the cost cap stops further submissions
     PROVIDER_DOWN = "provider_down"  #: the provider is unreachable; backing off
     STOPPING = "stopping"  #: the run is stopping (signal or fatal error)
+    CHANGED = "changed"  #: a done shot's request changed (re-rendered or held)
+    CONTRACT = "contract"  #: the provider answered in a way pixrun does not recognise
     INFO = "info"  #: anything else worth a line
 
 

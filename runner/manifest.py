@@ -133,7 +133,7 @@ def load_manifest(
         problems = reader.problems()
     if manifest is None or any(p.severity == "error" for p in problems):
         raise ManifestError(problems)
-    return dataclasses.replace(manifest, warnings=tuple(problems))
+    return dataclasses.replace(manifest, warnings=tuple(problems), price_table=price_table)
 
 
 @dataclass(frozen=True)
@@ -373,6 +373,8 @@ class _Reader:
             download_concurrency=int(pick("download_concurrency", base.download_concurrency)),
             requests_per_s=float(pick("requests_per_s", base.requests_per_s)),
             poll=poll,
+            stall_timeout_s=float(pick("stall_timeout_s", base.stall_timeout_s)),
+            outage_timeout_s=float(pick("outage_timeout_s", base.outage_timeout_s)),
         )
 
     # ---- images -------------------------------------------------------------------

@@ -62,7 +62,8 @@ class ErrorKind(str, Enum):
     MODERATED = "moderated"  #: refused by content moderation
     RENDER_FAILED = "render_failed"  #: the provider's render failed
     TIMEOUT = "timeout"  #: the render did not finish before poll.timeout_s
-    TASK_LOST = "task_lost"  #: the provider no longer knows the task
+    TASK_LOST = "task_lost"  #: the provider says it does not know the task: parked
+    DELETED = "deleted"  #: rendered, then deleted at the provider before it was saved
     AMBIGUOUS = "ambiguous"  #: the request may have been accepted and charged
     RETRY_SAME_ATTEMPT = "retry_same_attempt"  #: re-queued ambiguous: same trace id
     DOWNLOAD = "download"  #: the file could not be downloaded (collectable)
@@ -94,6 +95,10 @@ class RunSettings:
     #: all calls to the provider, per second (generate, fetch; downloads excluded)
     requests_per_s: float = 20.0
     poll: PollSettings = field(default_factory=PollSettings)
+    #: nothing progressed this long (outside an outage): stop and say what is stuck
+    stall_timeout_s: float = 900.0
+    #: a provider that answered and then went away is waited for this long
+    outage_timeout_s: float = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -140,3 +145,5 @@ class Manifest:
     run: RunSettings
     #: warnings found while loading (duplicates and the like); errors raise instead
     warnings: tuple[Any, ...] = ()
+    #: the price table it was priced with (a runner.pricing.PriceTable); None: packaged
+    price_table: Any = None

@@ -42,6 +42,7 @@ from runner.errors import (
     AmbiguousSubmit,
     AuthRefused,
     ConcurrencyLimited,
+    ContractMismatch,
     DiskFull,
     DownloadError,
     ExitCode,
@@ -69,6 +70,7 @@ from runner.outputs import (
     write_sidecar,
 )
 from runner.provider import DownloadResult, Provider, TaskState, TaskStatus, trace_id_for
+from runner.uploads import ImageUploads
 
 #: after these, the next submit repeats the same render attempt (same trace id)
 _SAME_ATTEMPT_KINDS = frozenset(
@@ -92,6 +94,10 @@ class StopReason(str, Enum):
     AMBIGUOUS_STREAK = "ambiguous_streak"  #: too many ambiguous submits in a row
     DISK_FULL = "disk_full"  #: the disk is full
     LEDGER = "ledger"  #: the ledger cannot be written
+    CONTRACT = "contract"  #: the provider answered in a way pixrun does not recognise
+    OUTAGE = "outage"  #: the provider stayed unreachable past run.outage_timeout_s
+    UNREACHABLE = "unreachable"  #: the provider never answered at all (a typo'd URL?)
+    STALLED = "stalled"  #: nothing progressed for run.stall_timeout_s
 
 
 _EXIT_FOR_STOP = {
@@ -102,11 +108,24 @@ _EXIT_FOR_STOP = {
     StopReason.AMBIGUOUS_STREAK: ExitCode.SHOTS_FAILED,
     StopReason.DISK_FULL: ExitCode.SHOTS_FAILED,
     StopReason.LEDGER: ExitCode.SHOTS_FAILED,
+    StopReason.CONTRACT: ExitCode.CONTRACT,
+    StopReason.OUTAGE: ExitCode.SHOTS_FAILED,
+    StopReason.UNREACHABLE: ExitCode.INVALID,
+    StopReason.STALLED: ExitCode.SHOTS_FAILED,
 }
 
 #: stop reasons after which nothing more may happen at all (not even collecting)
 _HARD_STOPS = frozenset(
-    {StopReason.INTERRUPTED, StopReason.AUTH, StopReason.DISK_FULL, StopReason.LEDGER}
+    {
+        StopReason.INTERRUPTED,
+        StopReason.AUTH,
+        StopReason.DISK_FULL,
+        StopReason.LEDGER,
+        StopReason.CONTRACT,
+        StopReason.OUTAGE,
+        StopReason.UNREACHABLE,
+        StopReason.STALLED,
+    }
 )
 
 
@@ -124,8 +143,24 @@ class SchedulerOptions:
     #: consecutive transient submit failures (provider otherwise up) before giving up
     #: on a shot for this run; it stays pending
     max_transient_tries: int = 8
-    max_download_tries: int = 4
+    #: a download that keeps failing (refused, reset, 5xx, cut short) fetches the task
+    #: again for a fresh URL after this many failures in a row, and gives up (the shot
+    #: stays collectable, its task id kept) after ``download_give_up_s`` or
+    #: ``max_download_failures``, whichever comes first
+    download_refresh_after: int = 2
+    download_give_up_s: float = 120.0
+    max_download_failures: int = 12
+    #: a provider that answered nothing at all for this long since the first call is
+    #: taken to be a wrong address (exit 2)
+    unreachable_grace_s: float = 60.0
+    #: a provider that answered before and then went away is waited for this long
+    outage_timeout_s: float = 6 * 3600.0
+    #: nothing progressed (no submit, state change, byte downloaded or task answer) for
+    #: this long, outside an outage: stop, say what was stuck
+    stall_timeout_s: float = 900.0
     snapshot_interval_s: float = 0.5
+    #: what one upload of a local image costs (the price table's upload_ptc)
+    upload_price_uptc: int = 1_000
     #: exponential back-off of retried calls: first delay and ceiling
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
@@ -144,6 +179,21 @@ class RunResult:
     elapsed_s: float
     calls: dict[str, int]
     ledger_commits: int
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    """A background ledger event that failed: the batcher stops the run by itself."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _with_hint(exc: ProviderError) -> str:
+    return f"{exc.message} What to do: {exc.hint}" if exc.hint else exc.message
+
+
+def _lost(row: ShotRow) -> bool:
+    """The shot was parked on the way (the provider no longer knows its task)."""
+    return row.state == ShotState.AMBIGUOUS
 
 
 def _state(row: ShotRow) -> ShotState:
@@ -203,6 +253,13 @@ class Scheduler:
             max_interval_s=options.poll.max_interval_s,
         )
         self._downloads = asyncio.Semaphore(options.download_concurrency)
+        self._uploads = ImageUploads(
+            ledger,
+            provider,
+            enabled=provider.config.image_encoding == "upload",
+            price_uptc=options.upload_price_uptc,
+            on_charge=self._charged,
+        )
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._submit_stop: StopReason | None = None
         self._stop_message: str | None = None
@@ -219,6 +276,11 @@ class Scheduler:
         self._recent: deque[RunEvent] = deque(maxlen=6)
         self._dispatcher: asyncio.Task[None] | None = None
         self._all_stopped = asyncio.Event()
+        #: the last time something moved (see SchedulerOptions.stall_timeout_s)
+        self._last_progress = time.monotonic()
+        #: when the provider went down, for one log line per outage and its time limit
+        self._outage_since: float | None = None
+        self._last_provider_error = ""
 
     # -- public --------------------------------------------------------------------
 
@@ -237,7 +299,7 @@ class Scheduler:
             asyncio.get_running_loop().create_task(self._cancel_jobs())
 
     async def run(self, *, planned_uptc: int = 0) -> RunResult:
-        self._t0 = time.monotonic()
+        self._t0 = self._last_progress = time.monotonic()
         self._planned_uptc = planned_uptc
         self._counts = Counter(await self._ledger.counts_by_state())
         self._total = sum(self._counts.values())
@@ -390,6 +452,42 @@ class Scheduler:
         self._counts[row.state] -= 1
         self._counts[state] += 1
         row.state = state
+        self._last_progress = time.monotonic()
+
+    def _charged(self, uptc: int) -> None:
+        self._spent_uptc += uptc
+
+    def _progressed(self) -> None:
+        self._last_progress = time.monotonic()
+
+    # -- provider health: one line per change of the outage ---------------------------
+
+    def _provider_failed(self, exc: ProviderError) -> float:
+        """A transient failure of an API call; how long that call should wait."""
+        delay = self._gate.record_failure(self._opt.backoff_base_s, self._opt.backoff_cap_s)
+        self._last_provider_error = exc.message
+        if self._gate.provider_down and self._outage_since is None:
+            self._outage_since = time.monotonic()
+            message = f"the provider is not answering ({exc.message}); backing off"
+            self._emit(RunEventKind.PROVIDER_DOWN, message)
+            self._ledger_event(EventKind.PROVIDER_DOWN, message)
+        return delay
+
+    def _provider_ok(self) -> None:
+        self._gate.record_success()
+        if self._outage_since is not None:
+            down_s = time.monotonic() - self._outage_since
+            self._outage_since = None
+            message = f"the provider answers again after {down_s:.0f} s"
+            self._emit(RunEventKind.INFO, message)
+            self._ledger_event(EventKind.PROVIDER_BACK, message)
+
+    def _ledger_event(self, kind: EventKind, message: str, shot_id: str | None = None) -> None:
+        """An event for the ledger, written in the background (it never blocks a call)."""
+        task = asyncio.get_running_loop().create_task(
+            self._ledger.add_event(kind, shot_id, message)
+        )
+        task.add_done_callback(_ignore_result)
 
     async def _submit(self, job: _Job) -> None:
         row = job.row
@@ -450,7 +548,8 @@ class Scheduler:
                     self._release(job)
                     return
                 try:
-                    task_id = await self._provider.generate(row.request, trace_id=trace_id)
+                    body = await self._uploads.prepare(row.request)
+                    task_id = await self._provider.generate(body, trace_id=trace_id)
                 finally:
                     job.in_generate = False
             except ProviderError as exc:
@@ -486,7 +585,7 @@ class Scheduler:
     async def _accepted(self, job: _Job, attempt_id: int, task_id: str) -> None:
         row = job.row
         self._limiter.on_accepted()
-        self._gate.record_success()
+        self._provider_ok()
         self._ambiguous_streak = 0
         self._spent_uptc += row.price_uptc or 0
         delay = self._planner.first_delay_s()
@@ -534,10 +633,28 @@ class Scheduler:
             self._move(row, state)
             row.error_kind = kind.value
 
+        if isinstance(exc, ContractMismatch):
+            if exc.shot_charged:  # the request may have created a task: park it
+                await finish(
+                    AttemptOutcome.AMBIGUOUS,
+                    ShotState.AMBIGUOUS,
+                    ErrorKind.AMBIGUOUS,
+                    event=(EventKind.SHOT_AMBIGUOUS, msg),
+                )
+            else:  # nothing was made; the next run repeats this attempt
+                await finish(
+                    AttemptOutcome.MISMATCH,
+                    ShotState.PENDING,
+                    ErrorKind.TRANSIENT,
+                    event=(EventKind.CONTRACT_MISMATCH, msg),
+                )
+            self._release(job)
+            self.request_stop(StopReason.CONTRACT, _with_hint(exc))
+            return False
         if isinstance(exc, AuthRefused):
             await finish(AttemptOutcome.AUTH, ShotState.PENDING, ErrorKind.AUTH)
             self._release(job)
-            self.request_stop(StopReason.AUTH, f"the provider refused the API key: {msg}")
+            self.request_stop(StopReason.AUTH, f"the provider {msg}")
             return False
         if isinstance(exc, OutOfCredit):
             await finish(AttemptOutcome.NO_CREDIT, ShotState.PENDING, ErrorKind.NO_CREDIT)
@@ -590,7 +707,7 @@ class Scheduler:
             self._emit(RunEventKind.FAILED, f"invalid request: {msg}", row)
             return False
         # TransientError and anything unforeseen from the provider: safe to retry
-        delay = self._gate.record_failure(self._opt.backoff_base_s, self._opt.backoff_cap_s)
+        delay = self._provider_failed(exc)
         job.retry_delay_s = delay
         await finish(
             AttemptOutcome.TRANSIENT,
@@ -598,8 +715,6 @@ class Scheduler:
             ErrorKind.TRANSIENT,
             not_before=now + delay,
         )
-        if self._gate.provider_down:
-            self._emit(RunEventKind.PROVIDER_DOWN, f"provider unreachable ({msg}); backing off")
         return True
 
     # -- rendering -------------------------------------------------------------------
@@ -617,13 +732,7 @@ class Scheduler:
                 state = await self._fetch(row.task_id)
             except TaskNotFound as exc:
                 self._release(job)
-                lost = TaskState(
-                    task_id=row.task_id,
-                    status=TaskStatus.FAILED,
-                    video_url=None,
-                    message=f"the provider no longer knows task {row.task_id}: {exc}",
-                )
-                await self._render_finished(job, lost)
+                await self._task_lost(job, exc)
                 return
             if state is None:  # transient trouble: back off, never fail for it
                 fetch_failures += 1
@@ -674,21 +783,55 @@ class Scheduler:
             self._gate.pause(exc.retry_after_s if exc.retry_after_s is not None else 1.0)
             return None
         except TaskNotFound:
+            self._provider_ok()
             raise
-        except AuthRefused as exc:
+        except (AuthRefused, ContractMismatch) as exc:
             # stops everything; this call's caller is cancelled with the rest
-            self.request_stop(StopReason.AUTH, f"the provider refused the API key: {exc}")
+            reason = StopReason.AUTH if isinstance(exc, AuthRefused) else StopReason.CONTRACT
+            if reason is StopReason.CONTRACT:
+                self._ledger_event(EventKind.CONTRACT_MISMATCH, exc.message)
+            self.request_stop(
+                reason, f"the provider {exc}" if reason is StopReason.AUTH else _with_hint(exc)
+            )
             return None
         except ProviderError as exc:
-            self._gate.record_failure(self._opt.backoff_base_s, self._opt.backoff_cap_s)
-            if self._gate.provider_down:
-                self._emit(RunEventKind.PROVIDER_DOWN, f"provider unreachable ({exc})")
+            self._provider_failed(exc)
             return None
-        self._gate.record_success()
+        self._provider_ok()
+        self._progressed()  # the provider answered about a task: not a stall
         return state
+
+    async def _task_lost(self, job: _Job, exc: TaskNotFound) -> None:
+        """The provider says it does not know a task it accepted: park the shot. It was
+        paid for; generating it again could pay twice, so only a person decides."""
+        row = job.row
+        message = (
+            f"the provider says it does not know task {row.task_id} ({exc.message}); parked, "
+            "never generated again automatically: check the task on the provider's side, "
+            "then 'pixrun resolve' or 'pixrun retry --ambiguous'"
+        )
+        await self._ledger.update_shot(
+            row.shot_id,
+            {
+                "state": ShotState.AMBIGUOUS,
+                "error_kind": ErrorKind.TASK_LOST.value,
+                "last_error": message,
+                "next_poll_at": None,
+            },
+            event=(EventKind.SHOT_AMBIGUOUS, message),
+        )
+        self._move(row, ShotState.AMBIGUOUS)
+        row.error_kind = ErrorKind.TASK_LOST.value
+        self._emit(RunEventKind.AMBIGUOUS, f"parked: {message}", row)
 
     async def _render_finished(self, job: _Job, state: TaskState) -> None:
         row = job.row
+        if row.task_id is not None and (state.refunded or state.points is not None):
+            await self._ledger.record_task_cost(
+                row.shot_id, row.task_id, refunded=state.refunded, points=state.points
+            )
+            if state.refunded:
+                self._spent_uptc -= row.price_uptc or 0
         if state.status == TaskStatus.SUCCEEDED and state.video_url:
             now = time.time()
             # With a download slot free, go straight to downloading: one commit fewer.
@@ -722,6 +865,17 @@ class Scheduler:
                 ShotState.MODERATED,
                 ErrorKind.MODERATED,
                 state.message or "refused by content moderation",
+            )
+            return
+        if state.status == TaskStatus.DELETED:
+            # rendered and paid for, then gone: rendering it again costs again, so a
+            # person decides ('pixrun retry --shot')
+            await self._finish_render(
+                job,
+                ShotState.FAILED,
+                ErrorKind.DELETED,
+                f"{state.message or 'the provider deleted the video'} before it was saved; "
+                f"'pixrun retry --shot {row.shot_id}' renders it again (charged)",
             )
             return
         reason = state.message or "the provider reported the render as failed"
@@ -824,9 +978,18 @@ class Scheduler:
     async def _fetch_file(
         self, job: _Job, target: Path, sidecar: _Sidecar | None
     ) -> tuple[DownloadResult, Path | None] | None:
-        """Download with retries; ``(result, staging path or None)``, or None if given up."""
+        """Download with retries; ``(result, staging path or None)``, or None if given up.
+
+        Download hosts are not the API: their failures never count towards the
+        provider's outage, and every failure counts, whatever the API's health. A host
+        that keeps failing (refused, reset, 5xx, cut short) gets a fresh URL through a
+        free fetch every ``download_refresh_after`` failures; past
+        ``download_give_up_s`` (or ``max_download_failures``) the shot is given up for
+        this run, still collectable, never generated again.
+        """
         row = job.row
-        tries = 0
+        failures = 0
+        first_failure: float | None = None
         refreshes = 0
         # Straight to the final name: the adapter publishes without ever replacing a
         # file. Only when something already sits there do we stage and compare.
@@ -839,15 +1002,21 @@ class Scheduler:
                 if staged is not None:  # a staging file left by a crash is never trusted
                     await asyncio.to_thread(staged.unlink, missing_ok=True)
                 result = await self._provider.download(
-                    row.video_url, dest, then=sidecar if staged is None else None
+                    row.video_url,
+                    dest,
+                    then=sidecar if staged is None else None,
+                    on_bytes=self._on_bytes,
                 )
                 return result, staged
-            except UrlExpired:
+            except UrlExpired as exc:
                 # each refresh is progress (a fresh URL); only a task that keeps handing
                 # out URLs that expire before they can be used is given up on
                 refreshes += 1
-                limit = 3 * self._opt.max_download_tries
-                if refreshes > limit or not await self._refresh_url(job):
+                if refreshes > self._opt.max_download_failures or not await self._refresh_url(
+                    job, str(exc)
+                ):
+                    if _lost(row):
+                        return None  # the provider no longer knows the task: parked
                     await self._download_failed(
                         job, "the download URL expired and no fresh one could be had"
                     )
@@ -861,22 +1030,32 @@ class Scheduler:
                     continue
                 await self._download_failed(job, str(exc))
                 return None
-            except TransientError as exc:
-                # unreachable, 5xx or 429: an outage is waited out, as polls wait it out;
-                # only a file that fails while the provider otherwise answers uses up tries
-                delay = self._gate.record_failure(self._opt.backoff_base_s, self._opt.backoff_cap_s)
-                if not self._gate.provider_down:
-                    tries += 1
-                    if tries >= self._opt.max_download_tries:
-                        await self._download_failed(job, f"download failed {tries} times: {exc}")
-                        return None
-                await asyncio.sleep(delay)
-            except (DownloadError, OSError) as exc:
-                tries += 1
-                if tries >= self._opt.max_download_tries:
-                    await self._download_failed(job, f"download failed {tries} times: {exc}")
+            except (DownloadError, TransientError, OSError) as exc:
+                failures += 1
+                now = time.monotonic()
+                first_failure = first_failure or now
+                reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                if (
+                    now - first_failure >= self._opt.download_give_up_s
+                    or failures >= self._opt.max_download_failures
+                ):
+                    await self._download_failed(
+                        job,
+                        f"the download failed {failures} times over "
+                        f"{now - first_failure:.0f} s (last: {reason})",
+                    )
                     return None
-                await asyncio.sleep(backoff_s(tries, base_s=self._opt.backoff_base_s, cap_s=5.0))
+                # the host may be gone for good (a dead CDN node, a simulator that
+                # restarted elsewhere): every few failures, ask where the video is now
+                refresh = failures % self._opt.download_refresh_after == 0
+                if refresh and not await self._refresh_url(job, reason) and _lost(row):
+                    return None
+                await asyncio.sleep(
+                    backoff_s(failures, base_s=self._opt.backoff_base_s, cap_s=10.0)
+                )
+
+    def _on_bytes(self, size_bytes: int) -> None:
+        self._last_progress = time.monotonic()
 
     async def _place_over_existing(
         self,
@@ -913,42 +1092,61 @@ class Scheduler:
             return False
         return True
 
-    async def _refresh_url(self, job: _Job) -> bool:
+    async def _refresh_url(self, job: _Job, why: str) -> bool:
+        """Fetch the task again (free) for a fresh download URL; False when none came
+        (a task the provider no longer knows is parked on the way)."""
         row = job.row
         assert row.task_id is not None
         # fetching is free: ride out throttling and passing errors like a poll does
         for attempt in range(1, 21):
             try:
                 state = await self._fetch(row.task_id)
-            except TaskNotFound:
+            except TaskNotFound as exc:
+                await self._task_lost(job, exc)
                 return False
             if state is not None:
                 break
+            if self._hard_stopped():
+                return False
             await asyncio.sleep(backoff_s(attempt, base_s=self._opt.backoff_base_s, cap_s=10.0))
         else:
             return False
         if state.status != TaskStatus.SUCCEEDED or not state.video_url:
             return False
         row.video_url = state.video_url
+        message = f"download failed ({why}): fetched a fresh URL"
         await self._ledger.update_shot(
             row.shot_id,
             {"video_url": state.video_url},
-            event=(EventKind.URL_REFRESHED, "download URL expired: fetched a fresh one"),
+            event=(EventKind.URL_REFRESHED, message),
         )
-        self._emit(RunEventKind.URL_REFRESHED, "download URL expired: fetched a fresh one", row)
+        self._emit(RunEventKind.URL_REFRESHED, message, row)
         return True
 
     async def _download_failed(
         self, job: _Job, message: str, *, kind: ErrorKind = ErrorKind.DOWNLOAD
     ) -> None:
-        """The render is paid for: keep the shot collectable (rendered) for the next run."""
+        """The render is paid for: keep the shot collectable (rendered, task id kept) for
+        the next run, which fetches the task again for a fresh URL before it downloads."""
         row = job.row
         await self._ledger.update_shot(
             row.shot_id,
-            {"state": ShotState.RENDERED, "error_kind": kind.value, "last_error": message},
+            {
+                "state": ShotState.RENDERED,
+                "error_kind": kind.value,
+                "last_error": message,
+                "video_url": None,
+            },
+            event=(EventKind.DOWNLOAD_FAILED, message),
         )
+        row.video_url = None
         self._move(row, ShotState.RENDERED)
-        self._emit(RunEventKind.FAILED, f"not downloaded (a rerun retries): {message}", row)
+        self._emit(
+            RunEventKind.FAILED,
+            f"not downloaded (a rerun or 'pixrun retry' downloads it again, at no charge): "
+            f"{message}",
+            row,
+        )
 
     async def _write_failed(self, job: _Job, exc: DiskFull | UsageError) -> None:
         """An output could not be written: the shot stays collectable; a full disk
@@ -969,6 +1167,8 @@ class Scheduler:
         return {
             "shot_id": row.shot_id,
             "version": row.version,
+            # a lost ledger's rerun adopts this file when the request is the same
+            "request_hash": row.request_hash,
             "prompt": row.prompt,
             "mode": row.mode,
             "request": request,
@@ -1057,6 +1257,54 @@ class Scheduler:
         while True:
             await asyncio.sleep(self._opt.snapshot_interval_s)
             self._observer.snapshot(self._snapshot())
+            self._watchdog()
+
+    def _watchdog(self) -> None:
+        """Stop rather than hang: a provider never reached, an outage past its limit, or
+        a run in which nothing has moved for ``stall_timeout_s``. Everything stays
+        resumable: these are stops, not failures."""
+        if self._hard_stopped() or not self._jobs:
+            return
+        now = time.monotonic()
+        opt = self._opt
+        base_url = self._provider.config.base_url
+        if (
+            self._provider.answers == 0
+            and self._gate.failures > 0
+            and now - self._t0 > opt.unreachable_grace_s
+        ):
+            self.request_stop(
+                StopReason.UNREACHABLE,
+                f"the provider at {base_url} has not answered once in {now - self._t0:.0f} s "
+                f"(last error: {self._last_provider_error}); is the address right? Check "
+                "PIXRUN_BASE_URL or --base-url (pixrun doctor tests it)",
+            )
+            return
+        if self._outage_since is not None:
+            # waiting out an outage is not a stall; it has its own limit
+            if now - self._outage_since > opt.outage_timeout_s:
+                message = (
+                    f"the provider at {base_url} has not answered for "
+                    f"{now - self._outage_since:.0f} s (run.outage_timeout_s); stopped, "
+                    "a rerun resumes"
+                )
+                self._ledger_event(EventKind.STALLED, message)
+                self.request_stop(StopReason.OUTAGE, message)
+            return
+        if now - self._last_progress > opt.stall_timeout_s:
+            waiting = ", ".join(
+                f"{n} {state.value}"
+                for state, n in sorted(self._counts.items())
+                if n and not state.is_final and state != ShotState.AMBIGUOUS
+            )
+            last = f"; last error: {self._last_provider_error}" if self._last_provider_error else ""
+            message = (
+                f"nothing progressed for {now - self._last_progress:.0f} s "
+                f"(run.stall_timeout_s): stuck are {waiting or 'no shots'}{last}. Stopped; "
+                "a rerun resumes"
+            )
+            self._ledger_event(EventKind.STALLED, message)
+            self.request_stop(StopReason.STALLED, message)
 
     def _result(self) -> RunResult:
         counts = dict(self._counts)

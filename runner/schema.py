@@ -213,6 +213,17 @@ def _run_schema() -> dict[str, Any]:
                 "Provider calls per second, generate and fetch together (default 20).",
             ),
             "poll": poll,
+            "stall_timeout_s": _described(
+                seconds,
+                "Stop (exit 1, resumable) when nothing has progressed for this long: no "
+                "submit, state change, byte downloaded or answer about a task (default 900). "
+                "A provider outage is not a stall: see outage_timeout_s.",
+            ),
+            "outage_timeout_s": _described(
+                seconds,
+                "How long a provider that answered and then went away is waited for before "
+                "the run stops, resumable (default 21600, six hours).",
+            ),
         },
         "How the batch runs.",
     )

@@ -18,6 +18,7 @@ from runner.errors import (
     AmbiguousSubmit,
     AuthRefused,
     ConcurrencyLimited,
+    ContractMismatch,
     InvalidRequest,
     OutOfCredit,
     ProviderError,
@@ -35,7 +36,7 @@ from runner.provider import (
     parse_generate,
     trace_id_for,
 )
-from runner.provider.dialects import parse_retry_after
+from runner.provider.dialects import Call, parse_retry_after
 from runner.sim import Simulator, shot_key_of
 
 #: a ledger's trace secret, for calls made outside a ledger
@@ -81,6 +82,8 @@ EXPECTED: dict[str, tuple[str, int, dict[str, str], Any]] = {
             video_url="https://file.example-cdn.net/video/pix/20261120/5a31988f.mp4",
             poster_url="https://file.example-cdn.net/video/pix/20261120/2a020e61.jpg",
             prompt="a red fox running through fresh snow",
+            refunded=False,
+            points="300",
         ),
     ),
     "gateway-fetch-error.json": ("fetch", 200, {}, TaskStatus.FAILED),
@@ -170,10 +173,69 @@ def test_gateway_state_wins_over_old_status_and_moderation_is_recognised() -> No
     assert parse_fetch(200, {}, body, "pix_1").status is TaskStatus.MODERATED
 
 
-def test_pixverse_unknown_and_alternate_generating_codes_keep_polling() -> None:
-    for code in (10, 99):
-        body = {"ErrCode": 0, "ErrMsg": "success", "Resp": {"id": 5, "status": code, "url": ""}}
-        assert parse_fetch(200, {}, body, "5").status is TaskStatus.RENDERING
+def test_pixverse_alternate_generating_code_keeps_polling_and_unknown_ones_stop() -> None:
+    body = {"ErrCode": 0, "ErrMsg": "success", "Resp": {"id": 5, "status": 10, "url": ""}}
+    assert parse_fetch(200, {}, body, "5").status is TaskStatus.RENDERING
+    for code in (99, None, "done"):
+        body = {"ErrCode": 0, "ErrMsg": "success", "Resp": {"id": 5, "status": code}}
+        with pytest.raises(ContractMismatch, match="no documented dialect"):
+            parse_fetch(200, {}, body, "5")
+    body = {"code": 200, "msg": "success", "data": {"task_id": "x", "state": "exploded"}}
+    with pytest.raises(ContractMismatch):
+        parse_fetch(200, {}, body, "x")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (404, "404: Not Found", {"Content-Type": "text/plain"}),
+        (404, "<html><body>Not Found</body></html>", {"Content-Type": "text/html"}),
+        (405, "405: Method Not Allowed", {}),
+        (404, {"error": {"message": "no route"}}, {}),
+        (302, "", {"Location": "https://login.example/"}),
+        (200, "<!doctype html><title>302.AI</title>", {"Content-Type": "text/html"}),
+        (200, {"task": "?"}, {}),
+        (200, {"code": 200, "msg": "success", "data": "a string"}, {}),
+    ],
+)
+def test_a_route_level_fetch_answer_is_a_contract_mismatch_never_task_gone(
+    status: int, body: Any, headers: dict[str, str]
+) -> None:
+    call = Call("GET", "https://api.example/pix/task/7/fetch")
+    with pytest.raises(ContractMismatch) as info:
+        parse_fetch(status, headers, body, "7", call=call)
+    text = str(info.value)
+    assert "GET https://api.example/pix/task/7/fetch" in text and f"HTTP {status}" in text
+    assert "fetch_path" in (info.value.hint or "") and "pixrun doctor" in (info.value.hint or "")
+    assert info.value.exit_code == 5 and not info.value.shot_charged
+
+
+def test_generate_answers_say_whether_a_task_may_exist() -> None:
+    call = Call("POST", "https://api.example/pix/generate")
+    with pytest.raises(ContractMismatch) as wrong_route:
+        parse_generate(404, {}, "404: Not Found", call=call)
+    assert not wrong_route.value.shot_charged
+    with pytest.raises(ContractMismatch) as no_id:
+        parse_generate(200, {}, {"ErrCode": 0, "ErrMsg": "success", "Resp": {}}, call=call)
+    assert no_id.value.shot_charged and "parked" in str(no_id.value)
+
+
+def test_web_dialect_statuses_refunds_and_points() -> None:
+    def web(status: int) -> dict[str, Any]:
+        resp = {"video_id": 42, "video_status": status, "url": "https://v.example/a.mp4"}
+        return {"ErrCode": 0, "ErrMsg": "success", "Resp": resp}
+
+    assert parse_fetch(200, {}, web(1), "42").status is TaskStatus.SUCCEEDED
+    assert parse_fetch(200, {}, web(5), "42").status is TaskStatus.RENDERING
+    deleted = parse_fetch(200, {}, web(6), "42")
+    assert deleted.status is TaskStatus.DELETED and "deleted" in (deleted.message or "")
+    assert parse_fetch(200, {}, web(7), "42").status is TaskStatus.MODERATED
+    assert parse_fetch(200, {}, web(8), "42").status is TaskStatus.FAILED
+    failed = parse_fetch(200, {}, sample("gateway-fetch-error.json"), "pix_b1c2d3e4f5a6b7c8")
+    assert failed.refunded is True and failed.points == "0"
+    done = parse_fetch(200, {}, sample("gateway-fetch-succeeded.json"), "pix_a766793f5e6b4f4e")
+    assert done.refunded is False and done.points == "300"
+    assert parse_fetch(200, {}, sample("pixverse-fetch-done.json"), "1").refunded is None
 
 
 def test_success_without_a_url_is_not_collectable_yet() -> None:
@@ -189,11 +251,19 @@ def test_success_without_a_url_is_not_collectable_yet() -> None:
         (503, "<html>503 Service Unavailable</html>", TransientError),
         (500, {"code": 500, "msg": "internal error", "data": None}, TransientError),
         (504, "gateway timeout", AmbiguousSubmit),
-        (200, "<html>ok?</html>", AmbiguousSubmit),
-        (200, {"ErrCode": 0, "ErrMsg": "success", "Resp": {}}, AmbiguousSubmit),
+        (200, "<html>ok?</html>", ContractMismatch),
+        (200, {"ErrCode": 0, "ErrMsg": "success", "Resp": {}}, ContractMismatch),
         (422, {"error": {"message": "bad field"}}, InvalidRequest),
-        (404, "not found", ProviderError),
-        (301, "", ProviderError),
+        (404, "not found", ContractMismatch),
+        (404, {"error": {"message": "Invalid URL (POST /pix/generat)"}}, ContractMismatch),
+        (405, {"detail": "Method Not Allowed"}, ContractMismatch),
+        (200, {"result": "ok"}, ContractMismatch),
+        (301, "", ContractMismatch),
+        (413, "<html>413 Request Entity Too Large</html>", InvalidRequest),
+        (200, {"ErrCode": 500054, "ErrMsg": "Content moderation failure."}, InvalidRequest),
+        (200, {"ErrCode": 500070, "ErrMsg": "This template is not activated"}, InvalidRequest),
+        (200, {"ErrCode": 500060, "ErrMsg": "Monthly effects activation limit"}, OutOfCredit),
+        (200, {"ErrCode": 500069, "ErrMsg": "high load"}, TransientError),
         (200, {"code": 401, "msg": "token is invalid"}, AuthRefused),
         (200, {"ErrCode": 999999, "ErrMsg": "something new"}, TransientError),
         (200, {"ErrCode": 500063, "ErrMsg": "input contains sensitive content"}, InvalidRequest),

@@ -406,6 +406,9 @@ def _summary_json(
         "ledger": str(outcome.ledger_path),
         "failed": [i.shot_id for i in issues[0]],
         "parked": [i.shot_id for i in issues[2]],
+        "simulated": outcome.simulated,
+        "held_changed": list(outcome.held_changed),
+        "adopted": len(outcome.adopted),
     }
     console.file.write(scrub(json.dumps(record, ensure_ascii=False)) + "\n")
     console.file.flush()
@@ -423,9 +426,11 @@ def _summary_lines(
     failures, n_failed, parked, n_parked = issues
     n_failed = max(n_failed, counts.get(ShotState.FAILED, 0) + counts.get(ShotState.MODERATED, 0))
     n_parked = max(n_parked, counts.get(ShotState.AMBIGUOUS, 0))
-    extra: list[str | Path] = []
-    if outcome.ledger_path.resolve() != default_ledger_path(manifest).resolve():
-        extra = ["--ledger", outcome.ledger_path]
+    # every hint repeats the flags that pick this batch's ledger and provider
+    extra: list[str | Path] = ["--simulate"] if outcome.simulated else []
+    default = default_ledger_path(manifest, simulated=outcome.simulated)
+    if outcome.ledger_path.resolve() != default.resolve():
+        extra += ["--ledger", outcome.ledger_path]
 
     def command(*words: str | Path) -> tuple[str, str]:
         return _command("pixrun", *words, manifest, *extra), "bold"
@@ -487,6 +492,22 @@ def _summary_lines(
                 (f"{unfinished} not finished", "bold"),
                 (": a rerun resumes them, nothing paid for is sent again: ", "dim"),
                 command("run"),
+            )
+        )
+    if outcome.adopted:
+        lines.append(
+            Text(
+                f"{len(outcome.adopted)} adopted: their files and sidecars were already on "
+                "disk and match (nothing sent)",
+                style="dim",
+            )
+        )
+    if outcome.held_changed:
+        lines.append(
+            Text.assemble(
+                (f"{len(outcome.held_changed)} changed since done, not re-rendered", "bold"),
+                (": their request changed; to re-render them (charged): ", "dim"),
+                command("run", "--rerender-changed"),
             )
         )
     if counts.get(ShotState.DONE):

@@ -6,7 +6,7 @@ import asyncio
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -19,6 +19,10 @@ from runner.errors import ExitCode, UsageError
 from runner.manifest import load_manifest
 from runner.placement import keep_to_one_cpu
 from runner.pricing import load_price_table
+from runner.report import format_ptc
+
+if TYPE_CHECKING:
+    from runner.batch import Decision, RunPreview
 
 COMMANDS: list[click.Command] = []
 
@@ -71,6 +75,31 @@ def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
                 continue
         options[key.strip()] = number
     return options
+
+
+def _ask(preview: RunPreview) -> Decision:
+    """The questions a run asks on a terminal, with what they cost."""
+    from runner.batch import Decision
+
+    rerender = False
+    if preview.changed_done:
+        n = len(preview.changed_done)
+        shown = ", ".join(preview.changed_done[:5]) + (" ..." if n > 5 else "")
+        rerender = click.confirm(
+            f"{n} done shot{'s' if n != 1 else ''} changed since rendered ({shown}); "
+            f"re-render them for {format_ptc(preview.changed_done_uptc)} PTC "
+            "(the old files are kept as .v1)?",
+            default=False,
+        )
+    count = preview.to_submit + (len(preview.changed_done) if rerender else 0)
+    cost = preview.to_submit_uptc + (preview.changed_done_uptc if rerender else 0)
+    where = " with the simulator (nothing is spent)" if preview.simulated else ""
+    go = click.confirm(
+        f"Submit {count} shot{'s' if count != 1 else ''} of {preview.name!r} for "
+        f"{format_ptc(cost)} PTC{where}?",
+        default=True,
+    )
+    return Decision(go=go, rerender_changed=rerender)
 
 
 @click.command("run")
@@ -132,12 +161,36 @@ def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="First delay of retried calls (tests and benchmarks on a fast clock).",
 )
 @click.option(
+    "--unreachable-grace-s",
+    type=click.FloatRange(0.0, None),
+    hidden=True,
+    help="How long a provider that never answered is given (tests on a fast clock).",
+)
+@click.option(
+    "--download-give-up-s",
+    type=click.FloatRange(0.0, None),
+    hidden=True,
+    help="How long a download that keeps failing is tried (tests on a fast clock).",
+)
+@click.option(
     "--one-cpu/--all-cpus",
     default=True,
     show_default=True,
     help="Keep the run's threads on the CPU it starts on: they take turns on Python's "
     "GIL, and turns across CPUs cost about a third more CPU per shot. --all-cpus "
     "leaves their placement to the OS.",
+)
+@click.option(
+    "--rerender-changed",
+    is_flag=True,
+    help="Re-render (and pay again for) done shots whose request changed since they were "
+    "done. Without it, and without a terminal to ask on, they are held and the run exits 1.",
+)
+@click.option(
+    "--switch-provider",
+    is_flag=True,
+    help="Let this ledger move to another provider than the one it was made with "
+    "(tasks in flight at the old one are parked if the new one does not know them).",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
@@ -156,7 +209,11 @@ def run_cmd(
     base_url: str | None,
     provider_options: tuple[str, ...],
     backoff_base_s: float | None,
+    unreachable_grace_s: float | None,
+    download_give_up_s: float | None,
     one_cpu: bool,
+    rerender_changed: bool,
+    switch_provider: bool,
     yes: bool,
     quiet: bool,
     json_logs: bool,
@@ -168,21 +225,14 @@ def run_cmd(
     """
     from runner.batch import RunOverrides, SimulatorSettings, run_batch
     from runner.cli.progress import make_observer, render_summary
-    from runner.plan import build_plan
 
     if not manifest.exists():
         raise UsageError(f"no manifest at {manifest}")
     loaded = load_manifest(manifest, price_table=load_price_table(prices) if prices else None)
     console = Console(highlight=False)
     cap = _ptc(max_cost)
-    if sys.stdin.isatty() and not yes and not json_logs:
-        plan = build_plan(loaded, max_cost_ptc=cap)
-        total = plan.to_dict().get("total_ptc")
-        click.confirm(
-            f"Run {len(loaded.shots)} shots of {loaded.name!r} (planned {total} PTC"
-            f"{' with the simulator' if simulate else ''})?",
-            abort=True,
-        )
+    # asked only on a terminal; the core asks after the budget check, before any write
+    confirm = _ask if sys.stdin.isatty() and not yes and not json_logs else None
     mode = "json" if json_logs else "quiet" if quiet else "live" if console.is_terminal else "plain"
     overrides = RunOverrides(
         concurrency=concurrency,
@@ -193,13 +243,23 @@ def run_cmd(
         base_url=base_url,
         backoff_base_s=backoff_base_s,
         provider_options=_provider_options(provider_options),
+        unreachable_grace_s=unreachable_grace_s,
+        download_give_up_s=download_give_up_s,
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
     # before the run starts its threads (they inherit it); see runner.placement
     cpu = keep_to_one_cpu() if one_cpu else None
     batch = run_batch(
-        loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim, cpu=cpu
+        loaded,
+        observer,
+        ledger_path=ledger,
+        overrides=overrides,
+        simulate=sim,
+        cpu=cpu,
+        confirm=confirm,
+        rerender_changed=rerender_changed,
+        switch_provider=switch_provider,
     )
     # the run keeps the shots in the ledger, not in memory: drop our reference so the
     # manifest can be freed once it is synced (flat memory at 100,000 shots)

@@ -76,6 +76,7 @@ class AttemptOutcome(str, Enum):
     AUTH = "auth"  #: the key was refused
     AMBIGUOUS = "ambiguous"  #: sent, no answer: may have been accepted and charged
     RESOLVED = "resolved"  #: an ambiguous attempt tied to a task id by the user
+    MISMATCH = "mismatch"  #: an answer pixrun does not recognise (a wrong route): the run stopped
 
 
 class EventKind(str, Enum):
@@ -92,6 +93,12 @@ class EventKind(str, Enum):
     CHANGED = "changed"  #: a shot's request changed: a new version
     REQUEUED = "requeued"  #: the user re-queued a shot
     RESOLVED = "resolved"  #: the user tied a parked shot to a task id
+    CONTRACT_MISMATCH = "contract_mismatch"  #: the provider answered unrecognisably: stopped
+    PROVIDER_DOWN = "provider_down"  #: the provider stopped answering (once per outage)
+    PROVIDER_BACK = "provider_back"  #: the provider answers again after an outage
+    STALLED = "stalled"  #: nothing progressed for run.stall_timeout_s: stopped
+    ADOPTED = "adopted"  #: a file already on disk was taken as the shot's output
+    DOWNLOAD_FAILED = "download_failed"  #: a paid render could not be downloaded (kept)
 
 
 #: columns a caller may set through ``update_shot``; anything else is a bug
@@ -199,6 +206,14 @@ class SyncResult:
     unchanged: int
     removed: tuple[str, ...]
 
+
+#: what a ledger's work cost: accepted generates net of refunds, plus uploads
+SPENT_SQL = (
+    "SELECT (SELECT COALESCE(SUM(charged_uptc), 0) - COALESCE(SUM(refunded_uptc), 0) "
+    "FROM attempts WHERE outcome IN (?, ?)) "
+    "+ (SELECT COALESCE(SUM(charged_uptc), 0) FROM uploads)"
+)
+SPENT_PARAMS = (AttemptOutcome.ACCEPTED.value, AttemptOutcome.RESOLVED.value)
 
 #: states whose output file exists (or is being written) under its recorded name
 _HAS_FILE = frozenset({ShotState.DONE, ShotState.DOWNLOADING})
@@ -488,7 +503,17 @@ class Ledger:
 
     # -- manifest sync and recovery --------------------------------------------------
 
-    async def sync_manifest(self, shots: Sequence[Shot]) -> SyncResult:
+    async def known_shots(self) -> dict[str, tuple[ShotState, str, str | None]]:
+        """Every shot the ledger knows: ``id -> (state, request hash, the manifest hash a
+        re-roll was made from)``, to preview what a sync of the manifest would do."""
+        rows = await self._fetchall(
+            "SELECT shot_id, state, request_hash, override_base_hash FROM shots"
+        )
+        return {r[0]: (ShotState(r[1]), r[2], r[3]) for r in rows}
+
+    async def sync_manifest(
+        self, shots: Sequence[Shot], *, hold: frozenset[str] = frozenset()
+    ) -> SyncResult:
         """Bring the shots table in line with the manifest, in one transaction.
 
         New shots are inserted as pending. A shot whose request changed becomes a new
@@ -536,6 +561,8 @@ class Ledger:
             changed.append(shot.shot_id)
             if state.at_provider or state == ShotState.SUBMITTING:
                 continue  # collect what is already paid for; the change applies later
+            if shot.shot_id in hold:
+                continue  # a done shot the user did not agree to re-render (yet)
             statements.append(
                 (
                     "INSERT OR REPLACE INTO shot_versions (shot_id, version, request_json, "
@@ -746,12 +773,34 @@ class Ledger:
         return {ShotState(s): int(n) for s, n in rows}
 
     async def spent_uptc(self) -> int:
-        """What accepted generate calls cost so far (ambiguous ones not included)."""
-        rows = await self._fetchall(
-            "SELECT COALESCE(SUM(charged_uptc), 0) FROM attempts WHERE outcome IN (?, ?)",
-            (AttemptOutcome.ACCEPTED.value, AttemptOutcome.RESOLVED.value),
-        )
+        """What this ledger's work cost so far: accepted generate calls net of what the
+        provider refunded, plus uploads (ambiguous calls are not included)."""
+        rows = await self._fetchall(SPENT_SQL, SPENT_PARAMS)
         return int(rows[0][0])
+
+    async def record_task_cost(
+        self, shot_id: str, task_id: str, *, refunded: bool | None, points: str | None
+    ) -> None:
+        """What the provider says a task finally cost: its cost figure, and a refund
+        (the whole charge) of a failed render."""
+        statements: list[_Statement] = []
+        if points is not None:
+            statements.append(
+                (
+                    "UPDATE attempts SET points = ? WHERE shot_id = ? AND task_id = ?",
+                    (points, shot_id, task_id),
+                )
+            )
+        if refunded:
+            statements.append(
+                (
+                    "UPDATE attempts SET refunded_uptc = charged_uptc "
+                    "WHERE shot_id = ? AND task_id = ? AND refunded_uptc IS NULL",
+                    (shot_id, task_id),
+                )
+            )
+        if statements:
+            await self._write(statements, shot_id)
 
     async def done_outputs(self) -> list[tuple[str, str, int | None]]:
         """``(shot_id, output_path, bytes)`` of every done shot, for verification."""
@@ -760,6 +809,98 @@ class Ledger:
             (ShotState.DONE.value,),
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    async def looks_simulated(self, clip_px: int) -> bool:
+        """An older ledger without a recorded provider was a rehearsal when its done
+        videos are the simulator's ``clip_px`` square clips."""
+        rows = await self._fetchall(
+            "SELECT COUNT(*) FROM shots WHERE state = ? AND width = ? AND height = ?",
+            (ShotState.DONE.value, clip_px, clip_px),
+        )
+        return int(rows[0][0]) > 0
+
+    async def never_sent(self) -> list[tuple[str, int, str, str]]:
+        """``(shot id, version, output path, request hash)`` of the manifest's shots this
+        ledger never sent: a file already at their output may be adoptable."""
+        rows = await self._fetchall(
+            "SELECT shot_id, version, output_path, request_hash FROM shots "
+            "WHERE state = ? AND attempts = 0 AND in_manifest = 1 ORDER BY seq",
+            (ShotState.PENDING.value,),
+        )
+        return [(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    async def adopt(self, adopted: Sequence[Mapping[str, Any]]) -> None:
+        """Take files already on disk as these shots' outputs (done, nothing sent):
+        each mapping has shot_id, task_id, seed, bytes, sha256, done_at."""
+        now = _now()
+        statements: list[_Statement] = []
+        for item in adopted:
+            statements.append(
+                (
+                    "UPDATE shots SET state = ?, task_id = ?, seed = ?, bytes = ?, sha256 = ?, "
+                    "done_at = ?, error_kind = NULL, last_error = NULL, updated_at = ? "
+                    "WHERE shot_id = ? AND state = ?",
+                    (
+                        ShotState.DONE.value,
+                        item["task_id"],
+                        item["seed"],
+                        item["bytes"],
+                        item["sha256"],
+                        item["done_at"],
+                        now,
+                        item["shot_id"],
+                        ShotState.PENDING.value,
+                    ),
+                )
+            )
+            statements.append(
+                (
+                    "INSERT INTO events (at, kind, shot_id, message) VALUES (?, ?, ?, ?)",
+                    (
+                        now,
+                        EventKind.ADOPTED.value,
+                        item["shot_id"],
+                        "its file and sidecar were already on disk and match: adopted, "
+                        "nothing sent",
+                    ),
+                )
+            )
+        if statements:
+            await self._write_now(statements)
+
+    async def bytes_to_come(self) -> list[tuple[str | None, str | None, int]]:
+        """``(quality, duration, count)`` of the shots whose video is still to be saved."""
+        states = (
+            ShotState.PENDING.value,
+            ShotState.SUBMITTED.value,
+            ShotState.RENDERED.value,
+            ShotState.DOWNLOADING.value,
+        )
+        rows = await self._fetchall(
+            "SELECT quality, duration, COUNT(*) FROM shots WHERE in_manifest = 1 AND state IN "
+            "(?, ?, ?, ?) GROUP BY quality, duration",
+            states,
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    async def upload_url(self, sha256: str) -> str | None:
+        """Where an image of this content was uploaded for this ledger, if it was."""
+        rows = await self._fetchall("SELECT url FROM uploads WHERE sha256 = ?", (sha256,))
+        return str(rows[0][0]) if rows else None
+
+    async def record_upload(
+        self, sha256: str, url: str, size_bytes: int, charged_uptc: int | None
+    ) -> None:
+        """Commit an upload (before any generate that uses its URL is sent)."""
+        await self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO uploads (sha256, url, bytes, charged_uptc, "
+                    "uploaded_at) VALUES (?, ?, ?, ?, ?)",
+                    (sha256, url, size_bytes, charged_uptc, _now()),
+                )
+            ]
+        )
 
     async def sent_trace_id(self, shot_id: str, version: int, attempt_no: int) -> str | None:
         """The Ai-trace-id an attempt was last sent with, so a repeat of that attempt
@@ -964,12 +1105,12 @@ class Ledger:
         for sid in shot_ids:
             rows.extend(
                 await self._fetchall(
-                    "SELECT shot_id, state, video_url, error_kind FROM shots WHERE shot_id = ?",
+                    "SELECT shot_id, state, task_id, error_kind FROM shots WHERE shot_id = ?",
                     (sid,),
                 )
             )
         moved = 0
-        for sid, state, video_url, error_kind in rows:
+        for sid, state, task_id, error_kind in rows:
             if state not in movable:
                 continue
             moved += 1
@@ -981,7 +1122,7 @@ class Ledger:
                         (ShotState.PENDING.value, now, sid),
                     )
                 )
-            elif video_url and error_kind in ("output_conflict", "download", "disk_full"):
+            elif task_id and error_kind in ("output_conflict", "download", "disk_full"):
                 statements.append(
                     (
                         "UPDATE shots SET state = ?, error_kind = NULL, last_error = NULL, "

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.errors import LedgerError
-from runner.ledger import AttemptOutcome, Ledger
+from runner.ledger import SPENT_PARAMS, SPENT_SQL, AttemptOutcome, Ledger
 from runner.model import FINAL_STATES, ShotState
 
 __all__ = [
@@ -204,13 +204,9 @@ def _marks(values: Sequence[object]) -> str:
 
 
 async def spent_uptc(ledger: Ledger) -> int:
-    """What accepted (or user-resolved) generate calls cost so far."""
-    rows = await _fetchall(
-        ledger,
-        f"SELECT COALESCE(SUM(charged_uptc), 0) FROM attempts "
-        f"WHERE outcome IN ({_marks(_CHARGED)})",
-        _CHARGED,
-    )
+    """What the batch cost so far: accepted (or user-resolved) generate calls net of the
+    provider's refunds, plus uploads (see :data:`runner.ledger.SPENT_SQL`)."""
+    rows = await _fetchall(ledger, SPENT_SQL, SPENT_PARAMS)
     return int(rows[0][0])
 
 
@@ -419,7 +415,8 @@ async def status_summary(
 _REPORT_SELECT = (
     "SELECT shot_id, version, mode, state, prompt, model, quality, duration, motion_mode, "
     "seed, attempts, price_uptc, "
-    "(SELECT COALESCE(SUM(a.charged_uptc), 0) FROM attempts a "
+    "(SELECT COALESCE(SUM(a.charged_uptc), 0) - COALESCE(SUM(a.refunded_uptc), 0) "
+    "FROM attempts a "
     f" WHERE a.shot_id = shots.shot_id AND a.outcome IN ({_marks(_CHARGED)})), "
     "task_id, output_path, bytes, sha256, error_kind, last_error, poster_url, width, height, "
     "done_at FROM shots WHERE in_manifest = 1"

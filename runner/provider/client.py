@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import mimetypes
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -29,9 +30,9 @@ from yarl import URL
 
 from runner.errors import AmbiguousSubmit, InvalidRequest, TransientError, UsageError
 from runner.provider.config import ProviderConfig
-from runner.provider.dialects import TaskState, parse_fetch, parse_generate
+from runner.provider.dialects import Call, TaskState, parse_fetch, parse_generate, parse_upload
 from runner.provider.download import DownloadResult, download_file
-from runner.provider.images import encode_local_images
+from runner.provider.images import encode_local_images, has_local_images
 
 TRACE_HEADER = "Ai-trace-id"
 
@@ -42,7 +43,9 @@ class Provider:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         #: HTTP requests made, by kind (downloads count each ranged resume)
-        self.calls: dict[str, int] = {"generate": 0, "fetch": 0, "download": 0}
+        self.calls: dict[str, int] = {"generate": 0, "fetch": 0, "download": 0, "upload": 0}
+        #: answers (any HTTP status) the API sent: 0 means it was never reached
+        self.answers = 0
         self._pooled: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None
         self._api_timeout = aiohttp.ClientTimeout(
@@ -104,6 +107,9 @@ class Provider:
 
     async def generate(self, request: Mapping[str, Any], *, trace_id: str) -> str:
         """Submit one generation (charged); the provider's task id, as text."""
+        if self.config.image_encoding == "upload" and has_local_images(request):
+            # the caller uploads first (runner.uploads): never inline bytes by accident
+            raise InvalidRequest("a local image was not uploaded before the generate request")
         body = await encode_local_images(request, self.config.image_encoding)
         try:
             payload = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -122,6 +128,7 @@ class Provider:
                 timeout=self._api_timeout,
                 allow_redirects=False,
             ) as resp:
+                self.answers += 1
                 status, resp_headers = resp.status, resp.headers
                 raw = await resp.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -141,6 +148,7 @@ class Provider:
             _decode(raw),
             redact=self.config.redact,
             ambiguous_statuses=self.config.ambiguous_generate_statuses,
+            call=Call("POST", self.config.generate_url()),
         )
 
     def _ambiguous(self, exc: BaseException) -> AmbiguousSubmit:
@@ -160,13 +168,15 @@ class Provider:
         """The task's current state (free, idempotent)."""
         pooled, _ = self._sessions()
         self.calls["fetch"] += 1
+        url = self.config.fetch_url(task_id)
         try:
             async with pooled.get(
-                self.config.fetch_url(task_id),
+                url,
                 headers=self._api_headers(),
                 timeout=self._api_timeout,
                 allow_redirects=False,
             ) as resp:
+                self.answers += 1
                 status, resp_headers = resp.status, resp.headers
                 raw = await resp.read()
         except aiohttp.InvalidURL as exc:
@@ -175,7 +185,44 @@ class Provider:
             raise TransientError(f"fetch {task_id}: {self._why(exc)}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientError(f"fetch {task_id}: {self._why(exc)}") from exc
-        return parse_fetch(status, resp_headers, _decode(raw), task_id, redact=self.config.redact)
+        return parse_fetch(
+            status,
+            resp_headers,
+            _decode(raw),
+            task_id,
+            redact=self.config.redact,
+            call=Call("GET", url),
+        )
+
+    async def upload(self, path: Path, data: bytes) -> str:
+        """Upload one local image (``data``, read from ``path``); the URL the provider
+        keeps it at. Charged (about 0.001 PTC), idempotent in effect: a repeat costs
+        another upload, never a render."""
+        pooled, _ = self._sessions()
+        self.calls["upload"] += 1
+        url = self.config.upload_url()
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename=path.name, content_type=_image_type(path))
+        try:
+            async with pooled.post(
+                url,
+                data=form,
+                headers=self._api_headers(),
+                timeout=self._api_timeout,
+                allow_redirects=False,
+            ) as resp:
+                self.answers += 1
+                status, resp_headers = resp.status, resp.headers
+                raw = await resp.read()
+        except aiohttp.InvalidURL as exc:
+            raise UsageError(f"the upload URL is not valid: {exc}") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise TransientError(f"upload {path.name}: {self._why(exc)}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransientError(f"upload {path.name}: {self._why(exc)}") from exc
+        return parse_upload(
+            status, resp_headers, _decode(raw), redact=self.config.redact, call=Call("POST", url)
+        )
 
     async def download(
         self,
@@ -183,9 +230,11 @@ class Provider:
         dest: Path,
         *,
         then: Callable[[DownloadResult], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> DownloadResult:
         """Fetch a finished video into ``dest``; ``then`` runs in the same worker-thread
-        trip, after the file is published (see runner/provider/download.py)."""
+        trip, after the file is published (see runner/provider/download.py);
+        ``on_bytes`` hears of every chunk received (progress, for the run's watchdog)."""
         pooled, _ = self._sessions()
 
         def count() -> None:
@@ -200,7 +249,12 @@ class Provider:
             timeout=self._download_timeout,
             on_request=count,
             then=then,
+            on_bytes=on_bytes,
         )
+
+
+def _image_type(path: Path) -> str:
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
 def _decode(raw: bytes) -> Any:

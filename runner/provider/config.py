@@ -28,8 +28,9 @@ ENV_API_KEY = "PIXRUN_API_KEY"
 ENV_BASE_URL = "PIXRUN_BASE_URL"
 DEFAULT_BASE_URL = "https://api.302.ai"
 
-#: how local (``file://``) images are put into a request body
-IMAGE_ENCODINGS = ("data_uri", "base64")
+#: how local (``file://``) images are put into a request body: uploaded once through
+#: 302's file upload and sent as its URL (what 302's own apps do), or inlined
+IMAGE_ENCODINGS = ("upload", "data_uri", "base64")
 
 _GIB = 1024**3
 
@@ -41,16 +42,20 @@ class ProviderConfig:
     base_url: str
     api_key: str = field(repr=False)
     generate_path: str = "/pix/generate"
-    #: ``{task_id}`` is replaced by the task id, URL-quoted
+    #: ``{task_id}`` is replaced by the task id, URL-quoted (a query form such as
+    #: ``/pix/fetch?task_id={task_id}`` works too)
     fetch_path: str = "/pix/task/{task_id}/fetch"
+    #: 302's file upload: multipart field ``file``, answers ``{"code": 200, "data": url}``
+    upload_path: str = "/302/upload-file"
     connect_timeout_s: float = 10
     #: longest silence while reading an answer (or a download)
     read_timeout_s: float = 60
     #: whole generate/fetch call, connect to last byte (downloads have no total cap)
     total_timeout_s: float = 120
     max_download_bytes: int = 2 * _GIB
-    #: "data_uri" (``data:image/png;base64,...``) or "base64" (bare base64)
-    image_encoding: str = "data_uri"
+    #: "upload" (one upload per distinct image per ledger; the request carries its
+    #: URL), "data_uri" (``data:image/png;base64,...``) or "base64" (bare base64)
+    image_encoding: str = "upload"
     #: connections kept open for fetch and download calls (generate never reuses one)
     max_connections: int = 64
     #: how many times a cut download is resumed (or restarted) before giving up
@@ -62,11 +67,18 @@ class ProviderConfig:
     trust_env: bool = False
 
     def __post_init__(self) -> None:
-        url = URL(self.base_url)
-        if url.scheme not in ("http", "https") or not url.host:
+        try:
+            url = URL(self.base_url)
+            host, _port = url.host, url.port  # yarl checks the port when it is read
+        except ValueError as exc:
+            raise UsageError(
+                f"the provider base URL {self.base_url!r} is not a valid URL ({exc})",
+                hint=f"set {ENV_BASE_URL} (or --base-url) to e.g. {DEFAULT_BASE_URL}",
+            ) from exc
+        if url.scheme not in ("http", "https") or not host or " " in host:
             raise UsageError(
                 f"the provider base URL {self.base_url!r} is not an http(s) URL",
-                hint=f"set {ENV_BASE_URL} to e.g. {DEFAULT_BASE_URL}",
+                hint=f"set {ENV_BASE_URL} (or --base-url) to e.g. {DEFAULT_BASE_URL}",
             )
         if self.image_encoding not in IMAGE_ENCODINGS:
             raise UsageError(
@@ -101,6 +113,9 @@ class ProviderConfig:
 
     def generate_url(self) -> str:
         return self.base_url.rstrip("/") + self.generate_path
+
+    def upload_url(self) -> str:
+        return self.base_url.rstrip("/") + self.upload_path
 
     def fetch_url(self, task_id: str) -> str:
         quoted = quote(task_id, safe="")

@@ -7,25 +7,34 @@ Dialects (detected by envelope keys, never configured):
 
 - PixVerse: ``{"ErrCode": 0, "ErrMsg": "success", "Resp": {...}}``; generate answers
   ``Resp.video_id``; fetch answers ``Resp.status`` 1 done, 5/10 generating, 7 moderated,
-  8 failed.
+  8 failed; the web-app family of the same envelope answers ``Resp.video_id`` and
+  ``Resp.video_status`` (also 6: deleted).
 - Gateway "feed": ``{"code": 200, "msg": "success", "data": {...}}``; generate answers
   ``data.task_id``; fetch answers ``data.state`` (pending/running/succeeded/error) or the
-  older ``data.status`` string ("0".."3").
-- Bare errors: ``{"error": {"message": ...}}`` (gateway auth failures).
+  older ``data.status`` string ("0".."3"), plus ``point`` (its cost figure) and
+  ``refund`` ("1": a failed render was refunded).
+- Bare errors: ``{"error": {"message": ...}}`` (the gateway's own layer: auth, money,
+  parameters). Never a provider envelope: it cannot say "no such task".
 
-Invariants:
+Invariants (fail closed: pixrun acts only on answers it recognises):
 - Task ids come back as ``str`` whether the provider sent an int or a string.
 - Every non-success answer becomes exactly one :class:`~runner.errors.ProviderError`
-  subclass, chosen in this order: auth, money, concurrency, rate, not-found, invalid,
-  server-side. The order matters: a 429 that says "concurrent" is a concurrency limit.
-- A generate answer that says success but carries no readable task id is ambiguous: the
-  task may exist and be charged.
+  subclass. An answer pixrun does not recognise (a redirect, a 404/405 without a
+  provider envelope, HTML or other non-JSON, JSON in no known envelope, a task status
+  no dialect defines, a success without a task id) is a
+  :class:`~runner.errors.ContractMismatch`, never "task gone" and never a shot failure.
+- :class:`~runner.errors.TaskNotFound` comes only from a provider envelope (PixVerse or
+  gateway) that says the task is unknown.
+- Error codes are read before HTTP statuses and message words; the order of meanings
+  is auth, money, concurrency, rate, not-found, invalid, server-side (a 429 that says
+  "concurrent" is a concurrency limit).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import email.utils
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +45,7 @@ from runner.errors import (
     AmbiguousSubmit,
     AuthRefused,
     ConcurrencyLimited,
+    ContractMismatch,
     InvalidRequest,
     OutOfCredit,
     ProviderError,
@@ -53,6 +63,7 @@ class TaskStatus(StrEnum):
     SUCCEEDED = "succeeded"  #: done; ``video_url`` is set
     MODERATED = "moderated"  #: refused by content moderation; final, never retried
     FAILED = "failed"  #: the render failed; may be retried as a new attempt
+    DELETED = "deleted"  #: rendered, then deleted at the provider (web status 6)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,11 @@ class TaskState:
     message: str | None = None
     #: the prompt the task was made from, when the answer carries it (resolve checks it)
     prompt: str | None = None
+    #: the provider says it gave back what this task cost (gateway ``refund: "1"``);
+    #: None when the answer does not say
+    refunded: bool | None = None
+    #: the provider's own cost figure for the task, as sent (gateway ``point``)
+    points: str | None = None
 
 
 class Op(StrEnum):
@@ -78,18 +94,79 @@ class Op(StrEnum):
 
     GENERATE = "generate"  #: POST generate (charged)
     FETCH = "fetch"  #: GET task (free)
+    UPLOAD = "upload"  #: POST a local image (about 0.001 PTC)
 
 
-#: codes seen in the documented samples; everything else maps by HTTP status, code
-#: family and message wording
+#: PixVerse ErrCodes, from PixVerse's error-code table (docs.platform.pixverse.ai,
+#: "Error codes"; mirrored by cloud.tencent.com/document/product/1823/138038) and the
+#: samples in API.md. Codes not listed map by family and message wording.
 ERRCODE_INVALID_PARAMETER = 400017
+ERRCODE_NOT_FOUND = 500008
 ERRCODE_NO_CREDIT = 500043
 ERRCODE_CONCURRENCY = 500044
 
+
+class Meaning(StrEnum):
+    """What a provider error code stands for."""
+
+    AUTH = "auth"  #: the key or account is refused
+    MONEY = "money"  #: the account cannot pay (credits, a monthly limit)
+    CONCURRENCY = "concurrency"  #: too many generations in flight
+    RATE = "rate"  #: too many requests
+    NOT_FOUND = "not_found"  #: no such task (or data)
+    INVALID = "invalid"  #: this request can never succeed as it is
+    TRANSIENT = "transient"  #: the provider's own trouble; nothing was created
+
+
+ERRCODE_MEANINGS: dict[int, Meaning] = {
+    400011: Meaning.INVALID,  # empty parameter
+    400012: Meaning.AUTH,  # invalid account
+    400013: Meaning.INVALID,  # invalid binding request: parameter type or value
+    400017: Meaning.INVALID,  # invalid parameter
+    400018: Meaning.INVALID,  # prompt / negative prompt over 2048 characters
+    400019: Meaning.INVALID,  # the same, second code
+    400032: Meaning.INVALID,  # invalid image id
+    500008: Meaning.NOT_FOUND,  # requested data not found
+    500020: Meaning.INVALID,  # no permission for this operation (model, feature)
+    500030: Meaning.INVALID,  # image over 20 MB or 4000x4000 px
+    500031: Meaning.INVALID,  # image information could not be read
+    500032: Meaning.INVALID,  # invalid image format
+    500033: Meaning.INVALID,  # invalid image width or height
+    500041: Meaning.TRANSIENT,  # image upload failed (on the provider's side)
+    500042: Meaning.INVALID,  # invalid image path
+    500043: Meaning.MONEY,  # all credits used up
+    500044: Meaning.CONCURRENCY,  # concurrent generation limit
+    500054: Meaning.INVALID,  # the image failed content moderation
+    500060: Meaning.MONEY,  # monthly effects activation limit (account level)
+    500063: Meaning.INVALID,  # input (image, video or text) failed pre-moderation
+    500069: Meaning.TRANSIENT,  # the system is under high load
+    500070: Meaning.INVALID,  # the effect template is not activated
+    500071: Meaning.INVALID,  # the effect does not support this resolution
+}
+#: gateway envelopes carry HTTP-like codes
+_GATEWAY_CODE_MEANINGS: dict[int, Meaning] = {
+    400: Meaning.INVALID,
+    401: Meaning.AUTH,
+    402: Meaning.MONEY,
+    403: Meaning.AUTH,
+    404: Meaning.NOT_FOUND,
+    422: Meaning.INVALID,
+    429: Meaning.RATE,
+}
+
 PIXVERSE_DONE = 1
 PIXVERSE_GENERATING = (5, 10)
+PIXVERSE_DELETED = 6
 PIXVERSE_MODERATED = 7
 PIXVERSE_FAILED = 8
+_PIXVERSE_STATUSES: dict[int, TaskStatus] = {
+    PIXVERSE_DONE: TaskStatus.SUCCEEDED,
+    5: TaskStatus.RENDERING,
+    10: TaskStatus.RENDERING,
+    PIXVERSE_DELETED: TaskStatus.DELETED,
+    PIXVERSE_MODERATED: TaskStatus.MODERATED,
+    PIXVERSE_FAILED: TaskStatus.FAILED,
+}
 
 _GATEWAY_STATES: dict[str, TaskStatus] = {
     "pending": TaskStatus.QUEUED,
@@ -110,7 +187,7 @@ _GATEWAY_OLD_STATUS: dict[str, TaskStatus] = {
 }
 
 _WORDS_AUTH = ("api key", "apikey", "unauthorized", "token is invalid")
-_WORDS_CREDIT = ("credit", "balance", "top up", "insufficient")
+_WORDS_CREDIT = ("credit", "balance", "top up", "insufficient", "monthly")
 _WORDS_CONCURRENCY = ("concurrent",)
 _WORDS_RATE = ("rate limit", "too many requests")
 _WORDS_NOT_FOUND = ("not found", "not exist", "no such task")
@@ -125,6 +202,8 @@ _WORDS_MODERATION = (
 
 #: longest provider message we carry into an exception
 MAX_MESSAGE_CHARS = 300
+#: how much of an unrecognised answer a contract-mismatch message quotes
+QUOTE_CHARS = 120
 
 Redact = Callable[[str], str]
 
@@ -143,6 +222,38 @@ class Envelope:
     code: int | str | None
     message: str | None
     payload: Any
+
+    @property
+    def provider(self) -> bool:
+        """A provider envelope (PixVerse or gateway family): the only kind that can
+        carry a task, or say that a task does not exist."""
+        return self.dialect in ("pixverse", "gateway")
+
+
+@dataclass(frozen=True)
+class Call:
+    """Which request an answer belongs to, for messages: ``GET https://.../fetch``."""
+
+    method: str
+    url: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+def quote_body(body: Any) -> str:
+    """The first bytes of an answer, shown in a contract-mismatch message."""
+    if isinstance(body, str):
+        text = body
+    else:
+        try:
+            text = json.dumps(body, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = repr(body)
+    text = " ".join(text.split())
+    if not text:
+        return "an empty body"
+    return repr(text[:QUOTE_CHARS] + ("…" if len(text) > QUOTE_CHARS else ""))
 
 
 def read_envelope(body: Any) -> Envelope:
@@ -216,6 +327,65 @@ def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float
     return max(0.0, when.timestamp() - now)
 
 
+def _meaning(env: Envelope, message: str | None) -> Meaning | None:
+    """What an error envelope's code (then its wording) stands for; None: unknown."""
+    code = _code_int(env.code)
+    if code is not None:
+        table = ERRCODE_MEANINGS if env.dialect == "pixverse" else _GATEWAY_CODE_MEANINGS
+        if code in table:
+            return table[code]
+        if env.dialect == "gateway" and 500 <= code < 600:
+            return Meaning.TRANSIENT
+    if _has(message, _WORDS_AUTH):
+        return Meaning.AUTH
+    if _has(message, _WORDS_CREDIT):
+        return Meaning.MONEY
+    if _has(message, _WORDS_CONCURRENCY):
+        return Meaning.CONCURRENCY
+    if _has(message, _WORDS_RATE):
+        return Meaning.RATE
+    if _has(message, _WORDS_NOT_FOUND):
+        return Meaning.NOT_FOUND
+    if _has(message, _WORDS_MODERATION):
+        return Meaning.INVALID
+    if code is not None and 400000 <= code < 500000:
+        return Meaning.INVALID
+    return None
+
+
+def mismatch(
+    call: Call | None,
+    status: int,
+    headers: Mapping[str, str],
+    body: Any,
+    why: str,
+    *,
+    shot_charged: bool = False,
+    redact: Redact = _identity,
+) -> ContractMismatch:
+    """The stop-everything error for an answer pixrun does not recognise."""
+    where = str(call) if call is not None else "the provider"
+    kind = headers.get("Content-Type", "").split(";")[0].strip()
+    shown = f"HTTP {status}" + (f", {kind}" if kind else "")
+    charged = (
+        " The request may have created a task: the shot is parked, never sent again blindly."
+        if shot_charged
+        else ""
+    )
+    return ContractMismatch(
+        redact(
+            f"{where} answered in a way pixrun does not recognise: {why} ({shown}: "
+            f"{quote_body(body)}). Nothing was marked failed and every task id is kept." + charged
+        ),
+        status=status,
+        shot_charged=shot_charged,
+        hint="check the provider's base URL and routes: run 'pixrun doctor', then set "
+        "--provider-option fetch_path=... or generate_path=... (or keep them with "
+        "'pixrun doctor --save'); a rerun with the right setting collects every task "
+        "at no new charge",
+    )
+
+
 def error_for(
     op: Op,
     status: int,
@@ -223,75 +393,102 @@ def error_for(
     body: Any,
     *,
     redact: Redact = _identity,
+    call: Call | None = None,
 ) -> ProviderError | None:
     """The error an answer stands for, or None when it is a success envelope."""
     env = read_envelope(body)
-    if 200 <= status < 300 and env.ok:
+    if 200 <= status < 300 and env.provider and env.ok:
         return None
-    code = _code_int(env.code)
-    raw_message = env.message or (
-        body.strip()[:MAX_MESSAGE_CHARS] if isinstance(body, str) else None
-    )
-    message = redact(raw_message)[:MAX_MESSAGE_CHARS] if raw_message else None
-    shown = message or "no message"
-    code_part = f", code {env.code}" if env.code is not None else ""
-    where = f"{op.value}, HTTP {status}{code_part}"
-    kw: dict[str, Any] = {"status": status, "provider_code": env.code}
     if 300 <= status < 400:
         # Redirects are not followed on the API: a POST must not silently become a GET
         # or be sent twice. A redirect means the configured URL is not the endpoint.
         location = headers.get("Location", "?")
-        return ProviderError(
-            f"the provider redirected to {location} ({where})",
-            hint="set PIXRUN_BASE_URL to the final address",
-            **kw,
+        return mismatch(call, status, headers, body, f"a redirect to {location}", redact=redact)
+    message = redact(env.message)[:MAX_MESSAGE_CHARS] if env.message else None
+    meaning = _meaning(env, message) if env.dialect != "unknown" else None
+    said = _Said(
+        op,
+        status,
+        message or "no message",
+        f"{op.value}, HTTP {status}" + (f", code {env.code}" if env.code is not None else ""),
+        {"status": status, "provider_code": env.code},
+    )
+    err = _account_level(said, meaning, headers)
+    if err is not None:
+        return err
+    if status >= 500 and not env.provider:
+        # a server error page (a proxy's HTML, a plain text) is an outage, not a
+        # wrong route: the provider is there and failing
+        return TransientError(f"the provider had a server error ({said.where})", **said.kw)
+    if status == 413:
+        return InvalidRequest(
+            f"the request is too large for the provider ({said.where})", **said.kw
         )
-    if status in (401, 403) or code in (401, 403) or _has(message, _WORDS_AUTH):
+    if not env.provider and not (env.dialect == "error" and status in (400, 422)):
+        # 2xx/4xx without a provider envelope: not this API (a wrong route, a web page)
+        why = "no provider envelope" if env.dialect != "unknown" else "not a provider answer"
+        if status in (404, 405):
+            why = f"no such route, {why}"
+        charged = op is Op.GENERATE and 200 <= status < 300
+        return mismatch(call, status, headers, body, why, shot_charged=charged, redact=redact)
+    return _request_level(said, meaning, env.provider)
+
+
+@dataclass(frozen=True)
+class _Said:
+    """An error answer, ready for the message of the error it becomes."""
+
+    op: Op
+    status: int
+    shown: str
+    where: str
+    kw: dict[str, Any]
+
+
+def _account_level(
+    said: _Said, meaning: Meaning | None, headers: Mapping[str, str]
+) -> ProviderError | None:
+    """Auth, money, concurrency and rate: whatever the envelope, they stop or wait."""
+    status, shown, where, kw = said.status, said.shown, said.where, said.kw
+    if status in (401, 403) or meaning is Meaning.AUTH:
         return AuthRefused(
-            f"the provider refused the API key: {shown} ({where})",
+            f"refused the API key: {shown} ({where})",
             hint="check PIXRUN_API_KEY; nothing was marked failed, rerun when fixed",
             **kw,
         )
-    if status == 402 or code in (402, ERRCODE_NO_CREDIT) or _has(message, _WORDS_CREDIT):
+    if status == 402 or meaning is Meaning.MONEY:
         return OutOfCredit(
-            f"the account is out of credit: {shown} ({where})",
-            hint="top up the 302.AI account, then rerun: finished work is kept",
+            f"the account cannot pay: {shown} ({where})",
+            hint="top up the 302.AI account (or wait for the monthly limit to reset), then "
+            "rerun: finished work is kept",
             **kw,
         )
     retry_after_s = parse_retry_after(headers.get("Retry-After"))
-    if code == ERRCODE_CONCURRENCY or _has(message, _WORDS_CONCURRENCY):
+    if meaning is Meaning.CONCURRENCY:
         return ConcurrencyLimited(
             f"too many generations in flight: {shown} ({where})", retry_after_s=retry_after_s, **kw
         )
-    if status == 429 or code == 429 or _has(message, _WORDS_RATE):
+    if status == 429 or meaning is Meaning.RATE:
         return RateLimited(f"rate limited: {shown} ({where})", retry_after_s=retry_after_s, **kw)
-    if op is Op.FETCH and (status == 404 or code == 404 or _has(message, _WORDS_NOT_FOUND)):
-        return TaskNotFound(f"the provider does not know this task: {shown} ({where})", **kw)
-    if status in (404, 405):
-        # An endpoint that does not exist is a configuration problem, not a
-        # property of the shot: the caller should stop rather than fail every shot.
-        return ProviderError(
-            f"the {op.value} endpoint was not found: {shown} ({where})",
-            hint="check PIXRUN_BASE_URL and the endpoint paths",
-            **kw,
-        )
-    if (
-        status in (400, 413, 422)
-        or code in (400, 422)
-        or (code is not None and 400000 <= code < 500000)
-    ):
-        return InvalidRequest(f"the provider rejected the request: {shown} ({where})", **kw)
-    if _has(message, _WORDS_MODERATION):
-        # Refused at submit time: as permanent as a bad parameter, never retried blindly.
-        return InvalidRequest(f"the provider refused the prompt or image: {shown} ({where})", **kw)
-    if status >= 500 or (code is not None and 500 <= code < 600):
+    return None
+
+
+def _request_level(said: _Said, meaning: Meaning | None, provider: bool) -> ProviderError:
+    """What a recognised error envelope says about this one request or task."""
+    status, shown, where, kw = said.status, said.shown, said.where, said.kw
+    if meaning is Meaning.NOT_FOUND:
+        if said.op is Op.FETCH and provider:
+            return TaskNotFound(f"the provider does not know this task: {shown} ({where})", **kw)
+        return InvalidRequest(f"the provider says: {shown} ({where})", **kw)
+    if meaning is Meaning.INVALID:
+        return InvalidRequest(f"the provider refused the request: {shown} ({where})", **kw)
+    if meaning is Meaning.TRANSIENT or status >= 500:
         return TransientError(f"the provider had a server error: {shown} ({where})", **kw)
     if 400 <= status < 500:
-        return InvalidRequest(f"the provider rejected the request: {shown} ({where})", **kw)
-    if env.dialect == "unknown":
-        return None
-    # A well-formed error envelope with a code we do not know: nothing was created
-    # (the provider said so), so trying again later is safe.
+        return InvalidRequest(f"the provider refused the request: {shown} ({where})", **kw)
+    # A provider envelope with an error code pixrun does not know, on HTTP 2xx: the
+    # provider said it made nothing. Retried a bounded number of times (the shot is
+    # left pending after that), never counted as a render failure.
     return TransientError(f"the provider answered with an unknown error: {shown} ({where})", **kw)
 
 
@@ -302,14 +499,16 @@ def parse_generate(
     *,
     redact: Redact = _identity,
     ambiguous_statuses: tuple[int, ...] = (504,),
+    call: Call | None = None,
 ) -> str:
     """The task id from a generate answer, or the error the answer stands for.
 
     ``ambiguous_statuses`` are server errors that mean a gateway forwarded the request
     and lost the answer (504 by default): the task may exist, so they raise
-    :class:`AmbiguousSubmit` rather than :class:`TransientError`.
+    :class:`AmbiguousSubmit` rather than :class:`TransientError`. A success without a
+    readable task id is a contract mismatch that may have cost a task.
     """
-    err = error_for(Op.GENERATE, status, headers, body, redact=redact)
+    err = error_for(Op.GENERATE, status, headers, body, redact=redact, call=call)
     if isinstance(err, TransientError) and status in ambiguous_statuses:
         raise AmbiguousSubmit(
             f"generate got HTTP {status} from the gateway: the task may exist and be charged",
@@ -326,13 +525,38 @@ def parse_generate(
     if task_id is None:
         task_id = _task_id(payload.get("task_id") or payload.get("video_id") or payload.get("id"))
     if task_id is None:
-        raise AmbiguousSubmit(
-            f"generate answered HTTP {status} without a readable task id: the task may "
-            "exist and be charged",
-            status=status,
-            provider_code=env.code,
+        raise mismatch(
+            call,
+            status,
+            headers,
+            body,
+            "a success without a task id",
+            shot_charged=True,
+            redact=redact,
         )
     return task_id
+
+
+def parse_upload(
+    status: int,
+    headers: Mapping[str, str],
+    body: Any,
+    *,
+    redact: Redact = _identity,
+    call: Call | None = None,
+) -> str:
+    """The URL of an uploaded file (``{"code": 200, "data": "<url>"}``), or the error."""
+    err = error_for(Op.UPLOAD, status, headers, body, redact=redact, call=call)
+    if err is not None:
+        raise err
+    env = read_envelope(body)
+    data = env.payload
+    url = _url(data) if isinstance(data, str) else None
+    if url is None and isinstance(data, dict):
+        url = _url(data.get("url") or data.get("file_url"))
+    if url is None:
+        raise mismatch(call, status, headers, body, "an upload answer without a URL", redact=redact)
+    return url
 
 
 def _task_id(value: Any) -> str | None:
@@ -363,6 +587,10 @@ def _url(value: Any) -> str | None:
     return None
 
 
+class _Unknown(Exception):
+    """A task answer in a known envelope whose status no dialect defines."""
+
+
 def parse_fetch(
     status: int,
     headers: Mapping[str, str],
@@ -370,41 +598,42 @@ def parse_fetch(
     task_id: str,
     *,
     redact: Redact = _identity,
+    call: Call | None = None,
 ) -> TaskState:
     """A task's state from a fetch answer, or the error the answer stands for."""
-    err = error_for(Op.FETCH, status, headers, body, redact=redact)
+    err = error_for(Op.FETCH, status, headers, body, redact=redact, call=call)
     if err is not None:
         raise err
     env = read_envelope(body)
     payload = env.payload
     if not isinstance(payload, dict):
-        raise TransientError(f"fetch answered HTTP {status} without task details", status=status)
-    if env.dialect == "pixverse":
-        return _pixverse_state(payload, task_id, redact)
-    return _gateway_state(payload, task_id, redact)
+        raise mismatch(call, status, headers, body, "a success without task details", redact=redact)
+    try:
+        if env.dialect == "pixverse":
+            return _pixverse_state(payload, task_id, redact)
+        return _gateway_state(payload, task_id, redact)
+    except _Unknown as exc:
+        raise mismatch(call, status, headers, body, str(exc), redact=redact) from None
 
 
 def _pixverse_state(resp: Mapping[str, Any], task_id: str, redact: Redact) -> TaskState:
-    code = _code_int(resp.get("status"))
+    # the API family says ``status``; the web-app family (302's field names) ``video_status``
+    raw = resp.get("status") if "status" in resp else resp.get("video_status")
+    code = _code_int(raw)
+    status = _PIXVERSE_STATUSES.get(code) if code is not None else None
+    if status is None:
+        raise _Unknown(f"task status {raw!r}, which no documented dialect defines")
     url = _url(resp.get("url"))
-    if code == PIXVERSE_DONE:
-        status = TaskStatus.SUCCEEDED
-    elif code == PIXVERSE_MODERATED:
-        status = TaskStatus.MODERATED
-    elif code == PIXVERSE_FAILED:
-        status = TaskStatus.FAILED
-    else:
-        # 5 and 10 are documented as generating; anything new is treated as not done
-        # yet, so the poll timeout (not a guess) decides what happens to it.
-        status = TaskStatus.RENDERING
     message = _text(resp.get("ErrMsg") or resp.get("message") or resp.get("msg"))
     if status is TaskStatus.MODERATED and message is None:
         message = "refused by content moderation (status 7)"
     if status is TaskStatus.FAILED and message is None:
         message = "generation failed (status 8)"
+    if status is TaskStatus.DELETED and message is None:
+        message = "the provider deleted the video (status 6)"
     return _finish(
         TaskState(
-            task_id=_task_id(resp.get("id")) or task_id,
+            task_id=_task_id(resp.get("id") or resp.get("video_id")) or task_id,
             status=status,
             video_url=url,
             seed=_seed(resp.get("seed")),
@@ -424,10 +653,13 @@ def _gateway_state(data: Mapping[str, Any], task_id: str, redact: Redact) -> Tas
     if status is None and old is not None:
         status = _GATEWAY_OLD_STATUS.get(old)
     if status is None:
-        status = TaskStatus.RENDERING
+        raise _Unknown(
+            f"task state {state!r} / status {old!r}, which no documented dialect defines"
+        )
     message = _text(data.get("msg") or data.get("message") or data.get("fail_reason"))
     if status is TaskStatus.FAILED and _has(message, _WORDS_MODERATION):
         status = TaskStatus.MODERATED
+    refund = _text(data.get("refund"))
     return _finish(
         TaskState(
             task_id=_task_id(data.get("task_id") or data.get("id")) or task_id,
@@ -440,6 +672,8 @@ def _gateway_state(data: Mapping[str, Any], task_id: str, redact: Redact) -> Tas
             size_bytes=_int_or_none(data.get("size")),
             message=redact(message)[:MAX_MESSAGE_CHARS] if message else None,
             prompt=_prompt(data.get("prompt")),
+            refunded=None if refund is None else refund == "1",
+            points=_text(data.get("point")),
         )
     )
 

@@ -110,8 +110,15 @@ class _Transfer:
     server promised. The temporary file is opened by the first write, in a worker
     thread; until then it is None."""
 
-    def __init__(self, dest: Path, part: Path, max_bytes: int) -> None:
+    def __init__(
+        self,
+        dest: Path,
+        part: Path,
+        max_bytes: int,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
         self.dest = dest
+        self.on_bytes = on_bytes
         self.part = part
         self.file: BinaryIO | None = None
         self.max_bytes = max_bytes
@@ -158,6 +165,8 @@ class _Transfer:
             )
         self.pending.append(chunk)
         self.pending_bytes += len(chunk)
+        if self.on_bytes is not None:
+            self.on_bytes(len(chunk))
         self.hasher.update(chunk)
         self.received += len(chunk)
         return self.pending_bytes >= WRITE_BYTES
@@ -368,6 +377,7 @@ async def download_file(
     timeout: aiohttp.ClientTimeout,
     on_request: Callable[[], None] = lambda: None,
     then: Callable[[DownloadResult], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """Fetch ``url`` into ``dest`` (see the module invariants).
 
@@ -377,7 +387,7 @@ async def download_file(
     """
     parsed = check_url(url)
     dest = Path(dest)
-    transfer = _Transfer(dest, part_path(dest), max_bytes)
+    transfer = _Transfer(dest, part_path(dest), max_bytes, on_bytes)
     try:
         try:
             await _transfer_all(session, parsed, transfer, timeout, resume_attempts, on_request)
