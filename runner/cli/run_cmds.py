@@ -169,6 +169,7 @@ def run_cmd(
     from runner.batch import RunOverrides, SimulatorSettings, run_batch
     from runner.cli.progress import make_observer, render_summary
     from runner.plan import build_plan
+    from runner.text import plural
 
     if not manifest.exists():
         raise UsageError(f"no manifest at {manifest}")
@@ -179,7 +180,7 @@ def run_cmd(
         plan = build_plan(loaded, max_cost_ptc=cap)
         total = plan.to_dict().get("total_ptc")
         click.confirm(
-            f"Run {len(loaded.shots)} shots of {loaded.name!r} (planned {total} PTC"
+            f"Run {plural(len(loaded.shots), 'shot')} of {loaded.name!r} (planned {total} PTC"
             f"{' with the simulator' if simulate else ''})?",
             abort=True,
         )
