@@ -41,6 +41,7 @@ from runner.preflight import check_folders_writable, run_preflight
 from runner.pricing import PriceTable, default_price_table
 from runner.provider import Provider, ProviderConfig
 from runner.scheduler import RunResult, Scheduler, SchedulerOptions, StopReason
+from runner.text import plural
 
 #: the key the in-process simulator accepts (never a real key)
 SIM_API_KEY = "pixrun-simulator-key"
@@ -491,7 +492,8 @@ def _check_budget(preview: RunPreview, *, rerender: bool) -> None:
         return
     if preview.unpriced:
         raise BudgetExceeded(
-            f"{preview.unpriced} shot(s) to submit have no published price, so the budget "
+            f"{plural(preview.unpriced, 'shot')} to submit "
+            f"{'has' if preview.unpriced == 1 else 'have'} no published price, so the budget "
             "cannot be checked",
             hint="add their price to the price table, or drop the budget "
             "(run.budget_ptc / --max-cost)",
@@ -502,7 +504,7 @@ def _check_budget(preview: RunPreview, *, rerender: bool) -> None:
     if spent + remaining > budget_uptc:
         raise BudgetExceeded(
             f"the plan does not fit the budget: {spent / 1e6:g} PTC spent + "
-            f"{remaining / 1e6:g} PTC for {count} shot(s) to submit = "
+            f"{remaining / 1e6:g} PTC for {plural(count, 'shot')} to submit = "
             f"{(spent + remaining) / 1e6:g} PTC > cap {budget_uptc / 1e6:g} PTC",
             hint="raise the cap (run.budget_ptc or --max-cost) or remove shots",
         )

@@ -41,6 +41,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runner.text import plural
+
 
 class ExitCode:
     """Process exit codes, documented in the README."""
@@ -114,7 +116,7 @@ class ManifestError(PixrunError):
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         n = sum(1 for p in problems if p.severity == "error")
-        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the manifest")
+        super().__init__(f"{plural(n, 'problem')} in the manifest")
         self.problems = list(problems)
 
 

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from runner.ledger.queries import ReportRow
 from runner.model import ShotState
+from runner.text import json_safe, printable
 
 __all__ = [
     "FIELDS",
@@ -129,21 +130,41 @@ def row_record(row: ReportRow, *, output_dir: Path | None) -> dict[str, Any]:
 
 
 def to_json(rows: Sequence[ReportRow], *, output_dir: Path | None) -> str:
-    """A JSON array of :func:`row_record` objects (money as decimal strings)."""
-    return json.dumps(
-        [row_record(r, output_dir=output_dir) for r in rows], indent=2, ensure_ascii=False
+    """A JSON array of :func:`row_record` objects (money as decimal strings).
+
+    Texts keep every character; control characters are escaped (:func:`json_safe`).
+    """
+    return json_safe(
+        json.dumps(
+            [row_record(r, output_dir=output_dir) for r in rows], indent=2, ensure_ascii=False
+        )
     )
 
 
 def to_csv(rows: Sequence[ReportRow], *, output_dir: Path | None) -> str:
-    """CSV with a header row; empty cells for unknown values."""
+    """CSV with a header row; empty cells for unknown values.
+
+    CSV has no escape for control characters and is often looked at in a terminal, so
+    texts lose them (:func:`printable`); newlines stay, in quoted cells.
+    """
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
         record = row_record(r, output_dir=output_dir)
-        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+        # one look per row: rows with a control character are rare
+        texts = "".join(v for v in record.values() if isinstance(v, str))
+        dirty = printable(texts, keep_newlines=True) != texts
+        writer.writerow({k: _csv_cell(v, dirty) for k, v in record.items()})
     return buf.getvalue()
+
+
+def _csv_cell(value: Any, dirty: bool) -> Any:
+    if value is None:
+        return ""
+    if dirty and isinstance(value, str):
+        return printable(value, keep_newlines=True)
+    return value
 
 
 # -- the contact sheet ---------------------------------------------------------------------
@@ -157,6 +178,12 @@ class ContactSheetInfo:
     planned_uptc: int | None = None
     spent_uptc: int | None = None
     generated_at: float | None = None
+    #: the ledger's work went to the simulator: the title says so
+    simulated: bool = False
+
+
+#: what the contact sheet of simulated work says after its title
+REHEARSAL_MARK = "(rehearsal, simulated provider)"
 
 
 def _href(target: Path, html_dir: Path) -> str:
@@ -484,7 +511,8 @@ def render_contact_sheet(
         "%Y-%m-%d %H:%M", time.localtime(info.generated_at if info.generated_at else None)
     )
     counts = Counter(r.state for r in rows)
-    sub = [f"<b>{len(rows)}</b> shots", f"<b>{counts.get(ShotState.DONE, 0)}</b> done"]
+    shots = "shot" if len(rows) == 1 else "shots"
+    sub = [f"<b>{len(rows)}</b> {shots}", f"<b>{counts.get(ShotState.DONE, 0)}</b> done"]
     failed = counts.get(ShotState.FAILED, 0) + counts.get(ShotState.MODERATED, 0)
     if failed:
         sub.append(f"<b>{failed}</b> failed")
@@ -496,7 +524,7 @@ def render_contact_sheet(
         sub.append(f"spent <b>{format_ptc(info.spent_uptc)}</b> PTC")
     sub.append(f"generated {escape(generated)}")
     cards = "\n".join(_card(r, i, output_dir, html_dir) for i, r in enumerate(rows))
-    title = escape(info.title)
+    title = escape(info.title + (f" {REHEARSAL_MARK}" if info.simulated else ""))
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">\n'

@@ -118,7 +118,7 @@ async def test_report_rows_in_manifest_order_with_filters(tmp_path: Path) -> Non
     done = by_id["dawn-lake"]
     assert done.state == ShotState.DONE and done.task_id == "400000"
     assert done.sha256 and done.bytes and done.width == 64 and done.seed == 1000
-    assert done.model == "v4.5" and done.quality == "540p" and done.duration == "5"
+    assert done.model == "v4.5" and done.quality == "540p" and done.duration == 5
     assert done.charged_uptc == 150_000 and done.price_uptc == 150_000
     assert by_id["desert-wind"].price_uptc is None
     assert by_id["queued-1"].charged_uptc == 0 and by_id["queued-1"].attempts == 0

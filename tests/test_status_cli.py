@@ -197,7 +197,7 @@ def test_report_to_a_file(batch: Batch, tmp_path: Path) -> None:
     target = tmp_path / "reports" / "all.json"
     result = run("report", batch.manifest_path, "--format", "json", "-o", target)
     assert result.exit_code == 0 and result.stdout == ""
-    assert "wrote 11 shot(s)" in result.stderr
+    assert "wrote 11 shots" in result.stderr
     assert len(json.loads(target.read_text())) == 11
     table = tmp_path / "all.txt"
     run("report", batch.manifest_path, "-o", table)

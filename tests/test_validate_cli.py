@@ -129,7 +129,7 @@ def test_plan_unknown_prices_are_counted_not_zero(tmp_path: Path) -> None:
     )
     result = run("plan", path)
     assert result.exit_code == 0
-    assert "unknown" in result.stdout and "1 shot(s) have no published price" in result.stdout
+    assert "unknown" in result.stdout and "1 shot has no published price" in result.stdout
     data = json.loads(run("plan", path, "--format", "json").stdout)
     assert data["unpriced_count"] == 1 and data["total_ptc"] == "0.1"
 

@@ -23,13 +23,15 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def print_error(exc: PixrunError) -> None:
     """The only place pixrun prints an error: message, then what to do about it."""
+    from runner.cli.views import clean  # a provider's message may carry escapes
+
     if isinstance(exc, ManifestError):
         from runner.cli.render import print_problems
 
         print_problems(exc.problems, err_console)
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    err_console.print(f"[bold red]error:[/] {escape(clean(str(exc)))}")
     if exc.hint:
-        err_console.print(f"  [dim]hint:[/] {escape(exc.hint)}")
+        err_console.print(f"  [dim]hint:[/] {escape(clean(exc.hint))}")
 
 
 #: command name -> the module that defines it (in its ``COMMANDS``). A command's module

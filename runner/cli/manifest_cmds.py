@@ -12,13 +12,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from runner.cli.options import simulate_option
 from runner.cli.render import print_plan, print_problems, print_validation
 from runner.errors import BudgetExceeded, ExitCode, UsageError
 from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest, validate_files
-from runner.plan import build_plan, ptc_text
+from runner.plan import Plan, build_plan, ptc_text
 from runner.pricing import from_uptc, load_price_table
 from runner.schema import manifest_schema_json
+from runner.text import json_safe, plural, printable
 
 COMMANDS: list[click.Command] = []
 
@@ -65,7 +67,7 @@ def validate_cmd(
     reports = validate_files(manifests, check_images=not no_image_check)
     if fmt == "json":
         problems = [p.to_dict() for r in reports for p in r.problems]
-        click.echo(json.dumps(problems, indent=2, ensure_ascii=False))
+        click.echo(json_safe(json.dumps(problems, indent=2, ensure_ascii=False)))
     else:
         print_validation(reports, _console(), _console(stderr=True))
     if not all(r.ok for r in reports):
@@ -97,21 +99,26 @@ def validate_cmd(
     type=_PATH,
     help="Ledger of earlier runs, to plan only what remains (default: beside the manifest).",
 )
+@simulate_option
 def plan_cmd(
     manifest: Path,
     fmt: str,
     max_cost: Decimal | None,
     prices: Path | None,
     ledger: Path | None,
+    simulate: bool,
 ) -> None:
     """Show what MANIFEST will cost, grouped by mode, model, quality, duration and motion.
 
     Prices unknown to the price table (10 s) are shown as unknown, never as zero.
-    Exit 4 when the plan is over the budget (run.budget_ptc or --max-cost).
+    Exit 4 when the plan is over the budget (run.budget_ptc or --max-cost), or when
+    there is a budget and shots to submit have no price, as `pixrun run` would.
     """
     table = load_price_table(prices)
     loaded = load_manifest(manifest, price_table=table)
-    ledger_path = ledger if ledger is not None else default_ledger_path(manifest)
+    ledger_path = (
+        ledger if ledger is not None else default_ledger_path(manifest, simulated=simulate)
+    )
     if ledger_path.exists():
         # earlier runs: plan only what remains, and show what is done, in flight, ...
         from runner.plan_status import SPEND_LABELS, ledger_labels
@@ -135,9 +142,25 @@ def plan_cmd(
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=plan.csv_columns(), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(plan.rows())
+        writer.writerows(
+            {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
+            for row in plan.rows()
+        )
     else:
         print_plan(plan, _console())
+    _check_budget(plan)
+
+
+def _check_budget(plan: Plan) -> None:
+    """Exit 4 where `pixrun run` would refuse to start for money reasons."""
+    if plan.budget_ptc is not None and plan.remaining_unpriced:
+        raise BudgetExceeded(
+            f"{plural(plan.remaining_unpriced, 'shot')} to submit "
+            f"{'has' if plan.remaining_unpriced == 1 else 'have'} no published price, "
+            "so the budget cannot be checked",
+            hint="add their price to the price table, or drop the budget "
+            "(run.budget_ptc / --max-cost)",
+        )
     if plan.fits is False:
         raise BudgetExceeded(
             f"the plan costs {ptc_text(plan.remaining_ptc)} PTC, over the budget of "

@@ -29,18 +29,40 @@ def optional_manifest_argument(func: F) -> F:
     return click.argument("manifest", required=False, type=_FILE)(func)
 
 
-def existing_ledger(manifest: Path | None, ledger: Path | None) -> Path:
-    """The ledger a reading command works on; a clear error when there is none."""
+def simulate_option(func: F) -> F:
+    return click.option(
+        "--simulate",
+        is_flag=True,
+        help="The rehearsal's ledger (<name>.sim.ledger.sqlite), as 'pixrun run --simulate' "
+        "keeps it.",
+    )(func)
+
+
+def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bool = False) -> Path:
+    """The ledger a reading command works on; a clear error when there is none.
+
+    ``simulated`` picks the rehearsal's ledger beside the manifest (``--ledger`` wins).
+    """
     if ledger is not None:
         if not ledger.exists():
             raise UsageError(f"no ledger at {ledger}", hint="check the path given to --ledger")
         return ledger
     if manifest is None:
         raise UsageError("give the manifest (or the ledger with --ledger PATH)")
-    path = default_ledger_path(manifest)
+    path = default_ledger_path(manifest, simulated=simulated)
     if not path.exists():
         raise UsageError(
-            f"no ledger for {manifest}: expected {path}",
-            hint=f"'pixrun run {manifest}' creates it; a ledger elsewhere: --ledger PATH",
+            f"no {'rehearsal ' if simulated else ''}ledger for {manifest}: expected {path}",
+            hint=missing_ledger_hint(manifest, simulated=simulated),
         )
     return path
+
+
+def missing_ledger_hint(manifest: Path, *, simulated: bool) -> str:
+    """What to do when the ledger beside ``manifest`` is missing: the other one may exist."""
+    if not simulated and default_ledger_path(manifest, simulated=True).exists():
+        return "a rehearsal ledger exists: add --simulate"
+    if simulated and default_ledger_path(manifest).exists():
+        return "only the real ledger exists: drop --simulate"
+    run = f"pixrun run {manifest}{' --simulate' if simulated else ''}"
+    return f"'{run}' creates it; a ledger elsewhere: --ledger PATH"

@@ -12,7 +12,9 @@ Four displays of the same :class:`runner.events.RunObserver` stream, chosen by
 
 Invariants: an observer never raises into the scheduler (a display that breaks, say on
 a closed pipe, goes silent; the run goes on), and every text it prints went through
-:func:`runner.cli.views.scrub`, so the API key cannot reach a log.
+:func:`runner.cli.views.clean` (JSON lines: :func:`runner.cli.views.scrub` and
+:func:`runner.text.json_safe`), so neither the API key nor a terminal escape sequence
+from a prompt or a provider message can reach a terminal or a log.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from runner.cli.views import (
     Board,
     BoardEvent,
     board_renderable,
+    clean,
+    clean_text,
     counts_text,
     duration_text,
     group_counts,
@@ -50,6 +54,7 @@ from runner.ledger import default_ledger_path, open_ledger
 from runner.ledger.queries import ShotIssue, failed_shots, parked_shots
 from runner.model import ShotState
 from runner.report import STATE_LABELS, format_ptc
+from runner.text import json_safe, plural
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -82,7 +87,7 @@ def _event_text(event: RunEvent) -> str:
     who = ""
     if event.shot_id:
         who = event.shot_id + (f" (attempt {event.attempt})" if event.attempt else "") + ": "
-    return scrub(who + event.message)
+    return clean(who + event.message)
 
 
 class Display:
@@ -185,7 +190,7 @@ class JsonObserver(Display):
 
     def _emit(self, record: dict[str, Any]) -> None:
         record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **record}
-        self._line(scrub(json.dumps(record, ensure_ascii=False, separators=(",", ":"))))
+        self._line(scrub(json_safe(json.dumps(record, ensure_ascii=False, separators=(",", ":")))))
 
     def _event(self, event: RunEvent) -> None:
         self._emit(
@@ -346,11 +351,11 @@ def _issue_lines(issues: Sequence[ShotIssue]) -> list[Text]:
     return [
         Text.assemble(
             "    ",
-            (issue.shot_id.ljust(width), "bold"),
+            (clean(issue.shot_id).ljust(width), "bold"),
             "  ",
             (STATE_LABELS[issue.state].ljust(9), STATE_STYLES.get(issue.state, "")),
             " ",
-            scrub(issue.message or issue.error_kind or ""),
+            clean(issue.message or issue.error_kind or ""),
         )
         for issue in issues
     ]
@@ -383,7 +388,7 @@ def render_summary(
         _summary_json(outcome, console, issues)
         return
     for line in _summary_lines(outcome, manifest, issues):
-        console.print(line, soft_wrap=True)
+        console.print(clean_text(line), soft_wrap=True)
 
 
 def _summary_json(
@@ -410,7 +415,7 @@ def _summary_json(
         "held_changed": list(outcome.held_changed),
         "adopted": len(outcome.adopted),
     }
-    console.file.write(scrub(json.dumps(record, ensure_ascii=False)) + "\n")
+    console.file.write(scrub(json_safe(json.dumps(record, ensure_ascii=False))) + "\n")
     console.file.flush()
 
 
@@ -445,7 +450,9 @@ def _summary_lines(
     lines = [head]
     if result.message:
         lines.append(Text(scrub(result.message), style="yellow"))
-    lines.append(Text("  ") + counts_text(counts) + Text(f"  of {total} shots", style="dim"))
+    lines.append(
+        Text("  ") + counts_text(counts) + Text(f"  of {plural(total, 'shot')}", style="dim")
+    )
     lines.append(Text.assemble(("  spent   ", "dim"), f"{format_ptc(result.spent_uptc)} PTC"))
     lines.append(Text.assemble(("  files   ", "dim"), str(outcome.output_dir)))
     lines.append(Text.assemble(("  ledger  ", "dim"), str(outcome.ledger_path)))

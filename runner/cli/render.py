@@ -1,4 +1,7 @@
-"""Turning core results into text for people: tables, problems, summaries."""
+"""Turning core results into text for people: tables, problems, summaries.
+
+Texts from a manifest reach the terminal through :func:`runner.cli.views.clean`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,16 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from runner.cli.views import clean
 from runner.errors import Problem
 from runner.manifest import FileReport
 from runner.plan import TO_SUBMIT, Plan, ptc_text
+from runner.text import plural
+
+
+def _safe(text: str) -> str:
+    """Manifest text for rich markup: no control characters, no markup."""
+    return escape(clean(text))
 
 
 def print_problems(problems: Sequence[Problem], console: Console) -> None:
@@ -19,11 +29,11 @@ def print_problems(problems: Sequence[Problem], console: Console) -> None:
         fld = f" {p.field_path}:" if p.field_path else ""
         colour = "red" if p.severity == "error" else "yellow"
         console.print(
-            f"[bold]{escape(where)}[/]:[{colour}]{p.severity}[/]{escape(who)}{escape(fld)} "
-            f"{escape(p.message)}"
+            f"[bold]{_safe(where)}[/]:[{colour}]{p.severity}[/]{_safe(who)}{_safe(fld)} "
+            f"{_safe(p.message)}"
         )
         if p.hint:
-            console.print(f"    [dim]fix:[/] {escape(p.hint)}")
+            console.print(f"    [dim]fix:[/] {_safe(p.hint)}")
 
 
 def print_plan(plan: Plan, console: Console) -> None:
@@ -31,7 +41,7 @@ def print_plan(plan: Plan, console: Console) -> None:
     from rich.table import Table
 
     extra = [s for s in plan.statuses if s != TO_SUBMIT] if len(plan.statuses) > 1 else []
-    table = Table(title=f"Plan: {escape(plan.manifest_name)}", title_justify="left")
+    table = Table(title=f"Plan: {_safe(plan.manifest_name)}", title_justify="left")
     for header in ("mode", "model", "quality", "duration", "motion"):
         table.add_column(header)
     table.add_column("shots", justify="right")
@@ -43,10 +53,10 @@ def print_plan(plan: Plan, console: Console) -> None:
         unknown = "[yellow]unknown[/]"
         table.add_row(
             g.mode.value,
-            g.model,
-            g.quality,
+            _safe(g.model),
+            _safe(g.quality),
             f"{g.duration_s} s",
-            g.motion_mode,
+            _safe(g.motion_mode),
             str(g.count),
             *(str(g.by_status.get(s, 0)) for s in extra),
             ptc_text(g.unit_price_ptc) or unknown,
@@ -54,20 +64,22 @@ def print_plan(plan: Plan, console: Console) -> None:
         )
     console.print(table)
     total = (
-        f"[bold]total: {ptc_text(plan.total_ptc)} {plan.currency}[/] for {plan.shot_count} shots"
+        f"[bold]total: {ptc_text(plan.total_ptc)} {plan.currency}[/] for "
+        f"{plural(plan.shot_count, 'shot')}"
     )
     console.print(total)
     if plan.unpriced_count:
+        have = "has" if plan.unpriced_count == 1 else "have"
         console.print(
-            f"[yellow]{plan.unpriced_count} shot(s) have no published price[/] (shown as "
-            "unknown, not counted in the total); edit the price table to price them"
+            f"[yellow]{plural(plan.unpriced_count, 'shot')} {have} no published price[/] "
+            "(shown as unknown, not counted in the total); edit the price table to price them"
         )
     if extra:
         if plan.spent_ptc:
             console.print(f"spent by earlier runs: {ptc_text(plan.spent_ptc)} {plan.currency}")
         console.print(
             f"still to pay for: {ptc_text(plan.remaining_ptc)} {plan.currency} "
-            f"({plan.remaining_count} shots)"
+            f"({plural(plan.remaining_count, 'shot')})"
         )
     print_budget(plan, console)
 
@@ -76,13 +88,12 @@ def print_budget(plan: Plan, console: Console) -> None:
     if plan.budget_ptc is None:
         return
     budget = f"{ptc_text(plan.budget_ptc)} {plan.currency}"
-    if plan.fits:
+    if plan.remaining_unpriced:
+        # the command stops with the reason (exit 4), as `pixrun run` would
+        console.print(f"[bold red]the budget of {budget} cannot be checked[/]")
+    elif plan.fits:
         spare = ptc_text(plan.budget_ptc - plan.spent_ptc - plan.remaining_ptc)
         console.print(f"[green]fits the budget of {budget}[/] ({spare} {plan.currency} to spare)")
-        if plan.remaining_unpriced:
-            console.print(
-                f"[yellow]but {plan.remaining_unpriced} unpriced shot(s) could add to the cost[/]"
-            )
     else:
         console.print(
             f"[bold red]over the budget of {budget} by {ptc_text(plan.over_by_ptc)} "
@@ -97,13 +108,9 @@ def print_validation(reports: Sequence[FileReport], console: Console, err: Conso
     for report in reports:
         errors = sum(1 for p in report.problems if p.severity == "error")
         warnings = len(report.problems) - errors
-        notes = f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else ""
+        notes = f", {plural(warnings, 'warning')}" if warnings else ""
+        path = _safe(str(report.path))
         if report.ok:
-            console.print(
-                f"[green]valid[/]: {escape(str(report.path))} ({report.shot_count} shots{notes})"
-            )
+            console.print(f"[green]valid[/]: {path} ({plural(report.shot_count, 'shot')}{notes})")
         else:
-            console.print(
-                f"[red]invalid[/]: {escape(str(report.path))} "
-                f"({errors} error{'s' if errors != 1 else ''}{notes})"
-            )
+            console.print(f"[red]invalid[/]: {path} ({plural(errors, 'error')}{notes})")

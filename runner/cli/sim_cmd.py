@@ -174,6 +174,7 @@ def sim_command(host: str, port: int, prices_path: Path | None, **knobs: Any) ->
     from runner.provider.config import ENV_API_KEY, ENV_BASE_URL
     from runner.sim import SimConfig, serve
     from runner.sim.server import STATS_PATH
+    from runner.text import plural
 
     config = SimConfig(price_table=load_price_table(prices_path) if prices_path else None, **knobs)
 
@@ -187,7 +188,7 @@ def sim_command(host: str, port: int, prices_path: Path | None, **knobs: Any) ->
     def stopped(stats: dict[str, Any]) -> None:
         charges = stats["charges"]
         click.echo(
-            f"simulator stopped: {stats['accepted_tasks']} tasks, "
+            f"simulator stopped: {plural(stats['accepted_tasks'], 'task')}, "
             f"{charges['net_ptc']} PTC charged net, calls {stats['calls']}"
         )
 

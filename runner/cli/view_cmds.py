@@ -15,19 +15,33 @@ import tempfile
 import time
 from contextlib import nullcontext, suppress
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.live import Live
 from rich.rule import Rule
 
-from runner.cli.options import existing_ledger, ledger_option, optional_manifest_argument
-from runner.cli.views import report_table, scrub, status_dict, status_renderable
+from runner.cli.options import (
+    existing_ledger,
+    ledger_option,
+    optional_manifest_argument,
+    simulate_option,
+)
+from runner.cli.views import (
+    REHEARSAL_NOTE,
+    clean,
+    report_table,
+    scrub,
+    status_dict,
+    status_renderable,
+)
 from runner.errors import UsageError
 from runner.ledger import open_ledger
 from runner.ledger.queries import ReportRow, StatusSummary, report_rows, status_summary
 from runner.model import ShotState
 from runner.report import ContactSheetInfo, render_contact_sheet, to_csv, to_json
+from runner.text import json_safe, plural
 
 COMMANDS: list[click.Command] = []
 
@@ -57,14 +71,34 @@ def _output_dir(meta: dict[str, str], ledger_path: Path) -> Path | None:
     return path
 
 
+def _process_umask() -> int:
+    """The umask, read once when this module is imported.
+
+    ``os.umask`` can only be read by setting it, and it is process-wide: a thread that
+    creates a file between the set and the restore would get the wrong mode. At import
+    no other thread of ours runs, and a command never changes its umask afterwards.
+    """
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+#: the mode a file written for people gets: what ``open()`` would give it
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def _write_file(path: Path, text: str) -> None:
-    """Write whole or not at all: a reader never sees half a report."""
+    """Write whole or not at all: a reader never sees half a report.
+
+    The file gets the mode the umask gives new files (``mkstemp`` makes it 0600).
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 fh.write(text)
+                os.fchmod(fh.fileno(), _FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -93,7 +127,7 @@ async def _watch(
                 if display is not None:
                     display.update(status_renderable(summary, title), refresh=True)
                 elif fmt == "json":
-                    click.echo(scrub(json.dumps(status_dict(summary), separators=(",", ":"))))
+                    click.echo(_json(status_dict(summary), separators=(",", ":")))
                 else:
                     console.print(Rule(time.strftime("%H:%M:%S"), style="dim"))
                     console.print(status_renderable(summary, title))
@@ -109,9 +143,15 @@ async def _status_once(path: Path) -> tuple[StatusSummary, str]:
     return summary, _title(summary.meta, path)
 
 
+def _json(data: object, **dumps: Any) -> str:
+    # json.dumps escapes C0 controls; json_safe the DEL and C1 ones (same data)
+    return scrub(json_safe(json.dumps(data, **dumps)))
+
+
 @click.command("status")
 @optional_manifest_argument
 @ledger_option
+@simulate_option
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
@@ -129,6 +169,7 @@ async def _status_once(path: Path) -> tuple[StatusSummary, str]:
 def status_cmd(
     manifest: Path | None,
     ledger: Path | None,
+    simulate: bool,
     fmt: str,
     watch: bool,
     interval_s: float,
@@ -138,7 +179,7 @@ def status_cmd(
 
     Read-only: safe while `pixrun run` works on the same ledger in another process.
     """
-    path = existing_ledger(manifest, ledger)
+    path = existing_ledger(manifest, ledger, simulated=simulate)
     console = Console(highlight=False)
     if watch:
         with suppress(KeyboardInterrupt):  # Ctrl-C is the way to stop watching
@@ -146,7 +187,7 @@ def status_cmd(
         return
     summary, title = asyncio.run(_status_once(path))
     if fmt == "json":
-        click.echo(scrub(json.dumps(status_dict(summary), indent=2)))
+        click.echo(_json(status_dict(summary), indent=2))
     else:
         console.print(status_renderable(summary, title))
 
@@ -175,6 +216,7 @@ def _states(state: tuple[str, ...], failed: bool) -> set[ShotState] | None:
 @click.command("report")
 @optional_manifest_argument
 @ledger_option
+@simulate_option
 @click.option(
     "--format",
     "fmt",
@@ -199,38 +241,44 @@ def _states(state: tuple[str, ...], failed: bool) -> set[ShotState] | None:
 def report_cmd(
     manifest: Path | None,
     ledger: Path | None,
+    simulate: bool,
     fmt: str,
     output: Path | None,
     state: tuple[str, ...],
     failed: bool,
 ) -> None:
     """One row per shot (table, csv, json), or the HTML contact sheet of every clip."""
-    path = existing_ledger(manifest, ledger)
+    path = existing_ledger(manifest, ledger, simulated=simulate)
     rows, summary = asyncio.run(_report_data(path, _states(state, failed)))
     out_dir = _output_dir(summary.meta, path)
     if fmt == "html":
         target = _write_sheet(rows, summary, path, out_dir, output)
-        click.echo(f"contact sheet of {len(rows)} shot(s): {target.resolve().as_uri()}")
+        click.echo(f"contact sheet of {plural(len(rows), 'shot')}: {target.resolve().as_uri()}")
         return
     if fmt == "table" and output is None:
         console = Console(highlight=False)
-        console.print(report_table(rows, width=console.width) if rows else "no shots match")
+        if rows:
+            console.print(report_table(rows, width=console.width, simulated=summary.simulated))
+        else:
+            if summary.simulated:
+                console.print(REHEARSAL_NOTE)
+            console.print("no shots match")
         return
-    text = scrub(_report_text(rows, fmt, out_dir))
+    text = scrub(_report_text(rows, fmt, out_dir, simulated=summary.simulated))
     if output is None:
         click.echo(text, nl=False)
     else:
         _write_file(output, text)
-        click.echo(f"wrote {len(rows)} shot(s) to {output}", err=True)
+        click.echo(f"wrote {plural(len(rows), 'shot')} to {clean(str(output))}", err=True)
 
 
-def _report_text(rows: list[ReportRow], fmt: str, out_dir: Path | None) -> str:
+def _report_text(rows: list[ReportRow], fmt: str, out_dir: Path | None, *, simulated: bool) -> str:
     if fmt == "csv":
         return to_csv(rows, output_dir=out_dir)
     if fmt == "json":
         return to_json(rows, output_dir=out_dir) + "\n"
     console = Console(record=True, width=200, file=io.StringIO())  # a file: no colours
-    console.print(report_table(rows))
+    console.print(report_table(rows, simulated=simulated))
     return console.export_text()
 
 
@@ -253,6 +301,7 @@ def _write_sheet(
         planned_uptc=summary.planned_uptc,
         spent_uptc=summary.spent_uptc,
         generated_at=time.time(),
+        simulated=summary.simulated,
     )
     text = render_contact_sheet(
         rows, html_path=target, output_dir=out_dir or ledger_path.parent, info=info

@@ -2,8 +2,10 @@
 
 The live display of ``pixrun run`` and ``pixrun status`` draw the same :class:`Board`,
 so a person sees one picture whether they watch the run or the ledger. Every text that
-came from a manifest or the provider is escaped for rich markup, and everything printed
-goes through :func:`scrub`, which removes the API key should any message ever echo it.
+came from a manifest, the provider or the ledger goes through :func:`clean` before it is
+shown: the API key is removed should any message ever echo it, and control characters
+are dropped, so no escape sequence reaches the terminal (:func:`runner.text.printable`).
+Texts that go into rich markup are escaped as well.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from runner.events import RunEventKind
 from runner.ledger.queries import ReportRow, ShotIssue, StatusSummary
 from runner.model import ShotState
 from runner.report import STATE_LABELS, format_ptc
+from runner.text import plural, printable
 
 #: the groups a person follows, in lifecycle order, with the ledger states in each
 STATE_GROUPS: tuple[tuple[str, tuple[ShotState, ...], str], ...] = (
@@ -69,12 +72,36 @@ _SECRET_ENV = ("PIXRUN_API_KEY",)
 
 
 def scrub(text: str) -> str:
-    """``text`` without the API key, whatever echoed it (a provider error, a URL)."""
+    """``text`` without the API key, whatever echoed it (a provider error, a URL).
+
+    Keeps control characters: for whole JSON or CSV documents, whose encoders deal with
+    them. Anything shown on a terminal or written to a plain log goes through
+    :func:`clean`.
+    """
     for name in _SECRET_ENV:
         secret = os.environ.get(name, "")
         if len(secret) >= 4 and secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def clean(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` fit for a terminal or a plain log: no API key, no control character."""
+    return scrub(printable(text, keep_newlines=keep_newlines))
+
+
+def clean_text(text: Text) -> Text:
+    """A rich :class:`Text` with :func:`clean` applied to every styled piece."""
+    if clean(text.plain) == text.plain:
+        return text
+    offsets = sorted({o for span in text.spans for o in (span.start, span.end)})
+    out = Text(style=text.style, justify=text.justify, no_wrap=text.no_wrap, end=text.end)
+    for part in text.divide(offsets):
+        piece = Text(clean(part.plain), style=part.style)
+        for span in part.spans:
+            piece.stylize(span.style)
+        out.append_text(piece)
+    return out
 
 
 def group_counts(counts: Mapping[ShotState, int]) -> list[tuple[str, int, str]]:
@@ -183,14 +210,14 @@ def board_renderable(board: Board) -> RenderableType:
         for ev in board.events:
             events.add_row(
                 ev.when,
-                Text(ev.kind, style=EVENT_STYLES.get(ev.kind, "")),
-                Text(scrub(ev.text), overflow="ellipsis", no_wrap=True),
+                Text(clean(ev.kind), style=EVENT_STYLES.get(ev.kind, "")),
+                Text(clean(ev.text), overflow="ellipsis", no_wrap=True),
             )
         parts.append(Text(""))
         parts.append(events)
     return Panel(
         Group(*parts),
-        title=escape(board.title),
+        title=escape(clean(board.title)),
         title_align="left",
         border_style="grey62",
         padding=(0, 1),
@@ -270,21 +297,25 @@ def _issue_table(title: str, issues: Sequence[ShotIssue], total: int) -> Table:
         if issue.error_kind:
             reason = f"[{issue.error_kind}] {reason}"
         table.add_row(
-            Text(issue.shot_id),
+            Text(clean(issue.shot_id)),
             Text(STATE_LABELS[issue.state], style=STATE_STYLES.get(issue.state, "")),
             str(issue.attempts),
-            Text(scrub(reason)),
+            Text(clean(reason)),
         )
     if total > len(issues):
         table.caption = f"… and {total - len(issues)} more: 'pixrun report --failed' lists all"
     return table
 
 
+#: how every table view marks a ledger whose work went to the simulator
+REHEARSAL_NOTE = "rehearsal: simulated provider, nothing was spent"
+
+
 def status_renderable(summary: StatusSummary, title: str) -> RenderableType:
-    parts: list[RenderableType] = [
-        board_renderable(status_board(summary, title)),
-        _run_line(summary),
-    ]
+    parts: list[RenderableType] = []
+    if summary.simulated:
+        parts.append(Text(REHEARSAL_NOTE, style="bold magenta"))
+    parts += [board_renderable(status_board(summary, title)), _run_line(summary)]
     remaining = format_ptc(summary.remaining_uptc)
     unknown = (
         f" (+{summary.unknown_price_remaining} without a known price)"
@@ -293,7 +324,7 @@ def status_renderable(summary: StatusSummary, title: str) -> RenderableType:
     )
     parts.append(
         Text.from_markup(
-            f"[dim]still to submit:[/] {summary.count(ShotState.PENDING)} shots, "
+            f"[dim]still to submit:[/] {plural(summary.count(ShotState.PENDING), 'shot')}, "
             f"about {remaining} PTC{unknown}"
             + (
                 f"   [dim]removed from the manifest:[/] {summary.removed}"
@@ -328,6 +359,7 @@ def status_dict(summary: StatusSummary) -> dict[str, Any]:
     """``pixrun status --format json``: plain values; money both as micro-PTC and PTC."""
     run = summary.last_run
     return {
+        "simulated": summary.simulated,
         "total": summary.total,
         "counts": {s.value: summary.counts.get(s, 0) for s in ShotState},
         "groups": {label: n for label, n, _ in group_counts(summary.counts)},
@@ -374,12 +406,22 @@ def status_dict(summary: StatusSummary) -> dict[str, Any]:
 # -- report table --------------------------------------------------------------------------
 
 
-def report_table(rows: Sequence[ReportRow], *, width: int = 200) -> Table:
-    """A table for people: fewer columns on a narrow terminal; csv/json have them all."""
+def report_table(rows: Sequence[ReportRow], *, width: int = 200, simulated: bool = False) -> Table:
+    """A table for people: fewer columns on a narrow terminal; csv/json have them all.
+
+    ``simulated``: the ledger's work went to the simulator; the title says so.
+    """
     wide = width >= 120
     # rich shrinks only wrapping columns; the one-line prompt gets what the rest leave
     prompt_w = 48 if wide else max(10, min(48, (width - 45) // 2))
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table = Table(
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold",
+        title=REHEARSAL_NOTE if simulated else None,
+        title_justify="left",
+        title_style="bold magenta",
+    )
     table.add_column("shot", no_wrap=True, overflow="ellipsis", max_width=24 if wide else 16)
     table.add_column("state", no_wrap=True, min_width=9)
     table.add_column("prompt", overflow="ellipsis", no_wrap=True, max_width=prompt_w)
@@ -394,25 +436,25 @@ def report_table(rows: Sequence[ReportRow], *, width: int = 200) -> Table:
     table.add_column("file / error", overflow="fold", min_width=16, max_width=48)
     for r in rows:
         if r.state == ShotState.DONE:
-            result = Text(r.output_path)
+            result = Text(clean(r.output_path))
         else:
-            result = Text(scrub(r.error or ""), style="red")
+            result = Text(clean(r.error or ""), style="red")
         cells: list[RenderableType] = [
-            Text(r.shot_id),
+            Text(clean(r.shot_id)),
             Text(STATE_LABELS[r.state], style=STATE_STYLES.get(r.state, "")),
-            Text(r.prompt.replace("\n", " ")),
+            Text(clean(r.prompt)),
         ]
         if wide:
             settings = [r.model, r.quality, f"{r.duration}s" if r.duration else None, r.motion_mode]
             cells += [
-                Text(" ".join(t for t in settings if t)),
+                Text(clean(" ".join(t for t in settings if t))),
                 "" if r.seed is None else str(r.seed),
             ]
         if wide:
             cells.append(str(r.attempts))
         cells.append(format_ptc(r.price_uptc))
         if wide:
-            cells.append(Text(r.task_id or ""))
+            cells.append(Text(clean(r.task_id or "")))
         cells.append(result)
         table.add_row(*cells)
     return table

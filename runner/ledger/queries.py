@@ -20,12 +20,13 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.contract import duration_seconds
 from runner.errors import LedgerError
-from runner.ledger import SPENT_PARAMS, SPENT_SQL, AttemptOutcome, Ledger
+from runner.ledger import META_PROVIDER, SPENT_PARAMS, SPENT_SQL, AttemptOutcome, Ledger
 from runner.model import FINAL_STATES, ShotState
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ShotIssue",
     "StatusSummary",
     "failed_shots",
+    "is_simulated",
     "last_run",
     "parked_shots",
     "recent_events",
@@ -141,6 +143,27 @@ class StatusSummary:
     def count(self, *states: ShotState) -> int:
         return sum(self.counts.get(s, 0) for s in states)
 
+    @property
+    def simulated(self) -> bool:
+        """The ledger's work went to the simulator (see :func:`is_simulated`)."""
+        return is_simulated(self.meta)
+
+
+def is_simulated(meta: Mapping[str, str]) -> bool:
+    """Whether the ledger's meta says its work went to the simulator.
+
+    Reads the :data:`~runner.ledger.META_PROVIDER` record; a ledger without it (older
+    than the record) or with a value that is not a JSON object was not simulated.
+    """
+    raw = meta.get(META_PROVIDER)
+    if not raw:
+        return False
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("simulated") is True
+
 
 @dataclass(frozen=True)
 class ReportRow:
@@ -153,7 +176,8 @@ class ReportRow:
     prompt: str
     model: str | None
     quality: str | None
-    duration: str | None
+    #: seconds; the ledger holds the request's spelling ("5", or "5s" for fusion)
+    duration: int | None
     motion_mode: str | None
     seed: int | None
     attempts: int
@@ -446,7 +470,7 @@ async def report_rows(
             prompt=r[4],
             model=r[5],
             quality=r[6],
-            duration=r[7],
+            duration=duration_seconds(r[7]),
             motion_mode=r[8],
             seed=r[9],
             attempts=int(r[10]),
