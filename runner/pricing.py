@@ -40,6 +40,8 @@ class PriceTable:
     #: where the table came from, for messages
     source: str
     currency: str = "PTC"
+    #: what one file upload costs ("upload_ptc"); None when the table does not say
+    upload_ptc: Decimal | None = None
     _memo: dict[tuple[str | None, ...], Decimal | None] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -146,6 +148,7 @@ def parse_price_table(text: str, *, source: str) -> PriceTable:
         defaults={str(k): str(v) for k, v in raw_defaults.items()},
         source=source,
         currency=str(currency),
+        upload_ptc=_decimal(data.get("upload_ptc"), source, "upload_ptc"),
     )
 
 

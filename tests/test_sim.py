@@ -328,8 +328,6 @@ NOT_ON_THE_COMMAND_LINE = {
     "generate_hook",
     "clock",
     "price_table",
-    "generate_path",
-    "fetch_path",
     "moderated_words",
 }
 
