@@ -18,7 +18,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from conftest import SIM_KEY
 
 from runner.errors import (
     AmbiguousSubmit,
@@ -399,9 +401,6 @@ async def call(
     trace_id: str | None = None,
 ) -> tuple[int, str, Any]:
     """(HTTP status, content type, parsed JSON or text) of one call with the sim's key."""
-    import aiohttp
-
-    from conftest import SIM_KEY
 
     headers = {"Authorization": f"Bearer {SIM_KEY}"}
     if trace_id:
@@ -421,8 +420,6 @@ async def call(
 
 
 async def get_bytes(url: str) -> tuple[int, str, bytes]:
-    import aiohttp
-
     async with aiohttp.ClientSession() as session, session.get(url) as answer:
         return answer.status, answer.content_type, await answer.read()
 
@@ -593,8 +590,6 @@ async def test_permanent_error_refuses_a_share_of_generates_uncharged(
 
 
 def upload_form(data: bytes, name: str = "cat.png") -> Any:
-    import aiohttp
-
     form = aiohttp.FormData()
     form.add_field("file", data, filename=name, content_type="application/octet-stream")
     return form
@@ -842,3 +837,18 @@ def test_config_rejects_nonsense_in_the_new_knobs() -> None:
             SimConfig(**knobs)  # type: ignore[arg-type]
     assert SimConfig(fetch_path="/pix/fetch?task_id={task_id}").fetch_path.endswith("}")
     assert SimConfig().clock is time.monotonic
+
+
+async def test_a_shots_later_attempt_after_a_restart_is_not_its_first(
+    sim_factory: SimFactory, provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    knobs: dict[str, Any] = {"state_path": tmp_path / "s.jsonl", "fail_first_attempt_share": 1.0}
+    first = await sim_factory(**knobs)
+    one = trace_id_for("shot", 1, secret=TEST_SECRET)
+    task_id = await provider_factory(first).generate(CHEAP, trace_id=one)
+    assert (await final_state(provider_factory(first), task_id)).status is TaskStatus.FAILED
+    await first.stop()
+    second = await sim_factory(**knobs)
+    provider = provider_factory(second)
+    two = await provider.generate(CHEAP, trace_id=trace_id_for("shot", 2, secret=TEST_SECRET))
+    assert (await final_state(provider, two)).status is TaskStatus.SUCCEEDED
