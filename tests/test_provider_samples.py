@@ -97,8 +97,18 @@ def replay(name: str) -> Any:
     return parse_fetch(status, headers, body, "asked-id")
 
 
+#: samples only the simulator's tests replay so far (the web family, uploads); their
+#: expectations belong here once the adapter reads them
+SIM_ONLY_SAMPLES = {
+    "pixverse-web-fetch-done.json",
+    "pixverse-web-fetch-deleted.json",
+    "upload-file-ok.json",
+}
+
+
 def test_every_sample_has_an_expectation() -> None:
-    assert sorted(p.name for p in SAMPLES.glob("*.json")) == sorted(EXPECTED)
+    names = {p.name for p in SAMPLES.glob("*.json")} - (SIM_ONLY_SAMPLES - set(EXPECTED))
+    assert sorted(names) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

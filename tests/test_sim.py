@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import fields
@@ -852,3 +853,48 @@ async def test_a_shots_later_attempt_after_a_restart_is_not_its_first(
     provider = provider_factory(second)
     two = await provider.generate(CHEAP, trace_id=trace_id_for("shot", 2, secret=TEST_SECRET))
     assert (await final_state(provider, two)).status is TaskStatus.SUCCEEDED
+
+
+def test_pixrun_sim_passes_the_new_knobs_through(tmp_path: Path) -> None:
+    state = tmp_path / "sim.jsonl"
+    child = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "runner", "sim", "--port", "0", "--dialect", "web"),
+            *("--fetch-path", "/pix/fetch?id={task_id}", "--not-found-status", "404"),
+            *("--errors-in-200", "--state-path", str(state), "--upload-price-uptc", "5"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        assert child.stdout is not None
+        url = child.stdout.readline().rsplit(" ", 1)[1].strip()
+        auth = {"Authorization": "Bearer sim-key"}
+        asked = urllib.request.Request(url + "/pix/fetch?id=42", headers=auth)
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(asked, timeout=5)
+        assert missing.value.code == 404
+        assert json.loads(missing.value.read())["ErrCode"] == 500008
+        bad = urllib.request.Request(
+            url + "/pix/generate", data=b'{"prompt": "x"}', headers=auth, method="POST"
+        )
+        with urllib.request.urlopen(bad, timeout=5) as answer:  # errors in HTTP 200
+            assert json.loads(answer.read())["ErrCode"] == 400017
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0
+    assert state.exists() is False, "nothing changed the books: nothing was written"
+    refused = subprocess.run(
+        [sys.executable, "-m", "runner", "sim", "--port", "0", "--permanent-error-share", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "permanent_error_share needs permanent_error_code" in refused.stderr
