@@ -194,7 +194,12 @@ async def _provider_for(
     from runner.sim import SimConfig, Simulator
 
     sim = Simulator(
-        SimConfig(api_key=SIM_API_KEY, render_time_s=simulate.render_time_s, seed=simulate.seed)
+        SimConfig(
+            api_key=SIM_API_KEY,
+            render_time_s=simulate.render_time_s,
+            seed=simulate.seed,
+            state_path=None if ledger_path is None else sim_state_path(ledger_path),
+        )
     )
     base_url = await sim.start()
     try:

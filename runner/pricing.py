@@ -40,7 +40,7 @@ class PriceTable:
     #: where the table came from, for messages
     source: str
     currency: str = "PTC"
-    #: what one upload of a local image costs (None: unknown)
+    #: what one upload of a local image costs ("upload_ptc"); None when the table does not say
     upload_ptc: Decimal | None = None
     _memo: dict[tuple[str | None, ...], Decimal | None] = field(
         default_factory=dict, compare=False, repr=False
@@ -142,14 +142,13 @@ def parse_price_table(text: str, *, source: str) -> PriceTable:
     if not isinstance(raw_defaults, dict):
         raise _bad(source, "defaults must be an object of parameter -> value")
     currency = data.get("currency", "PTC")
-    upload = _decimal(data.get("upload_ptc"), source, "upload_ptc")
     return PriceTable(
-        upload_ptc=upload,
         base_ptc=base,
         multipliers=multipliers,
         defaults={str(k): str(v) for k, v in raw_defaults.items()},
         source=source,
         currency=str(currency),
+        upload_ptc=_decimal(data.get("upload_ptc"), source, "upload_ptc"),
     )
 
 

@@ -36,7 +36,7 @@ from runner.provider import (
     parse_generate,
     trace_id_for,
 )
-from runner.provider.dialects import Call, parse_retry_after
+from runner.provider.dialects import Call, parse_retry_after, parse_upload
 from runner.sim import Simulator, shot_key_of
 
 #: a ledger's trace secret, for calls made outside a ledger
@@ -91,6 +91,14 @@ EXPECTED: dict[str, tuple[str, int, dict[str, str], Any]] = {
     "http-402-balance.json": ("generate", 402, {}, OutOfCredit),
     "http-429-concurrency.json": ("generate", 429, {"Retry-After": "7"}, ConcurrencyLimited),
     "pixverse-error-params.json": ("generate", 200, {}, InvalidRequest),
+    "pixverse-web-fetch-done.json": ("fetch", 200, {}, TaskStatus.SUCCEEDED),
+    "pixverse-web-fetch-deleted.json": ("fetch", 200, {}, TaskStatus.DELETED),
+    "upload-file-ok.json": (
+        "upload",
+        200,
+        {},
+        "https://file.302.ai/gpt/imgs/20261120/3f2a9c0d1e.png",
+    ),
 }
 
 
@@ -99,9 +107,13 @@ def replay(name: str) -> Any:
     body = sample(name)
     if op == "generate":
         return parse_generate(status, headers, body)
+    if op == "upload":
+        return parse_upload(status, headers, body)
     return parse_fetch(status, headers, body, "asked-id")
 
 
+#: samples only the simulator's tests replay so far (the web family, uploads); their
+#: expectations belong here once the adapter reads them
 def test_every_sample_has_an_expectation() -> None:
     assert sorted(p.name for p in SAMPLES.glob("*.json")) == sorted(EXPECTED)
 

@@ -12,7 +12,7 @@ import click
 
 # The simulator (and aiohttp with it) is imported when the command runs, so that other
 # commands start fast. The dialect names are runner.sim.config.DIALECTS (a test checks).
-SIM_DIALECTS = ("pixverse", "gateway")
+SIM_DIALECTS = ("pixverse", "gateway", "web")
 
 SHARE = click.FloatRange(0.0, 1.0)
 
@@ -48,8 +48,9 @@ SECONDS = click.FloatRange(0.0, min_open=False)
     type=click.Choice(SIM_DIALECTS),
     default="pixverse",
     show_default=True,
-    help="Response family: pixverse (ErrCode/Resp, integer task ids) or gateway "
-    "(code/data with state, string task ids).",
+    help="Response family: pixverse (ErrCode/Resp, integer task ids), gateway "
+    "(code/data with state, string task ids) or web (PixVerse web app: ErrCode/Resp with "
+    "video_id and video_status).",
 )
 @click.option(
     "--api-key", default="sim-key", show_default=True, help="The Bearer key the simulator accepts."
@@ -161,6 +162,94 @@ SECONDS = click.FloatRange(0.0, min_open=False)
     default=True,
     show_default=True,
     help="Give back the charge of failed and moderated renders.",
+)
+@click.option(
+    "--generate-path",
+    default="/pix/generate",
+    show_default=True,
+    help="Route of generate (POST).",
+)
+@click.option(
+    "--fetch-path",
+    default="/pix/task/{task_id}/fetch",
+    show_default=True,
+    help="Route of fetch (GET): the task id in the path, or as a query value, e.g. "
+    "'/pix/fetch?task_id={task_id}'. Other routes answer an HTML 404/405 page.",
+)
+@click.option(
+    "--upload-path",
+    default="/302/upload-file",
+    show_default=True,
+    help="Route of file uploads (POST, multipart field 'file'; jpg, png or webp up to 50 MB).",
+)
+@click.option(
+    "--upload-price-uptc",
+    type=click.IntRange(0),
+    default=None,
+    help="What one upload costs, in micro-PTC. Default: the price table's upload_ptc, "
+    "else 1000 (0.001 PTC).",
+)
+@click.option(
+    "--deleted-share",
+    type=SHARE,
+    default=0.0,
+    help="Share of succeeded renders reported deleted once they end (status 6; gateway: "
+    "error 'video deleted').",
+)
+@click.option(
+    "--forget-share",
+    type=SHARE,
+    default=0.0,
+    help="Share of tasks the provider forgets once created: every fetch answers 'no such "
+    "task' (ErrCode 500008; gateway code 404).",
+)
+@click.option(
+    "--not-found-status",
+    type=click.IntRange(200, 599),
+    default=200,
+    show_default=True,
+    help="HTTP status sent with the 'no such task' envelope.",
+)
+@click.option(
+    "--errors-in-200/--no-errors-in-200",
+    default=False,
+    show_default=True,
+    help="Send provider refusals (invalid parameter, no credit, concurrency, permanent "
+    "errors) with HTTP 200 and the error envelope, as PixVerse does.",
+)
+@click.option(
+    "--permanent-error-code",
+    type=click.IntRange(1),
+    default=None,
+    help="ErrCode that refuses a share of generates for good, e.g. 500054 (moderation), "
+    "500060 (effects limit), 500070 (template not activated).",
+)
+@click.option(
+    "--permanent-error-share",
+    type=SHARE,
+    default=0.0,
+    help="Share of generates refused with --permanent-error-code.",
+)
+@click.option(
+    "--dead-url-share",
+    type=SHARE,
+    default=0.0,
+    help="Share of fetched video URLs that point at a host refusing connections; the "
+    "next fetch of that task gives a live URL.",
+)
+@click.option(
+    "--dead-urls-always/--no-dead-urls-always",
+    default=False,
+    show_default=True,
+    help="Every video URL points at a dead host: downloads never work.",
+)
+@click.option(
+    "--state-path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Keep the books in this file (one JSON line per change) and replay it on start: "
+    "a restarted simulator knows every task, upload and charge. Renders then run on "
+    "wall-clock time.",
 )
 def sim_command(host: str, port: int, prices_path: Path | None, **knobs: Any) -> None:
     """Run a simulated PixVerse/302.AI provider on this machine until Ctrl-C.

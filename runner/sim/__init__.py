@@ -1,7 +1,9 @@
 """The simulated provider: the same endpoints as 302.AI / PixVerse, on 127.0.0.1.
 
 For tests, demos and rehearsing a batch without spending anything. It shares only the
-contract (runner/contract.py, runner/pricing.py, runner/data/) with the adapter.
+contract's data (runner/pricing.py, runner/data/) with the adapter; it checks requests
+with its own hand-written schema (request.schema.json), never with runner/contract.py,
+so it can disagree with the client.
 """
 
 from runner.sim.books import SimTask, shot_key_of

@@ -6,7 +6,9 @@ Invariants:
 - Every accepted task is charged exactly once, at creation; a deduplicated generate
   returns the existing task and charges nothing. A failed or moderated render is
   refunded (when configured) the first time the books are settled after it ends.
-- ``balance_uptc`` = initial balance - charges + refunds, at every settle.
+- ``balance_uptc`` = initial balance - charges - upload charges + refunds, at every settle.
+- With a journal, every change above (a task, a refund, an upload) is appended to it in
+  the same call that makes it, and :meth:`Books.replay` rebuilds the same books from it.
 """
 
 from __future__ import annotations
@@ -18,21 +20,25 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner.pricing import from_uptc, to_uptc
+from runner.pricing import default_price_table, from_uptc, to_uptc
 from runner.sim.config import SimConfig
+from runner.sim.journal import Journal
 from runner.sim.media import task_mp4
 
 #: the simulator's own status words (mapped to each dialect's codes by the server)
-QUEUED, RENDERING, SUCCEEDED, FAILED, MODERATED = (
+QUEUED, RENDERING, SUCCEEDED, FAILED, MODERATED, DELETED = (
     "queued",
     "rendering",
     "succeeded",
     "failed",
     "moderated",
+    "deleted",
 )
+#: an upload's price when neither the config nor the price table ("upload_ptc") says
+DEFAULT_UPLOAD_UPTC = 1_000
 #: the first part of a render is reported as queued
 QUEUED_SHARE = 0.2
 
@@ -56,15 +62,21 @@ class SimTask:
     charged_uptc: int
     created_wall_s: float
     truncate_next: bool = False
+    #: a succeeded render that reports "deleted" once it ends
+    deleted: bool = False
+    #: every fetch answers "no such task"
+    forgotten: bool = False
     refunded: bool = False
     fetches: int = 0
     downloads: int = 0
+    #: the last URL handed out pointed at a dead host (the next one is live)
+    dead_url_last: bool = False
     _sha256: str | None = field(default=None, repr=False)
 
     def status_at(self, now_s: float) -> str:
         elapsed = now_s - self.created_s
         if elapsed >= self.render_s:
-            return self.outcome
+            return DELETED if self.deleted else self.outcome
         return QUEUED if elapsed < self.render_s * QUEUED_SHARE else RENDERING
 
     @property
@@ -116,8 +128,18 @@ class Books:
         self.unpriced = 0
         self.initial_uptc = None if config.balance_ptc is None else to_uptc(config.balance_ptc)
         self.balance_uptc = self.initial_uptc
+        #: stored uploads by name (``<sha256><ext>``), and their counters
+        self.uploads: dict[str, bytes] = {}
+        self.upload_count = 0
+        self.upload_bytes = 0
+        self.upload_charged_uptc = 0
+        #: generate calls whose body carried image bytes, and the largest body
+        self.inline_image_generates = 0
+        self.max_generate_body_bytes = 0
         #: (finish time, task id) of renders not yet settled
         self._in_flight: list[tuple[float, str]] = []
+        self.journal = None if config.state_path is None else Journal(config.state_path)
+        self._replayed = False
 
     # ---- decisions ------------------------------------------------------------------
 
@@ -132,11 +154,15 @@ class Books:
             _, task_id = heapq.heappop(heap)
             task = self.tasks[task_id]
             if task.outcome != SUCCEEDED and self.config.refund_failed and not task.refunded:
-                task.refunded = True
-                self.refunded_uptc += task.charged_uptc
-                if self.balance_uptc is not None:
-                    self.balance_uptc += task.charged_uptc
+                self._refund(task)
+                self._log({"t": "refund", "task_id": task.task_id})
         return len(heap)
+
+    def _refund(self, task: SimTask) -> None:
+        task.refunded = True
+        self.refunded_uptc += task.charged_uptc
+        if self.balance_uptc is not None:
+            self.balance_uptc += task.charged_uptc
 
     def price_uptc(self, price_ptc: Any) -> tuple[int | None, int]:
         """(list price, amount to charge) in micro-PTC for a price from the table."""
@@ -175,6 +201,7 @@ class Books:
             outcome = FAILED
         else:
             outcome = SUCCEEDED
+        succeeded = outcome == SUCCEEDED
         seed = request.get("seed")
         task_id, wire_id = self._new_id()
         task = SimTask(
@@ -191,20 +218,89 @@ class Books:
             charged_uptc=charge_uptc,
             created_wall_s=wall_s,
             truncate_next=self.chance(cfg.truncate_share),
+            deleted=succeeded and self.chance(cfg.deleted_share),
+            forgotten=self.chance(cfg.forget_share),
         )
-        self.tasks[task_id] = task
-        if trace_id:
-            self.by_trace.setdefault(trace_id, task_id)
-        heapq.heappush(self._in_flight, (task.finish_s, task_id))
-        self.charged_uptc += charge_uptc
-        if price_uptc is None:
-            self.unpriced += 1
-        if self.balance_uptc is not None:
-            self.balance_uptc -= charge_uptc
+        self._remember(task)
+        self._log({"t": "task", **_task_record(task)})
         return task
 
+    def _remember(self, task: SimTask) -> None:
+        self.tasks[task.task_id] = task
+        if task.trace_id:
+            self.by_trace.setdefault(task.trace_id, task.task_id)
+        heapq.heappush(self._in_flight, (task.finish_s, task.task_id))
+        self.charged_uptc += task.charged_uptc
+        if task.price_uptc is None:
+            self.unpriced += 1
+        if self.balance_uptc is not None:
+            self.balance_uptc -= task.charged_uptc
+
+    def upload_price_uptc(self) -> int:
+        configured = self.config.upload_price_uptc
+        if configured is not None:
+            return configured
+        table = self.config.price_table
+        listed = (table or default_price_table()).upload_ptc
+        return DEFAULT_UPLOAD_UPTC if listed is None else to_uptc(listed)
+
+    def store_upload(self, name: str, data: bytes, charge_uptc: int) -> None:
+        """Keep an upload's bytes under ``name`` and charge it."""
+        if self.journal is not None:
+            self.journal.store_upload(name, data)
+        self._count_upload(name, data, len(data), charge_uptc)
+        self._log(
+            {"t": "upload", "name": name, "size_bytes": len(data), "charged_uptc": charge_uptc}
+        )
+
+    def _count_upload(
+        self, name: str, data: bytes | None, size_bytes: int, charge_uptc: int
+    ) -> None:
+        if data is not None:
+            self.uploads[name] = data
+        self.upload_count += 1
+        self.upload_bytes += size_bytes
+        self.upload_charged_uptc += charge_uptc
+        if self.balance_uptc is not None:
+            self.balance_uptc -= charge_uptc
+
+    # ---- the state file -------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal.append(record)
+
+    def replay(self) -> int:
+        """Rebuild the books from the state file (once per Books); records read."""
+        if self.journal is None or self._replayed:
+            return 0
+        self._replayed = True
+        count = 0
+        for record in self.journal.records():
+            count += 1
+            kind = record.get("t")
+            if kind == "task":
+                task = SimTask(**{k: v for k, v in record.items() if k in _TASK_FIELDS})
+                self.attempts_by_shot[task.shot_key] += 1
+                self._remember(task)
+            elif kind == "refund" and record.get("task_id") in self.tasks:
+                self._refund(self.tasks[record["task_id"]])
+            elif kind == "upload":
+                name = str(record["name"])
+                self._count_upload(
+                    name,
+                    self.journal.read_upload(name),
+                    int(record["size_bytes"]),
+                    int(record["charged_uptc"]),
+                )
+        return count
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+
     def _new_id(self) -> tuple[str, int | str]:
-        if self.config.dialect == "pixverse":
+        if self.config.dialect in ("pixverse", "web"):
             number = PIXVERSE_FIRST_ID + len(self.tasks)
             return str(number), number
         while True:
@@ -219,6 +315,14 @@ class Books:
         out: dict[str, Any] = {
             "accepted_tasks": len(self.tasks),
             "in_flight": in_flight,
+            "uploads": {
+                "count": self.upload_count,
+                "bytes": self.upload_bytes,
+                "charged_uptc": self.upload_charged_uptc,
+                "distinct": len(self.uploads),
+            },
+            "inline_image_generates": self.inline_image_generates,
+            "max_generate_body_bytes": self.max_generate_body_bytes,
             "charges": {
                 "count": len(self.tasks),
                 "sum_uptc": self.charged_uptc,
@@ -256,9 +360,36 @@ class Books:
             "refunded": task.refunded,
             "status": task.status_at(now_s),
             "outcome": task.outcome,
+            "deleted": task.deleted,
+            "forgotten": task.forgotten,
             "render_s": task.render_s,
             "created_s": task.created_s,
             "fetches": task.fetches,
             "downloads": task.downloads,
             "sha256": task.sha256,
         }
+
+
+#: what a task record in the state file carries (its counters are not books)
+_TASK_FIELDS = (
+    "task_id",
+    "wire_id",
+    "trace_id",
+    "shot_key",
+    "prompt",
+    "seed",
+    "created_s",
+    "render_s",
+    "outcome",
+    "price_uptc",
+    "charged_uptc",
+    "created_wall_s",
+    "truncate_next",
+    "deleted",
+    "forgotten",
+)
+
+
+def _task_record(task: SimTask) -> dict[str, Any]:
+    full = asdict(task)
+    return {name: full[name] for name in _TASK_FIELDS}

@@ -11,7 +11,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from runner.errors import UsageError
 from runner.pricing import PriceTable
@@ -20,7 +22,7 @@ from runner.pricing import PriceTable
 #: raises, the simulator records a violation and answers 500
 GenerateHook = Callable[[Mapping[str, Any], Mapping[str, str]], Awaitable[None]]
 
-DIALECTS = ("pixverse", "gateway")
+DIALECTS = ("pixverse", "gateway", "web")
 
 #: every knob with a share, for validation and the CLI
 SHARE_KNOBS = (
@@ -29,14 +31,21 @@ SHARE_KNOBS = (
     "fail_first_attempt_share",
     "truncate_share",
     "lost_generate_share",
+    "deleted_share",
+    "forget_share",
+    "permanent_error_share",
+    "dead_url_share",
 )
+#: the placeholder of the task id in ``fetch_path`` (in the path, or as a query value)
+TASK_ID_PLACEHOLDER = "{task_id}"
 
 
 @dataclass
 class SimConfig:
     """How the simulated provider behaves (see ``pixrun sim --help`` for each knob)."""
 
-    #: response family: "pixverse" (ErrCode/Resp, int ids) or "gateway" (code/data)
+    #: response family: "pixverse" (ErrCode/Resp, int ids), "gateway" (code/data) or
+    #: "web" (PixVerse web app: ErrCode/Resp with video_id/video_status)
     dialect: str = "pixverse"
     #: the Bearer key the simulator accepts
     api_key: str = field(default="sim-key", repr=False)
@@ -74,14 +83,38 @@ class SimConfig:
     #: give back the charge of a failed or moderated render, like 302.AI's ``refund``
     refund_failed: bool = True
     generate_path: str = "/pix/generate"
+    #: the task id in the path ("/pix/task/{task_id}/fetch") or a query value
+    #: ("/pix/fetch?task_id={task_id}": routed on the path, the id read from task_id)
     fetch_path: str = "/pix/task/{task_id}/fetch"
-    #: seconds, monotonic; tests may pass a fake clock
+    #: multipart upload of a local image (field ``file``), answered with its URL
+    upload_path: str = "/302/upload-file"
+    #: what an upload costs in micro-PTC; None = the price table's "upload_ptc", else 1000
+    upload_price_uptc: int | None = None
+    #: share of succeeded renders that report "deleted" (status 6) once the render ends
+    deleted_share: float = 0.0
+    #: share of tasks the provider forgets once created: every fetch says "no such task"
+    forget_share: float = 0.0
+    #: HTTP status of the "no such task" envelope (the provider sends 200)
+    not_found_status: int = 200
+    #: provider-level refusals (invalid, no credit, concurrency) come as HTTP 200 envelopes
+    errors_in_200: bool = False
+    #: an ErrCode that refuses a share of generates for good (e.g. 500054 moderation)
+    permanent_error_code: int | None = None
+    permanent_error_share: float = 0.0
+    #: share of fetches whose video URL points at a host that refuses connections
+    dead_url_share: float = 0.0
+    #: every video URL points at a dead host (a download that never works)
+    dead_urls_always: bool = False
+    #: append every change to the books here and replay it on start (survives the
+    #: process); the clock then defaults to wall time so renders end on time across runs
+    state_path: Path | None = None
+    #: seconds, monotonic (wall time with ``state_path``); tests may pass a fake clock
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:
             raise UsageError(
-                f"unknown simulator dialect {self.dialect!r}", hint="use pixverse or gateway"
+                f"unknown simulator dialect {self.dialect!r}", hint="use " + ", ".join(DIALECTS)
             )
         for name in SHARE_KNOBS:
             value = getattr(self, name)
@@ -101,8 +134,57 @@ class SimConfig:
         self.balance_ptc = _money(self.balance_ptc, "balance_ptc")
         self.unknown_price_ptc = _money(self.unknown_price_ptc, "unknown_price_ptc")
         self.moderated_words = tuple(w.lower() for w in self.moderated_words if w.strip())
-        if "{task_id}" not in self.fetch_path:
-            raise UsageError("fetch_path needs a {task_id} placeholder")
+        self._check_routes()
+        self._check_provider_answers()
+        if self.state_path is not None:
+            self.state_path = Path(self.state_path)
+            if self.clock is time.monotonic:
+                # a render in flight when the process died must end on time after a restart
+                self.clock = time.time
+
+    def _check_routes(self) -> None:
+        fetch_route(self.fetch_path)  # raises on a path without a task-id placeholder
+        for name in ("generate_path", "upload_path"):
+            if not getattr(self, name).startswith("/") or "?" in getattr(self, name):
+                raise UsageError(
+                    f"{name} must be a path starting with /, not {getattr(self, name)!r}"
+                )
+
+    def _check_provider_answers(self) -> None:
+        if self.upload_price_uptc is not None and self.upload_price_uptc < 0:
+            raise UsageError("upload_price_uptc must not be negative")
+        if not 200 <= self.not_found_status <= 599:
+            raise UsageError(
+                f"not_found_status must be an HTTP status, not {self.not_found_status}"
+            )
+        if self.permanent_error_share > 0 and self.permanent_error_code is None:
+            raise UsageError(
+                "permanent_error_share needs permanent_error_code",
+                hint="e.g. --permanent-error-code 500054",
+            )
+        if self.permanent_error_code is not None and self.permanent_error_code <= 0:
+            raise UsageError("permanent_error_code must be a positive ErrCode")
+
+
+def fetch_route(fetch_path: str) -> tuple[str, str | None]:
+    """(route path, query parameter holding the task id or None) of a fetch path."""
+    path, _, query = fetch_path.partition("?")
+    if not path.startswith("/"):
+        raise UsageError(f"fetch_path must start with /, not {fetch_path!r}")
+    if not query:
+        if TASK_ID_PLACEHOLDER not in path:
+            raise UsageError(
+                f"fetch_path {fetch_path!r} has no {TASK_ID_PLACEHOLDER} placeholder",
+                hint="e.g. /pix/task/{task_id}/fetch or /pix/fetch?task_id={task_id}",
+            )
+        return path, None
+    names = [name for name, value in parse_qsl(query) if value == TASK_ID_PLACEHOLDER]
+    if len(names) != 1 or TASK_ID_PLACEHOLDER in path:
+        raise UsageError(
+            f"fetch_path {fetch_path!r} needs exactly one {TASK_ID_PLACEHOLDER}",
+            hint="e.g. /pix/fetch?task_id={task_id}",
+        )
+    return path, names[0]
 
 
 def _money(value: Any, name: str) -> Decimal | None:

@@ -1,16 +1,19 @@
 """A local stand-in for the 302.AI / PixVerse API, over real HTTP on 127.0.0.1.
 
-It shares only the contract with pixrun's adapter: request rules (runner/contract.py),
-prices (runner/pricing.py) and package data. Everything it says is built from the
-documented dialects and sample payloads, so the adapter is tested against the same
-shapes it meets in production.
+It shares only the contract's data with pixrun's adapter: its own hand-written request
+schema (request.schema.json, from the provider contract, never from the client's
+rules), prices (runner/pricing.py) and package data. Everything it says is built from
+the documented response families and sample payloads (answers.py), so the adapter is
+tested against the shapes it meets in production, and can be caught disagreeing.
 
 Invariants:
 - Between the checks that refuse a generate (auth, validation, concurrency, balance) and
   the task's creation there is no ``await``: the checks and the charge are one step.
 - Faults are drawn from one seeded RNG, so a sequential run is repeatable.
 - ``stop()`` then ``start(port=same)`` keeps every task and the balance: an outage, not
-  a new provider.
+  a new provider. With a state file, a NEW simulator on it knows the same books.
+- A path or method no route serves gets a web server's HTML 404/405 page, never a
+  provider envelope: only the envelope may say "no such task".
 """
 
 from __future__ import annotations
@@ -19,50 +22,45 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
+import socket
 import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
-from runner.contract import check_request, mode_of_request
 from runner.errors import UsageError
 from runner.pricing import price_of
-from runner.sim.books import (
-    FAILED,
-    MODERATED,
-    QUEUED,
-    RENDERING,
-    SUCCEEDED,
-    Books,
-    SimTask,
+from runner.sim.answers import (
+    BODY_BAD_KEY,
+    BODY_CONCURRENCY,
+    BODY_NO_CREDIT,
+    error_body,
+    generate_payload,
+    invalid_body,
+    not_found_body,
+    ok_body,
+    permanent_message,
+    task_payload,
 )
-from runner.sim.config import SimConfig
-from runner.sim.media import TINY_HEIGHT_PX, TINY_WIDTH_PX
+from runner.sim.books import SUCCEEDED, Books, SimTask
+from runner.sim.config import SimConfig, fetch_route
+from runner.sim.rules import RequestRules, carries_image_bytes, image_values
+from runner.sim.uploads import CONTENT_TYPES, UPLOAD_MAX_BYTES, UPLOADS_PATH, image_ext, upload_name
 
 TRACE_HEADER = "Ai-trace-id"
 STATS_PATH = "/_sim/stats"
 FILES_PATH = "/_sim/files"
 
-#: sample bodies (api-samples/) the provider sends whatever the dialect
-BODY_BAD_KEY = {"error": {"message": "invalid api key"}}
-BODY_NO_CREDIT = {"ErrCode": 500043, "ErrMsg": "All Credits have been used up. Please top up."}
-BODY_CONCURRENCY = {"ErrCode": 500044, "ErrMsg": "Reached the limit for concurrent generations."}
-ERRCODE_INVALID = 400017
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_PIXVERSE_STATUS = {QUEUED: 10, RENDERING: 5, SUCCEEDED: 1, MODERATED: 7, FAILED: 8}
-_GATEWAY_STATE = {
-    QUEUED: ("pending", "0"),
-    RENDERING: ("running", "1"),
-    SUCCEEDED: ("succeeded", "3"),
-    FAILED: ("error", "2"),
-    MODERATED: ("error", "2"),
-}
-_FAIL_MESSAGE = {
-    FAILED: "generation failed",
-    MODERATED: "content moderation: the prompt was refused",
-}
+_ROUTE_PAGE = (
+    "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
 
 
 class Simulator:
@@ -71,16 +69,25 @@ class Simulator:
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
         self.books = Books(self.config)
+        self.rules = RequestRules()
+        self._fetch_route, self._fetch_query = fetch_route(self.config.fetch_path)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
+        self._dead_origin: str | None = None
         self._secret = hashlib.sha256(f"pixrun-sim:{self.config.seed}".encode()).digest()
 
     # ---- lifecycle --------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host:port`` (0 = any free port); the base URL to point pixrun at."""
+        """Listen on ``host:port`` (0 = any free port); the base URL to point pixrun at.
+
+        The first start replays the state file, if any, before anything is served.
+        """
         if self._runner is not None:
             raise RuntimeError("the simulator is already running")
+        self.books.replay()
+        if self._dead_origin is None:
+            self._dead_origin = f"http://127.0.0.1:{_closed_port()}"
         runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.25)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -99,6 +106,7 @@ class Simulator:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        self.books.close()
 
     @property
     def base_url(self) -> str:
@@ -118,33 +126,45 @@ class Simulator:
         await self.stop()
 
     def stats(self, *, with_tasks: bool = True) -> dict[str, Any]:
-        """Accepted tasks, charges, calls, refusals, faults, balance, violations, tasks."""
+        """Accepted tasks, charges, uploads, calls, refusals, faults, balance, tasks."""
         return self.books.stats(now_s=self.config.clock(), with_tasks=with_tasks)
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._route_pages])
         cfg = self.config
         app.router.add_post(cfg.generate_path, self._generate)
-        app.router.add_get(cfg.fetch_path, self._fetch)
+        app.router.add_get(self._fetch_route, self._fetch)
+        app.router.add_post(cfg.upload_path, self._upload)
+        app.router.add_get(UPLOADS_PATH + "/{name}", self._uploaded)
         app.router.add_get(FILES_PATH + "/{name}", self._download)
         app.router.add_get(STATS_PATH, self._stats)
         return app
 
+    @web.middleware
+    async def _route_pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """What a web server in front of the API says about a route it does not serve."""
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            self.books.refusals["route"] += 1
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            page = _ROUTE_PAGE.format(status=exc.status, reason=exc.reason)
+            return web.Response(
+                status=exc.status, text=page, content_type="text/html", headers=headers
+            )
+
     # ---- answers ----------------------------------------------------------------------
 
     def _ok(self, payload: Mapping[str, Any]) -> web.Response:
-        if self.config.dialect == "pixverse":
-            body: dict[str, Any] = {"ErrCode": 0, "ErrMsg": "success", "Resp": payload}
-        else:
-            body = {"code": 200, "msg": "success", "data": payload}
-        return web.json_response(body)
+        return web.json_response(ok_body(self.config.dialect, payload))
 
-    def _error(self, status: int, code: int, message: str) -> web.Response:
-        if self.config.dialect == "pixverse":
-            body: dict[str, Any] = {"ErrCode": code, "ErrMsg": message}
-        else:
-            body = {"code": code, "msg": message, "data": None}
-        return web.json_response(body, status=status)
+    def _provider_refusal(self, cause: str, status: int, body: Mapping[str, Any]) -> web.Response:
+        """A refusal in an envelope: sent with HTTP 200 when the provider does that."""
+        sent = 200 if self.config.errors_in_200 else status
+        return self._refuse(cause, web.json_response(body, status=sent))
+
+    def _invalid(self, message: str) -> web.Response:
+        return self._provider_refusal("invalid", 400, invalid_body(self.config.dialect, message))
 
     def _refuse(self, cause: str, response: web.Response) -> web.Response:
         self.books.refusals[cause] += 1
@@ -181,14 +201,16 @@ class Simulator:
         books.calls["generate"] += 1
         if not self._authorized(request):
             return self._refuse("auth", web.json_response(BODY_BAD_KEY, status=401))
+        raw = await request.read()
+        books.max_generate_body_bytes = max(books.max_generate_body_bytes, len(raw))
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict):
-            return self._refuse(
-                "invalid", self._error(400, ERRCODE_INVALID, "Invalid parameter: body is not JSON")
-            )
+            return self._invalid("body is not a JSON object")
+        if carries_image_bytes(body):
+            books.inline_image_generates += 1
         if cfg.generate_hook is not None:
             try:
                 await cfg.generate_hook(body, request.headers)
@@ -205,7 +227,7 @@ class Simulator:
         if cfg.dedupe_trace_id and trace_id and trace_id in books.by_trace:
             books.faults["deduplicated"] += 1
             task = books.tasks[books.by_trace[trace_id]]
-            return self._generate_answer(task)
+            return self._ok(generate_payload(cfg.dialect, task))
         refused = self._check_generate(body)
         if refused is not None:
             return refused
@@ -217,26 +239,36 @@ class Simulator:
             else:
                 _drop_connection(request)
                 return web.Response(status=500)
-        return self._generate_answer(task)
+        return self._ok(generate_payload(cfg.dialect, task))
 
     def _check_generate(self, body: Mapping[str, Any]) -> web.Response | None:
-        """Validation, concurrency and balance; None when the task may be created."""
+        """Validation, refusals, concurrency and balance; None when the task may be made."""
         books, cfg = self.books, self.config
-        problems = check_request(mode_of_request(body), body)
+        problems = self.rules.problems(body) or self._unknown_uploads(body)
         if problems:
-            text = "; ".join(f"{p.field}: {p.message}" for p in problems)
-            if cfg.dialect == "pixverse":
-                response = self._error(400, ERRCODE_INVALID, f"Invalid parameter: {text}")
-            else:
-                response = self._error(400, 400, f"Invalid parameter: {text}")
-            return self._refuse("invalid", response)
+            return self._invalid("; ".join(problems))
+        code = cfg.permanent_error_code
+        if code is not None and books.chance(cfg.permanent_error_share):
+            body_out = error_body(cfg.dialect, code, permanent_message(code))
+            return self._provider_refusal("permanent_error", 400, body_out)
         in_flight = books.settle(cfg.clock())
         if cfg.concurrency_limit is not None and in_flight >= cfg.concurrency_limit:
-            return self._refuse("concurrency", web.json_response(BODY_CONCURRENCY, status=429))
+            return self._provider_refusal("concurrency", 429, BODY_CONCURRENCY)
         _, charge = books.price_uptc(price_of(body, cfg.price_table))
         if not books.can_pay(charge):
-            return self._refuse("balance", web.json_response(BODY_NO_CREDIT, status=402))
+            return self._provider_refusal("balance", 402, BODY_NO_CREDIT)
         return None
+
+    def _unknown_uploads(self, body: Mapping[str, Any]) -> list[str]:
+        """Image URLs under our own uploads path that name nothing we stored."""
+        out = []
+        for where, value in image_values(body):
+            path = urlsplit(value).path if value.startswith(("http://", "https://")) else ""
+            if not path.startswith(UPLOADS_PATH + "/"):
+                continue
+            if path.removeprefix(UPLOADS_PATH + "/") not in self.books.uploads:
+                out.append(f"{where}: {value[:120]} was never uploaded")
+        return out
 
     def _accept(self, body: Mapping[str, Any], trace_id: str | None) -> SimTask:
         price_uptc, charge = self.books.price_uptc(price_of(body, self.config.price_table))
@@ -249,66 +281,33 @@ class Simulator:
             charge_uptc=charge,
         )
 
-    def _generate_answer(self, task: SimTask) -> web.Response:
-        if self.config.dialect == "pixverse":
-            return self._ok({"video_id": task.wire_id})
-        return self._ok({"task_id": task.wire_id})
-
     # ---- fetch ------------------------------------------------------------------------
 
     async def _fetch(self, request: web.Request) -> web.StreamResponse:
-        books = self.books
+        books, cfg = self.books, self.config
         books.calls["fetch"] += 1
         if not self._authorized(request):
             return self._refuse("auth", web.json_response(BODY_BAD_KEY, status=401))
         fault = self._call_faults()
         if fault is not None:
             return fault
-        task = books.tasks.get(request.match_info["task_id"])
-        if task is None:
-            return self._refuse("not_found", self._error(404, 404, "task not found"))
-        task.fetches += 1
-        now_s = self.config.clock()
+        if self._fetch_query is None:
+            task_id = request.match_info["task_id"]
+        else:
+            task_id = request.query.get(self._fetch_query, "")
+            if not task_id:
+                return self._invalid(f"{self._fetch_query} is required")
+        task = books.tasks.get(task_id)
+        if task is not None:
+            task.fetches += 1
+        if task is None or task.forgotten:
+            body = not_found_body(cfg.dialect)
+            return self._refuse("not_found", web.json_response(body, status=cfg.not_found_status))
+        now_s = cfg.clock()
+        books.settle(now_s)
         status = task.status_at(now_s)
-        url = self._signed_url(request, task, now_s) if status == SUCCEEDED else None
-        if self.config.dialect == "pixverse":
-            return self._ok(self._pixverse_task(task, status, url))
-        return self._ok(self._gateway_task(task, status, url))
-
-    def _pixverse_task(self, task: SimTask, status: str, url: str | None) -> dict[str, Any]:
-        done = status == SUCCEEDED
-        return {
-            "id": task.wire_id,
-            "status": _PIXVERSE_STATUS[status],
-            "url": url or "",
-            "prompt": task.prompt,
-            "negative_prompt": "",
-            "seed": task.seed,
-            "size": len(task.mp4()) if done else 0,
-            "outputWidth": TINY_WIDTH_PX if done else 0,
-            "outputHeight": TINY_HEIGHT_PX if done else 0,
-            "resolution_ratio": TINY_HEIGHT_PX if done else 0,
-            "style": "",
-            "create_time": _iso(task.created_wall_s),
-            "modify_time": _iso(task.created_wall_s + task.render_s),
-        }
-
-    def _gateway_task(self, task: SimTask, status: str, url: str | None) -> dict[str, Any]:
-        state, old = _GATEWAY_STATE[status]
-        return {
-            "task_id": task.wire_id,
-            "state": state,
-            "status": old,
-            "prompt": task.prompt,
-            "video_url": url,
-            "image_url": None,
-            "poster": None,
-            "msg": _FAIL_MESSAGE.get(status),
-            "point": str(task.charged_uptc),
-            "refund": "1" if status in (FAILED, MODERATED) else "0",
-            "create_time": str(int(task.created_wall_s)),
-            "update_time": str(int(task.created_wall_s + task.render_s)),
-        }
+        url = self._video_url(request, task, now_s) if status == SUCCEEDED else None
+        return self._ok(task_payload(cfg.dialect, task, status, url))
 
     # ---- download ---------------------------------------------------------------------
 
@@ -316,11 +315,20 @@ class Simulator:
         message = f"{task_id}:{expires}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
 
-    def _signed_url(self, request: web.Request, task: SimTask, now_s: float) -> str:
-        ttl = self.config.url_ttl_s
+    def _video_url(self, request: web.Request, task: SimTask, now_s: float) -> str:
+        """A signed URL on this server's current origin, or (as a fault) on a dead one."""
+        cfg = self.config
+        ttl = cfg.url_ttl_s
         expires = "0" if ttl is None else f"{now_s + ttl:.6f}"
         sig = self._signature(task.task_id, expires)
+        dead = cfg.dead_urls_always or (
+            not task.dead_url_last and self.books.chance(cfg.dead_url_share)
+        )
+        task.dead_url_last = dead
         origin = str(request.url.origin())
+        if dead and self._dead_origin is not None:
+            self.books.faults["dead_urls"] += 1
+            origin = self._dead_origin
         return f"{origin}{FILES_PATH}/{task.task_id}.mp4?e={expires}&s={sig}"
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
@@ -358,6 +366,45 @@ class Simulator:
             return await _send_truncated(request, status, headers, part)
         return web.Response(status=status, body=part, headers=headers)
 
+    # ---- uploads ----------------------------------------------------------------------
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        """302.AI's file upload: a multipart ``file`` in, its URL out (gateway envelope)."""
+        books = self.books
+        books.calls["upload"] += 1
+        if not self._authorized(request):
+            return self._refuse("auth", web.json_response(BODY_BAD_KEY, status=401))
+        data, problem = await _read_upload(request)
+        if data is None:
+            return self._refuse(
+                "upload_invalid", web.json_response({"code": 400, "msg": problem}, status=400)
+            )
+        ext = image_ext(data[:16])
+        if ext is None:
+            return self._refuse(
+                "upload_invalid",
+                web.json_response(
+                    {"code": 400, "msg": "file type not supported: send a jpg, png or webp"},
+                    status=400,
+                ),
+            )
+        charge = books.upload_price_uptc()
+        if not books.can_pay(charge):
+            body = {"code": 402, "msg": BODY_NO_CREDIT["ErrMsg"], "data": None}
+            return self._refuse("balance", web.json_response(body, status=402))
+        name = upload_name(data, ext)
+        books.store_upload(name, data, charge)
+        url = f"{request.url.origin()}{UPLOADS_PATH}/{name}"
+        return web.json_response({"code": 200, "msg": "success", "data": url})
+
+    async def _uploaded(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        data = self.books.uploads.get(name)
+        if data is None:
+            return self._refuse("not_found", web.Response(status=404, text="not found"))
+        content_type = CONTENT_TYPES.get(name[name.rfind(".") :], "application/octet-stream")
+        return web.Response(body=data, content_type=content_type)
+
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         with_tasks = request.query.get("tasks", "1") not in ("0", "false", "no")
         return web.json_response(self.stats(with_tasks=with_tasks))
@@ -373,6 +420,38 @@ async def _send_truncated(
     await response.write(part[: len(part) // 2])
     _drop_connection(request)
     return response
+
+
+async def _read_upload(request: web.Request) -> tuple[bytes | None, str]:
+    """(the ``file`` field's bytes, "") or (None, what is wrong); reads at most the cap."""
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError, KeyError):
+        return None, "expected multipart/form-data with a file field"
+    while True:
+        part = await reader.next()
+        if part is None:
+            return None, "the form has no file field"
+        if isinstance(part, BodyPartReader) and part.name == "file":
+            break
+    chunks: list[bytes] = []
+    size_bytes = 0
+    while chunk := await part.read_chunk(1024 * 1024):
+        size_bytes += len(chunk)
+        if size_bytes > UPLOAD_MAX_BYTES:
+            return None, f"file too large: at most {UPLOAD_MAX_BYTES // (1024 * 1024)} MB"
+        chunks.append(chunk)
+    if not size_bytes:
+        return None, "the file is empty"
+    return b"".join(chunks), ""
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that refuses connections: bound once, then closed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def _drop_connection(request: web.Request) -> None:
@@ -402,10 +481,6 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         return float("-inf")
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def serve(
