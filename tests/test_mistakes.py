@@ -1,0 +1,290 @@
+"""Ordinary mistakes cost nothing: rehearsals never mix with real work, a lost ledger
+or a dead download host never buys a shot twice, nothing hangs without a word.
+
+Each test runs pixrun as a real process; "the real provider" is a simulator thread
+whose books prove what reached it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from runkit import (
+    SimThread,
+    assert_files_match,
+    env_for,
+    explain,
+    flat,
+    in_state,
+    pixrun,
+    query,
+    run_args,
+    run_pixrun,
+    sim_tasks,
+    states,
+    write_manifest,
+)
+
+SIMULATE = ("--simulate", "--sim-render-time", "0.02,0.1")
+
+
+def _rehearse(batch_dir: Path, manifest: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = ["run", str(manifest), "--quiet", "--yes", "--backoff-base-s", "0.01", *SIMULATE]
+    return pixrun([*args, *extra], env_for(None, key=None), cwd=batch_dir)
+
+
+def test_a_rehearsal_then_the_real_run_delivers_the_providers_files(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    batch = write_manifest(tmp_path, 4)
+    rehearsal = _rehearse(tmp_path, batch.manifest)
+    assert rehearsal.returncode == 0, explain(rehearsal)
+    sim_ledger = tmp_path / "batch.sim.ledger.sqlite"
+    assert sim_ledger.exists() and not batch.ledger.exists()
+    rehearsed = tmp_path / "out.sim"
+    assert sorted(p.name for p in rehearsed.glob("*.mp4")) == [f"{s}.mp4" for s in batch.ids]
+    assert not batch.out.exists() or not any(batch.out.iterdir())
+
+    real = run_pixrun(batch, sim.base_url)
+    assert real.returncode == 0, explain(real)
+    stats = sim.stats()
+    assert sorted(sim_tasks(stats)) == batch.ids  # every shot rendered at the provider
+    assert_files_match(batch, stats, batch.ids)
+    # the real ledger is the real provider's alone; the rehearsal's clips stay apart
+    assert query(batch.ledger, "SELECT COUNT(*) FROM attempts")[0][0] == len(batch.ids)
+    assert sorted(p.name for p in rehearsed.glob("*.mp4")) == [f"{s}.mp4" for s in batch.ids]
+    status = pixrun(
+        ["status", str(batch.manifest), "--simulate", "--format", "json"],
+        env_for(None),
+        cwd=tmp_path,
+    )
+    assert json.loads(status.stdout)["simulated"] is True, explain(status)
+
+
+def test_a_rehearsal_ledger_never_meets_the_real_provider(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    batch = write_manifest(tmp_path, 3)
+    assert _rehearse(tmp_path, batch.manifest).returncode == 0
+    sim_ledger = tmp_path / "batch.sim.ledger.sqlite"
+    real = run_pixrun(batch, sim.base_url, "--ledger", str(sim_ledger))
+    said = explain(real)
+    assert real.returncode == 2 and "rehearsal" in real.stderr and "--simulate" in real.stderr, said
+    assert sim.stats()["calls"].get("generate", 0) == 0
+    # and a real ledger never takes a rehearsal
+    assert run_pixrun(batch, sim.base_url).returncode == 0
+    mixed = _rehearse(tmp_path, batch.manifest, "--ledger", str(batch.ledger))
+    assert mixed.returncode == 2 and "real work" in mixed.stderr, explain(mixed)
+
+
+def test_an_interrupted_rehearsal_resumes_without_paying_twice(tmp_path: Path) -> None:
+    """Killed mid-render, the rehearsal's simulator died with it; resumed with
+    --simulate, the state file beside the ledger still knows every task: collected,
+    never generated again. The printed resume command keeps --simulate."""
+    batch = write_manifest(tmp_path, 6, concurrency=6)
+    args = [
+        "run",
+        str(batch.manifest),
+        "--quiet",
+        "--yes",
+        "--simulate",
+        "--sim-render-time",
+        "3,3",
+    ]
+    env = env_for(None, key=None, crash_at="after_task_committed:6")
+    crashed = pixrun(args, env, cwd=tmp_path)
+    assert crashed.returncode != 0
+    sim_ledger = tmp_path / "batch.sim.ledger.sqlite"
+    submitted = in_state(sim_ledger, "submitted")
+    assert len(submitted) == 6, explain(crashed)
+    state_file = sim_ledger.with_name(sim_ledger.name + ".sim-state.jsonl")
+    assert state_file.exists()
+    resumed = _rehearse(tmp_path, batch.manifest)
+    assert resumed.returncode == 0, explain(resumed)
+    assert set(states(sim_ledger).values()) == {"done"}
+    tasks = query(sim_ledger, "SELECT shot_id, COUNT(*) FROM attempts GROUP BY shot_id")
+    assert all(n == 1 for _, n in tasks), tasks  # one generate per shot, over both runs
+    records = [json.loads(line) for line in state_file.read_text().splitlines() if line]
+    created = [r for r in records if r.get("kind", r.get("type")) in ("task", "created")]
+    assert len(created) in (0, 6) or len(records) >= 6
+
+
+def test_an_uncreatable_output_folder_exits_2_with_nothing_sent(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    batch = write_manifest(tmp_path, 3, output_dir=blocker / "out")
+    done = run_pixrun(batch, sim.base_url)
+    said = explain(done)
+    assert done.returncode == 2, said
+    assert "output folder" in done.stderr and "nothing was sent" in flat(done.stderr), said
+    assert sim.stats()["calls"].get("generate", 0) == 0
+
+
+def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    batch = write_manifest(tmp_path, 5)
+    assert run_pixrun(batch, sim.base_url).returncode == 0
+    before = sim.stats()["calls"].get("generate", 0)
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    again = run_pixrun(batch, sim.base_url)
+    assert again.returncode == 0, explain(again)
+    assert sim.stats()["calls"].get("generate", 0) == before
+    assert set(states(batch.ledger).values()) == {"done"}
+    adopted = query(batch.ledger, "SELECT COUNT(*) FROM events WHERE kind = 'adopted'")[0][0]
+    assert adopted == 5
+    assert_files_match(batch, sim.stats(), batch.ids)
+
+
+def test_a_foreign_file_at_an_output_is_refused_before_spending(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    batch = write_manifest(tmp_path, 3)
+    batch.out.mkdir(parents=True)
+    (batch.out / "s01.mp4").write_bytes(b"someone else's video")
+    done = run_pixrun(batch, sim.base_url)
+    assert done.returncode == 2 and "s01.mp4" in done.stderr, explain(done)
+    assert sim.stats()["calls"].get("generate", 0) == 0
+
+
+def _edit_quality(batch_manifest: Path, quality: str) -> None:
+    doc = yaml.safe_load(batch_manifest.read_text())
+    doc["defaults"]["quality"] = quality
+    batch_manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_changed_done_shots_are_not_rebought_without_consent(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """A global edit of a default after the batch is done: without a terminal the run
+    holds the changed shots (exit 1, said, in --json-logs too) and sends nothing; with
+    --rerender-changed it re-renders them and keeps the old files as .v1."""
+    sim = sim_thread()
+    batch = write_manifest(tmp_path, 3)
+    assert run_pixrun(batch, sim.base_url).returncode == 0
+    _edit_quality(batch.manifest, "540p")
+    held = pixrun(run_args(batch, output="--json-logs"), env_for(sim.base_url), cwd=tmp_path)
+    assert held.returncode == 1, explain(held)
+    assert sim.stats()["accepted_tasks"] == 3
+    records = [json.loads(line) for line in held.stdout.splitlines() if line.startswith("{")]
+    changed = [r for r in records if r.get("kind") == "changed"]
+    assert sorted(r["shot_id"] for r in changed) == batch.ids, held.stdout
+    summary = records[-1]
+    assert summary["type"] == "summary" and sorted(summary["held_changed"]) == batch.ids
+    assert set(states(batch.ledger).values()) == {"done"}
+
+    rerendered = run_pixrun(batch, sim.base_url, "--rerender-changed")
+    assert rerendered.returncode == 0, explain(rerendered)
+    assert sim.stats()["accepted_tasks"] == 6
+    for sid in batch.ids:
+        assert (batch.out / f"{sid}.v1.mp4").exists()
+
+
+def test_a_typod_provider_address_fails_fast_with_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    batch = write_manifest(tmp_path, 2)
+    t0 = time.monotonic()
+    done = pixrun(
+        run_args(batch, "--unreachable-grace-s", "1"),
+        env_for(f"http://127.0.0.1:{port}"),
+        cwd=tmp_path,
+    )
+    took_s = time.monotonic() - t0
+    said = explain(done)
+    assert done.returncode == 2, said
+    assert f"127.0.0.1:{port}" in flat(done.stdout) and took_s < 30, said
+    assert set(states(batch.ledger).values()) == {"pending"}
+
+
+def test_a_run_where_nothing_moves_stops_and_says_what_was_stuck(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """Every call throttled for longer than the stall limit: the watchdog stops the run
+    (exit 1), says what was waiting, and everything stays resumable."""
+    sim = sim_thread(rate_limit_share=1.0, retry_after_s=600)
+    batch = write_manifest(tmp_path, 3)
+    doc = yaml.safe_load(batch.manifest.read_text())
+    doc["run"]["stall_timeout_s"] = 1.5
+    batch.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    t0 = time.monotonic()
+    done = run_pixrun(batch, sim.base_url)
+    said = explain(done)
+    assert done.returncode == 1 and time.monotonic() - t0 < 30, said
+    assert "nothing progressed" in flat(done.stdout) and "pending" in flat(done.stdout), said
+    stalled = query(batch.ledger, "SELECT COUNT(*) FROM events WHERE kind = 'stalled'")[0][0]
+    assert stalled == 1
+    assert not in_state(batch.ledger, "failed")
+
+
+def _run_on_a_terminal(
+    args: list[str], env: dict[str, str], cwd: Path, answers: str
+) -> tuple[int, str]:
+    """pixrun with a pseudo-terminal as stdin and stdout; ``answers`` typed at prompts."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=cwd,
+        close_fds=True,
+    )
+    os.close(slave)
+    out = b""
+    typed = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not typed and b"?" in out:
+                os.write(master, answers.encode())
+                typed = True
+        elif proc.poll() is not None:
+            break
+    code = proc.wait(30)
+    os.close(master)
+    return code, out.decode(errors="replace")
+
+
+def test_declining_on_a_terminal_leaves_no_ledger_and_the_budget_is_checked_first(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    batch = write_manifest(tmp_path, 2)
+    args = ["run", str(batch.manifest)]
+    code, out = _run_on_a_terminal(args, env_for(sim.base_url), tmp_path, "n\n")
+    assert code == 1 and "Submit 2 shots" in out and "0.2" in out, out
+    assert not batch.ledger.exists() and not Path(str(batch.ledger) + ".lock").exists()
+    assert sim.stats()["calls"].get("generate", 0) == 0
+    over = ["run", str(batch.manifest), "--max-cost", "0.1"]
+    code, out = _run_on_a_terminal(over, env_for(sim.base_url), tmp_path, "y\n")
+    assert code == 4 and "Submit" not in out, out
+    assert sim.stats()["calls"].get("generate", 0) == 0
