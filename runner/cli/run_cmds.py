@@ -139,6 +139,12 @@ def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     "GIL, and turns across CPUs cost about a third more CPU per shot. --all-cpus "
     "leaves their placement to the OS.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Use the --ledger given even though it records another batch (another "
+    "manifest name): the ledger is taken over for this manifest.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
@@ -157,6 +163,7 @@ def run_cmd(
     provider_options: tuple[str, ...],
     backoff_base_s: float | None,
     one_cpu: bool,
+    force: bool,
     yes: bool,
     quiet: bool,
     json_logs: bool,
@@ -199,7 +206,13 @@ def run_cmd(
     # before the run starts its threads (they inherit it); see runner.placement
     cpu = keep_to_one_cpu() if one_cpu else None
     batch = run_batch(
-        loaded, observer, ledger_path=ledger, overrides=overrides, simulate=sim, cpu=cpu
+        loaded,
+        observer,
+        ledger_path=ledger,
+        overrides=overrides,
+        simulate=sim,
+        cpu=cpu,
+        force=force,
     )
     # the run keeps the shots in the ledger, not in memory: drop our reference so the
     # manifest can be freed once it is synced (flat memory at 100,000 shots)
@@ -211,16 +224,42 @@ def run_cmd(
     sys.exit(outcome.result.exit_code)
 
 
+def _provider_settings(func: Any) -> Any:
+    """``--base-url`` and ``--provider-option``, as ``pixrun run`` takes them."""
+    func = click.option(
+        "--provider-option",
+        "provider_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Provider adapter setting, as for 'pixrun run' (repeatable).",
+    )(func)
+    return click.option(
+        "--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai)."
+    )(func)
+
+
 @click.command("retry")
 @optional_manifest_argument
 @ledger_option
 @click.option("--failed", is_flag=True, help="Re-queue every failed shot.")
+@click.option(
+    "--moderated",
+    is_flag=True,
+    help="Re-queue every shot refused by moderation (edit its prompt first, or it is "
+    "likely refused again).",
+)
 @click.option(
     "--ambiguous",
     is_flag=True,
     help="Re-queue parked shots (their request may already have been charged).",
 )
 @click.option("--shot", "shots", multiple=True, metavar="ID", help="Re-queue this shot.")
+@click.option(
+    "--new-seed",
+    is_flag=True,
+    help="With --shot: render the shot again with a fresh random seed, as a new version "
+    "(a done shot's file is kept as NAME.v1.mp4). Costs a new render.",
+)
 @click.option(
     "--attempts",
     default=3,
@@ -232,20 +271,32 @@ def retry_cmd(
     manifest: Path | None,
     ledger: Path | None,
     failed: bool,
+    moderated: bool,
     ambiguous: bool,
     shots: tuple[str, ...],
+    new_seed: bool,
     attempts: int,
 ) -> None:
-    """Re-queue failed, parked or named shots for the next `pixrun run`."""
-    if not (failed or ambiguous or shots):
-        raise UsageError("say what to re-queue: --failed, --ambiguous or --shot ID")
+    """Re-queue failed, moderated, parked or named shots for the next `pixrun run`,
+    or re-roll named shots with a fresh seed (--new-seed)."""
+    path = existing_ledger(manifest, ledger)
+    if new_seed:
+        if not shots or failed or moderated or ambiguous:
+            raise UsageError(
+                "--new-seed re-rolls the shots named with --shot ID, and only those",
+                hint="pixrun retry --shot ID --new-seed",
+            )
+        _reroll(path, list(shots))
+        return
+    if not (failed or moderated or ambiguous or shots):
+        raise UsageError("say what to re-queue: --failed, --moderated, --ambiguous or --shot ID")
     from runner.batch import requeue_shots
 
-    path = existing_ledger(manifest, ledger)
     moved, parked = asyncio.run(
         requeue_shots(
             path,
             failed=failed,
+            moderated=moderated,
             ambiguous=ambiguous,
             shot_ids=list(shots),
             extra_attempts=attempts,
@@ -263,18 +314,58 @@ def retry_cmd(
     click.echo(f"re-queued {moved} shot(s); run 'pixrun run' to submit them")
 
 
+def _reroll(path: Path, shots: list[str]) -> None:
+    from runner.batch import reroll_shots
+    from runner.report import format_ptc
+
+    made = asyncio.run(reroll_shots(path, shots))
+    total_uptc = 0
+    unpriced = 0
+    for r in made:
+        if r.price_uptc is None:
+            unpriced += 1
+            cost = "an unpublished price"
+        else:
+            total_uptc += r.price_uptc
+            cost = f"{format_ptc(r.price_uptc)} PTC"
+        click.echo(f"{r.shot_id}: new seed {r.seed}, version {r.version}; re-render costs {cost}")
+    total = f"{format_ptc(total_uptc)} PTC"
+    if unpriced:
+        total += f" plus {unpriced} shot(s) at an unpublished price"
+    click.echo(
+        f"re-rolled {len(made)} shot(s) for {total}; run 'pixrun run' to render them "
+        "(the current files are kept as older versions)"
+    )
+
+
 @click.command("resolve")
 @click.argument("shot_id")
 @optional_manifest_argument
 @click.option("--task-id", required=True, help="The provider's task id for this shot.")
 @ledger_option
-def resolve_cmd(shot_id: str, manifest: Path | None, task_id: str, ledger: Path | None) -> None:
-    """Tie a parked shot to a task id found on the provider's side (no new charge)."""
-    from runner.batch import resolve_shot
+@_provider_settings
+def resolve_cmd(
+    shot_id: str,
+    manifest: Path | None,
+    task_id: str,
+    ledger: Path | None,
+    base_url: str | None,
+    provider_options: tuple[str, ...],
+) -> None:
+    """Tie a parked shot to a task id found on the provider's side (no new charge).
+
+    The task is checked first with one free fetch: it must exist, belong to no other
+    shot of the ledger, and its prompt (and seed, when the shot sets one) must be the
+    shot's, as far as the provider's answer tells. The key comes from PIXRUN_API_KEY.
+    """
+    from runner.batch import RunOverrides, resolve_shot
 
     path = existing_ledger(manifest, ledger)
-    asyncio.run(resolve_shot(path, shot_id, task_id))
-    click.echo(f"shot {shot_id} now follows task {task_id}; 'pixrun run' collects it")
+    overrides = RunOverrides(
+        base_url=base_url, provider_options=_provider_options(provider_options)
+    )
+    asyncio.run(resolve_shot(path, shot_id, task_id, overrides))
+    click.echo(f"shot {shot_id} now follows task {task_id.strip()}; 'pixrun run' collects it")
     sys.exit(ExitCode.OK)
 
 
