@@ -313,6 +313,11 @@ async def reroll_shots(ledger_path: Path, shot_ids: list[str]) -> list[Reroll]:
                     hint="let 'pixrun run' finish it first (a parked shot: 'pixrun resolve' "
                     "or 'pixrun retry --ambiguous')",
                 )
+            if not await ledger.in_manifest(sid):
+                raise UsageError(
+                    f"shot {sid} is no longer in the manifest, so no run would render it",
+                    hint="put it back in the manifest, then re-roll it",
+                )
             rows.append(row)
         made = []
         for row in rows:

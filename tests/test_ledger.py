@@ -281,6 +281,19 @@ async def test_a_reroll_survives_syncs_until_the_manifest_entry_changes(tmp_path
         ).fetchall() == [(None, None)]
 
 
+async def test_the_owner_of_a_file_is_the_last_version_that_left_one(tmp_path: Path) -> None:
+    """Changed twice, the middle version never finished: the file at the output path
+    is still version 1's, and a new version is placed over it as such."""
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot("a")])
+        await ledger.update_shot("a", {"state": ShotState.DONE, "sha256": "x", "bytes": 10})
+        await ledger.sync_manifest([make_shot("a", prompt="second")])
+        await ledger.update_shot("a", {"state": ShotState.FAILED})
+        await ledger.sync_manifest([make_shot("a", prompt="third")])
+        assert await ledger.output_owner("a.mp4") == ("a", "x", 1)
+
+
 async def test_requeue_keeps_trace_for_ambiguous_and_grants_attempts_to_failed(
     tmp_path: Path,
 ) -> None:

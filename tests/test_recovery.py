@@ -325,6 +325,14 @@ def test_a_removed_shots_deleted_file_is_not_downloaded_again(
     assert again.returncode == 0, again.stdout + again.stderr
     assert not (batch.out / "s02.mp4").exists()
     assert sim.stats()["calls"]["download"] == downloads
+    # nor re-rolled: no run would render it (and the other shot named is left alone)
+    reroll = pixrun(
+        ["retry", str(batch.manifest), "--shot", "s00", "--shot", "s02", "--new-seed"],
+        env,
+        cwd=tmp_path,
+    )
+    assert reroll.returncode == 2 and "s02 is no longer in the manifest" in flat(reroll.stderr)
+    assert query(batch.ledger, "SELECT MAX(version) FROM shots") == [(1,)]
     # a shot of the manifest whose file vanished is still downloaded again
     (batch.out / "s01.mp4").unlink()
     third = pixrun(run_args(batch), env, cwd=tmp_path)

@@ -73,6 +73,21 @@ def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
+def _provider_settings(func: Any) -> Any:
+    """``--base-url`` and ``--provider-option``: run and resolve reach the provider alike."""
+    func = click.option(
+        "--provider-option",
+        "provider_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Provider adapter setting, e.g. read_timeout_s=30 or "
+        "max_download_bytes=1000000000 (repeatable).",
+    )(func)
+    return click.option(
+        "--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai)."
+    )(func)
+
+
 @click.command("run")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @ledger_option
@@ -116,15 +131,7 @@ def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     metavar="S",
     help="Floor between two polls of a task (overrides run.poll.min_interval_s).",
 )
-@click.option("--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai).")
-@click.option(
-    "--provider-option",
-    "provider_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Provider adapter setting, e.g. read_timeout_s=30 or "
-    "max_download_bytes=1000000000 (repeatable).",
-)
+@_provider_settings
 @click.option(
     "--backoff-base-s",
     type=click.FloatRange(0.0, None),
@@ -222,20 +229,6 @@ def run_cmd(
     # with --json-logs the summary is the last JSON line, so a log pipeline sees the end
     render_summary(outcome, console, manifest=manifest, mode="json" if json_logs else "text")
     sys.exit(outcome.result.exit_code)
-
-
-def _provider_settings(func: Any) -> Any:
-    """``--base-url`` and ``--provider-option``, as ``pixrun run`` takes them."""
-    func = click.option(
-        "--provider-option",
-        "provider_options",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Provider adapter setting, as for 'pixrun run' (repeatable).",
-    )(func)
-    return click.option(
-        "--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai)."
-    )(func)
 
 
 @click.command("retry")

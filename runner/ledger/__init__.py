@@ -1042,6 +1042,11 @@ class Ledger:
         )
         return str(rows[0][0]) if rows else None
 
+    async def in_manifest(self, shot_id: str) -> bool:
+        """Whether the shot is in the manifest of the last sync (dispatched at all)."""
+        rows = await self._fetchall("SELECT in_manifest FROM shots WHERE shot_id = ?", (shot_id,))
+        return bool(rows and rows[0][0])
+
     async def reroll(self, shot_id: str, seed: int) -> int:
         """Make a finished shot a new version rendered with ``seed``; returns the version.
 
