@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -33,13 +34,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from runner.errors import BudgetExceeded, ExitCode, LedgerError, UsageError
+from runner.errors import (
+    BudgetExceeded,
+    ExitCode,
+    LedgerError,
+    RateLimited,
+    TaskNotFound,
+    TransientError,
+    UsageError,
+)
 from runner.events import RunEvent, RunEventKind, RunObserver
 from runner.ledger import META_PROVIDER, SIM_INFIX, Ledger, default_ledger_path, open_ledger
 from runner.model import Manifest, ShotState
 from runner.preflight import check_folders_writable, run_preflight
 from runner.pricing import PriceTable, default_price_table
-from runner.provider import Provider, ProviderConfig
+from runner.provider import Provider, ProviderConfig, TaskState
 from runner.scheduler import RunResult, Scheduler, SchedulerOptions, StopReason
 from runner.text import plural
 
@@ -248,13 +257,15 @@ async def run_batch(
     confirm: Confirm | None = None,
     rerender_changed: bool = False,
     switch_provider: bool = False,
+    force: bool = False,
 ) -> BatchOutcome:
     """Run (or resume) a batch. Raises the errors of :mod:`runner.errors`.
 
     ``confirm``: asks the person (a terminal) whether to go ahead; None never asks.
     Done shots whose request changed are re-rendered when ``confirm`` agreed or
     ``rerender_changed`` is set, and held otherwise. ``switch_provider`` lets a
-    ledger move to another provider than the one it was created with.
+    ledger move to another provider than the one it was created with. ``force``: take
+    over a ledger that records another batch (:func:`check_ledger_owner`).
     ``cpu``: the one CPU the caller keeps this process's threads on, for the ledger's
     record (:func:`runner.placement.keep_to_one_cpu`); None when it does not.
     """
@@ -273,7 +284,9 @@ async def run_batch(
     try:
         async with ledger:
             await _check_identity(ledger, identity, switch_provider=switch_provider)
-            check_ledger_owner(await ledger.get_meta(), manifest)
+            moved = check_ledger_owner(await ledger.get_meta(), manifest, path, force=force)
+            if moved is not None:
+                observer.event(RunEvent(RunEventKind.INFO, f"warning: {moved}"))
             preview = await _preview(ledger, manifest, options.budget_uptc, simulated)
             changed_done = preview.changed_done
             _check_budget(preview, rerender=rerender_changed)
@@ -446,10 +459,6 @@ async def _check_identity(
     )
 
 
-def check_ledger_owner(meta: dict[str, str], manifest: Manifest) -> None:
-    """Placeholder: the ledger-belongs-to-another-manifest check (see run --force)."""
-
-
 async def _preview(
     ledger: Ledger, manifest: Manifest, budget_uptc: int | None, simulated: bool
 ) -> RunPreview:
@@ -517,6 +526,22 @@ def _check_budget(preview: RunPreview, *, rerender: bool) -> None:
 
 # -- retry and resolve --------------------------------------------------------------
 
+#: a re-roll's seeds are drawn from the range PixVerse accepts
+SEED_MAX = 2_147_483_647
+#: what a re-roll may start from: a finished shot, never one that may be at the provider
+_REROLLABLE = (ShotState.DONE, ShotState.FAILED, ShotState.MODERATED)
+
+
+@dataclass(frozen=True)
+class Reroll:
+    """A shot re-rolled by ``pixrun retry --new-seed``."""
+
+    shot_id: str
+    seed: int
+    version: int
+    #: what its re-render costs; None when the price is not published
+    price_uptc: int | None
+
 
 async def requeue_shots(
     ledger_path: Path,
@@ -525,12 +550,15 @@ async def requeue_shots(
     ambiguous: bool,
     shot_ids: list[str],
     extra_attempts: int,
+    moderated: bool = False,
 ) -> tuple[int, int]:
     """Re-queue shots. Returns ``(moved, of which ambiguous)``."""
     async with await open_ledger(ledger_path, writer=True) as ledger:
         chosen: list[str] = list(shot_ids)
         if failed:
             chosen += await ledger.shot_ids_in([ShotState.FAILED])
+        if moderated:
+            chosen += await ledger.shot_ids_in([ShotState.MODERATED])
         if ambiguous:
             chosen += await ledger.shot_ids_in([ShotState.AMBIGUOUS])
         for sid in shot_ids:
@@ -544,7 +572,50 @@ async def requeue_shots(
         return moved, sum(1 for s in unique if s in parked)
 
 
-async def resolve_shot(ledger_path: Path, shot_id: str, task_id: str) -> None:
+async def reroll_shots(ledger_path: Path, shot_ids: list[str]) -> list[Reroll]:
+    """Give each shot a fresh random seed as a new version (the old file is kept);
+    the next ``pixrun run`` renders it. All are checked before any is changed."""
+    async with await open_ledger(ledger_path, writer=True) as ledger:
+        rows = []
+        for sid in dict.fromkeys(shot_ids):
+            row = await ledger.get_shot(sid)
+            if row is None:
+                raise UsageError(f"no shot {sid!r} in the ledger {ledger_path}")
+            if row.state not in _REROLLABLE:
+                raise UsageError(
+                    f"shot {sid} is {row.state.value}; only a done, failed or moderated shot "
+                    "can be re-rolled",
+                    hint="let 'pixrun run' finish it first (a parked shot: 'pixrun resolve' "
+                    "or 'pixrun retry --ambiguous')",
+                )
+            if not await ledger.in_manifest(sid):
+                raise UsageError(
+                    f"shot {sid} is no longer in the manifest, so no run would render it",
+                    hint="put it back in the manifest, then re-roll it",
+                )
+            rows.append(row)
+        made = []
+        for row in rows:
+            seed = secrets.randbelow(SEED_MAX + 1)
+            version = await ledger.reroll(row.shot_id, seed)
+            made.append(Reroll(row.shot_id, seed, version, row.price_uptc))
+        return made
+
+
+async def resolve_shot(
+    ledger_path: Path,
+    shot_id: str,
+    task_id: str,
+    overrides: RunOverrides | None = None,
+    *,
+    simulate: SimulatorSettings | None = None,
+) -> None:
+    """Tie a shot to a task found on the provider's side, once the task is verified:
+    no other shot of the ledger has it, the provider knows it (one free fetch), and
+    what the answer says of its prompt and seed matches the shot's request."""
+    task_id = task_id.strip()
+    if not task_id:
+        raise UsageError("the task id is empty")
     async with await open_ledger(ledger_path, writer=True) as ledger:
         row = await ledger.get_shot(shot_id)
         if row is None:
@@ -554,6 +625,79 @@ async def resolve_shot(ledger_path: Path, shot_id: str, task_id: str) -> None:
                 f"shot {shot_id} is {row.state.value}; only a parked (ambiguous), pending or "
                 "failed shot can be tied to a task id"
             )
-        if not task_id.strip():
-            raise UsageError("the task id is empty")
-        await ledger.resolve(shot_id, task_id.strip())
+        owner = await ledger.task_owner(task_id)
+        if owner is not None and owner != shot_id:
+            raise UsageError(
+                f"task {task_id} already belongs to shot {owner} in this ledger",
+                hint="check the task id: each task renders one shot",
+            )
+        # a rehearsal's tasks live in its simulator's state file beside the ledger
+        async with _provider_for(
+            overrides or RunOverrides(), simulate, None, ledger_path
+        ) as provider:
+            state = await _fetch_for_resolve(provider, task_id)
+        mismatch = _request_mismatch(row.request, state)
+        if mismatch:
+            raise UsageError(
+                f"task {task_id} is not shot {shot_id}'s: its {mismatch}; nothing was written",
+                hint="find the task whose prompt and seed are this shot's",
+            )
+        await ledger.resolve(shot_id, task_id)
+
+
+async def _fetch_for_resolve(provider: Provider, task_id: str) -> TaskState:
+    try:
+        state = await provider.fetch(task_id)
+    except TaskNotFound as exc:
+        raise UsageError(
+            f"the provider does not know task {task_id}; nothing was written",
+            hint="check the task id on the provider's side",
+        ) from exc
+    except (TransientError, RateLimited) as exc:
+        raise UsageError(
+            f"cannot check task {task_id} with the provider ({exc}); nothing was written",
+            hint="try again once the provider answers",
+        ) from exc
+    if state.task_id != task_id:
+        raise UsageError(
+            f"asked about task {task_id}, the provider answered about task "
+            f"{state.task_id}; nothing was written",
+            hint="check the task id, and the fetch route (--provider-option fetch_path=...)",
+        )
+    return state
+
+
+def _request_mismatch(request: Mapping[str, Any], state: TaskState) -> str | None:
+    """What in the fetch answer contradicts the shot's request (None: nothing known
+    does). Only what the answer carries is compared; a seed only if the request set one."""
+    prompt = request.get("prompt")
+    if state.prompt is not None and state.prompt != prompt:
+        return f"prompt is {state.prompt!r}, the shot's is {prompt!r}"
+    seed = request.get("seed")
+    if isinstance(seed, int) and state.seed is not None and state.seed != seed:
+        return f"seed is {state.seed}, the shot's is {seed}"
+    return None
+
+
+# -- whose ledger -----------------------------------------------------------------------
+
+
+def check_ledger_owner(
+    meta: Mapping[str, str], manifest: Manifest, ledger_path: Path, *, force: bool
+) -> str | None:
+    """Refuse a ledger that records another batch (its ``meta`` names another manifest
+    name) unless ``force``; returns a warning when only the manifest's path moved."""
+    name, where = meta.get("name"), meta.get("manifest")
+    if name is not None and name != manifest.name and not force:
+        raise UsageError(
+            f"the ledger {ledger_path} belongs to the batch {name!r} ({where}), not to "
+            f"{manifest.name!r} ({manifest.path})",
+            hint="point --ledger at this batch's own ledger (or leave it out), or pass "
+            "--force to take this ledger over for this manifest",
+        )
+    if name == manifest.name and where and Path(where).resolve() != manifest.path.resolve():
+        return (
+            f"the ledger {ledger_path} was last used with the manifest at {where}; "
+            f"continuing with {manifest.path} (same batch name {name!r})"
+        )
+    return None

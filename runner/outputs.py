@@ -113,7 +113,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def archive_name(target: Path, version: int) -> Path:
-    """``clip.mp4`` of version 1 -> ``clip.v1.mp4`` (first free name)."""
+    """``clip.mp4`` of version 1 -> ``clip.v1.mp4`` (first free name; its sidecar
+    ``clip.v1.mp4.json`` goes with it)."""
     candidate = target.with_name(f"{target.stem}.v{version}{target.suffix}")
     n = 1
     while candidate.exists():
@@ -129,14 +130,19 @@ def place_over(
     worker threads, one trip.
 
     ``aside`` None: the existing file is the same video, and the staged copy is dropped.
-    Otherwise the existing file (an older version of the shot) moves to ``aside`` and
-    the staged one takes its place. ``then`` (the sidecar) runs next, and one folder
-    fsync then makes every new name durable, even when ``then`` failed: as
-    :func:`runner.provider.download.download_file` does for a video published anew.
+    Otherwise the existing file (an older version of the shot) moves to ``aside`` with
+    its sidecar, and the staged one takes its place. ``then`` (the new sidecar) runs
+    next, and one folder fsync then makes every new name durable, even when ``then``
+    failed: as :func:`runner.provider.download.download_file` does for a video
+    published anew.
     """
     if aside is None:
         staged.unlink(missing_ok=True)
     else:
+        # the sidecar first: a crash between the two moves leaves the old video at the
+        # target, which the rerun moves aside again under the same free name
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(sidecar_path(target), sidecar_path(aside))
         os.replace(target, aside)
         os.replace(staged, target)
     try:

@@ -33,7 +33,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner import crashpoints
@@ -1071,6 +1071,7 @@ class Scheduler:
         row = job.row
         current = await asyncio.to_thread(sha256_file, target)
         aside = None
+        aside_version = 0
         if current != result.sha256:
             owner = await self._ledger.output_owner(row.output_path)
             if owner is None or owner[0] != row.shot_id or owner[1] != current:
@@ -1083,12 +1084,20 @@ class Scheduler:
                     "output.filename, then 'pixrun retry --shot " + row.shot_id + "'",
                 )
                 return False
-            aside = archive_name(target, row.version - 1)
+            aside_version = owner[2]
+            aside = archive_name(target, aside_version)
         then = functools.partial(sidecar, result) if sidecar is not None else None
+        failure: DiskFull | UsageError | None = None
         try:
             await asyncio.to_thread(place_over, target, staged, aside, then)
         except (DiskFull, UsageError) as exc:
-            await self._write_failed(job, exc)
+            failure = exc  # only the new sidecar can fail: the files have moved
+        if aside is not None:
+            # the archived version's record follows its file (its sidecar went along)
+            relpath = PurePosixPath(row.output_path).with_name(aside.name).as_posix()
+            await self._ledger.version_moved_aside(row.shot_id, aside_version, relpath)
+        if failure is not None:
+            await self._write_failed(job, failure)
             return False
         return True
 

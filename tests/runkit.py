@@ -380,6 +380,18 @@ def sim_tasks_by_intent(ledger: Path, stats: Mapping[str, Any]) -> dict[str, lis
     return dict(by_shot)
 
 
+def forget_task(sim: SimulatorThread, task_id: str) -> None:
+    """The provider no longer knows ``task_id`` (fetches answer "task not found"), as
+    when a task id given to ``pixrun resolve`` turns out to be gone later."""
+    books = sim.simulator.books
+    books.tasks.pop(task_id)  # one dict operation: atomic against the server's thread
+
+
+def sim_seed(sim: SimulatorThread, task_id: str) -> int:
+    """The seed the simulator rendered a task with."""
+    return int(sim.simulator.books.tasks[task_id].seed)
+
+
 def net_charges(stats: Mapping[str, Any]) -> dict[str, int]:
     """Per shot: charges the simulator kept (accepted tasks not refunded)."""
     counts: dict[str, int] = defaultdict(int)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import yaml
 from runkit import (
     SimThread,
     assert_files_match,
@@ -145,3 +146,83 @@ def test_a_malformed_base_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert done.returncode == 2, explain(done)
         assert "Traceback" not in done.stderr and "base URL" in done.stderr, explain(done)
         assert not batch.ledger.exists()
+
+
+def _image_batch(folder: Path, shots: int) -> tuple[Path, Path]:
+    """A manifest of image-to-video and fusion shots sharing two local images."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(folder / "red.png")
+    Image.new("RGB", (480, 640), (30, 30, 200)).save(folder / "blue.jpg")
+    entries = []
+    for i in range(shots):
+        if i % 3 == 2:
+            entries.append(
+                {
+                    "id": f"s{i:02d}",
+                    "prompt": f"two friends, shot s{i:02d}",
+                    "fusion": ["red.png", "blue.jpg"],
+                    "model": "v4",
+                }
+            )
+        else:
+            image = "red.png" if i % 2 else "blue.jpg"
+            entries.append(
+                {"id": f"s{i:02d}", "prompt": f"it moves, shot s{i:02d}", "image": image}
+            )
+    doc = {
+        "version": 1,
+        "name": "images",
+        "defaults": {"model": "v4.5", "quality": "360p", "duration": 5},
+        "output": {"dir": "out"},
+        "run": {
+            "concurrency": 4,
+            "requests_per_s": 500,
+            "max_attempts": 3,
+            "poll": {"initial_delay_s": 0.02, "min_interval_s": 0.01, "max_interval_s": 0.2},
+        },
+        "shots": entries,
+    }
+    manifest = folder / "images.yaml"
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return manifest, folder / "images.ledger.sqlite"
+
+
+def test_each_distinct_local_image_is_uploaded_once_across_shots_retries_and_reruns(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread(fail_first_attempt_share=1.0)  # every shot renders twice
+    manifest, ledger = _image_batch(tmp_path, 6)
+    args = ["run", str(manifest), "--quiet", "--yes", "--backoff-base-s", "0.01"]
+    first = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert first.returncode == 0, explain(first)
+    stats = sim.stats()
+    assert stats["uploads"]["count"] == 2 and stats["uploads"]["distinct"] == 2
+    assert stats["inline_image_generates"] == 0
+    assert stats["accepted_tasks"] == 12  # two renders per shot, one upload per image
+    # uploads are money too: spent = renders + uploads
+    assert query(ledger, "SELECT COUNT(*), SUM(charged_uptc) FROM uploads")[0] == (2, 2_000)
+    # a rerun with one more shot on the same images uploads nothing again
+    _image_batch(tmp_path, 7)
+    again = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert again.returncode == 0, explain(again)
+    assert sim.stats()["uploads"]["count"] == 2
+    assert sim.stats()["inline_image_generates"] == 0
+
+
+def test_inline_images_stay_available(tmp_path: Path, sim_thread: SimThread) -> None:
+    sim = sim_thread()
+    manifest, _ = _image_batch(tmp_path, 2)
+    args = [
+        "run",
+        str(manifest),
+        "--quiet",
+        "--yes",
+        "--provider-option",
+        "image_encoding=data_uri",
+    ]
+    done = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert done.returncode == 0, explain(done)
+    assert sim.stats()["uploads"]["count"] == 0
+    assert sim.stats()["inline_image_generates"] == 2

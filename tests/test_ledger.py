@@ -238,7 +238,7 @@ async def test_sync_detects_new_changed_unchanged_and_removed(tmp_path: Path) ->
         )
         a = await ledger.get_shot("a")
         assert a is not None and a.version == 2 and a.state == ShotState.PENDING
-        assert await ledger.output_owner("a.mp4") == ("a", "x")
+        assert await ledger.output_owner("a.mp4") == ("a", "x", 1)
         # the dropped shot is no longer dispatched: abandoned
         pending = await ledger.next_pending(after_seq=-1, limit=10)
         assert [r.shot_id for r in pending] == ["a", "b", "d"]
@@ -251,6 +251,47 @@ async def test_sync_detects_new_changed_unchanged_and_removed(tmp_path: Path) ->
         assert (third.new, third.changed, third.unchanged) == (0, (), 3)
         pending = await ledger.next_pending(after_seq=-1, limit=10)
         assert [(r.shot_id, r.seq) for r in pending] == [("c", 0), ("a", 1), ("b", 2)]
+
+
+async def test_a_reroll_survives_syncs_until_the_manifest_entry_changes(tmp_path: Path) -> None:
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot("a")])
+        await ledger.update_shot("a", {"state": ShotState.DONE, "sha256": "x", "bytes": 10})
+        assert await ledger.reroll("a", 42) == 2
+        a = await ledger.get_shot("a")
+        assert a is not None and (a.version, a.state, a.request["seed"]) == (
+            2,
+            ShotState.PENDING,
+            42,
+        )
+        assert await ledger.output_owner("a.mp4") == ("a", "x", 1)
+        same = await ledger.sync_manifest([make_shot("a")])
+        assert (same.changed, same.unchanged) == ((), 1)
+        assert (await ledger.get_shot("a")).request["seed"] == 42  # type: ignore[union-attr]
+        # a second re-roll derives from the manifest's request, not from the first's
+        assert await ledger.reroll("a", 7) == 3
+        assert (await ledger.sync_manifest([make_shot("a")])).changed == ()
+        edited = await ledger.sync_manifest([make_shot("a", prompt="an edit")])
+        assert edited.changed == ("a",)
+        a = await ledger.get_shot("a")
+        assert a is not None and a.version == 4 and "seed" not in a.request
+        assert raw(path).execute(
+            "SELECT seed_override, override_base_hash FROM shots"
+        ).fetchall() == [(None, None)]
+
+
+async def test_the_owner_of_a_file_is_the_last_version_that_left_one(tmp_path: Path) -> None:
+    """Changed twice, the middle version never finished: the file at the output path
+    is still version 1's, and a new version is placed over it as such."""
+    path = tmp_path / "b.ledger.sqlite"
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.sync_manifest([make_shot("a")])
+        await ledger.update_shot("a", {"state": ShotState.DONE, "sha256": "x", "bytes": 10})
+        await ledger.sync_manifest([make_shot("a", prompt="second")])
+        await ledger.update_shot("a", {"state": ShotState.FAILED})
+        await ledger.sync_manifest([make_shot("a", prompt="third")])
+        assert await ledger.output_owner("a.mp4") == ("a", "x", 1)
 
 
 async def test_requeue_keeps_trace_for_ambiguous_and_grants_attempts_to_failed(
@@ -316,8 +357,15 @@ async def test_every_runner_query_uses_an_index(tmp_path: Path) -> None:
             "SELECT COALESCE(SUM(charged_uptc), 0) FROM attempts WHERE outcome IN (?, ?)",
             ("accepted", "resolved"),
         ),
-        ("SELECT shot_id, output_path, bytes FROM shots WHERE state = ?", ("done",)),
-        ("SELECT shot_id, sha256 FROM shot_versions WHERE output_path = ?", ("a.mp4",)),
+        (
+            "SELECT shot_id, output_path, bytes FROM shots WHERE state = ? AND in_manifest = 1",
+            ("done",),
+        ),
+        (
+            "SELECT shot_id, sha256, version FROM shot_versions WHERE output_path = ? "
+            "AND sha256 IS NOT NULL ORDER BY archived_at DESC LIMIT 1",
+            ("a.mp4",),
+        ),
         ("SELECT * FROM shots WHERE task_id = ?", ("t",)),
         ("UPDATE attempts SET outcome = ? WHERE shot_id = ? AND outcome = ?", ("a", "b", "c")),
         ("SELECT MAX(attempt_id) FROM attempts WHERE shot_id = ?", ("a",)),

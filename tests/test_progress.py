@@ -274,7 +274,8 @@ def test_summary_says_what_to_do_about_failed_and_parked_shots(tmp_path: Path) -
     assert "1.05 PTC" in text and str(batch.output_dir) in text
     assert "blocked" in text and "the prompt was refused by content moderation" in text
     assert "lost-answer" in text
-    assert f"pixrun retry --failed {manifest}" in text
+    # one failed, one moderated: the command re-queues both
+    assert f"pixrun retry --failed --moderated {manifest}" in text
     assert f"pixrun retry --ambiguous {manifest}" in text
     assert f"pixrun resolve SHOT --task-id ID {manifest}" in text
     assert f"pixrun run {manifest}" in text  # 4 unfinished shots: a rerun resumes

@@ -323,6 +323,12 @@ async def test_changed_shot_becomes_a_new_version_and_keeps_the_old_file(
     # the new version's video was placed over the old one: its sidecar is the new one's
     sidecar = json.loads((first.output.dir / "a.mp4.json").read_text())
     assert sidecar["version"] == 2 and sidecar["prompt"] == "a stormy sea"
+    # the older version's sidecar moved aside with it, and the ledger says where
+    aside = json.loads((first.output.dir / "a.v1.mp4.json").read_text())
+    assert aside["version"] == 1 and aside["sha256"] == hashlib.sha256(old_bytes).hexdigest()
+    assert ledger_rows(second, "SELECT version, output_path FROM shot_versions") == [
+        (1, "a.v1.mp4")
+    ]
     assert (
         sidecar["sha256"]
         == sha256
@@ -360,8 +366,9 @@ async def test_a_new_version_placed_over_the_old_file_is_made_durable(
     assert outcome.result.counts == {ShotState.DONE: 1}
     assert (output.dir / "a.v1.mp4").exists()
     # an fsync saw the old version aside and no staging file left: it covers the moves
-    # (and, with sidecars, the new version's sidecar under its name)
-    covered = {"a.v1.mp4", "sidecar of version 2"} if sidecar else {"a.v1.mp4"}
+    # (and, with sidecars, the old version's sidecar moved aside with it and the new
+    # version's sidecar under its name)
+    covered = {"a.v1.mp4", "a.v1.mp4.json", "sidecar of version 2"} if sidecar else {"a.v1.mp4"}
     assert any(
         covered <= names and not {".a.mp4.incoming", ".a.mp4.json.tmp"} & names
         for names in names_at_fsync

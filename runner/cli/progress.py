@@ -419,6 +419,10 @@ def _summary_json(
     console.file.flush()
 
 
+#: which ``pixrun retry`` flag re-queues shots of which final state
+_RETRY_FLAGS = (("--failed", ShotState.FAILED), ("--moderated", ShotState.MODERATED))
+
+
 def _summary_lines(
     outcome: BatchOutcome,
     manifest: Path,
@@ -469,7 +473,10 @@ def _summary_lines(
         lines.append(
             Text.assemble(
                 ("  → once the errors are dealt with, re-queue them: ", "dim"),
-                command("retry", "--failed"),
+                command(
+                    "retry",
+                    *([f for f, s in _RETRY_FLAGS if counts.get(s)] or [_RETRY_FLAGS[0][0]]),
+                ),
             )
         )
     if n_parked:

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from runner.cli.options import existing_ledger, ledger_option, optional_manifest_argument
+from runner.cli.options import (
+    existing_ledger,
+    ledger_option,
+    optional_manifest_argument,
+    simulate_option,
+)
 
 # runner.batch (and with it aiohttp) is imported inside the commands that need it, so
 # that `pixrun status` and friends start fast.
@@ -20,6 +25,7 @@ from runner.manifest import load_manifest
 from runner.placement import keep_to_one_cpu
 from runner.pricing import load_price_table
 from runner.report import format_ptc
+from runner.text import plural
 
 if TYPE_CHECKING:
     from runner.batch import Decision, RunPreview
@@ -102,6 +108,21 @@ def _ask(preview: RunPreview) -> Decision:
     return Decision(go=go, rerender_changed=rerender)
 
 
+def _provider_settings(func: Any) -> Any:
+    """``--base-url`` and ``--provider-option``: run and resolve reach the provider alike."""
+    func = click.option(
+        "--provider-option",
+        "provider_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Provider adapter setting, e.g. read_timeout_s=30 or "
+        "max_download_bytes=1000000000 (repeatable).",
+    )(func)
+    return click.option(
+        "--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai)."
+    )(func)
+
+
 @click.command("run")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @ledger_option
@@ -145,15 +166,7 @@ def _ask(preview: RunPreview) -> Decision:
     metavar="S",
     help="Floor between two polls of a task (overrides run.poll.min_interval_s).",
 )
-@click.option("--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai).")
-@click.option(
-    "--provider-option",
-    "provider_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Provider adapter setting, e.g. read_timeout_s=30 or "
-    "max_download_bytes=1000000000 (repeatable).",
-)
+@_provider_settings
 @click.option(
     "--backoff-base-s",
     type=click.FloatRange(0.0, None),
@@ -192,6 +205,12 @@ def _ask(preview: RunPreview) -> Decision:
     help="Let this ledger move to another provider than the one it was made with "
     "(tasks in flight at the old one are parked if the new one does not know them).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Use the --ledger given even though it records another batch (another "
+    "manifest name): the ledger is taken over for this manifest.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
@@ -214,6 +233,7 @@ def run_cmd(
     one_cpu: bool,
     rerender_changed: bool,
     switch_provider: bool,
+    force: bool,
     yes: bool,
     quiet: bool,
     json_logs: bool,
@@ -260,6 +280,7 @@ def run_cmd(
         confirm=confirm,
         rerender_changed=rerender_changed,
         switch_provider=switch_provider,
+        force=force,
     )
     # the run keeps the shots in the ledger, not in memory: drop our reference so the
     # manifest can be freed once it is synced (flat memory at 100,000 shots)
@@ -274,13 +295,26 @@ def run_cmd(
 @click.command("retry")
 @optional_manifest_argument
 @ledger_option
+@simulate_option
 @click.option("--failed", is_flag=True, help="Re-queue every failed shot.")
+@click.option(
+    "--moderated",
+    is_flag=True,
+    help="Re-queue every shot refused by moderation (edit its prompt first, or it is "
+    "likely refused again).",
+)
 @click.option(
     "--ambiguous",
     is_flag=True,
     help="Re-queue parked shots (their request may already have been charged).",
 )
 @click.option("--shot", "shots", multiple=True, metavar="ID", help="Re-queue this shot.")
+@click.option(
+    "--new-seed",
+    is_flag=True,
+    help="With --shot: render the shot again with a fresh random seed, as a new version "
+    "(a done shot's file is kept as NAME.v1.mp4). Costs a new render.",
+)
 @click.option(
     "--attempts",
     default=3,
@@ -292,20 +326,33 @@ def retry_cmd(
     manifest: Path | None,
     ledger: Path | None,
     failed: bool,
+    moderated: bool,
     ambiguous: bool,
     shots: tuple[str, ...],
+    new_seed: bool,
     attempts: int,
+    simulate: bool,
 ) -> None:
-    """Re-queue failed, parked or named shots for the next `pixrun run`."""
-    if not (failed or ambiguous or shots):
-        raise UsageError("say what to re-queue: --failed, --ambiguous or --shot ID")
+    """Re-queue failed, moderated, parked or named shots for the next `pixrun run`,
+    or re-roll named shots with a fresh seed (--new-seed)."""
+    path = existing_ledger(manifest, ledger, simulated=simulate)
+    if new_seed:
+        if not shots or failed or moderated or ambiguous:
+            raise UsageError(
+                "--new-seed re-rolls the shots named with --shot ID, and only those",
+                hint="pixrun retry --shot ID --new-seed",
+            )
+        _reroll(path, list(shots))
+        return
+    if not (failed or moderated or ambiguous or shots):
+        raise UsageError("say what to re-queue: --failed, --moderated, --ambiguous or --shot ID")
     from runner.batch import requeue_shots
 
-    path = existing_ledger(manifest, ledger)
     moved, parked = asyncio.run(
         requeue_shots(
             path,
             failed=failed,
+            moderated=moderated,
             ambiguous=ambiguous,
             shot_ids=list(shots),
             extra_attempts=attempts,
@@ -314,13 +361,39 @@ def retry_cmd(
     out = Console(stderr=True, highlight=False)
     if parked:
         out.print(
-            f"[yellow]warning:[/] {parked} re-queued shot(s) were parked as ambiguous: their "
+            f"[yellow]warning:[/] {plural(parked, 're-queued shot')} "
+            f"{'was' if parked == 1 else 'were'} parked as ambiguous: their "
             "earlier request may have been accepted and charged, so a rerun may pay twice. "
             "The same Ai-trace-id is sent again, so a provider that deduplicates on it "
             "will not charge twice. If you find the task on the provider's side, use "
             "'pixrun resolve SHOT --task-id ID' instead."
         )
-    click.echo(f"re-queued {moved} shot(s); run 'pixrun run' to submit them")
+    again = "pixrun run --simulate" if simulate else "pixrun run"
+    click.echo(f"re-queued {plural(moved, 'shot')}; run '{again}' to submit them")
+
+
+def _reroll(path: Path, shots: list[str]) -> None:
+    from runner.batch import reroll_shots
+    from runner.report import format_ptc
+
+    made = asyncio.run(reroll_shots(path, shots))
+    total_uptc = 0
+    unpriced = 0
+    for r in made:
+        if r.price_uptc is None:
+            unpriced += 1
+            cost = "an unpublished price"
+        else:
+            total_uptc += r.price_uptc
+            cost = f"{format_ptc(r.price_uptc)} PTC"
+        click.echo(f"{r.shot_id}: new seed {r.seed}, version {r.version}; re-render costs {cost}")
+    total = f"{format_ptc(total_uptc)} PTC"
+    if unpriced:
+        total += f" plus {plural(unpriced, 'shot')} at an unpublished price"
+    click.echo(
+        f"re-rolled {plural(len(made), 'shot')} for {total}; run 'pixrun run' to render them "
+        "(the current files are kept as older versions)"
+    )
 
 
 @click.command("resolve")
@@ -328,13 +401,32 @@ def retry_cmd(
 @optional_manifest_argument
 @click.option("--task-id", required=True, help="The provider's task id for this shot.")
 @ledger_option
-def resolve_cmd(shot_id: str, manifest: Path | None, task_id: str, ledger: Path | None) -> None:
-    """Tie a parked shot to a task id found on the provider's side (no new charge)."""
-    from runner.batch import resolve_shot
+@simulate_option
+@_provider_settings
+def resolve_cmd(
+    shot_id: str,
+    manifest: Path | None,
+    task_id: str,
+    ledger: Path | None,
+    simulate: bool,
+    base_url: str | None,
+    provider_options: tuple[str, ...],
+) -> None:
+    """Tie a parked shot to a task id found on the provider's side (no new charge).
 
-    path = existing_ledger(manifest, ledger)
-    asyncio.run(resolve_shot(path, shot_id, task_id))
-    click.echo(f"shot {shot_id} now follows task {task_id}; 'pixrun run' collects it")
+    The task is checked first with one free fetch: it must exist, belong to no other
+    shot of the ledger, and its prompt (and seed, when the shot sets one) must be the
+    shot's, as far as the provider's answer tells. The key comes from PIXRUN_API_KEY.
+    """
+    from runner.batch import RunOverrides, SimulatorSettings, resolve_shot
+
+    path = existing_ledger(manifest, ledger, simulated=simulate)
+    overrides = RunOverrides(
+        base_url=base_url, provider_options=_provider_options(provider_options)
+    )
+    sim = SimulatorSettings() if simulate else None
+    asyncio.run(resolve_shot(path, shot_id, task_id, overrides, simulate=sim))
+    click.echo(f"shot {shot_id} now follows task {task_id.strip()}; 'pixrun run' collects it")
     sys.exit(ExitCode.OK)
 
 

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import sqlite3
@@ -99,6 +100,7 @@ class EventKind(str, Enum):
     STALLED = "stalled"  #: nothing progressed for run.stall_timeout_s: stopped
     ADOPTED = "adopted"  #: a file already on disk was taken as the shot's output
     DOWNLOAD_FAILED = "download_failed"  #: a paid render could not be downloaded (kept)
+    REROLLED = "rerolled"  #: the user asked for a new take with a fresh seed
 
 
 #: columns a caller may set through ``update_shot``; anything else is a bug
@@ -522,13 +524,15 @@ class Ledger:
         in which case it is left alone and reported as changed (its task is collected
         first). Shots no longer in the manifest are flagged ``in_manifest = 0`` and no
         longer dispatched (pending ones become abandoned; one that comes back is pending
-        again); their task, if one is in flight, is still collected.
+        again); their task, if one is in flight, is still collected. A re-rolled shot
+        (:meth:`reroll`) is unchanged while its manifest request is the one it re-rolled
+        (``override_base_hash``); an edit of that request drops the re-roll's seed.
         """
         known = {
-            row[0]: (row[1], row[2], ShotState(row[3]), row[4], row[5], row[6])
+            row[0]: (row[1], row[2], ShotState(row[3]), row[4], row[5], row[6], row[7])
             for row in await self._fetchall(
-                "SELECT shot_id, request_hash, version, state, seq, in_manifest, output_path "
-                "FROM shots"
+                "SELECT shot_id, request_hash, version, state, seq, in_manifest, output_path, "
+                "override_base_hash FROM shots"
             )
         }
         now = _now()
@@ -548,8 +552,9 @@ class Ledger:
                     (shot.shot_id, seq, *cols.values(), ShotState.PENDING.value, now, now)
                 )
                 continue
-            old_hash, version, state, old_seq, in_manifest, old_output = old
-            if old_hash == shot.request_hash:
+            old_hash, version, state, old_seq, in_manifest, old_output, rerolled_from = old
+            # a re-rolled shot stays re-rolled while its manifest entry is what it re-rolled
+            if shot.request_hash in (old_hash, rerolled_from):
                 unchanged += 1
                 # a file already written keeps its name; anything else follows the pattern
                 output = old_output if state in _HAS_FILE else shot.output_relpath
@@ -581,7 +586,8 @@ class Ledger:
                     "poster_url = NULL, seed = NULL, width = NULL, height = NULL, "
                     "bytes = NULL, sha256 = NULL, poll_count = 0, next_poll_at = NULL, "
                     "not_before = NULL, submitted_at = NULL, rendered_at = NULL, "
-                    "done_at = NULL, error_kind = NULL, last_error = NULL, updated_at = ? "
+                    "done_at = NULL, error_kind = NULL, last_error = NULL, "
+                    "seed_override = NULL, override_base_hash = NULL, updated_at = ? "
                     "WHERE shot_id = ?",
                     (*cols.values(), seq, now, shot.shot_id),
                 )
@@ -803,9 +809,10 @@ class Ledger:
             await self._write(statements, shot_id)
 
     async def done_outputs(self) -> list[tuple[str, str, int | None]]:
-        """``(shot_id, output_path, bytes)`` of every done shot, for verification."""
+        """``(shot_id, output_path, bytes)`` of every done shot of the manifest, for
+        verification (a shot dropped from the manifest is not downloaded again)."""
         rows = await self._fetchall(
-            "SELECT shot_id, output_path, bytes FROM shots WHERE state = ?",
+            "SELECT shot_id, output_path, bytes FROM shots WHERE state = ? AND in_manifest = 1",
             (ShotState.DONE.value,),
         )
         return [(r[0], r[1], r[2]) for r in rows]
@@ -912,14 +919,31 @@ class Ledger:
         )
         return str(rows[0][0]) if rows else None
 
-    async def output_owner(self, output_path: str) -> tuple[str, str | None] | None:
-        """Which shot (and archived version's sha256) owns a relative output path."""
+    async def output_owner(self, output_path: str) -> tuple[str, str | None, int] | None:
+        """Which shot owns a relative output path through an archived version that
+        left a file there: ``(shot_id, that version's sha256, version)``.
+
+        Versions that never finished a file (sha256 NULL) are skipped: a new version
+        that failed, then changed again, must not hide the file of the one before it.
+        """
         rows = await self._fetchall(
-            "SELECT shot_id, sha256 FROM shot_versions WHERE output_path = ? "
-            "ORDER BY archived_at DESC LIMIT 1",
+            "SELECT shot_id, sha256, version FROM shot_versions WHERE output_path = ? "
+            "AND sha256 IS NOT NULL ORDER BY archived_at DESC LIMIT 1",
             (output_path,),
         )
-        return (rows[0][0], rows[0][1]) if rows else None
+        return (rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
+
+    async def version_moved_aside(self, shot_id: str, version: int, output_path: str) -> None:
+        """An archived version's file (and sidecar) now lives at ``output_path``."""
+        await self._write(
+            [
+                (
+                    "UPDATE shot_versions SET output_path = ? WHERE shot_id = ? AND version = ?",
+                    (output_path, shot_id, version),
+                )
+            ],
+            shot_id,
+        )
 
     # -- writes the scheduler makes --------------------------------------------------
 
@@ -1150,6 +1174,83 @@ class Ledger:
             await self._write_now(statements)
         return moved
 
+    async def task_owner(self, task_id: str) -> str | None:
+        """The shot this ledger ties ``task_id`` to (its current task or any attempt's)."""
+        rows = await self._fetchall(
+            "SELECT shot_id FROM shots WHERE task_id = ? "
+            "UNION SELECT shot_id FROM attempts WHERE task_id = ? LIMIT 1",
+            (task_id, task_id),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def in_manifest(self, shot_id: str) -> bool:
+        """Whether the shot is in the manifest of the last sync (dispatched at all)."""
+        rows = await self._fetchall("SELECT in_manifest FROM shots WHERE shot_id = ?", (shot_id,))
+        return bool(rows and rows[0][0])
+
+    async def reroll(self, shot_id: str, seed: int) -> int:
+        """Make a finished shot a new version rendered with ``seed``; returns the version.
+
+        The current version is archived (its file is kept, as for a changed shot), and
+        the shot starts again as pending with ``seed`` in its request. The request hash
+        becomes one derived from the manifest's hash (``override_base_hash``) and the
+        seed, so the next sync keeps the re-roll while the manifest entry is unchanged.
+        """
+        rows = await self._fetchall(
+            "SELECT version, request_json, request_hash, override_base_hash FROM shots "
+            "WHERE shot_id = ?",
+            (shot_id,),
+        )
+        if not rows:
+            raise LedgerError(f"no shot {shot_id!r} in the ledger {self.path}")
+        version, request_json, request_hash, base_hash = rows[0]
+        base_hash = base_hash or request_hash
+        request = json.loads(request_json)
+        request["seed"] = seed
+        derived = hashlib.sha256(f"{base_hash}:seed={seed}".encode()).hexdigest()
+        now = _now()
+        new_version = int(version) + 1
+        await self._write_now(
+            [
+                (
+                    "INSERT OR REPLACE INTO shot_versions (shot_id, version, request_json, "
+                    "request_hash, state, task_id, output_path, bytes, sha256, archived_at) "
+                    "SELECT shot_id, version, request_json, request_hash, state, task_id, "
+                    "output_path, bytes, sha256, ? FROM shots WHERE shot_id = ?",
+                    (now, shot_id),
+                ),
+                (
+                    "UPDATE shots SET version = ?, seed_override = ?, override_base_hash = ?, "
+                    "request_json = ?, request_hash = ?, state = ?, attempts = 0, "
+                    "task_id = NULL, video_url = NULL, poster_url = NULL, seed = NULL, "
+                    "width = NULL, height = NULL, bytes = NULL, sha256 = NULL, poll_count = 0, "
+                    "next_poll_at = NULL, not_before = NULL, submitted_at = NULL, "
+                    "rendered_at = NULL, done_at = NULL, error_kind = NULL, last_error = NULL, "
+                    "updated_at = ? WHERE shot_id = ?",
+                    (
+                        new_version,
+                        seed,
+                        base_hash,
+                        json.dumps(request, sort_keys=True, separators=(",", ":")),
+                        derived,
+                        ShotState.PENDING.value,
+                        now,
+                        shot_id,
+                    ),
+                ),
+                (
+                    "INSERT INTO events (at, kind, shot_id, message) VALUES (?, ?, ?, ?)",
+                    (
+                        now,
+                        EventKind.REROLLED.value,
+                        shot_id,
+                        f"re-rolled with seed {seed}: now version {new_version}",
+                    ),
+                ),
+            ]
+        )
+        return new_version
+
     async def resolve(self, shot_id: str, task_id: str) -> None:
         """Tie a parked shot to a task id found on the provider's side."""
         now = _now()
@@ -1204,21 +1305,40 @@ def _take_lock(path: Path) -> int:
     return fd
 
 
-async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
-    async with conn.execute("PRAGMA user_version") as cur:
+async def _pragma_int(conn: aiosqlite.Connection, sql: str) -> int:
+    async with conn.execute(sql) as cur:
         row = await cur.fetchone()
-    version = int(row[0]) if row else 0
-    async with conn.execute("PRAGMA application_id") as cur:
-        row = await cur.fetchone()
-    app_id = int(row[0]) if row else 0
+    return int(row[0]) if row else 0
+
+
+async def _schema_version(conn: aiosqlite.Connection, path: Path) -> int:
+    """The ledger's schema version; refuses any other SQLite file before it is touched.
+
+    A pixrun ledger carries pixrun's application id from its first migration on. Version
+    0 is a new (empty) file only if it holds no table: an SQLite file of some other
+    program has user_version 0 too, and must never be migrated in place.
+    """
+    version = await _pragma_int(conn, "PRAGMA user_version")
+    app_id = await _pragma_int(conn, "PRAGMA application_id")
     if version > LATEST_VERSION:
         raise LedgerSchemaError(
             f"the ledger {path} has schema version {version}; this pixrun knows up to "
             f"{LATEST_VERSION}",
             hint="upgrade pixrun",
         )
-    if version > 0 and app_id != _APP_ID:
-        raise LedgerSchemaError(f"{path} is an SQLite file, but not a pixrun ledger")
+    foreign = app_id not in (0, _APP_ID) or (version > 0 and app_id != _APP_ID)
+    if not foreign and version == 0:
+        foreign = await _pragma_int(conn, "SELECT COUNT(*) FROM sqlite_master") > 0
+    if foreign:
+        raise LedgerSchemaError(
+            f"{path} is an SQLite file, but not a pixrun ledger",
+            hint="point --ledger at this batch's ledger, or at a new file",
+        )
+    return version
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    version = await _schema_version(conn, path)
     for number in range(version, LATEST_VERSION):
         # executescript commits first, so one script holds BEGIN .. COMMIT itself
         await conn.executescript(
@@ -1251,6 +1371,8 @@ async def open_ledger(path: Path, *, writer: bool) -> Ledger:
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
         if writer:
+            # before WAL mode, which would rewrite another program's file header
+            await _schema_version(conn, path)
             async with conn.execute("PRAGMA journal_mode = WAL") as cur:
                 row = await cur.fetchone()
             if row is None or str(row[0]).lower() != "wal":
