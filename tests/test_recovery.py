@@ -270,7 +270,7 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
 
     # an edit of the shot in the manifest is a real change: it drops the re-roll's seed
     write_manifest(tmp_path, 2, scenes={"s00": "a stormy sea"})
-    fourth = pixrun(run_args(batch), env, cwd=tmp_path)
+    fourth = pixrun(run_args(batch, "--rerender-changed"), env, cwd=tmp_path)
     assert fourth.returncode == 0, fourth.stdout + fourth.stderr
     ((version, override, request_json),) = query(
         batch.ledger, "SELECT version, seed_override, request_json FROM shots WHERE shot_id='s00'"
