@@ -12,7 +12,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from runner.cli.options import rules_option
 from runner.cli.render import print_plan, print_problems, print_validation
+from runner.contract import load_rules
 from runner.errors import BudgetExceeded, ExitCode, UsageError
 from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest, validate_files
@@ -54,15 +56,20 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
     "message, hint).",
 )
 @click.option("--no-image-check", is_flag=True, help="Do not open local images.")
+@rules_option
 @click.pass_context
 def validate_cmd(
-    ctx: click.Context, manifests: tuple[Path, ...], fmt: str, no_image_check: bool
+    ctx: click.Context,
+    manifests: tuple[Path, ...],
+    fmt: str,
+    no_image_check: bool,
+    rules: Path | None,
 ) -> None:
     """Check MANIFEST files without spending anything; every problem in one pass.
 
     Exit 0 when all are valid (warnings do not fail), 2 when any is not.
     """
-    reports = validate_files(manifests, check_images=not no_image_check)
+    reports = validate_files(manifests, check_images=not no_image_check, rules=load_rules(rules))
     if fmt == "json":
         problems = [p.to_dict() for r in reports for p in r.problems]
         click.echo(json.dumps(problems, indent=2, ensure_ascii=False))
@@ -97,12 +104,14 @@ def validate_cmd(
     type=_PATH,
     help="Ledger of earlier runs, to plan only what remains (default: beside the manifest).",
 )
+@rules_option
 def plan_cmd(
     manifest: Path,
     fmt: str,
     max_cost: Decimal | None,
     prices: Path | None,
     ledger: Path | None,
+    rules: Path | None,
 ) -> None:
     """Show what MANIFEST will cost, grouped by mode, model, quality, duration and motion.
 
@@ -110,7 +119,7 @@ def plan_cmd(
     Exit 4 when the plan is over the budget (run.budget_ptc or --max-cost).
     """
     table = load_price_table(prices)
-    loaded = load_manifest(manifest, price_table=table)
+    loaded = load_manifest(manifest, price_table=table, rules=load_rules(rules))
     ledger_path = ledger if ledger is not None else default_ledger_path(manifest)
     if ledger_path.exists():
         # earlier runs: plan only what remains, and show what is done, in flight, ...
@@ -147,9 +156,13 @@ def plan_cmd(
 
 
 @click.command("schema")
-def schema_cmd() -> None:
-    """Print the manifest JSON Schema (for editors: see the README)."""
-    click.echo(manifest_schema_json(), nl=False)
+@rules_option
+def schema_cmd(rules: Path | None) -> None:
+    """Print the manifest JSON Schema (for editors: see the README).
+
+    With --rules, the schema of manifests checked under that rules file.
+    """
+    click.echo(manifest_schema_json(load_rules(rules)), nl=False)
 
 
 COMMANDS.extend([validate_cmd, plan_cmd, schema_cmd])
