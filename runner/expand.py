@@ -166,15 +166,8 @@ class Expander:
 
     # ---- one entry ----------------------------------------------------------------
 
-    def _mode(self, index: int, own: Mapping[str, Any]) -> Mode | None:
-        if "image" in own and "fusion" in own:
-            self._report(
-                ("shots", index, "fusion"),
-                "a shot has either image (image-to-video) or fusion (multi-subject), not both",
-                "remove image or fusion",
-                at_key=True,
-            )
-            return None
+    def _mode(self, own: Mapping[str, Any]) -> Mode:
+        # fusion wins over image: image is optional in fusion mode (API.md)
         for source in (own, self._defaults):
             explicit = source.get("mode")
             if isinstance(explicit, str):
@@ -188,9 +181,7 @@ class Expander:
     def expand(self, index: int, own: Mapping[str, Any], bad: frozenset[str]) -> list[Draft]:
         """The shots of entry ``index``; ``bad`` names keys whose values failed the shape
         check (already reported, left out here, still count as present)."""
-        mode = self._mode(index, own)
-        if mode is None:
-            return []
+        mode = self._mode(own)
         accepted = fields_for(mode)
         request = dict(self._default_fields[mode])
         where = ("shots", index)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from runner.rules import ImageLimits
+from runner.rules import PILLOW_FORMATS, ImageLimits
 
 _CHUNK = 1 << 20
 
@@ -123,6 +123,8 @@ def _inspect(path: Path, limits: ImageLimits) -> tuple[ImageFault | None, bytes 
 
 
 def _inspect_data(name: str, data: bytes, limits: ImageLimits) -> ImageFault | None:
+    """The suffix is checked already; the content must be what the suffix says, since
+    the provider adapter names the type from the suffix."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, (width, height) = im.format, im.size
@@ -134,7 +136,7 @@ def _inspect_data(name: str, data: bytes, limits: ImageLimits) -> ImageFault | N
     except (OSError, ValueError, SyntaxError) as exc:
         # Pillow reports truncated or corrupt files with these
         return ImageFault(f"{name} is damaged ({exc})", "re-export it")
-    if fmt not in limits.formats:
+    if fmt != PILLOW_FORMATS[Path(name).suffix.lower()]:
         return ImageFault(
             f"{name} is a {fmt} image despite its name",
             f"convert it to one of {limits.suffix_text()}",
