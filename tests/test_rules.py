@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 from PIL import Image
-
 from runkit import pixrun
+
 from runner.contract import check_request, default_rules, load_rules
 from runner.errors import ManifestError, UsageError
 from runner.images import ImageChecker, inspect_image
 from runner.manifest import load_manifest
 from runner.model import Mode
-from runner.rules import ImageLimits, parse_rules
+from runner.rules import ImageLimits
 from runner.schema import manifest_schema
 
 PACKAGED = Path(__file__).parent.parent / "runner" / "data" / "rules.json"
