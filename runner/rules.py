@@ -104,11 +104,6 @@ class ImageLimits:
     #: key -> where the limit is documented
     sources: Mapping[str, str]
 
-    @property
-    def formats(self) -> frozenset[str]:
-        """Pillow format names of the accepted suffixes."""
-        return frozenset(PILLOW_FORMATS[s] for s in self.suffixes)
-
     def suffix_text(self) -> str:
         """``.jpg, .png or .webp``"""
         if len(self.suffixes) == 1:
