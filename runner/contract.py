@@ -1,8 +1,12 @@
-"""The provider's request-field contract: which fields exist, their values, and the rules.
+"""The provider's request-field contract: which fields exist, their shapes, and the rules.
 
 This is the single source of truth for what a PixVerse generate request through 302.AI
-may contain (see the provider contract document). The manifest loader, the JSON schema
-generator (runner/schema.py), the price rule and the local simulator all read it; none
+may contain (see the provider contract document). The field shapes (:data:`FIELDS`) are
+code; the values that change with the provider (models per mode, durations, qualities,
+motion modes, model-only fields, rules across fields, text and image limits) come from
+a :class:`~runner.rules.Rules` value: the packaged runner/data/rules.json by default,
+or the user's file (``--rules``). The manifest loader, the JSON schema generator
+(runner/schema.py), the price rule and the local simulator all read this module; none
 of them keeps its own list of fields or values.
 
 Invariants:
@@ -11,6 +15,7 @@ Invariants:
 - :func:`check_request` is pure: it never reads files or the network. Local images may
   appear as ``file://`` URIs (the provider adapter encodes them at send time) and are
   accepted like ``http(s)`` URLs and ``data:image/...`` URIs.
+- Every function that applies a rule takes ``rules``; ``None`` means the packaged rules.
 - Durations are seconds (``int``) for text and image, and the strings ``"5s"``/``"8s"``
   for fusion ("wire form"). The manifest's own spelling (numbers in every mode, switches
   as true/false too) is described by runner/schema.py, generated from :data:`FIELDS`,
@@ -24,28 +29,15 @@ import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from runner.errors import UsageError
 from runner.model import Mode
+from runner.rules import Rules, parse_rules, read_rules
 
-#: the model that has audio and the "switch" options, and no camera movement
-V5_5 = "v5.5"
-
-MODELS_BY_MODE: dict[Mode, tuple[str, ...]] = {
-    Mode.TEXT: ("v3.5", "v4", "v4.5", "v5.5"),
-    Mode.IMAGE: ("v4", "v4.5", "v5", "v5.5"),
-    Mode.FUSION: ("v3.5", "v4", "v4.5", "v5"),
-}
-ALL_MODELS: tuple[str, ...] = ("v3.5", "v4", "v4.5", "v5", "v5.5")
-
-QUALITIES: tuple[str, ...] = ("360p", "540p", "720p", "1080p")
-MOTION_MODES: tuple[str, ...] = ("normal", "fast")
-DURATIONS_S_BY_MODE: dict[Mode, tuple[int, ...]] = {
-    Mode.TEXT: (5, 8, 10),
-    Mode.IMAGE: (5, 8, 10),
-    Mode.FUSION: (5, 8),
-}
-ALL_DURATIONS_S: tuple[int, ...] = (5, 8, 10)
 #: what the provider assumes when a field is left out (documented defaults only)
 DEFAULT_DURATION_S = 5
 DEFAULT_MOTION_MODE = "normal"
@@ -76,15 +68,10 @@ STYLES: tuple[str, ...] = ("anime", "3d_animation", "comic", "cyberpunk", "clay"
 RATIOS: tuple[str, ...] = ("16:9", "9:16", "4:3", "3:4", "1:1")
 THINKING_TYPES: tuple[str, ...] = ("enabled", "disabled", "auto")
 MOTION_SCALE_AXES: tuple[str, ...] = ("horizontal", "vertical", "roll", "zoom")
+#: motion_scale axes the provider takes as integers (API.md: motion_scale.roll is an integer)
+INTEGER_AXES: frozenset[str] = frozenset({"roll"})
 
-LIP_SYNC_MAX_CHARS = 140
 SEED_MAX = 2**31 - 1
-
-#: image inputs, per PixVerse's own documentation
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-IMAGE_MAX_BYTES = 10 * 1024 * 1024
-IMAGE_MIN_SIDE_PX = 300
-IMAGE_MAX_ASPECT = 2.5
 
 #: how an image reference may be spelled in a request body
 IMAGE_URI_PREFIXES: tuple[str, ...] = ("http://", "https://", "file://", "data:image/")
@@ -105,7 +92,7 @@ class Kind(StrEnum):
     URL = "url"  #: an http(s) URL
     IMAGE = "image"  #: one image: a URL, or (in a manifest) a local file path
     IMAGES = "images"  #: a non-empty list of images
-    MOTION_SCALE = "motion_scale"  #: an object of numbers keyed by MOTION_SCALE_AXES
+    MOTION_SCALE = "motion_scale"  #: numbers keyed by MOTION_SCALE_AXES (INTEGER_AXES: ints)
     DURATION = "duration"  #: seconds; see the module docstring for the two spellings
 
 
@@ -117,10 +104,8 @@ class FieldSpec:
     kind: Kind
     description: str
     modes: frozenset[Mode] = ALL_MODES
+    #: fixed allowed values; model, quality and motion_mode take theirs from the rules
     choices: tuple[Any, ...] = ()
-    #: when set, only these models accept the field
-    models: tuple[str, ...] = ()
-    max_chars: int | None = None
     minimum: int | None = None
     maximum: int | None = None
 
@@ -136,32 +121,22 @@ class Violation:
 
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("prompt", Kind.TEXT, "What the video shows. Required."),
-    FieldSpec(
-        "model",
-        Kind.CHOICE,
-        "PixVerse model. Text: v3.5, v4, v4.5, v5.5; image: v4, v4.5, v5, v5.5; "
-        "fusion: v3.5, v4, v4.5, v5. Required.",
-        choices=ALL_MODELS,
-    ),
+    FieldSpec("model", Kind.CHOICE, "PixVerse model. Required."),
     FieldSpec(
         "quality",
         Kind.CHOICE,
-        "Output resolution. 1080p supports neither motion_mode fast nor 8 s; 720p cannot "
-        "combine fast with 8 s. Price multiplier: 360p x1, 540p x1.5, 720p x2, 1080p x4.",
-        choices=QUALITIES,
+        "Output resolution. Price multiplier: 360p x1, 540p x1.5, 720p x2, 1080p x4.",
     ),
     FieldSpec(
         "duration",
         Kind.DURATION,
-        "Length in seconds: 5, 8 or 10 (fusion: 5 or 8). Write a number in every mode; "
-        'fusion shots are sent as "5s"/"8s". Default 5. The price of 10 s is not published.',
-        choices=ALL_DURATIONS_S,
+        "Length in seconds. Write a number in every mode; fusion shots are sent as "
+        '"5s"/"8s". Default 5. The price of 10 s is not published.',
     ),
     FieldSpec(
         "motion_mode",
         Kind.CHOICE,
-        "normal or fast (fast costs x2; not with 1080p, nor with 720p at 8 s). Default normal.",
-        choices=MOTION_MODES,
+        "normal or fast (fast costs x2). Default normal.",
     ),
     FieldSpec(
         "seed",
@@ -174,9 +149,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "image",
         Kind.IMAGE,
-        "Image-to-video: the first frame. An http(s) URL, or a local jpg/png path relative "
-        "to the manifest (at most 10 MB, at least 300x300 px, aspect 1:2.5 to 2.5:1).",
-        modes=frozenset({Mode.IMAGE}),
+        "Image-to-video: the first frame (required there, optional in text and fusion). "
+        "An http(s) URL, or a local image path relative to the manifest.",
     ),
     FieldSpec(
         "fusion",
@@ -187,38 +161,31 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "last_image",
         Kind.IMAGE,
-        "The last frame (URL or local path). Effects (template_id) do not work with it.",
+        "The last frame (URL or local path).",
     ),
     FieldSpec("image_list", Kind.IMAGES, "A list of images (URLs or local paths)."),
     FieldSpec(
         "camera_movement",
         Kind.CHOICE,
-        "Camera movement preset. Not supported by v5.5.",
+        "Camera movement preset.",
         choices=CAMERA_MOVEMENTS,
-        models=tuple(m for m in ALL_MODELS if m != V5_5),
     ),
     FieldSpec("motion_strength", Kind.NUMBER, "How strongly things move."),
     FieldSpec(
         "motion_scale",
         Kind.MOTION_SCALE,
-        "Per-axis motion: numbers for horizontal, vertical, roll and zoom.",
+        "Per-axis motion: numbers for horizontal, vertical and zoom; a whole number for roll.",
     ),
     FieldSpec("sound_effect_switch", Kind.SWITCH, "1 (or true) to add sound effects."),
     FieldSpec("sound_effect_content", Kind.TEXT, "What the sound effects should be."),
     FieldSpec("lip_sync_tts_speaker_id", Kind.TEXT, "Voice of the lip-sync speech."),
-    FieldSpec(
-        "lip_sync_tts_content",
-        Kind.TEXT,
-        f"Text spoken with lip sync, at most {LIP_SYNC_MAX_CHARS} characters.",
-        max_chars=LIP_SYNC_MAX_CHARS,
-    ),
+    FieldSpec("lip_sync_tts_content", Kind.TEXT, "Text spoken with lip sync."),
     FieldSpec("callback", Kind.URL, "URL the provider POSTs the result to."),
     FieldSpec(
         "audio",
         Kind.SWITCH,
-        "Image-to-video on v5.5 only: 1 (or true) to generate audio.",
+        "Image-to-video: 1 (or true) to generate audio.",
         modes=frozenset({Mode.IMAGE}),
-        models=(V5_5,),
     ),
     FieldSpec(
         "style",
@@ -237,24 +204,21 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "generate_audio_switch",
         Kind.BOOL,
-        "Text-to-video on v5.5 only: generate audio.",
+        "Text-to-video: generate audio.",
         modes=frozenset({Mode.TEXT}),
-        models=(V5_5,),
     ),
     FieldSpec(
         "generate_multi_clip_switch",
         Kind.BOOL,
-        "Text-to-video on v5.5 only: generate several clips.",
+        "Text-to-video: generate several clips.",
         modes=frozenset({Mode.TEXT}),
-        models=(V5_5,),
     ),
     FieldSpec(
         "thinking_type",
         Kind.CHOICE,
-        "Text-to-video on v5.5 only: prompt reasoning (enabled, disabled or auto).",
+        "Text-to-video: prompt reasoning (enabled, disabled or auto).",
         modes=frozenset({Mode.TEXT}),
         choices=THINKING_TYPES,
-        models=(V5_5,),
     ),
 )
 
@@ -266,6 +230,59 @@ MODE_FIELD: dict[Mode, str | None] = {Mode.TEXT: None, Mode.IMAGE: "image", Mode
 _FIELDS_FOR: dict[Mode, frozenset[str]] = {
     m: frozenset(f.name for f in FIELDS if m in f.modes) for m in Mode
 }
+
+
+# ---- the rules --------------------------------------------------------------------
+
+
+@cache
+def default_rules() -> Rules:
+    """The rules shipped with pixrun (runner/data/rules.json), parsed once."""
+    text = resources.files("runner.data").joinpath("rules.json").read_text(encoding="utf-8")
+    return _checked(parse_rules(text, origin="the packaged rules (runner/data/rules.json)"))
+
+
+def load_rules(path: Path | None = None) -> Rules:
+    """The rules file at ``path``; ``None`` gives the packaged rules. UsageError when bad."""
+    if path is None:
+        return default_rules()
+    return _checked(read_rules(path))
+
+
+def _checked(rules: Rules) -> Rules:
+    """Every field a rule names must be a request field (this module owns that list)."""
+    named: list[tuple[str, str]] = [(f"model_only_fields.{n}", n) for n in rules.model_only]
+    named += [(f"combinations.{c.id}", n) for c in rules.combinations for n in c.fields()]
+    named += [(f"text_limits.{n}", n) for n in rules.max_chars]
+    for key, name in named:
+        if name not in FIELDS_BY_NAME:
+            raise UsageError(
+                f"rules file {rules.origin} at {key}: {name!r} is not a request field",
+                hint=did_you_mean(name, FIELDS_BY_NAME, "see the README for the request fields"),
+            )
+    for name in rules.max_chars:
+        if FIELDS_BY_NAME[name].kind is not Kind.TEXT:
+            raise UsageError(
+                f"rules file {rules.origin} at text_limits.{name}: {name} is not a text field",
+                hint="text limits apply to text fields only",
+            )
+    return rules
+
+
+def _or_default(rules: Rules | None) -> Rules:
+    return rules if rules is not None else default_rules()
+
+
+def choices_of(spec: FieldSpec, rules: Rules | None = None) -> tuple[Any, ...]:
+    """The allowed values of a choice field (model, quality, motion_mode: the rules')."""
+    rules = _or_default(rules)
+    if spec.name == "model":
+        return rules.all_models
+    if spec.name == "quality":
+        return rules.qualities
+    if spec.name == "motion_mode":
+        return rules.motion_modes
+    return spec.choices
 
 
 def fields_for(mode: Mode) -> frozenset[str]:
@@ -327,13 +344,13 @@ def wire_duration(mode: Mode, seconds: int) -> int | str:
 # ---- one field --------------------------------------------------------------------
 
 
-def check_field(name: str, value: Any, mode: Mode) -> Violation | None:
+def check_field(name: str, value: Any, mode: Mode, rules: Rules | None = None) -> Violation | None:
     """The wire shape of one field's value (type, allowed values, length) in ``mode``.
 
     Mode and model restrictions are not checked here (see :func:`check_combination`).
     """
     spec = FIELDS_BY_NAME[name]
-    return _CHECKERS[spec.kind](spec, value, mode)
+    return _CHECKERS[spec.kind](spec, value, mode, _or_default(rules))
 
 
 def _is_int(value: Any) -> bool:
@@ -344,23 +361,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_text(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+def _check_text(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     if not isinstance(value, str):
         return Violation(
             spec.name, f"must be text, not {type_name(value)}", "write it as text in quotes"
         )
     if spec.name == "prompt" and not value.strip():
         return Violation(spec.name, "is empty", "describe what the video should show")
-    if spec.max_chars is not None and len(value) > spec.max_chars:
+    max_chars = rules.max_chars.get(spec.name)
+    if max_chars is not None and len(value) > max_chars:
         return Violation(
             spec.name,
-            f"is {len(value)} characters long; at most {spec.max_chars} are allowed",
-            f"shorten it by {len(value) - spec.max_chars} characters",
+            f"is {len(value)} characters long; at most {max_chars} are allowed",
+            f"shorten it by {len(value) - max_chars} characters",
         )
     return None
 
 
-def _check_int(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+def _check_int(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     if not _is_int(value):
         return Violation(
             spec.name, f"must be a whole number, not {type_name(value)}", "write e.g. 42"
@@ -376,37 +394,38 @@ def _check_range(spec: FieldSpec, value: int | float) -> Violation | None:
     return None
 
 
-def _check_number(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+def _check_number(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     if not _is_number(value):
         return Violation(spec.name, f"must be a number, not {type_name(value)}", "write e.g. 0.5")
     return _check_range(spec, value)
 
 
-def _check_bool(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+def _check_bool(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     if not isinstance(value, bool):
         return Violation(spec.name, f"must be true or false, not {value!r}", "write true or false")
     return None
 
 
-def _check_switch(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+def _check_switch(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     if _is_int(value) and value in (0, 1):
         return None
     return Violation(spec.name, f"must be 0 or 1, not {value!r}", "write 0 or 1")
 
 
-def _check_choice(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
-    if isinstance(value, str) and value in spec.choices:
+def _check_choice(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
+    choices = choices_of(spec, rules)
+    if isinstance(value, str) and value in choices:
         return None
-    guess = suggest(str(value), [str(c) for c in spec.choices])
+    guess = suggest(str(value), [str(c) for c in choices])
     hint = f"did you mean {guess!r}? " if guess else ""
     return Violation(
         spec.name,
         f"{value!r} is not one of the allowed values",
-        f"{hint}allowed: {_choices_text(spec.choices)}",
+        f"{hint}allowed: {_choices_text(choices)}",
     )
 
 
-def _check_url(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+def _check_url(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     if isinstance(value, str) and value.startswith(URL_PREFIXES) and len(value) > 8:
         return None
     return Violation(spec.name, f"must be an http(s) URL, not {value!r}", "write https://...")
@@ -420,30 +439,37 @@ def _image_ref_problem(value: Any) -> str | None:
     return None
 
 
-def _check_image(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+_IMAGE_HINT = "give an https:// URL or a local image path"
+
+
+def _check_image(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     problem = _image_ref_problem(value)
     if problem:
-        return Violation(spec.name, problem, "give an https:// URL or a local jpg/png path")
+        return Violation(spec.name, problem, _IMAGE_HINT)
     return None
 
 
-def _check_images(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+def _check_images(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     if not isinstance(value, list) or not value:
         return Violation(
             spec.name,
             f"must be a non-empty list of images, not {type_name(value)}",
             "write a YAML list: [a.png, b.png]",
         )
+    if spec.name == "fusion" and not rules.fusion_min <= len(value) <= rules.fusion_max:
+        return Violation(
+            spec.name,
+            f"lists {len(value)} images; {rules.fusion_min} to {rules.fusion_max} are allowed",
+            f"give {rules.fusion_min} to {rules.fusion_max} subject images",
+        )
     for i, item in enumerate(value):
         problem = _image_ref_problem(item)
         if problem:
-            return Violation(
-                f"{spec.name}[{i}]", problem, "give an https:// URL or a local jpg/png path"
-            )
+            return Violation(f"{spec.name}[{i}]", problem, _IMAGE_HINT)
     return None
 
 
-def _check_motion_scale(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
+def _check_motion_scale(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
     if not isinstance(value, dict):
         return Violation(
             spec.name,
@@ -457,6 +483,12 @@ def _check_motion_scale(spec: FieldSpec, value: Any, mode: Mode) -> Violation | 
                 f"{key!r} is not a motion_scale axis",
                 did_you_mean(str(key), MOTION_SCALE_AXES, "keys: " + ", ".join(MOTION_SCALE_AXES)),
             )
+        if key in INTEGER_AXES and not _is_int(item):
+            return Violation(
+                f"{spec.name}.{key}",
+                f"must be a whole number, not {type_name(item)}",
+                "write e.g. 1",
+            )
         if not _is_number(item):
             return Violation(
                 f"{spec.name}.{key}", f"must be a number, not {type_name(item)}", "write e.g. 0.5"
@@ -464,8 +496,8 @@ def _check_motion_scale(spec: FieldSpec, value: Any, mode: Mode) -> Violation | 
     return None
 
 
-def _check_duration(spec: FieldSpec, value: Any, mode: Mode) -> Violation | None:
-    allowed = DURATIONS_S_BY_MODE[mode]
+def _check_duration(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
+    allowed = rules.durations_s_by_mode[mode]
     if mode is Mode.FUSION:
         ok = isinstance(value, str) and value in tuple(f"{s}s" for s in allowed)
         shown = ", ".join(f'"{s}s"' for s in allowed)
@@ -516,15 +548,18 @@ def type_name(value: Any) -> str:
 # ---- whole requests ---------------------------------------------------------------
 
 
-def check_combination(mode: Mode, request: Mapping[str, Any]) -> list[Violation]:
+def check_combination(
+    mode: Mode, request: Mapping[str, Any], rules: Rules | None = None
+) -> list[Violation]:
     """Rules across fields, on a request whose fields each have the right shape.
 
     Duration may be in either spelling here. Fields the mode does not accept are not
     reported (see :func:`check_request`).
     """
+    rules = _or_default(rules)
     out: list[Violation] = []
     model = request.get("model")
-    models = MODELS_BY_MODE[mode]
+    models = rules.models_by_mode[mode]
     if isinstance(model, str) and model not in models:
         out.append(
             Violation(
@@ -535,73 +570,67 @@ def check_combination(mode: Mode, request: Mapping[str, Any]) -> list[Violation]
                 f"use one of {_choices_text(models)}",
             )
         )
-    for name in request:
-        spec = FIELDS_BY_NAME.get(name)
-        if spec is None or not spec.models or mode not in spec.modes:
-            continue
-        if isinstance(model, str) and model not in spec.models:
-            only = _choices_text(spec.models)
-            out.append(
-                Violation(
-                    name,
-                    f"{name} is not supported by model {model} (only {only})",
-                    f"remove {name}, or use model {only}"
-                    if len(spec.models) == 1
-                    else f"remove {name}, or use a model other than {model}",
-                )
-            )
-    out.extend(_quality_rules(mode, request))
-    if "last_image" in request and "template_id" in request:
-        out.append(
-            Violation(
-                "last_image",
-                "last_image does not work with effects (template_id)",
-                "remove either last_image or template_id",
-            )
-        )
+    if isinstance(model, str):
+        for name in request:
+            only = rules.model_only.get(name)
+            if only is None or mode not in FIELDS_BY_NAME[name].modes or only.accepts(model):
+                continue
+            out.append(_model_only_violation(name, model, only.models, only.not_models))
+    out.extend(_combination_rules(request, rules))
     return out
 
 
-def _quality_rules(mode: Mode, request: Mapping[str, Any]) -> list[Violation]:
-    quality = request.get("quality")
-    fast = request.get("motion_mode") == "fast"
-    raw = request.get("duration", DEFAULT_DURATION_S)
-    seconds = duration_seconds(raw)
+def _model_only_violation(
+    name: str, model: str, models: tuple[str, ...] | None, not_models: tuple[str, ...]
+) -> Violation:
+    if models is None:
+        return Violation(
+            name,
+            f"{name} is not supported by model {model}",
+            f"remove {name}, or use a model other than {_choices_text(not_models)}",
+        )
+    only = _choices_text(models)
+    return Violation(
+        name,
+        f"{name} is not supported by model {model} (only {only})",
+        f"remove {name}, or use model {only}"
+        if len(models) == 1
+        else f"remove {name}, or use a model other than {model}",
+    )
+
+
+def _effective(request: Mapping[str, Any], name: str) -> Any:
+    """A field's value as rules compare it: durations in seconds, defaults filled in."""
+    if name == "duration":
+        return duration_seconds(request.get("duration", DEFAULT_DURATION_S))
+    if name == "motion_mode":
+        return request.get("motion_mode", DEFAULT_MOTION_MODE)
+    return request.get(name)
+
+
+def _combination_rules(request: Mapping[str, Any], rules: Rules) -> list[Violation]:
     out: list[Violation] = []
-    if quality == "1080p":
-        if fast:
-            out.append(
-                Violation(
-                    "motion_mode",
-                    "1080p does not support motion_mode fast",
-                    "use motion_mode normal, or a lower quality",
-                )
+    for rule in rules.combinations:
+        if rule.when_present is not None:
+            broken = rule.when_present in request and rule.forbid_present in request
+        else:
+            broken = all(_effective(request, n) in vals for n, vals in rule.when) and any(
+                _effective(request, n) in vals for n, vals in rule.forbid
             )
-        if seconds == 8:
-            out.append(
-                Violation(
-                    "duration",
-                    "1080p does not support 8 s",
-                    "use duration 5, or quality 720p or lower",
-                )
-            )
-    elif quality == "720p" and fast and seconds == 8:
-        out.append(
-            Violation(
-                "motion_mode",
-                "720p cannot combine motion_mode fast with 8 s",
-                "use motion_mode normal, duration 5, or quality 540p or lower",
-            )
-        )
+        if broken:
+            out.append(Violation(rule.field, rule.message, rule.hint))
     return out
 
 
-def check_request(mode: Mode, request: Mapping[str, Any]) -> list[Violation]:
+def check_request(
+    mode: Mode, request: Mapping[str, Any], rules: Rules | None = None
+) -> list[Violation]:
     """Everything wrong with a provider request body in ``mode``; empty when acceptable.
 
     ``request`` is the wire form: durations as ints (text, image) or "5s"/"8s" (fusion),
     switches as 0/1; images as http(s), ``file://`` or ``data:image/`` URIs.
     """
+    rules = _or_default(rules)
     out: list[Violation] = []
     accepted = fields_for(mode)
     for name, value in request.items():
@@ -617,7 +646,7 @@ def check_request(mode: Mode, request: Mapping[str, Any]) -> list[Violation]:
         if name not in accepted:
             out.append(not_in_mode(name, mode))
             continue
-        bad = check_field(name, value, mode)
+        bad = check_field(name, value, mode, rules)
         if bad is not None:
             out.append(bad)
     required = [*REQUIRED_FIELDS]
@@ -626,8 +655,8 @@ def check_request(mode: Mode, request: Mapping[str, Any]) -> list[Violation]:
         required.append(mode_field)
     for name in required:
         if name not in request:
-            out.append(missing(name, mode))
-    out.extend(check_combination(mode, request))
+            out.append(missing(name, mode, rules))
+    out.extend(check_combination(mode, request, rules))
     return out
 
 
@@ -641,11 +670,11 @@ def not_in_mode(name: str, mode: Mode) -> Violation:
     )
 
 
-def missing(name: str, mode: Mode) -> Violation:
+def missing(name: str, mode: Mode, rules: Rules | None = None) -> Violation:
     hints = {
         "prompt": "add a prompt describing the video",
-        "model": f"add model: one of {_choices_text(MODELS_BY_MODE[mode])}",
-        "image": "add image: a URL or a local jpg/png path",
+        "model": f"add model: one of {_choices_text(_or_default(rules).models_by_mode[mode])}",
+        "image": "add image: a URL or a local image path",
         "fusion": "add fusion: a list of subject images",
     }
     return Violation(name, f"{name} is required", hints.get(name, f"add {name}"))

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 from runner.contract import (
     DEFAULT_DURATION_S,
     DEFAULT_MOTION_MODE,
-    DURATIONS_S_BY_MODE,
     FIELDS_BY_NAME,
+    INTEGER_AXES,
     MODE_FIELD,
     SEED_MAX,
     Kind,
@@ -40,6 +40,7 @@ from runner.contract import (
     wire_duration,
 )
 from runner.model import Mode
+from runner.rules import Rules
 
 PathPart = str | int
 Path_ = tuple[PathPart, ...]
@@ -111,7 +112,9 @@ class Expander:
         relative_image: Callable[[str], str],
         report: Report,
         bad_defaults: frozenset[str] = frozenset(),
+        rules: Rules,
     ) -> None:
+        self._rules = rules
         self._report = report
         self._bad_defaults = bad_defaults
         self._resolve_image = resolve_image
@@ -136,9 +139,13 @@ class Expander:
         kind = _KINDS[name]
         if kind in _AS_WRITTEN:
             return value
-        if kind is Kind.NUMBER or kind is Kind.MOTION_SCALE:
+        if kind is Kind.NUMBER:
             self._finite(value, where)
             return value
+        if kind is Kind.MOTION_SCALE:
+            self._finite(value, where)
+            # the shape check lets 1.0 through as a whole number; the wire wants 1
+            return {k: int(v) if k in INTEGER_AXES else v for k, v in value.items()}
         if kind is Kind.DURATION:
             return duration_seconds(value)
         if kind is Kind.SWITCH or kind is Kind.INT:
@@ -159,15 +166,8 @@ class Expander:
 
     # ---- one entry ----------------------------------------------------------------
 
-    def _mode(self, index: int, own: Mapping[str, Any]) -> Mode | None:
-        if "image" in own and "fusion" in own:
-            self._report(
-                ("shots", index, "fusion"),
-                "a shot has either image (image-to-video) or fusion (multi-subject), not both",
-                "remove image or fusion",
-                at_key=True,
-            )
-            return None
+    def _mode(self, own: Mapping[str, Any]) -> Mode:
+        # fusion wins over image: image is optional in fusion mode (API.md)
         for source in (own, self._defaults):
             explicit = source.get("mode")
             if isinstance(explicit, str):
@@ -181,9 +181,7 @@ class Expander:
     def expand(self, index: int, own: Mapping[str, Any], bad: frozenset[str]) -> list[Draft]:
         """The shots of entry ``index``; ``bad`` names keys whose values failed the shape
         check (already reported, left out here, still count as present)."""
-        mode = self._mode(index, own)
-        if mode is None:
-            return []
+        mode = self._mode(own)
         accepted = fields_for(mode)
         request = dict(self._default_fields[mode])
         where = ("shots", index)
@@ -305,7 +303,7 @@ class Expander:
         max_attempts = int(own.get("max_attempts", self._defaults.get("max_attempts", 0)))
         max_attempts = max_attempts or self._run_max_attempts
         drafts: list[Draft] = []
-        allowed = DURATIONS_S_BY_MODE[mode]
+        allowed = self._rules.durations_s_by_mode[mode]
         for variant in _variants(vary) if vary else _NO_VARIANTS:
             merged = {**request, **variant.overrides} if variant.overrides else request
             seconds = merged.get("duration", DEFAULT_DURATION_S)
@@ -344,7 +342,7 @@ class Expander:
         self, index: int, own: Mapping[str, Any], mode: Mode, seconds: int, variant: _Variant
     ) -> bool:
         """Reports a duration the mode does not offer; always False."""
-        allowed = DURATIONS_S_BY_MODE[mode]
+        allowed = self._rules.durations_s_by_mode[mode]
         path = variant.origins.get("duration") or self._origin(index, own, "duration")
         shown = " or ".join(str(s) for s in allowed)
         self._report(
@@ -363,7 +361,7 @@ class Expander:
         variant: _Variant,
         shot_id: str,
     ) -> bool:
-        violations = check_combination(mode, request)
+        violations = check_combination(mode, request, self._rules)
         for v in violations:
             path = variant.origins.get(v.field) or self._origin(index, own, v.field)
             self._report(path, v.message, v.hint, shot_id=shot_id)

@@ -28,19 +28,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from runner import output_names
-from runner.contract import DEFAULT_MOTION_MODE, URL_PREFIXES, duration_seconds
+from runner.contract import DEFAULT_MOTION_MODE, URL_PREFIXES, default_rules, duration_seconds
 from runner.errors import ManifestError, Problem, UsageError
 from runner.expand import SAFE_ID, Draft, Expander
 from runner.images import ImageChecker
 from runner.model import Manifest, OutputSettings, PollSettings, RunSettings, Shot, SourceMark
 from runner.pricing import PriceTable, default_price_table, price_of
-from runner.schema import manifest_schema
+from runner.rules import Rules
+from runner.schema import schema_of
 from runner.shape import Check, ShapeIssue, compile_manifest_check
 from runner.yaml_source import Mark, SourceMap, parse
 
@@ -55,9 +56,10 @@ MAX_SHOTS = 1_000_000
 _MAX_SAME = 20
 
 
-@cache
-def _shape_check() -> Check:
-    return compile_manifest_check(manifest_schema())
+@lru_cache(maxsize=8)
+def _shape_check(rules: Rules) -> Check:
+    """Compiled once per Rules object (they compare by identity)."""
+    return compile_manifest_check(schema_of(rules))
 
 
 @dataclass
@@ -120,15 +122,23 @@ def load_manifest(
     *,
     check_images: bool = True,
     price_table: PriceTable | None = None,
+    rules: Rules | None = None,
 ) -> Manifest:
     """The manifest at ``path``, fully expanded; raises ManifestError listing every error.
 
     ``check_images=False`` skips opening local images (they are still hashed when
     readable). Warnings (duplicates and the like) are in ``Manifest.warnings``.
+    ``rules`` are the provider's request rules (default: the packaged ones).
     """
     data = read_manifest_bytes(path)
     with _gc_paused():
-        reader = _Reader(path, data, check_images, price_table or default_price_table())
+        reader = _Reader(
+            path,
+            data,
+            check_images,
+            price_table or default_price_table(),
+            rules or default_rules(),
+        )
         manifest = reader.read()
         problems = reader.problems()
     if manifest is None or any(p.severity == "error" for p in problems):
@@ -149,10 +159,12 @@ class FileReport:
         return not any(p.severity == "error" for p in self.problems)
 
 
-def validate_file(path: Path, *, check_images: bool = True) -> FileReport:
+def validate_file(
+    path: Path, *, check_images: bool = True, rules: Rules | None = None
+) -> FileReport:
     """Every problem in one manifest (a missing file is a problem here, not an error)."""
     try:
-        manifest = load_manifest(path, check_images=check_images)
+        manifest = load_manifest(path, check_images=check_images, rules=rules)
     except ManifestError as exc:
         return FileReport(path, tuple(exc.problems), 0)
     except UsageError as exc:
@@ -160,8 +172,10 @@ def validate_file(path: Path, *, check_images: bool = True) -> FileReport:
     return FileReport(path, tuple(manifest.warnings), len(manifest.shots))
 
 
-def validate_files(paths: Iterable[Path], *, check_images: bool = True) -> list[FileReport]:
-    return [validate_file(p, check_images=check_images) for p in paths]
+def validate_files(
+    paths: Iterable[Path], *, check_images: bool = True, rules: Rules | None = None
+) -> list[FileReport]:
+    return [validate_file(p, check_images=check_images, rules=rules) for p in paths]
 
 
 def _canonical(value: Any) -> str:
@@ -180,8 +194,11 @@ def _pruned(entry: dict[str, Any], keys: set[str], vary_keys: set[str]) -> dict[
 class _Reader:
     """One read of one manifest file."""
 
-    def __init__(self, path: Path, data: bytes, check_images: bool, table: PriceTable) -> None:
+    def __init__(
+        self, path: Path, data: bytes, check_images: bool, table: PriceTable, rules: Rules
+    ) -> None:
         self.path = path
+        self.rules = rules
         self.file = str(path)
         self.base_dir = path.absolute().parent
         self.check_images = check_images
@@ -192,7 +209,7 @@ class _Reader:
         self._seen: dict[tuple[Path_, str, str], _Issue] = {}
         self._message_count: dict[str, int] = {}
         self._by_message: dict[str, _Issue] = {}
-        self.images = ImageChecker()
+        self.images = ImageChecker(rules.images)
         self._relative: dict[str, str] = {}
         self._shot_marks: list[Mark] = []
         #: entries whose explicit id repeats an earlier entry's (already reported)
@@ -287,7 +304,7 @@ class _Reader:
             self.report((), "the manifest is empty", "start with 'version: 1' and a 'shots:' list")
             return None
         shape: list[ShapeIssue] = []
-        _shape_check()(doc, (), shape)
+        _shape_check(self.rules)(doc, (), shape)
         # a value the YAML step already refused (a tag, say) reads as null: say it once
         refused = {yi.path for yi in parsed.issues}
         for si in shape:
@@ -451,6 +468,7 @@ class _Reader:
             relative_image=self.relative_image,
             report=self.report,
             bad_defaults=frozenset(bad_defaults),
+            rules=self.rules,
         )
         self._reused_ids(entries, whole, bad_keys)
         drafts: list[Draft] = []

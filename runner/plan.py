@@ -19,11 +19,9 @@ from decimal import Decimal
 from typing import Any
 
 from runner.contract import (
-    ALL_MODELS,
     DEFAULT_DURATION_S,
     DEFAULT_MOTION_MODE,
-    MOTION_MODES,
-    QUALITIES,
+    default_rules,
     duration_seconds,
 )
 from runner.model import Manifest, Mode
@@ -89,12 +87,14 @@ class PlanGroup:
         return self.unit_price_ptc * self.remaining_count
 
     def sort_key(self) -> tuple[Any, ...]:
+        # the packaged rules' order; values only a user's rules know sort after, by name
+        rules = default_rules()
         return (
             _MODE_ORDER[self.mode],
-            _order(ALL_MODELS, self.model),
-            _order(QUALITIES, self.quality),
+            _order(rules.all_models, self.model),
+            _order(rules.qualities, self.quality),
             self.duration_s,
-            _order(MOTION_MODES, self.motion_mode),
+            _order(rules.motion_modes, self.motion_mode),
             self.unit_price_ptc is None,
             self.unit_price_ptc or 0,
         )

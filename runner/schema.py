@@ -1,8 +1,10 @@
 """The manifest's shape as JSON Schema 2020-12, generated from the request contract.
 
 :func:`manifest_schema` is the one description of what a manifest may contain: the
-request fields come from :data:`runner.contract.FIELDS`, the rest (top level, output,
-run, shot extras) is declared here. The committed ``schemas/manifest.schema.json`` is
+request fields come from :data:`runner.contract.FIELDS` and the values that change
+with the provider (models, qualities, durations, text limits, ...) from a
+:class:`~runner.rules.Rules` value (default: the packaged rules); the rest (top level,
+output, run, shot extras) is declared here. The committed ``schemas/manifest.schema.json`` is
 this function's output (a test keeps them equal; ``pixrun schema`` prints it), and the
 loader's fast shape check (runner/shape.py) is compiled from the same dict, so editors,
 the schema file and ``pixrun validate`` cannot drift apart.
@@ -11,8 +13,8 @@ Invariants:
 - Every property has a ``description``; every object has ``additionalProperties: false``.
 - Only this keyword subset is used, because runner/shape.py compiles exactly it:
   type, enum, const, minimum, maximum, exclusiveMinimum, minLength, maxLength,
-  pattern, items, minItems, properties, patternProperties, additionalProperties,
-  required.
+  pattern, items, minItems, maxItems, properties, patternProperties,
+  additionalProperties, required.
 - Rules across fields (models per mode, 1080p limits, duplicates, ...) are not here;
   the loader checks them with runner/contract.py after this shape check passes.
 """
@@ -21,17 +23,20 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from runner.contract import (
-    ALL_DURATIONS_S,
     FIELDS,
+    INTEGER_AXES,
     MOTION_SCALE_AXES,
     FieldSpec,
     Kind,
+    choices_of,
+    default_rules,
 )
 from runner.model import Mode
+from runner.rules import Rules
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -79,15 +84,39 @@ def _image_schema() -> dict[str, Any]:
     return {"type": "string", "pattern": NOT_BLANK}
 
 
-def field_value_schema(spec: FieldSpec) -> dict[str, Any]:
+def _images_schema(spec: FieldSpec, rules: Rules) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "array", "minItems": 1, "items": _image_schema()}
+    if spec.name == "fusion":
+        out["minItems"] = rules.fusion_min
+        out["maxItems"] = rules.fusion_max
+    return out
+
+
+def _motion_scale_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            axis: {
+                "description": f"Motion along {axis}"
+                + (" (a whole number)." if axis in INTEGER_AXES else "."),
+                "type": "integer" if axis in INTEGER_AXES else "number",
+            }
+            for axis in MOTION_SCALE_AXES
+        },
+        "additionalProperties": False,
+    }
+
+
+def field_value_schema(spec: FieldSpec, rules: Rules) -> dict[str, Any]:
     """The manifest spelling of one request field's value (no description)."""
     kind = spec.kind
     if kind is Kind.TEXT:
         out: dict[str, Any] = {"type": "string"}
         if spec.name == "prompt":
             out["pattern"] = NOT_BLANK
-        if spec.max_chars is not None:
-            out["maxLength"] = spec.max_chars
+        max_chars = rules.max_chars.get(spec.name)
+        if max_chars is not None:
+            out["maxLength"] = max_chars
         return out
     if kind in (Kind.INT, Kind.NUMBER):
         out = {"type": "integer" if kind is Kind.INT else "number"}
@@ -101,38 +130,78 @@ def field_value_schema(spec: FieldSpec) -> dict[str, Any]:
     if kind is Kind.SWITCH:
         return {"enum": [0, 1, False, True]}
     if kind is Kind.CHOICE:
-        return {"type": "string", "enum": list(spec.choices)}
+        return {"type": "string", "enum": list(choices_of(spec, rules))}
     if kind is Kind.URL:
         return {"type": "string", "pattern": URL_PATTERN}
     if kind is Kind.IMAGE:
         return _image_schema()
     if kind is Kind.IMAGES:
-        return {"type": "array", "minItems": 1, "items": _image_schema()}
+        return _images_schema(spec, rules)
     if kind is Kind.MOTION_SCALE:
-        return {
-            "type": "object",
-            "properties": {
-                axis: {"description": f"Motion along {axis}.", "type": "number"}
-                for axis in MOTION_SCALE_AXES
-            },
-            "additionalProperties": False,
-        }
+        return _motion_scale_schema()
     if kind is Kind.DURATION:
-        return {"enum": [*ALL_DURATIONS_S, *(f"{s}s" for s in ALL_DURATIONS_S)]}
+        seconds = rules.all_durations_s
+        return {"enum": [*seconds, *(f"{s}s" for s in seconds)]}
     raise AssertionError(f"no schema for {kind}")  # pragma: no cover - every Kind is handled
 
 
-def _request_properties() -> dict[str, dict[str, Any]]:
-    return {spec.name: _described(field_value_schema(spec), spec.description) for spec in FIELDS}
+def _join(values: Any) -> str:
+    return ", ".join(str(v) for v in values)
 
 
-def _vary_schema() -> dict[str, Any]:
+def field_description(spec: FieldSpec, rules: Rules) -> str:
+    """The field's description with what the rules say about it."""
+    parts = [spec.description]
+    by_mode = rules.models_by_mode
+    if spec.name == "model":
+        parts.append("; ".join(f"{m.value}: {_join(by_mode[m])}" for m in Mode).capitalize() + ".")
+    elif spec.name == "duration":
+        seconds = rules.durations_s_by_mode
+        parts.append(
+            "Seconds allowed: " + "; ".join(f"{m.value} {_join(seconds[m])}" for m in Mode) + "."
+        )
+    elif spec.name in ("image", "fusion", "last_image", "image_list"):
+        limits = rules.images
+        text = f"Local files: {limits.suffix_text()}, at most {limits.max_bytes // 2**20} MB"
+        if limits.max_side_px is not None:
+            text += f", sides at most {limits.max_side_px} px"
+        if limits.min_side_px is not None:
+            text += f", sides at least {limits.min_side_px} px"
+        if limits.max_aspect is not None:
+            text += f", aspect within {limits.max_aspect:g}:1"
+        parts.append(text + ".")
+        if spec.name == "fusion":
+            parts.append(f"{rules.fusion_min} to {rules.fusion_max} images.")
+    max_chars = rules.max_chars.get(spec.name)
+    if max_chars is not None:
+        parts.append(f"At most {max_chars} characters.")
+    only = rules.model_only.get(spec.name)
+    if only is not None:
+        parts.append(
+            f"Only with model {_join(only.models)}."
+            if only.models is not None
+            else f"Not with model {_join(only.not_models)}."
+        )
+    for rule in rules.combinations:
+        if rule.field == spec.name:
+            parts.append(rule.message + ".")
+    return " ".join(parts)
+
+
+def _request_properties(rules: Rules) -> dict[str, dict[str, Any]]:
+    return {
+        spec.name: _described(field_value_schema(spec, rules), field_description(spec, rules))
+        for spec in FIELDS
+    }
+
+
+def _vary_schema(rules: Rules) -> dict[str, Any]:
     props = {
         spec.name: {
             "description": f"Values of {spec.name} to try; one shot per combination.",
             "type": "array",
             "minItems": 1,
-            "items": field_value_schema(spec),
+            "items": field_value_schema(spec, rules),
         }
         for spec in FIELDS
     }
@@ -143,7 +212,7 @@ def _vary_schema() -> dict[str, Any]:
     )
 
 
-def _shot_properties(*, with_id: bool) -> dict[str, dict[str, Any]]:
+def _shot_properties(rules: Rules, *, with_id: bool) -> dict[str, dict[str, Any]]:
     props: dict[str, dict[str, Any]] = {}
     if with_id:
         props["id"] = {
@@ -166,7 +235,7 @@ def _shot_properties(*, with_id: bool) -> dict[str, dict[str, Any]]:
         "minimum": 1,
         "maximum": MAX_COUNT,
     }
-    props["vary"] = _vary_schema()
+    props["vary"] = _vary_schema(rules)
     props["max_attempts"] = {
         "description": "How many times a failed render of this shot is tried (overrides "
         "run.max_attempts).",
@@ -174,7 +243,7 @@ def _shot_properties(*, with_id: bool) -> dict[str, dict[str, Any]]:
         "minimum": 1,
         "maximum": MAX_ATTEMPTS,
     }
-    props.update(_request_properties())
+    props.update(_request_properties(rules))
     return props
 
 
@@ -252,11 +321,14 @@ def _output_schema() -> dict[str, Any]:
     )
 
 
-@cache
-def _schema() -> dict[str, Any]:
-    shot = _object(_shot_properties(with_id=True), "One shot (or, with count/vary, several).")
+@lru_cache(maxsize=8)
+def _schema(rules: Rules) -> dict[str, Any]:
+    """Cached per Rules object (they compare by identity)."""
+    shot = _object(
+        _shot_properties(rules, with_id=True), "One shot (or, with count/vary, several)."
+    )
     defaults = _object(
-        _shot_properties(with_id=False),
+        _shot_properties(rules, with_id=False),
         "Values every shot starts from; a shot's own values win. Fields that do not apply "
         "to a shot's mode are skipped for that shot.",
     )
@@ -295,11 +367,17 @@ def _schema() -> dict[str, Any]:
     }
 
 
-def manifest_schema() -> dict[str, Any]:
-    """The manifest JSON Schema (a fresh copy; callers may change it)."""
-    return copy.deepcopy(_schema())
+def manifest_schema(rules: Rules | None = None) -> dict[str, Any]:
+    """The manifest JSON Schema under ``rules`` (default: the packaged rules); a fresh
+    copy that callers may change."""
+    return copy.deepcopy(schema_of(rules))
 
 
-def manifest_schema_json() -> str:
+def schema_of(rules: Rules | None = None) -> dict[str, Any]:
+    """The cached schema itself: callers must not change it."""
+    return _schema(rules if rules is not None else default_rules())
+
+
+def manifest_schema_json(rules: Rules | None = None) -> str:
     """The schema file's exact text."""
-    return json.dumps(_schema(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(schema_of(rules), indent=2, ensure_ascii=False) + "\n"

@@ -57,6 +57,7 @@ _SUPPORTED = frozenset(
         "pattern",
         "items",
         "minItems",
+        "maxItems",
         "properties",
         "patternProperties",
         "additionalProperties",
@@ -336,6 +337,7 @@ def _string_checks(schema: Mapping[str, Any]) -> list[Check]:
 
 def _array_check(schema: Mapping[str, Any], homes: Mapping[str, str]) -> Check:
     min_items = schema.get("minItems")
+    max_items = schema.get("maxItems")
     item_schema = schema.get("items")
     item_check = compile_schema(item_schema, homes) if item_schema is not None else None
 
@@ -347,6 +349,15 @@ def _array_check(schema: Mapping[str, Any], homes: Mapping[str, str]) -> Check:
                     path,
                     "is empty" if min_items == 1 else f"needs at least {min_items} items",
                     "add at least one item",
+                )
+            )
+            ok = False
+        if max_items is not None and len(value) > max_items:
+            out.append(
+                ShapeIssue(
+                    path,
+                    f"has {len(value)} items; at most {max_items} are allowed",
+                    f"remove {len(value) - max_items} of them",
                 )
             )
             ok = False

@@ -125,7 +125,9 @@ def test_mode_of_request() -> None:
 def test_fields_per_mode() -> None:
     assert "ratio" in fields_for(Mode.TEXT) and "ratio" not in fields_for(Mode.IMAGE)
     assert "style" in fields_for(Mode.IMAGE) and "audio" in fields_for(Mode.IMAGE)
-    assert "fusion" in fields_for(Mode.FUSION) and "image" not in fields_for(Mode.FUSION)
+    assert "fusion" in fields_for(Mode.FUSION) and "fusion" not in fields_for(Mode.TEXT)
+    # image is optional (accepted, not forbidden) in text and fusion: API.md
+    assert "image" in fields_for(Mode.TEXT) and "image" in fields_for(Mode.FUSION)
     assert len(FIELDS_BY_NAME) == len(FIELDS)
 
 

@@ -541,25 +541,29 @@ def test_fast_check_agrees_with_jsonschema_on_generated_docs(
 
 
 def test_local_images_checked_and_urls_passed_through(tmp_path: Path) -> None:
-    (tmp_path / "big.png").write_bytes(b"\x89PNG" + b"\0" * (10 * 1024 * 1024))
-    Image.new("RGB", (300, 750), (9, 9, 9)).save(tmp_path / "tall.jpeg")
-    Image.new("RGB", (300, 751), (9, 9, 9)).save(tmp_path / "too-tall.png")
+    # PixVerse's own limits (runner/data/rules.json): under 20 MB, sides up to 4000 px,
+    # no minimum side and no aspect limit (the 10 MB / 300 px / 2.5:1 were another's)
+    (tmp_path / "big.png").write_bytes(b"\x89PNG" + b"\0" * (20 * 1024 * 1024))
+    Image.new("L", (4000, 4000), 9).save(tmp_path / "square.png")
+    Image.new("L", (4001, 10), 9).save(tmp_path / "too-wide.png")
+    Image.new("RGB", (30, 900), (9, 9, 9)).save(tmp_path / "thin.webp", "WEBP")
     path = write(
         tmp_path,
         f"""version: 1
 defaults: {{model: v4, quality: 360p}}
 shots:
   - {{id: big, prompt: p, image: big.png}}
-  - {{id: tall, prompt: p, image: tall.jpeg}}
-  - {{id: too-tall, prompt: p, image: too-tall.png}}
+  - {{id: square, prompt: p, image: square.png}}
+  - {{id: too-wide, prompt: p, image: too-wide.png}}
+  - {{id: thin, prompt: p, image: thin.webp}}
   - {{id: url, prompt: p, image: "https://example.test/nowhere.png"}}
-  - {{id: uri, prompt: p, image: "{(tmp_path / "tall.jpeg").as_uri()}"}}
+  - {{id: uri, prompt: p, image: "{(tmp_path / "square.png").as_uri()}"}}
 """,
     )
     problems = problems_of(path)
     assert [(p.shot_id, p.message.split(";")[0]) for p in problems] == [
-        ("big", "big.png is 10.5 MB"),
-        ("too-tall", "too-tall.png is 300x751 px, aspect 2.503:1"),
+        ("big", "big.png is over 20 MB"),
+        ("too-wide", "too-wide.png is 4001x10 px"),
     ]
     shots = load_manifest(path, check_images=False).shots
     assert {s.shot_id: s.request["image"] for s in shots}[

@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from runner.cli.options import simulate_option
+from runner.cli.options import rules_option, simulate_option
 from runner.cli.render import print_plan, print_problems, print_validation
+from runner.contract import load_rules
 from runner.errors import BudgetExceeded, ExitCode, UsageError
 from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest, validate_files
@@ -56,15 +57,20 @@ _PATH = click.Path(path_type=Path, dir_okay=False)
     "message, hint).",
 )
 @click.option("--no-image-check", is_flag=True, help="Do not open local images.")
+@rules_option
 @click.pass_context
 def validate_cmd(
-    ctx: click.Context, manifests: tuple[Path, ...], fmt: str, no_image_check: bool
+    ctx: click.Context,
+    manifests: tuple[Path, ...],
+    fmt: str,
+    no_image_check: bool,
+    rules: Path | None,
 ) -> None:
     """Check MANIFEST files without spending anything; every problem in one pass.
 
     Exit 0 when all are valid (warnings do not fail), 2 when any is not.
     """
-    reports = validate_files(manifests, check_images=not no_image_check)
+    reports = validate_files(manifests, check_images=not no_image_check, rules=load_rules(rules))
     if fmt == "json":
         problems = [p.to_dict() for r in reports for p in r.problems]
         click.echo(json_safe(json.dumps(problems, indent=2, ensure_ascii=False)))
@@ -100,6 +106,7 @@ def validate_cmd(
     help="Ledger of earlier runs, to plan only what remains (default: beside the manifest).",
 )
 @simulate_option
+@rules_option
 def plan_cmd(
     manifest: Path,
     fmt: str,
@@ -107,6 +114,7 @@ def plan_cmd(
     prices: Path | None,
     ledger: Path | None,
     simulate: bool,
+    rules: Path | None,
 ) -> None:
     """Show what MANIFEST will cost, grouped by mode, model, quality, duration and motion.
 
@@ -115,7 +123,7 @@ def plan_cmd(
     there is a budget and shots to submit have no price, as `pixrun run` would.
     """
     table = load_price_table(prices)
-    loaded = load_manifest(manifest, price_table=table)
+    loaded = load_manifest(manifest, price_table=table, rules=load_rules(rules))
     ledger_path = (
         ledger if ledger is not None else default_ledger_path(manifest, simulated=simulate)
     )
@@ -170,9 +178,13 @@ def _check_budget(plan: Plan) -> None:
 
 
 @click.command("schema")
-def schema_cmd() -> None:
-    """Print the manifest JSON Schema (for editors: see the README)."""
-    click.echo(manifest_schema_json(), nl=False)
+@rules_option
+def schema_cmd(rules: Path | None) -> None:
+    """Print the manifest JSON Schema (for editors: see the README).
+
+    With --rules, the schema of manifests checked under that rules file.
+    """
+    click.echo(manifest_schema_json(load_rules(rules)), nl=False)
 
 
 COMMANDS.extend([validate_cmd, plan_cmd, schema_cmd])

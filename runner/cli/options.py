@@ -24,6 +24,15 @@ def ledger_option(func: F) -> F:
     )(func)
 
 
+def rules_option(func: F) -> F:
+    return click.option(
+        "--rules",
+        type=_FILE,
+        help="Provider rules JSON: models, durations, limits (default: the packaged "
+        "runner/data/rules.json).",
+    )(func)
+
+
 def optional_manifest_argument(func: F) -> F:
     """MANIFEST, optional where --ledger alone says where the batch is."""
     return click.argument("manifest", required=False, type=_FILE)(func)

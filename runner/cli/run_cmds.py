@@ -15,8 +15,10 @@ from runner.cli.options import (
     existing_ledger,
     ledger_option,
     optional_manifest_argument,
+    rules_option,
     simulate_option,
 )
+from runner.contract import load_rules
 
 # runner.batch (and with it aiohttp) is imported inside the commands that need it, so
 # that `pixrun status` and friends start fast.
@@ -214,6 +216,7 @@ def _provider_settings(func: Any) -> Any:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
+@rules_option
 def run_cmd(
     manifest: Path,
     ledger: Path | None,
@@ -237,6 +240,7 @@ def run_cmd(
     yes: bool,
     quiet: bool,
     json_logs: bool,
+    rules: Path | None,
 ) -> None:
     """Run (or resume) the batch of MANIFEST: submit, poll, download, record everything.
 
@@ -248,7 +252,11 @@ def run_cmd(
 
     if not manifest.exists():
         raise UsageError(f"no manifest at {manifest}")
-    loaded = load_manifest(manifest, price_table=load_price_table(prices) if prices else None)
+    loaded = load_manifest(
+        manifest,
+        price_table=load_price_table(prices) if prices else None,
+        rules=load_rules(rules),
+    )
     console = Console(highlight=False)
     cap = _ptc(max_cost)
     # asked only on a terminal; the core asks after the budget check, before any write

@@ -21,7 +21,12 @@ from urllib.parse import unquote, urlsplit
 from runner.errors import InvalidRequest
 
 FILE_PREFIX = "file://"
-_MIME_BY_SUFFIX = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+_MIME_BY_SUFFIX = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
 
 
 def path_of_file_uri(uri: str) -> Path:
