@@ -258,6 +258,7 @@ async def run_batch(
     rerender_changed: bool = False,
     switch_provider: bool = False,
     force: bool = False,
+    check_space: bool = True,
 ) -> BatchOutcome:
     """Run (or resume) a batch. Raises the errors of :mod:`runner.errors`.
 
@@ -310,7 +311,9 @@ async def run_batch(
             planned_uptc = sum(_to_uptc(s.price_ptc) or 0 for s in manifest.shots)
             del manifest  # the ledger holds every shot now; keep memory flat at scale
             parked = await ledger.recover()
-            checked = await run_preflight(ledger, output_dir, simulated=simulated)
+            checked = await run_preflight(
+                ledger, output_dir, simulated=simulated, check_space=check_space
+            )
             for shot_id in hold:
                 observer.event(
                     RunEvent(

@@ -23,8 +23,11 @@ import hashlib
 import io
 import os
 import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
@@ -200,3 +203,22 @@ class ImageChecker:
                 found = f"missing:{path}"
             self._hashes[path] = found
         return found
+
+
+def local_image_digests(requests: Iterable[Mapping[str, Any]], max_bytes: int) -> dict[str, Path]:
+    """``sha256 -> path`` of each distinct local (``file://``) image these requests use:
+    what uploading them would send, one upload per content. Unreadable files are left
+    out (the manifest check reports them)."""
+    paths: dict[Path, None] = {}
+    for request in requests:
+        for value in request.values():
+            for item in value if isinstance(value, list) else (value,):
+                if isinstance(item, str) and item.startswith("file://"):
+                    paths[Path(unquote(urlsplit(item).path))] = None
+    digests: dict[str, Path] = {}
+    for path in paths:
+        try:
+            digests.setdefault(file_sha256(path, max_bytes), path)
+        except OSError:
+            continue
+    return digests

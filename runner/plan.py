@@ -24,7 +24,12 @@ from runner.contract import (
     default_rules,
     duration_seconds,
 )
+from runner.images import local_image_digests
 from runner.model import Manifest, Mode
+from runner.pricing import PriceTable, default_price_table
+
+#: the largest file 302's upload takes (runner.uploads says the same for the run)
+UPLOAD_MAX_BYTES = 50 * 1024 * 1024
 
 #: the status of a shot nothing is known about yet: it will be submitted (and paid for)
 TO_SUBMIT = "to_submit"
@@ -127,6 +132,14 @@ class Plan:
     currency: str = "PTC"
     #: already charged by earlier runs (from the ledger); counts against the budget
     spent_ptc: Decimal = Decimal(0)
+    #: distinct local images the shots to submit still need uploaded (not cached in the
+    #: ledger), and what one upload costs (None: unknown)
+    uploads_to_make: int = 0
+    upload_unit_ptc: Decimal | None = None
+
+    @property
+    def uploads_ptc(self) -> Decimal:
+        return self.uploads_to_make * (self.upload_unit_ptc or Decimal(0))
 
     @property
     def shot_count(self) -> int:
@@ -143,10 +156,12 @@ class Plan:
 
     @property
     def remaining_ptc(self) -> Decimal:
-        """Known cost of the shots still to be paid for (what the budget must cover)."""
-        return sum(
+        """Known cost of the shots (and uploads) still to be paid for (what the budget
+        must cover)."""
+        shots = sum(
             (g.remaining_ptc for g in self.groups if g.remaining_ptc is not None), Decimal(0)
         )
+        return shots + self.uploads_ptc
 
     @property
     def remaining_count(self) -> int:
@@ -185,6 +200,11 @@ class Plan:
             "budget_ptc": ptc_text(self.budget_ptc),
             "fits": self.fits,
             "over_by_ptc": ptc_text(self.over_by_ptc),
+            "uploads": {
+                "count": self.uploads_to_make,
+                "unit_ptc": ptc_text(self.upload_unit_ptc),
+                "subtotal_ptc": ptc_text(self.uploads_ptc),
+            },
         }
 
     def rows(self) -> list[dict[str, Any]]:
@@ -210,6 +230,7 @@ def build_plan(
     status_by_shot: Mapping[str, str] | None = None,
     spend_statuses: Collection[str] = DEFAULT_SPEND_STATUSES,
     spent_ptc: Decimal = Decimal(0),
+    uploaded: Collection[str] = (),
 ) -> Plan:
     """Group and price the manifest's shots.
 
@@ -253,6 +274,16 @@ def build_plan(
     ]
     groups.sort(key=PlanGroup.sort_key)
     budget = max_cost_ptc if max_cost_ptc is not None else manifest.run.budget_ptc
+    # local images go once each through the provider's upload (image_encoding=upload):
+    # those the ledger has not uploaded yet, for the shots still to be paid for
+    to_pay = (
+        s.request
+        for s in manifest.shots
+        if (status_by_shot.get(s.shot_id, TO_SUBMIT) if status_by_shot else TO_SUBMIT)
+        in spend_statuses
+    )
+    digests = local_image_digests(to_pay, UPLOAD_MAX_BYTES)
+    table = manifest.price_table if isinstance(manifest.price_table, PriceTable) else None
     return Plan(
         manifest_name=manifest.name,
         manifest_path=str(manifest.path),
@@ -260,4 +291,6 @@ def build_plan(
         budget_ptc=budget,
         statuses=tuple(statuses),
         spent_ptc=spent_ptc,
+        uploads_to_make=len(set(digests) - set(uploaded)),
+        upload_unit_ptc=(table or default_price_table()).upload_ptc,
     )

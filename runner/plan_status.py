@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runner.ledger import open_ledger
-from runner.ledger.queries import hashes_and_states, spent_uptc
+from runner.ledger.queries import hashes_and_states, spent_uptc, uploaded_digests
 from runner.model import Manifest, ShotState
 from runner.plan import TO_SUBMIT
 
@@ -37,11 +37,15 @@ _LABEL_OF = {
 }
 
 
-async def ledger_labels(manifest: Manifest, ledger_path: Path) -> tuple[Mapping[str, str], int]:
-    """``(label per shot id, micro-PTC spent so far)``; shots the ledger lacks are new."""
+async def ledger_labels(
+    manifest: Manifest, ledger_path: Path
+) -> tuple[Mapping[str, str], int, frozenset[str]]:
+    """``(label per shot id, micro-PTC spent so far, digests of images already
+    uploaded)``; shots the ledger lacks are new."""
     async with await open_ledger(ledger_path, writer=False) as ledger:
         known = await hashes_and_states(ledger)
         spent = await spent_uptc(ledger)
+        uploaded = await uploaded_digests(ledger)
     labels: dict[str, str] = {}
     for shot in manifest.shots:
         entry = known.get(shot.shot_id)
@@ -52,4 +56,4 @@ async def ledger_labels(manifest: Manifest, ledger_path: Path) -> tuple[Mapping[
             labels[shot.shot_id] = CHANGED
         else:
             labels[shot.shot_id] = _LABEL_OF[state]
-    return labels, spent
+    return labels, spent, uploaded

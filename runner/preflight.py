@@ -76,7 +76,9 @@ def _bytes_for(quality: str | None, duration: str | None) -> int:
     return BYTES_PER_S.get(quality or "", BYTES_PER_S["360p"]) * seconds
 
 
-async def run_preflight(ledger: Ledger, output_dir: Path, *, simulated: bool) -> Preflight:
+async def run_preflight(
+    ledger: Ledger, output_dir: Path, *, simulated: bool, check_space: bool = True
+) -> Preflight:
     """Adopt files already there, refuse foreign ones, check the room left."""
     adopted = await _adopt_existing(ledger, output_dir)
     to_come = await ledger.bytes_to_come()
@@ -85,7 +87,7 @@ async def run_preflight(ledger: Ledger, output_dir: Path, *, simulated: bool) ->
     else:
         needed = sum(_bytes_for(q, d) * n for q, d, n in to_come)
     free: int | None = None
-    if needed:
+    if needed and check_space:
         try:
             free = shutil.disk_usage(output_dir).free
         except OSError:

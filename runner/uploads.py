@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from runner.errors import InvalidRequest
+from runner.images import read_capped
 from runner.ledger import Ledger
 from runner.provider import Provider
 from runner.provider.images import FILE_PREFIX, has_local_images, path_of_file_uri
@@ -91,12 +91,16 @@ class ImageUploads:
             del self._inflight[digest]
 
 
+#: the largest file 302's upload takes
+UPLOAD_MAX_BYTES = 50 * 1024 * 1024
+
+
 def _read(path: Path) -> tuple[str, bytes]:
-    """The image's digest and bytes; a file that cannot be read is the shot's problem."""
+    """The image's digest and bytes; a file that cannot be read is the shot's problem.
+    Only regular files are opened, never past the upload's cap (a FIFO or a device
+    never blocks a run)."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # never block on a FIFO or a device
-            raise InvalidRequest(f"the local image {path} is not a regular file")
-        data = path.read_bytes()
+        data = read_capped(path, UPLOAD_MAX_BYTES)
         return hashlib.sha256(data).hexdigest(), data
     except OSError as exc:
         raise InvalidRequest(

@@ -328,7 +328,8 @@ def test_the_rehearsal_ledger_is_found_with_simulate(rehearsal: Rehearsal) -> No
     # plan against the rehearsal: both shots done; without --simulate: all to submit
     plan = _pixrun(r.dir, "plan", r.manifest, "--simulate", "--format", "json")
     rehearsed = json.loads(plan.stdout)
-    assert rehearsed["remaining_count"] == 0 and rehearsed["spent_ptc"] == "0.2"
+    # two shots, and the two local images each uploaded once (0.001 PTC each)
+    assert rehearsed["remaining_count"] == 0 and rehearsed["spent_ptc"] == "0.202"
     fresh = json.loads(_pixrun(r.dir, "plan", r.manifest, "--format", "json").stdout)
     assert fresh["remaining_count"] == 2
 

@@ -353,7 +353,8 @@ def test_disk_full_while_downloading_stops_cleanly_and_a_rerun_finishes(
         # room for a few videos and their sidecars (a page each), then ENOSPC
         filler: Path | None = _fill(out_dir.parent, leave_bytes=9 * PAGE_BYTES)
         batch = write_manifest(tmp_path, n, concurrency=4, output_dir=out_dir)
-        first = run_pixrun(batch, sim.base_url)
+        # the simulator's clips are tiny: past the check of room for real videos
+        first = run_pixrun(batch, sim.base_url, "--skip-space-check")
     else:
         filler = None
         batch = write_manifest(tmp_path, n, concurrency=4)
@@ -390,8 +391,8 @@ def test_disk_full_while_downloading_stops_cleanly_and_a_rerun_finishes(
     generated = stats["charges"]["count"]
 
     if filler is not None:
-        filler.unlink()  # space is freed
-    rerun = run_pixrun(batch, sim.base_url)
+        filler.unlink()  # space is freed (a tmpfs of 256 KiB: for tiny clips only)
+    rerun = run_pixrun(batch, sim.base_url, *(("--skip-space-check",) if filler else ()))
     assert rerun.returncode == 0, explain(rerun)
     stats = _assert_complete(batch, sim)
     after = dict(query(ledger, "SELECT shot_id, task_id FROM shots"))
@@ -547,3 +548,28 @@ def test_ledger_disk_full_mid_run_stops_sending(
     assert "Traceback" not in err, said
     filler.unlink()
     _finish(batch, sim)
+
+
+def test_an_output_disk_that_is_read_only_or_too_small_is_refused_before_spending(
+    tmp_path: Path, tmpfs: Callable[[str, int], Path], sim_thread: SimThread
+) -> None:
+    """Checked before the first generate: the output folder is created and written (a
+    probe file), and the disk has room for the videos to come (a low estimate of real
+    videos). Either refusal exits 2 with nothing sent."""
+    sim = sim_thread()
+    disk = tmpfs("small", 256 * PAGE_BYTES)
+    batch = write_manifest(tmp_path, 20, output_dir=disk / "out")
+    small = run_pixrun(batch, sim.base_url)
+    said = explain(small)
+    assert small.returncode == 2 and "GB free" in small.stderr, said
+    assert "nothing was sent" in " ".join(small.stderr.split()), said
+    assert sim.stats()["calls"].get("generate", 0) == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    try:
+        read_only = run_pixrun(batch, sim.base_url, "--skip-space-check")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    said = explain(read_only)
+    assert read_only.returncode == 2 and "cannot be written" in read_only.stderr, said
+    assert "Traceback" not in read_only.stderr, said
+    assert sim.stats()["calls"].get("generate", 0) == 0

@@ -5,6 +5,7 @@ route that is wrong, never share a trace id with another ledger.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -226,3 +227,22 @@ def test_inline_images_stay_available(tmp_path: Path, sim_thread: SimThread) -> 
     assert done.returncode == 0, explain(done)
     assert sim.stats()["uploads"]["count"] == 0
     assert sim.stats()["inline_image_generates"] == 2
+
+
+def test_the_plan_prices_the_uploads_still_to_make(tmp_path: Path, sim_thread: SimThread) -> None:
+    sim = sim_thread()
+    manifest, _ = _image_batch(tmp_path, 4)
+    env = env_for(sim.base_url)
+
+    def planned() -> dict[str, object]:
+        done = pixrun(["plan", str(manifest), "--format", "json"], env, cwd=tmp_path)
+        assert done.returncode == 0, explain(done)
+        uploads: dict[str, object] = json.loads(done.stdout)["uploads"]
+        return uploads
+
+    assert planned() == {"count": 2, "unit_ptc": "0.001", "subtotal_ptc": "0.002"}
+    table = pixrun(["plan", str(manifest)], env, cwd=tmp_path)
+    assert "2 local images to upload once each" in flat(table.stdout), explain(table)
+    args = ["run", str(manifest), "--quiet", "--yes"]
+    assert pixrun(args, env, cwd=tmp_path).returncode == 0
+    assert planned()["count"] == 0  # the ledger has them

@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -28,8 +29,11 @@ from runkit import (
     query,
     run_args,
     run_pixrun,
+    sha256_of,
     sim_tasks,
+    start,
     states,
+    wait_until,
     write_manifest,
 )
 
@@ -288,3 +292,113 @@ def test_declining_on_a_terminal_leaves_no_ledger_and_the_budget_is_checked_firs
     code, out = _run_on_a_terminal(over, env_for(sim.base_url), tmp_path, "y\n")
     assert code == 4 and "Submit" not in out, out
     assert sim.stats()["calls"].get("generate", 0) == 0
+
+
+# -- no silent stalls: download hosts that refuse -------------------------------------------
+
+
+def test_a_deleted_clip_of_a_rehearsal_comes_back_through_a_fresh_fetch(tmp_path: Path) -> None:
+    """The repro that hung forever: a rehearsal, one clip deleted, rerun. The stored URL
+    points at the previous run's simulator (gone): the download refreshes its URL with a
+    free fetch, and the state file's simulator still knows the task."""
+    batch = write_manifest(tmp_path, 3)
+    assert _rehearse(tmp_path, batch.manifest).returncode == 0
+    sim_ledger = tmp_path / "batch.sim.ledger.sqlite"
+    clip = tmp_path / "out.sim" / "s01.mp4"
+    recorded = query(sim_ledger, "SELECT sha256 FROM shots WHERE shot_id = 's01'")[0][0]
+    clip.unlink()
+    t0 = time.monotonic()
+    again = _rehearse(tmp_path, batch.manifest)
+    assert again.returncode == 0, explain(again)
+    assert time.monotonic() - t0 < 30
+    assert sha256_of(clip) == recorded
+    assert query(sim_ledger, "SELECT COUNT(*) FROM attempts")[0][0] == 3  # nothing generated
+    refreshed = query(sim_ledger, "SELECT COUNT(*) FROM events WHERE kind = 'url_refreshed'")
+    assert refreshed[0][0] >= 1
+
+
+def test_download_hosts_that_refuse_get_fresh_urls_and_nothing_is_generated_again(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread(dead_url_share=0.5, seed=4)
+    batch = write_manifest(tmp_path, 8)
+    done = run_pixrun(batch, sim.base_url)
+    assert done.returncode == 0, explain(done)
+    stats = sim.stats()
+    assert all(len(t) == 1 for t in sim_tasks(stats).values())
+    assert_files_match(batch, stats, batch.ids)
+    refreshed = query(batch.ledger, "SELECT COUNT(*) FROM events WHERE kind = 'url_refreshed'")
+    assert refreshed[0][0] >= 1
+
+
+def test_a_download_that_never_works_ends_the_shot_in_time_and_a_rerun_fetches_it_free(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread(dead_urls_always=True)
+    batch = write_manifest(tmp_path, 2)
+    t0 = time.monotonic()
+    first = run_pixrun(batch, sim.base_url, "--download-give-up-s", "2")
+    took_s = time.monotonic() - t0
+    said = explain(first)
+    assert first.returncode == 1 and took_s < 30, said
+    rows = query(batch.ledger, "SELECT state, error_kind, task_id, video_url FROM shots")
+    assert all(r[0] == "rendered" and r[1] == "download" and r[2] and r[3] is None for r in rows)
+    assert "download" in flat(first.stdout)
+    sim.simulator.config.dead_urls_always = False  # the CDN is back
+    rerun = run_pixrun(batch, sim.base_url)
+    assert rerun.returncode == 0, explain(rerun)
+    stats = sim.stats()
+    assert stats["accepted_tasks"] == 2  # collected, never generated again
+    assert_files_match(batch, stats, batch.ids)
+
+
+# -- errors inside HTTP 200 envelopes --------------------------------------------------------
+
+
+def test_a_permanent_error_in_a_200_envelope_fails_the_shot_at_once(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread(errors_in_200=True, permanent_error_code=500054, permanent_error_share=1.0)
+    batch = write_manifest(tmp_path, 2)
+    t0 = time.monotonic()
+    done = run_pixrun(batch, sim.base_url)
+    assert done.returncode == 1 and time.monotonic() - t0 < 20, explain(done)
+    rows = query(batch.ledger, "SELECT state, error_kind FROM shots")
+    assert rows == [("failed", "invalid")] * 2
+    assert query(batch.ledger, "SELECT COUNT(*) FROM attempts")[0][0] == 2  # no retries
+
+
+def test_an_account_limit_in_a_200_envelope_stops_like_an_empty_account(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread(errors_in_200=True, permanent_error_code=500060, permanent_error_share=1.0)
+    batch = write_manifest(tmp_path, 3)
+    done = run_pixrun(batch, sim.base_url)
+    assert done.returncode == 4, explain(done)
+    assert set(states(batch.ledger).values()) == {"pending"}
+
+
+# -- a rehearsal's clock and its hints ----------------------------------------------------
+
+
+def test_a_rehearsal_waits_on_its_own_clock_and_its_hints_keep_simulate(tmp_path: Path) -> None:
+    """Renders of 1 s: the poll settings shrink with them (not 20 s before the first
+    poll). Interrupted, the printed resume command keeps --simulate."""
+    batch = write_manifest(tmp_path, 3)
+    doc = yaml.safe_load(batch.manifest.read_text())
+    del doc["run"]["poll"]  # the defaults: 20 s before the first poll of a real task
+    batch.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    args = ["run", str(batch.manifest), "--yes", "--simulate", "--sim-render-time", "1,1"]
+    t0 = time.monotonic()
+    done = pixrun(args, env_for(None, key=None), cwd=tmp_path)
+    assert done.returncode == 0 and time.monotonic() - t0 < 12, explain(done)
+
+    slow = write_manifest(tmp_path / "slow", 3)
+    slow_args = ["run", str(slow.manifest), "--yes", "--simulate", "--sim-render-time", "30,30"]
+    running = start(slow_args, env_for(None, key=None), cwd=slow.dir, tag="slow")
+    ledger = slow.dir / "batch.sim.ledger.sqlite"
+    wait_until(lambda: len(in_state(ledger, "submitted")) == 3, what="three tasks rendering")
+    running.signal(signal.SIGINT)
+    assert running.wait(20) == 130
+    out, _ = running.output()
+    assert f"pixrun run {slow.manifest} --simulate" in flat(out), out

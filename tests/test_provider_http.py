@@ -190,7 +190,7 @@ async def test_generate_uses_a_fresh_connection_fetch_reuses_one(
         for _ in range(3):
             await provider.fetch("7")
         assert connections == 4
-    assert provider.calls == {"generate": 3, "fetch": 3, "download": 0}
+    assert provider.calls == {"generate": 3, "fetch": 3, "download": 0, "upload": 0}
 
 
 # ---- the provider's own refusals, from the simulator --------------------------------------
@@ -309,7 +309,7 @@ async def test_trace_id_and_local_images_go_out(
     sim = await sim_factory(generate_hook=hook)
     request = {"prompt": "wake up", "model": "v4.5", "image": image.as_uri()}
     trace = trace_id_for("img-shot", 2, secret=TEST_SECRET)
-    await provider_factory(sim).generate(request, trace_id=trace)
+    await provider_factory(sim, image_encoding="data_uri").generate(request, trace_id=trace)
     body, headers = seen[0]
     assert headers[TRACE_HEADER] == trace
     prefix = "data:image/png;base64,"
@@ -324,9 +324,28 @@ async def test_missing_local_image_is_invalid_and_nothing_is_sent(
     sim = await sim_factory()
     request = {"prompt": "x", "model": "v4.5", "image": (tmp_path / "gone.png").as_uri()}
     with pytest.raises(InvalidRequest) as info:
-        await provider_factory(sim).generate(request, trace_id="t")
+        await provider_factory(sim, image_encoding="data_uri").generate(request, trace_id="t")
     assert "gone.png" in str(info.value)
     assert sim.stats()["calls"].get("generate", 0) == 0
+
+
+async def test_a_local_image_is_never_inlined_when_uploads_are_on(
+    sim_factory: SimFactory, provider_factory: ProviderFactory, tmp_path: Path
+) -> None:
+    """With image_encoding=upload the caller uploads first (runner.uploads); a request
+    that still names a local file is refused before a byte is sent."""
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (320, 320), (1, 2, 3)).save(image)
+    sim = await sim_factory()
+    request = {"prompt": "a cat", "model": "v4.5", "quality": "360p", "image": image.as_uri()}
+    with pytest.raises(InvalidRequest, match="not uploaded"):
+        await provider_factory(sim).generate(request, trace_id="t")
+    assert sim.stats()["calls"].get("generate", 0) == 0
+    provider = provider_factory(sim)
+    url = await provider.upload(image, image.read_bytes())
+    task_id = await provider.generate({**request, "image": url}, trace_id="t2")
+    assert task_id and sim.stats()["inline_image_generates"] == 0
+    assert sim.stats()["uploads"]["count"] == 1 and provider.calls["upload"] == 1
 
 
 async def test_the_key_never_appears_in_errors(provider_factory: ProviderFactory) -> None:

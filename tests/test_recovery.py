@@ -377,7 +377,8 @@ def test_a_ledger_of_another_manifest_is_refused_unless_forced(
     assert "belongs to the batch 'alpha'" in err and "--force" in err
     assert sim.stats()["calls"]["generate"] == 2  # nothing sent
     assert query(alpha.ledger, "SELECT value FROM meta WHERE key='name'") == [("alpha",)]
-    forced = pixrun(run_args(beta, "--ledger", str(alpha.ledger), "--force"), env, cwd=tmp_path)
+    take_over = ("--ledger", str(alpha.ledger), "--force", "--rerender-changed")
+    forced = pixrun(run_args(beta, *take_over), env, cwd=tmp_path)
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert query(alpha.ledger, "SELECT value FROM meta WHERE key='name'") == [("beta",)]
 

@@ -17,7 +17,7 @@ from shots import make_manifest, make_shot
 
 from runner import outputs as outputs_module
 from runner.batch import BatchOutcome, RunOverrides, run_batch
-from runner.errors import BudgetExceeded, ExitCode
+from runner.errors import BudgetExceeded, ExitCode, UsageError
 from runner.events import RunEvent, RunEventKind, RunSnapshot
 from runner.model import Manifest, OutputSettings, ShotState
 from runner.sim import Simulator
@@ -54,6 +54,12 @@ async def run(
     **overrides: Any,
 ) -> BatchOutcome:
     provider_options = overrides.pop("provider_options", {})
+    # a changed done shot is re-rendered only with consent; another simulator (another
+    # port) stands for the same provider here
+    batch_flags = {
+        "rerender_changed": overrides.pop("rerender_changed", False),
+        "switch_provider": overrides.pop("switch_provider", False),
+    }
     provider_options.setdefault("read_timeout_s", 2.0)
     provider_options.setdefault("total_timeout_s", 4.0)
     overrides.setdefault("backoff_base_s", 0.01)
@@ -64,6 +70,7 @@ async def run(
             base_url=sim.base_url, provider_options=provider_options, **overrides
         ),
         handle_signals=False,
+        **batch_flags,
     )
 
 
@@ -246,7 +253,7 @@ async def test_empty_account_stops_submitting_and_rerun_resumes(
     assert outcome.result.counts[ShotState.PENDING] == 3
     assert "out of credit" in (outcome.result.message or "")
     rich = await sim_factory()
-    outcome = await run(manifest, rich)
+    outcome = await run(manifest, rich, switch_provider=True)
     assert outcome.result.exit_code == ExitCode.OK
     assert outcome.result.counts == {ShotState.DONE: 6}
     assert rich.stats()["accepted_tasks"] == 3
@@ -296,11 +303,11 @@ async def test_existing_different_file_is_never_overwritten(
     manifest.output.dir.mkdir(parents=True)
     precious = manifest.output.dir / "a.mp4"
     precious.write_bytes(b"someone else's file")
-    outcome = await run(manifest, sim)
+    # refused before anything is spent, rather than paid for and then refused
+    with pytest.raises(UsageError, match=r"a\.mp4"):
+        await run(manifest, sim)
     assert precious.read_bytes() == b"someone else's file"
-    assert outcome.result.counts == {ShotState.DONE: 1, ShotState.FAILED: 1}
-    ((kind,),) = ledger_rows(manifest, "SELECT error_kind FROM shots WHERE shot_id='a'")
-    assert kind == "output_conflict"
+    assert sim.stats()["calls"].get("generate", 0) == 0
 
 
 async def test_changed_shot_becomes_a_new_version_and_keeps_the_old_file(
@@ -311,7 +318,7 @@ async def test_changed_shot_becomes_a_new_version_and_keeps_the_old_file(
     await run(first, sim)
     old_bytes = (first.output.dir / "a.mp4").read_bytes()
     second = make_manifest(tmp_path, [make_shot("a", prompt="a stormy sea"), make_shot("b")])
-    outcome = await run(second, sim)
+    outcome = await run(second, sim, rerender_changed=True)
     assert outcome.result.counts == {ShotState.DONE: 2}
     assert sim.stats()["accepted_tasks"] == 3
     assert (first.output.dir / "a.v1.mp4").read_bytes() == old_bytes
@@ -362,7 +369,7 @@ async def test_a_new_version_placed_over_the_old_file_is_made_durable(
     second = replace(
         make_manifest(tmp_path, [make_shot("a", prompt="a stormy sea")]), output=output
     )
-    outcome = await run(second, sim)
+    outcome = await run(second, sim, rerender_changed=True)
     assert outcome.result.counts == {ShotState.DONE: 1}
     assert (output.dir / "a.v1.mp4").exists()
     # an fsync saw the old version aside and no staging file left: it covers the moves

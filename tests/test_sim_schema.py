@@ -169,18 +169,27 @@ def test_the_simulator_never_imports_the_clients_contract() -> None:
 
 
 async def test_the_simulator_disagrees_where_the_client_is_wrong(
-    sim_factory: Any, provider_factory: Any
+    sim_factory: Any, provider_factory: Any, tmp_path: Path
 ) -> None:
-    """A body the client's rules pass (roll as a fraction) is refused by the provider."""
-    from runner.contract import check_request
+    """A body the client's rules pass (a user's rules file that adds a model the
+    provider does not have) is refused by the provider: the simulator judges by the
+    provider contract, not by the client's rules."""
+    import json as json_
+
+    from runner.contract import check_request, load_rules
     from runner.model import Mode
 
-    body = {**BASE, "motion_scale": {"roll": 0.5}}
-    assert check_request(Mode.TEXT, body) == []
+    packaged = Path(__file__).parents[1] / "runner" / "data" / "rules.json"
+    doc = json_.loads(packaged.read_text(encoding="utf-8"))
+    doc["models"]["text"]["values"].append("v6")
+    mine = tmp_path / "rules.json"
+    mine.write_text(json_.dumps(doc), encoding="utf-8")
+    body = {**BASE, "model": "v6"}
+    assert check_request(Mode.TEXT, body, rules=load_rules(mine)) == []
     for dialect, code in (("pixverse", 400017), ("gateway", 400)):
         sim = await sim_factory(dialect=dialect)
         with pytest.raises(InvalidRequest) as refused:
             await provider_factory(sim).generate(body, trace_id="t")
         assert refused.value.provider_code == code
-        assert "Invalid parameter: motion_scale.roll" in str(refused.value)
+        assert "Invalid parameter: model" in str(refused.value)
         assert sim.stats()["refusals"] == {"invalid": 1}

@@ -131,13 +131,14 @@ def plan_cmd(
         # earlier runs: plan only what remains, and show what is done, in flight, ...
         from runner.plan_status import SPEND_LABELS, ledger_labels
 
-        labels, spent_uptc = asyncio.run(ledger_labels(loaded, ledger_path))
+        labels, spent_uptc, uploaded = asyncio.run(ledger_labels(loaded, ledger_path))
         plan = build_plan(
             loaded,
             max_cost_ptc=max_cost,
             status_by_shot=labels,
             spend_statuses=SPEND_LABELS,
             spent_ptc=from_uptc(spent_uptc),
+            uploaded=uploaded,
         )
     elif ledger is not None:
         raise UsageError(f"no ledger at {ledger}", hint="drop --ledger to plan from scratch")

@@ -74,6 +74,13 @@ def print_plan(plan: Plan, console: Console) -> None:
             f"[yellow]{plural(plan.unpriced_count, 'shot')} {have} no published price[/] "
             "(shown as unknown, not counted in the total); edit the price table to price them"
         )
+    if plan.uploads_to_make:
+        unit = ptc_text(plan.upload_unit_ptc) or "[yellow]unknown[/]"
+        console.print(
+            f"uploads: {plural(plan.uploads_to_make, 'local image')} to upload once each, "
+            f"{unit} {plan.currency} each = {ptc_text(plan.uploads_ptc)} {plan.currency} "
+            "(counted in what is still to pay)"
+        )
     if extra:
         if plan.spent_ptc:
             console.print(f"spent by earlier runs: {ptc_text(plan.spent_ptc)} {plan.currency}")

@@ -202,6 +202,12 @@ def _provider_settings(func: Any) -> Any:
     "done. Without it, and without a terminal to ask on, they are held and the run exits 1.",
 )
 @click.option(
+    "--skip-space-check",
+    is_flag=True,
+    help="Do not refuse a run whose output disk looks too small for the videos to come "
+    "(the estimate is low on purpose; use this when your videos are smaller still).",
+)
+@click.option(
     "--switch-provider",
     is_flag=True,
     help="Let this ledger move to another provider than the one it was made with "
@@ -235,6 +241,7 @@ def run_cmd(
     download_give_up_s: float | None,
     one_cpu: bool,
     rerender_changed: bool,
+    skip_space_check: bool,
     switch_provider: bool,
     force: bool,
     yes: bool,
@@ -288,6 +295,7 @@ def run_cmd(
         confirm=confirm,
         rerender_changed=rerender_changed,
         switch_provider=switch_provider,
+        check_space=not skip_space_check,
         force=force,
     )
     # the run keeps the shots in the ledger, not in memory: drop our reference so the

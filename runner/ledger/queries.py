@@ -234,6 +234,12 @@ async def spent_uptc(ledger: Ledger) -> int:
     return int(rows[0][0])
 
 
+async def uploaded_digests(ledger: Ledger) -> frozenset[str]:
+    """Content digests of the local images this ledger has uploaded."""
+    rows = await _fetchall(ledger, "SELECT sha256 FROM uploads")
+    return frozenset(str(r[0]) for r in rows)
+
+
 async def last_run(ledger: Ledger) -> RunInfo | None:
     rows = await _fetchall(
         ledger,
