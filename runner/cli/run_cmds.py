@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from runner.cli.options import existing_ledger, ledger_option, optional_manifest_argument
+from runner.cli.options import provider_options as _provider_options
 
 # runner.batch (and with it aiohttp) is imported inside the commands that need it, so
 # that `pixrun status` and friends start fast.
@@ -57,24 +58,6 @@ def _event_loop_runner() -> Any:
     except ImportError:
         return asyncio.run
     return uvloop.run
-
-
-def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; numbers become numbers. The adapter checks the keys."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE")
-        number: Any = value
-        for cast in (int, float):
-            try:
-                number = cast(value)
-                break
-            except ValueError:
-                continue
-        options[key.strip()] = number
-    return options
 
 
 def _ask(preview: RunPreview) -> Decision:
