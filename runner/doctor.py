@@ -61,6 +61,17 @@ _EXIT_PRIORITY = (ExitCode.AUTH, ExitCode.CONTRACT, ExitCode.INVALID)
 _ROUTE_EXISTS = (Verdict.NO_SUCH_TASK, Verdict.ENVELOPE)
 
 
+#: the checks, in the order they are shown
+KEY = "key"
+DIALECT = "dialect"
+GENERATE = "generate route"
+FETCH = "fetch route"
+UPLOAD = "upload route"
+DISK = "disk space"
+LEDGER = "ledger folder"
+CLOCK = "clock"
+
+
 class Outcome(StrEnum):
     """A check's result."""
 
@@ -175,7 +186,8 @@ def _within(small: Mapping[str, str], big: Mapping[str, str]) -> bool:
 
 
 def made_up_task_id() -> str:
-    """A task id no one has: 18 digits like PixVerse's, from a range its ids do not use."""
+    """A task id no one has: 18 random digits, shaped like PixVerse's ids, so a
+    provider that checks the shape still answers "no such task" rather than "invalid"."""
     return "9" + "".join(str(secrets.randbelow(10)) for _ in range(17))
 
 
@@ -194,7 +206,7 @@ async def diagnose(config: ProviderConfig, *, output_dir: Path, ledger_dir: Path
         configured = await prober.get(config.fetch_url(task_id))
         first = classify(configured)
         if first in (Verdict.KEY_REFUSED, Verdict.NO_ANSWER):
-            provider_checks = _stopped_early(config, configured, first)
+            provider_checks = _stopped_early(configured, first)
             answers: list[ProbeAnswer] = [configured]
         else:
             others = [r for r in FETCH_ROUTE_CANDIDATES if r != config.fetch_path]
@@ -236,9 +248,9 @@ def _working(checks: Iterable[Check], config: ProviderConfig) -> dict[str, str]:
     """The routes the checks proved: the configured ones that passed, or a found one."""
     working: dict[str, str] = {}
     for check in checks:
-        if check.name == "generate route" and check.outcome is Outcome.OK:
+        if check.name == GENERATE and check.outcome is Outcome.OK:
             working["generate_path"] = config.generate_path
-        if check.name == "fetch route":
+        if check.name == FETCH:
             if check.outcome is Outcome.OK:
                 working["fetch_path"] = config.fetch_path
             elif "fetch_path" in check.remedy:
@@ -246,13 +258,13 @@ def _working(checks: Iterable[Check], config: ProviderConfig) -> dict[str, str]:
     return working
 
 
-def _stopped_early(config: ProviderConfig, answer: ProbeAnswer, verdict: Verdict) -> list[Check]:
+def _stopped_early(answer: ProbeAnswer, verdict: Verdict) -> list[Check]:
     """The key was refused, or nothing answered: the route checks cannot say anything."""
     key = check_key(answer, [answer])
     why = "the key was refused" if verdict is Verdict.KEY_REFUSED else "the provider did not answer"
     skipped = [
         Check(name, Outcome.WARN, f"not checked: {why}")
-        for name in ("dialect", "generate route", "fetch route", "upload route")
+        for name in (DIALECT, GENERATE, FETCH, UPLOAD)
     ]
     return [key, *skipped]
 
@@ -275,7 +287,7 @@ def check_key(primary: ProbeAnswer, answers: Sequence[ProbeAnswer]) -> Check:
     """401/403 anywhere: refused. A recognised envelope anywhere: accepted."""
     if classify(primary) is Verdict.NO_ANSWER:
         return Check(
-            "key",
+            KEY,
             Outcome.FAIL,
             f"{_where(primary)}: {primary.error}",
             "check the network, and the base URL (PIXRUN_BASE_URL or --base-url)",
@@ -284,7 +296,7 @@ def check_key(primary: ProbeAnswer, answers: Sequence[ProbeAnswer]) -> Check:
     refused = [a for a in answers if classify(a) is Verdict.KEY_REFUSED]
     if refused:
         return Check(
-            "key",
+            KEY,
             Outcome.FAIL,
             f"refused: {_where(refused[0])} answered {refused[0].summary()}",
             "check PIXRUN_API_KEY: it must be a key of this provider, not revoked",
@@ -293,12 +305,12 @@ def check_key(primary: ProbeAnswer, answers: Sequence[ProbeAnswer]) -> Check:
     recognised = [a for a in answers if dialect_of(a) is not None]
     if recognised:
         return Check(
-            "key",
+            KEY,
             Outcome.OK,
             f"accepted: {_where(recognised[0])} answered {recognised[0].summary()}",
         )
     return Check(
-        "key",
+        KEY,
         Outcome.WARN,
         "not proven: no route answered in a provider envelope, so the key was never read",
         "fix the routes below first",
@@ -315,7 +327,7 @@ def check_dialect(generate: ProbeAnswer, fetch: ProbeAnswer) -> Check:
     families = set(seen.values())
     if not families:
         return Check(
-            "dialect",
+            DIALECT,
             Outcome.FAIL,
             "no answer came in a known envelope (PixVerse ErrCode/ErrMsg/Resp, "
             "or gateway code/msg/data)",
@@ -325,14 +337,14 @@ def check_dialect(generate: ProbeAnswer, fetch: ProbeAnswer) -> Check:
     if len(families) == 1:
         family = families.pop()
         shape = "ErrCode/ErrMsg/Resp" if family == "pixverse" else "code/msg/data"
-        return Check("dialect", Outcome.OK, f"{family} ({shape}), from {' and '.join(seen)}")
+        return Check(DIALECT, Outcome.OK, f"{family} ({shape}), from {' and '.join(seen)}")
     mixed = ", ".join(f"{name} answers {d}" for name, d in seen.items())
-    return Check("dialect", Outcome.OK, f"mixed: {mixed} (pixrun reads both)")
+    return Check(DIALECT, Outcome.OK, f"mixed: {mixed} (pixrun reads both)")
 
 
 def check_generate(config: ProviderConfig, answer: ProbeAnswer) -> Check:
     """The generate route refuses a request that cannot be valid, in an envelope."""
-    name = "generate route"
+    name = GENERATE
     verdict = classify(answer)
     task = accepted_task(answer) if verdict in _ROUTE_EXISTS else None
     if task is not None:
@@ -395,7 +407,7 @@ def check_fetch(
     config: ProviderConfig, answers: Mapping[str, ProbeAnswer], control: ProbeAnswer
 ) -> Check:
     """Which fetch routes exist: a "no such task" (or a task) in an envelope says yes."""
-    name = "fetch route"
+    name = FETCH
     configured = config.fetch_path
     mine = answers[configured]
     if classify(control) in _ROUTE_EXISTS:
@@ -442,7 +454,7 @@ def check_fetch(
 
 def check_upload(answer: ProbeAnswer) -> Check:
     """The upload route refuses an empty form in an envelope: it exists."""
-    name = "upload route"
+    name = UPLOAD
     verdict = classify(answer)
     if verdict in _ROUTE_EXISTS:
         return Check(
@@ -468,7 +480,7 @@ def _existing_ancestor(folder: Path) -> Path:
 
 def check_disk(folder: Path) -> Check:
     """Free space where the videos will go."""
-    name = "disk space"
+    name = DISK
     try:
         free = shutil.disk_usage(_existing_ancestor(folder)).free
     except OSError as exc:
@@ -489,7 +501,7 @@ def check_disk(folder: Path) -> Check:
 
 def check_ledger_folder(folder: Path) -> Check:
     """The ledger's folder takes a new file (created, written, deleted)."""
-    name = "ledger folder"
+    name = LEDGER
     probe = folder / f".pixrun-doctor-{secrets.token_hex(4)}.probe"
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -512,7 +524,7 @@ def check_ledger_folder(folder: Path) -> Check:
 
 def check_clock(answers: Sequence[ProbeAnswer]) -> Check:
     """The local clock against the provider's ``Date`` header."""
-    name = "clock"
+    name = CLOCK
     for answer in answers:
         value = answer.headers.get("Date")
         if not value:
