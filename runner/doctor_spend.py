@@ -217,7 +217,11 @@ async def _follow(
         answer = await prober.get(config.fetch_url(task_id))
         polls += 1
         verdict = classify(answer)
-        state = _read_fetch(answer, verdict, config, task_id)
+        try:
+            state = _read_fetch(answer, verdict, config, task_id)
+        except ProviderError:
+            keeper.keep(f"fetch-{verdict.value}", answer.to_dict())
+            raise
         label = state.status.value if state is not None else verdict.value
         if state is None or state.status is not TaskStatus.SUCCEEDED:
             keeper.keep_if_new(f"fetch-{label}", answer, (answer.status, verdict, label))
@@ -226,7 +230,6 @@ async def _follow(
         if state is not None and state.status is TaskStatus.SUCCEEDED:
             return state, answer, polls
         if state is not None and state.status in (TaskStatus.FAILED, TaskStatus.MODERATED):
-            keeper.keep(f"fetch-{label}", answer.to_dict())
             raise ProviderError(
                 f"the test shot (task {task_id}) ended {label}: {state.message or 'no reason'}",
                 hint=f"the raw answers are in {keeper.folder}",

@@ -154,6 +154,20 @@ def test_spend_runs_one_cheapest_shot_end_to_end(sim_thread: SimThread, tmp_path
     assert_key_absent(KEY, files=folder.iterdir())
 
 
+def test_a_spend_shot_refused_by_moderation_exits_1_with_its_answers(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    sim = sim_thread(moderated_words=("paper boat",))
+    folder = tmp_path / "evidence"
+    result = doctor(["--spend", "--yes", "--save-dir", str(folder)], sim.base_url, tmp_path)
+    assert result.returncode == ExitCode.SHOTS_FAILED, result.stderr
+    assert "moderated" in flat(result.stderr) and str(folder) in flat(result.stderr)
+    assert books(sim)[0] == 1
+    last = json.loads(sorted(folder.glob("*-fetch-*.json"))[-1].read_text("utf-8"))
+    assert last["body"]["Resp"]["status"] == 7
+    assert not (folder / "pixrun-doctor.mp4").exists()
+
+
 def test_spend_without_a_terminal_needs_yes(sim_thread: SimThread, tmp_path: Path) -> None:
     sim = sim_thread()
     result = doctor(["--spend"], sim.base_url, tmp_path)

@@ -99,7 +99,8 @@ def _table(report: DoctorReport) -> Table:
 @click.option(
     "--save",
     is_flag=True,
-    help="Keep the routes found to work in the settings file, for later commands.",
+    help="Keep the routes found to work in the settings file, for later commands "
+    "($PIXRUN_CONFIG, else config.toml in the user config folder, e.g. ~/.config/pixrun).",
 )
 @click.option(
     "--spend",
