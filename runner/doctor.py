@@ -40,7 +40,6 @@ from runner.provider.dialects import Op, error_for, read_envelope
 from runner.provider.probe import (
     CONTROL_FETCH_ROUTE,
     FETCH_ROUTE_CANDIDATES,
-    UPLOAD_PATH,
     ProbeAnswer,
     Prober,
     Verdict,
@@ -214,7 +213,7 @@ async def diagnose(config: ProviderConfig, *, output_dir: Path, ledger_dir: Path
                 prober.post_json(
                     config.generate_url(), probe_generate_body(), trace_id=str(uuid.uuid4())
                 ),
-                prober.post_empty_form(route_url(config, UPLOAD_PATH)),
+                prober.post_empty_form(config.upload_url()),
                 prober.get(route_url(config, CONTROL_FETCH_ROUTE, task_id)),
                 *(prober.get(route_url(config, r, task_id)) for r in others),
             )

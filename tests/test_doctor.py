@@ -68,6 +68,7 @@ def test_all_good_is_free_and_exits_0(sim_thread: SimThread, tmp_path: Path) -> 
     # the generate route was asked, and refused the probe
     assert sim.stats(with_tasks=False)["refusals"].get("invalid") == 1
     assert list(tmp_path.iterdir()) == [], "the ledger-folder probe file was left behind"
+    assert sim.stats(with_tasks=False)["uploads"]["charged_uptc"] == 0
 
 
 def test_json_format_parses_and_names_every_check(sim_thread: SimThread, tmp_path: Path) -> None:
@@ -80,7 +81,7 @@ def test_json_format_parses_and_names_every_check(sim_thread: SimThread, tmp_pat
         "dialect": "ok",
         "generate route": "ok",
         "fetch route": "ok",
-        "upload route": "warn",  # the simulator has no upload route
+        "upload route": "ok",
         "disk space": "ok",
         "ledger folder": "ok",
         "clock": "ok",
@@ -104,20 +105,21 @@ def test_a_refused_key_exits_3(sim_thread: SimThread, tmp_path: Path) -> None:
     assert books(sim) == (0, 0)
 
 
+@pytest.mark.parametrize("route", [ALT_FETCH, "/pix/fetch?task_id={task_id}"])
 def test_a_wrong_fetch_route_exits_5_then_save_fixes_it(
-    sim_thread: SimThread, tmp_path: Path
+    sim_thread: SimThread, tmp_path: Path, route: str
 ) -> None:
-    sim = sim_thread(fetch_path=ALT_FETCH)
+    sim = sim_thread(fetch_path=route)
     settings = tmp_path / "conf" / "config.toml"
     first = doctor([], sim.base_url, tmp_path, config=settings)
     assert first.returncode == ExitCode.CONTRACT, first.stderr
-    assert f"--provider-option fetch_path={ALT_FETCH}" in flat(first.stderr)
+    assert f"--provider-option fetch_path={route}" in flat(first.stderr)
     assert not settings.exists()
 
     saved = doctor(["--save"], sim.base_url, tmp_path, config=settings)
     assert saved.returncode == 0, saved.stderr + saved.stdout
     table = tomllib.loads(settings.read_text("utf-8"))["providers"][sim.base_url]
-    assert table == {"fetch_path": ALT_FETCH, "generate_path": "/pix/generate"}
+    assert table == {"fetch_path": route, "generate_path": "/pix/generate"}
 
     again = doctor(["--format", "json"], sim.base_url, tmp_path, config=settings)
     assert again.returncode == 0, again.stderr
@@ -363,6 +365,8 @@ async def test_a_query_form_fetch_route_is_found(fake_api: Any, tmp_path: Path) 
     assert fetch.remedy == {"fetch_path": "/pixverse/v1/pro/feed?task_id={task_id}"}
     assert found["report"].exit_code == ExitCode.CONTRACT
     assert found["report"].working["fetch_path"] == "/pixverse/v1/pro/feed?task_id={task_id}"
+    upload = found["upload route"]
+    assert upload.outcome is Outcome.WARN and "image_encoding=data_uri" in upload.fix
 
 
 async def test_a_provider_that_answers_every_route_proves_no_route(

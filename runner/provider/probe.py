@@ -39,8 +39,6 @@ PROBE_CONNECT_TIMEOUT_S = 5.0
 PROBE_TOTAL_TIMEOUT_S = 20.0
 
 TRACE_HEADER = "Ai-trace-id"
-#: 302.AI's file upload, used by its own apps (API.md "Endpoints")
-UPLOAD_PATH = "/302/upload-file"
 #: where a fetch route may be: 302 publishes none for this API (API.md "Endpoints"), so
 #: these are the plausible forms, the configured default first
 FETCH_ROUTE_CANDIDATES = (
@@ -61,8 +59,6 @@ PIXVERSE_NOT_FOUND = 500008
 #: the gateway family's "no such task"
 GATEWAY_NOT_FOUND = 404
 _WORDS_NOT_FOUND = ("not found", "not exist", "no such task")
-#: the envelope families of this API (dialects.read_envelope's names)
-RECOGNISED_DIALECTS = ("pixverse", "gateway")
 
 
 class Verdict(StrEnum):
@@ -123,7 +119,7 @@ class ProbeAnswer:
         if ctype:
             parts.append(ctype)
         env = read_envelope(self.body)
-        if env.dialect in RECOGNISED_DIALECTS:
+        if env.provider:
             name = "ErrCode" if env.dialect == "pixverse" else "code"
             parts.append(f"{name} {env.code}")
             if env.message:
@@ -144,8 +140,8 @@ def _json_preview(body: Any) -> str:
 
 def dialect_of(answer: ProbeAnswer) -> str | None:
     """ "pixverse" or "gateway" when the answer is in one of this API's envelopes."""
-    dialect = read_envelope(answer.body).dialect
-    return dialect if dialect in RECOGNISED_DIALECTS else None
+    env = read_envelope(answer.body)
+    return env.dialect if env.provider else None
 
 
 def _code_int(code: Any) -> int | None:
@@ -175,7 +171,7 @@ def classify(answer: ProbeAnswer) -> Verdict:
     if 300 <= answer.status < 400:
         return Verdict.ROUTE_LEVEL
     env = read_envelope(answer.body)
-    if env.dialect not in RECOGNISED_DIALECTS:
+    if not env.provider:
         if answer.status == 429 or answer.status >= 500:
             return Verdict.INCONCLUSIVE
         return Verdict.ROUTE_LEVEL
@@ -194,7 +190,7 @@ def accepted_task(answer: ProbeAnswer) -> str | None:
     """When a generate answer looks like an accepted task: its id (or "?" when the
     envelope says success without one); None when it is a refusal."""
     env = read_envelope(answer.body)
-    if env.dialect not in RECOGNISED_DIALECTS:
+    if not env.provider:
         return None
     payload = env.payload if isinstance(env.payload, dict) else {}
     for key in ("video_id", "task_id", "id"):
