@@ -84,3 +84,10 @@ def sim_thread() -> Iterator[Callable[..., SimulatorThread]]:
     yield make
     for sim in started:
         sim.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_user_settings_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process code never reads the user's own settings file (an empty
+    PIXRUN_CONFIG switches it off); a test that wants one points it at a tmp file."""
+    monkeypatch.setenv("PIXRUN_CONFIG", "")

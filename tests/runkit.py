@@ -136,6 +136,8 @@ def env_for(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXRUN_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    # never the user's own settings file (an empty value switches it off)
+    env["PIXRUN_CONFIG"] = ""
     if base_url is not None:
         env["PIXRUN_BASE_URL"] = base_url
     if key is not None:

@@ -47,6 +47,7 @@ _COMMAND_MODULES = {
     "status": "runner.cli.view_cmds",
     "report": "runner.cli.view_cmds",
     "sim": "runner.cli.sim_cmd",
+    "doctor": "runner.cli.doctor_cmd",
 }
 
 
@@ -82,7 +83,8 @@ def cli() -> None:
     """Turn a YAML manifest of video shots into finished MP4 files through PixVerse.
 
     Exit codes: 0 success; 1 finished but some shots did not succeed; 2 invalid input
-    or usage; 3 the provider refused the API key; 4 out of money; 130 interrupted.
+    or usage; 3 the provider refused the API key; 4 out of money; 5 the provider
+    answered in a way pixrun does not recognise (run pixrun doctor); 130 interrupted.
     """
 
 

@@ -47,6 +47,25 @@ def simulate_option(func: F) -> F:
     )(func)
 
 
+def provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``--provider-option KEY=VALUE`` pairs; numbers become numbers. The adapter
+    checks the keys."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE")
+        number: Any = value
+        for cast in (int, float):
+            try:
+                number = cast(value)
+                break
+            except ValueError:
+                continue
+        options[key.strip()] = number
+    return options
+
+
 def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bool = False) -> Path:
     """The ledger a reading command works on; a clear error when there is none.
 

@@ -18,6 +18,7 @@ from runner.cli.options import (
     rules_option,
     simulate_option,
 )
+from runner.cli.options import provider_options as _provider_options
 from runner.contract import load_rules
 
 # runner.batch (and with it aiohttp) is imported inside the commands that need it, so
@@ -65,24 +66,6 @@ def _event_loop_runner() -> Any:
     except ImportError:
         return asyncio.run
     return uvloop.run
-
-
-def _provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; numbers become numbers. The adapter checks the keys."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE")
-        number: Any = value
-        for cast in (int, float):
-            try:
-                number = cast(value)
-                break
-            except ValueError:
-                continue
-        options[key.strip()] = number
-    return options
 
 
 def _ask(preview: RunPreview) -> Decision:

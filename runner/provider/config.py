@@ -23,6 +23,7 @@ from urllib.parse import quote
 from yarl import URL
 
 from runner.errors import UsageError
+from runner.provider.settings_file import saved_settings
 
 ENV_API_KEY = "PIXRUN_API_KEY"
 ENV_BASE_URL = "PIXRUN_BASE_URL"
@@ -97,7 +98,8 @@ class ProviderConfig:
     @classmethod
     def from_env(cls, base_url: str | None = None, **overrides: Any) -> ProviderConfig:
         """The key from ``PIXRUN_API_KEY``; the base URL from the argument, the
-        environment (``PIXRUN_BASE_URL``) or the 302.AI default, in that order."""
+        environment (``PIXRUN_BASE_URL``) or the 302.AI default, in that order; the
+        settings file's table for that URL under ``overrides``."""
         key = os.environ.get(ENV_API_KEY, "").strip()
         if not key:
             raise UsageError(
@@ -109,7 +111,8 @@ class ProviderConfig:
         if unknown:
             raise UsageError(f"unknown provider setting(s): {', '.join(unknown)}")
         url = base_url or os.environ.get(ENV_BASE_URL, "").strip() or DEFAULT_BASE_URL
-        return cls(base_url=url.rstrip("/"), api_key=key, **overrides)
+        saved = saved_settings(url, known)  # what `pixrun doctor --save` kept; flags win
+        return cls(base_url=url.rstrip("/"), api_key=key, **{**saved, **overrides})
 
     def generate_url(self) -> str:
         return self.base_url.rstrip("/") + self.generate_path
