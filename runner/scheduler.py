@@ -281,6 +281,8 @@ class Scheduler:
         #: when the provider went down, for one log line per outage and its time limit
         self._outage_since: float | None = None
         self._last_provider_error = ""
+        #: fetches of this run that found a task (0: the fetch route is unproven)
+        self._tasks_found = 0
 
     # -- public --------------------------------------------------------------------
 
@@ -732,6 +734,11 @@ class Scheduler:
                 state = await self._fetch(row.task_id)
             except TaskNotFound as exc:
                 self._release(job)
+                if job.accepted_mono is not None and self._tasks_found == 0:
+                    # a task accepted seconds ago, and no fetch of this run has ever found
+                    # one: the fetch route answers "no such task" for everything
+                    self.request_stop(StopReason.CONTRACT, self._route_says_unknown(row, exc))
+                    return
                 await self._task_lost(job, exc)
                 return
             if state is None:  # transient trouble: back off, never fail for it
@@ -799,7 +806,19 @@ class Scheduler:
             return None
         self._provider_ok()
         self._progressed()  # the provider answered about a task: not a stall
+        self._tasks_found += 1
         return state
+
+    def _route_says_unknown(self, row: ShotRow, exc: TaskNotFound) -> str:
+        self._ledger_event(EventKind.CONTRACT_MISMATCH, exc.message, row.shot_id)
+        return (
+            f"the fetch route says task {row.task_id}, accepted moments ago, does not exist "
+            f"({exc.message}), and no fetch of this run has found a task: the route is "
+            "probably not the provider's fetch route. Nothing was marked failed and every "
+            "task id is kept. What to do: run 'pixrun doctor', then set --provider-option "
+            "fetch_path=... (or keep it with 'pixrun doctor --save'); a rerun collects "
+            "every task at no new charge"
+        )
 
     async def _task_lost(self, job: _Job, exc: TaskNotFound) -> None:
         """The provider says it does not know a task it accepted: park the shot. It was

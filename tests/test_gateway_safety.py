@@ -246,3 +246,19 @@ def test_the_plan_prices_the_uploads_still_to_make(tmp_path: Path, sim_thread: S
     args = ["run", str(manifest), "--quiet", "--yes"]
     assert pixrun(args, env, cwd=tmp_path).returncode == 0
     assert planned()["count"] == 0  # the ledger has them
+
+
+def test_a_fetch_route_that_knows_no_task_at_all_stops_instead_of_parking_everything(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """A gateway that answers a wrong route with a well-formed "not found": the task was
+    accepted seconds ago and no fetch has ever found one, so the route is wrong: exit 5,
+    nothing parked or failed (a task from an earlier run would be parked instead)."""
+    sim = sim_thread(forget_share=1.0)
+    batch = write_manifest(tmp_path, 4, concurrency=2)
+    done = run_pixrun(batch, sim.base_url)
+    said = explain(done)
+    assert done.returncode == CONTRACT, said
+    assert "fetch route" in flat(done.stdout) and "pixrun doctor" in flat(done.stdout), said
+    assert not in_state(batch.ledger, "ambiguous") and not in_state(batch.ledger, "failed")
+    assert all(len(t) == 1 for t in sim_tasks(sim.stats()).values())

@@ -117,8 +117,10 @@ def test_plan_table() -> None:
 def test_plan_over_budget_exits_4_saying_by_how_much() -> None:
     result = run("plan", DEMO, "--max-cost", "0.3")
     assert result.exit_code == 4
-    assert "over the budget of 0.3 PTC by 0.2 PTC" in result.stdout
-    assert "by 0.2 PTC" in result.stderr
+    # 0.5 PTC of shots and 3 local images to upload once each (0.001 PTC each)
+    assert "3 local images to upload once each" in result.stdout
+    assert "over the budget of 0.3 PTC by 0.203 PTC" in result.stdout
+    assert "by 0.203 PTC" in result.stderr
 
 
 def test_plan_unknown_prices_are_counted_not_zero(tmp_path: Path) -> None:
