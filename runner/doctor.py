@@ -36,7 +36,6 @@ from runner.errors import (
     UsageError,
 )
 from runner.provider import ProviderConfig
-from runner.provider.dialects import Op, error_for, read_envelope
 from runner.provider.probe import (
     CONTROL_FETCH_ROUTE,
     FETCH_ROUTE_CANDIDATES,
@@ -48,6 +47,7 @@ from runner.provider.probe import (
     dialect_of,
     route_url,
 )
+from runner.provider.verdicts import Op, error_for, read_envelope
 
 #: the generate body the provider must refuse: no prompt, a model no provider has
 PROBE_MODEL = "pixrun-doctor-probe"

@@ -21,7 +21,7 @@ Invariants:
   not an error: the run proceeds wherever the OS puts it, and nothing is left half
   moved.
 - Only ``pixrun run`` calls it, for its own process: a library caller (a test running
-  :func:`runner.batch.run_batch` in-process) keeps its placement.
+  :func:`runner.run.batch.run_batch` in-process) keeps its placement.
 """
 
 from __future__ import annotations

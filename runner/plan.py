@@ -26,9 +26,10 @@ from runner.contract import (
 )
 from runner.images import local_image_digests
 from runner.model import Manifest, Mode
+from runner.money import ptc_text
 from runner.pricing import PriceTable, default_price_table
 
-#: the largest file 302's upload takes (runner.uploads says the same for the run)
+#: the largest file 302's upload takes (runner.run.uploads says the same for the run)
 UPLOAD_MAX_BYTES = 50 * 1024 * 1024
 
 #: the status of a shot nothing is known about yet: it will be submitted (and paid for)
@@ -52,16 +53,6 @@ _MODE_ORDER = {m: i for i, m in enumerate(Mode)}
 
 def _order(values: tuple[str, ...], value: str) -> tuple[int, str]:
     return (values.index(value) if value in values else len(values), value)
-
-
-def ptc_text(value: Decimal | None) -> str | None:
-    """Plain decimal text (no exponent, no trailing zeros); None stays None."""
-    if value is None:
-        return None
-    text = f"{value:f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
 
 
 @dataclass(frozen=True)

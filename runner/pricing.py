@@ -25,9 +25,6 @@ from typing import Any
 from runner.contract import duration_seconds
 from runner.errors import UsageError
 
-UPTC_PER_PTC = 1_000_000
-_UPTC = Decimal(UPTC_PER_PTC)
-
 
 @dataclass(frozen=True)
 class PriceTable:
@@ -49,16 +46,6 @@ class PriceTable:
     @property
     def params(self) -> tuple[str, ...]:
         return tuple(self.multipliers)
-
-
-def to_uptc(ptc: Decimal) -> int:
-    """PTC to integer micro-PTC (rounded half-even at the sixth decimal)."""
-    return int((ptc * _UPTC).to_integral_value())
-
-
-def from_uptc(uptc: int) -> Decimal:
-    """Integer micro-PTC to PTC, exactly."""
-    return Decimal(uptc) / _UPTC
 
 
 def price_key(request: Mapping[str, Any], table: PriceTable) -> tuple[str | None, ...]:

@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from urllib.parse import quote
 
 from runner.ledger.queries import ReportRow
 from runner.model import ShotState
+from runner.money import format_ptc
 from runner.text import json_safe, printable
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "to_json",
 ]
 
-_UPTC_PER_PTC = Decimal(1_000_000)
 
 #: the columns of CSV and JSON reports, in order
 FIELDS: tuple[str, ...] = (
@@ -78,17 +77,6 @@ STATE_LABELS: dict[ShotState, str] = {s: s.value for s in ShotState} | {
 }
 
 _POSTER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-
-
-def format_ptc(uptc: int | None) -> str:
-    """Micro-PTC as PTC with 2 to 4 decimals: 1500000 -> "1.50", 1234500 -> "1.2345"."""
-    if uptc is None:
-        return "?"
-    value = (Decimal(uptc) / _UPTC_PER_PTC).quantize(Decimal("0.0001"), ROUND_HALF_UP)
-    text = f"{value:.4f}"
-    while text.endswith("0") and len(text.split(".")[1]) > 2:
-        text = text[:-1]
-    return text
 
 
 def output_file(row: ReportRow, output_dir: Path | None) -> Path | None:

@@ -27,9 +27,9 @@ from runkit import env_for, pixrun
 from viewkit import Spec, build_batch
 
 from runner.cli.progress import PlainObserver, render_summary
-from runner.events import RunEvent, RunEventKind
 from runner.ledger import META_PROVIDER, default_ledger_path
 from runner.model import ShotState
+from runner.run.events import RunEvent, RunEventKind
 from runner.text import json_safe, plural, printable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,8 +226,8 @@ def test_one_shot_reads_as_one_shot(tmp_path: Path) -> None:
 
 
 def test_the_run_summary_says_1_shot(tmp_path: Path) -> None:
-    from runner.batch import BatchOutcome
-    from runner.scheduler import RunResult
+    from runner.run.batch import BatchOutcome
+    from runner.run.scheduler import RunResult
 
     result = RunResult(
         exit_code=0,

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from runner.flow import CallGate, InFlightLimiter, PollPlanner, backoff_s
+from runner.run.flow import CallGate, InFlightLimiter, PollPlanner, backoff_s
 
 
 class FakeClock:

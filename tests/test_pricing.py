@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from runner.errors import UsageError
-from runner.pricing import from_uptc, load_price_table, price_of, to_uptc
+from runner.money import from_uptc, to_uptc
+from runner.pricing import load_price_table, price_of
 
 
 @pytest.mark.parametrize(

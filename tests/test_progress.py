@@ -11,7 +11,6 @@ import pytest
 from rich.console import Console
 from viewkit import build_batch
 
-from runner.batch import BatchOutcome
 from runner.cli.progress import (
     JsonObserver,
     LiveObserver,
@@ -20,9 +19,10 @@ from runner.cli.progress import (
     make_observer,
     render_summary,
 )
-from runner.events import RunEvent, RunEventKind, RunSnapshot
 from runner.model import ShotState
-from runner.scheduler import RunResult, StopReason
+from runner.run.batch import BatchOutcome
+from runner.run.events import RunEvent, RunEventKind, RunSnapshot
+from runner.run.scheduler import RunResult, StopReason
 
 KEY = "sk-MARKER-7f3a9c1e-never-print-me"
 
@@ -95,7 +95,7 @@ def _events(secret: str = "") -> list[RunEvent]:
 
 
 def _feed(observer: object, secret: str = "") -> None:
-    from runner.events import RunObserver
+    from runner.run.events import RunObserver
 
     assert isinstance(observer, (PlainObserver, JsonObserver, LiveObserver, QuietObserver))
     obs: RunObserver = observer

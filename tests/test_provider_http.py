@@ -332,7 +332,7 @@ async def test_missing_local_image_is_invalid_and_nothing_is_sent(
 async def test_a_local_image_is_never_inlined_when_uploads_are_on(
     sim_factory: SimFactory, provider_factory: ProviderFactory, tmp_path: Path
 ) -> None:
-    """With image_encoding=upload the caller uploads first (runner.uploads); a request
+    """With image_encoding=upload the caller uploads first (runner.run.uploads); a request
     that still names a local file is refused before a byte is sent."""
     image = tmp_path / "cat.png"
     Image.new("RGB", (320, 320), (1, 2, 3)).save(image)

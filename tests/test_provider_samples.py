@@ -36,7 +36,8 @@ from runner.provider import (
     parse_generate,
     trace_id_for,
 )
-from runner.provider.dialects import Call, parse_retry_after, parse_upload
+from runner.provider.dialects import parse_upload
+from runner.provider.verdicts import Call, parse_retry_after
 from runner.sim import Simulator, shot_key_of
 
 #: a ledger's trace secret, for calls made outside a ledger

@@ -16,10 +16,11 @@ from runkit import assert_outputs_match, query
 from shots import make_manifest, make_shot
 
 from runner import outputs as outputs_module
-from runner.batch import BatchOutcome, RunOverrides, run_batch
 from runner.errors import BudgetExceeded, ExitCode, UsageError
-from runner.events import RunEvent, RunEventKind, RunSnapshot
 from runner.model import Manifest, OutputSettings, ShotState
+from runner.run.batch import BatchOutcome, run_batch
+from runner.run.events import RunEvent, RunEventKind, RunSnapshot
+from runner.run.setup import RunOverrides
 from runner.sim import Simulator
 
 SimFactory = Callable[..., Awaitable[Simulator]]

@@ -30,7 +30,8 @@ from runner.errors import (
     TransientError,
     UsageError,
 )
-from runner.pricing import price_of, to_uptc
+from runner.money import to_uptc
+from runner.pricing import price_of
 from runner.provider import Provider, TaskState, TaskStatus, mp4_problem, trace_id_for
 from runner.sim import SimConfig, Simulator, SimulatorThread, task_mp4, tiny_mp4
 

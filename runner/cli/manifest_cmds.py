@@ -18,8 +18,9 @@ from runner.contract import load_rules
 from runner.errors import BudgetExceeded, ExitCode, UsageError
 from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest, validate_files
-from runner.plan import Plan, build_plan, ptc_text
-from runner.pricing import from_uptc, load_price_table
+from runner.money import from_uptc, ptc_text
+from runner.plan import Plan, build_plan
+from runner.pricing import load_price_table
 from runner.schema import manifest_schema_json
 from runner.text import json_safe, plural, printable
 

@@ -1,6 +1,6 @@
 """What ``pixrun run`` shows while it works, and the summary it ends with.
 
-Four displays of the same :class:`runner.events.RunObserver` stream, chosen by
+Four displays of the same :class:`runner.run.events.RunObserver` stream, chosen by
 :func:`make_observer`:
 
 - ``live``: a rich board redrawn on every snapshot (a terminal only);
@@ -49,17 +49,18 @@ from runner.cli.views import (
     scrub,
 )
 from runner.errors import LedgerError
-from runner.events import RunEvent, RunSnapshot
 from runner.ledger import default_ledger_path, open_ledger
 from runner.ledger.queries import ShotIssue, failed_shots, parked_shots
 from runner.model import ShotState
-from runner.report import STATE_LABELS, format_ptc
+from runner.money import format_ptc
+from runner.report import STATE_LABELS
+from runner.run.events import RunEvent, RunSnapshot
 from runner.text import json_safe, plural
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from runner.batch import BatchOutcome
+    from runner.run.batch import BatchOutcome
 
 __all__ = [
     "MODES",

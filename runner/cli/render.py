@@ -13,7 +13,8 @@ from rich.markup import escape
 from runner.cli.views import clean
 from runner.errors import Problem
 from runner.manifest import FileReport
-from runner.plan import TO_SUBMIT, Plan, ptc_text
+from runner.money import ptc_text
+from runner.plan import TO_SUBMIT, Plan
 from runner.text import plural
 
 

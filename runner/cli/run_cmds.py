@@ -1,4 +1,4 @@
-"""``pixrun run``, ``pixrun retry`` and ``pixrun resolve``: parse, call runner.batch, exit."""
+"""``pixrun run``, ``pixrun retry`` and ``pixrun resolve``: parse, call runner.run.batch, exit."""
 
 from __future__ import annotations
 
@@ -21,17 +21,17 @@ from runner.cli.options import (
 from runner.cli.options import provider_options as _provider_options
 from runner.contract import load_rules
 
-# runner.batch (and with it aiohttp) is imported inside the commands that need it, so
+# runner.run.batch (and with it aiohttp) is imported inside the commands that need it, so
 # that `pixrun status` and friends start fast.
 from runner.errors import ExitCode, UsageError
 from runner.manifest import load_manifest
+from runner.money import format_ptc
 from runner.placement import keep_to_one_cpu
 from runner.pricing import load_price_table
-from runner.report import format_ptc
 from runner.text import plural
 
 if TYPE_CHECKING:
-    from runner.batch import Decision, RunPreview
+    from runner.run.preview import Decision, RunPreview
 
 COMMANDS: list[click.Command] = []
 
@@ -70,7 +70,7 @@ def _event_loop_runner() -> Any:
 
 def _ask(preview: RunPreview) -> Decision:
     """The questions a run asks on a terminal, with what they cost."""
-    from runner.batch import Decision
+    from runner.run.preview import Decision
 
     rerender = False
     if preview.changed_done:
@@ -237,8 +237,9 @@ def run_cmd(
     A rerun resumes: done shots are skipped, tasks at the provider are collected, and
     nothing that may have been charged is sent again.
     """
-    from runner.batch import RunOverrides, SimulatorSettings, run_batch
     from runner.cli.progress import make_observer, render_summary
+    from runner.run.batch import run_batch
+    from runner.run.setup import RunOverrides, SimulatorSettings
 
     if not manifest.exists():
         raise UsageError(f"no manifest at {manifest}")
@@ -345,7 +346,7 @@ def retry_cmd(
         return
     if not (failed or moderated or ambiguous or shots):
         raise UsageError("say what to re-queue: --failed, --moderated, --ambiguous or --shot ID")
-    from runner.batch import requeue_shots
+    from runner.run.commands import requeue_shots
 
     moved, parked = asyncio.run(
         requeue_shots(
@@ -372,8 +373,8 @@ def retry_cmd(
 
 
 def _reroll(path: Path, shots: list[str]) -> None:
-    from runner.batch import reroll_shots
-    from runner.report import format_ptc
+    from runner.money import format_ptc
+    from runner.run.commands import reroll_shots
 
     made = asyncio.run(reroll_shots(path, shots))
     total_uptc = 0
@@ -417,7 +418,8 @@ def resolve_cmd(
     shot of the ledger, and its prompt (and seed, when the shot sets one) must be the
     shot's, as far as the provider's answer tells. The key comes from PIXRUN_API_KEY.
     """
-    from runner.batch import RunOverrides, SimulatorSettings, resolve_shot
+    from runner.run.commands import resolve_shot
+    from runner.run.setup import RunOverrides, SimulatorSettings
 
     path = existing_ledger(manifest, ledger, simulated=simulate)
     overrides = RunOverrides(

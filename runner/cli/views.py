@@ -23,10 +23,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from runner.events import RunEventKind
 from runner.ledger.queries import ReportRow, ShotIssue, StatusSummary
 from runner.model import ShotState
-from runner.report import STATE_LABELS, format_ptc
+from runner.money import format_ptc
+from runner.report import STATE_LABELS
+from runner.run.events import RunEventKind
 from runner.text import plural, printable
 
 #: the groups a person follows, in lifecycle order, with the ledger states in each

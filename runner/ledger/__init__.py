@@ -48,6 +48,7 @@ import aiosqlite
 from runner.errors import LedgerError, LedgerLocked, LedgerSchemaError
 from runner.ledger.migrations import LATEST_VERSION, MIGRATIONS
 from runner.model import Shot, ShotState
+from runner.money import to_uptc_or_none
 
 __all__ = [
     "META_PROVIDER",
@@ -222,7 +223,7 @@ _HAS_FILE = frozenset({ShotState.DONE, ShotState.DOWNLOADING})
 
 
 #: meta key: who the ledger's work was sent to, as JSON ``{"simulated": bool,
-#: "base_url": str | None, "dialect": str | None}`` (see runner.batch)
+#: "base_url": str | None, "dialect": str | None}`` (see runner.run.batch)
 META_PROVIDER = "provider"
 #: meta key: the random secret every Ai-trace-id of this ledger derives from (hex)
 META_TRACE_SECRET = "trace_secret"
@@ -254,7 +255,7 @@ def _shot_columns(shot: Shot) -> dict[str, Any]:
         "request_json": json.dumps(req, sort_keys=True, separators=(",", ":")),
         "request_hash": shot.request_hash,
         "output_path": shot.output_relpath,
-        "price_uptc": None if shot.price_ptc is None else int(shot.price_ptc * 1_000_000),
+        "price_uptc": to_uptc_or_none(shot.price_ptc),
         "max_attempts": shot.max_attempts,
     }
 

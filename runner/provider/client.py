@@ -30,9 +30,10 @@ from yarl import URL
 
 from runner.errors import AmbiguousSubmit, InvalidRequest, TransientError, UsageError
 from runner.provider.config import ProviderConfig
-from runner.provider.dialects import Call, TaskState, parse_fetch, parse_generate, parse_upload
+from runner.provider.dialects import TaskState, parse_fetch, parse_generate, parse_upload
 from runner.provider.download import DownloadResult, download_file
 from runner.provider.images import encode_local_images, has_local_images
+from runner.provider.verdicts import Call
 
 TRACE_HEADER = "Ai-trace-id"
 
@@ -108,7 +109,7 @@ class Provider:
     async def generate(self, request: Mapping[str, Any], *, trace_id: str) -> str:
         """Submit one generation (charged); the provider's task id, as text."""
         if self.config.image_encoding == "upload" and has_local_images(request):
-            # the caller uploads first (runner.uploads): never inline bytes by accident
+            # the caller uploads first (runner.run.uploads): never inline bytes by accident
             raise InvalidRequest("a local image was not uploaded before the generate request")
         body = await encode_local_images(request, self.config.image_encoding)
         try:

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import aiohttp
 
 from runner.provider.config import ProviderConfig
-from runner.provider.dialects import read_envelope
+from runner.provider.verdicts import read_envelope
 
 #: the answer headers a probe keeps (what a route check and a bug report need)
 KEPT_HEADERS = ("Content-Type", "Content-Length", "Location", "Date", "Retry-After")

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner.pricing import default_price_table, from_uptc, to_uptc
+from runner.money import from_uptc, to_uptc
+from runner.pricing import default_price_table
 from runner.sim.config import SimConfig
 from runner.sim.journal import Journal
 from runner.sim.media import task_mp4

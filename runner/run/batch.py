@@ -1,0 +1,226 @@
+"""One batch, end to end: ledger, money checks, provider (or simulator), scheduler.
+
+This is the core that ``pixrun run`` calls, and the core of ``retry`` and ``resolve``.
+
+Invariants:
+- Nothing is sent before the manifest is valid, the ledger is locked, synced and
+  recovered, the ledger is known to belong to this provider (a rehearsal's ledger never
+  meets the real provider, nor the reverse), every output folder is proven writable with
+  room for the videos to come, and the remaining plan fits the budget. Each refusal
+  costs nothing.
+- A rehearsal (``--simulate``) has its own ledger (``shots.sim.ledger.sqlite``) and
+  output folder (``out/<name>.sim``) by default, and its simulator keeps its tasks in
+  a state file beside that ledger, so a resumed rehearsal collects them.
+- Done shots whose request changed are re-rendered (paid again) only when the person
+  agreed (asked on a terminal) or said ``--rerender-changed``; otherwise they are held,
+  said so, and the run ends with exit 1.
+- The ledger is closed (every queued write committed) on every way out, including
+  Ctrl-C and a refused key.
+- A second Ctrl-C (or SIGTERM) ends the process at once with exit code 130; the ledger
+  is consistent at every commit, so nothing is lost by that either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import (
+    ExitCode,
+    LedgerError,
+    UsageError,
+)
+from runner.ledger import META_PROVIDER, open_ledger
+from runner.model import Manifest
+from runner.money import to_uptc_or_none
+from runner.run.events import RunEvent, RunEventKind, RunObserver
+from runner.run.guard import check_identity, check_ledger_owner, provider_identity
+from runner.run.options import RunResult, StopReason, exit_code_for
+from runner.run.preflight import check_folders_writable, run_preflight
+from runner.run.preview import Confirm, Decision, check_budget, preview_run
+from runner.run.scheduler import Scheduler
+from runner.run.setup import (
+    RunOverrides,
+    SimulatorSettings,
+    ledger_path_for,
+    output_dir_for,
+    provider_for,
+    real_config,
+    scheduler_options,
+)
+
+
+@dataclass
+class BatchOutcome:
+    result: RunResult
+    ledger_path: Path
+    output_dir: Path
+    recovered_ambiguous: list[str]
+    new_shots: int
+    changed_shots: int
+    simulated: bool = False
+    #: done shots whose request changed and that were not re-rendered (exit 1)
+    held_changed: tuple[str, ...] = ()
+    #: shots whose file was already on disk and was adopted, nothing sent
+    adopted: tuple[str, ...] = ()
+
+
+def _install_signals(scheduler: Scheduler) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    hits = 0
+
+    def on_signal() -> None:
+        nonlocal hits
+        hits += 1
+        if hits > 1:
+            os._exit(ExitCode.INTERRUPTED)  # the ledger is consistent at every commit
+        scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+
+    def remove() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+async def run_batch(
+    manifest: Manifest,
+    observer: RunObserver,
+    *,
+    ledger_path: Path | None = None,
+    overrides: RunOverrides | None = None,
+    simulate: SimulatorSettings | None = None,
+    handle_signals: bool = True,
+    cpu: int | None = None,
+    confirm: Confirm | None = None,
+    rerender_changed: bool = False,
+    switch_provider: bool = False,
+    force: bool = False,
+    check_space: bool = True,
+) -> BatchOutcome:
+    """Run (or resume) a batch. Raises the errors of :mod:`runner.errors`.
+
+    ``confirm``: asks the person (a terminal) whether to go ahead; None never asks.
+    Done shots whose request changed are re-rendered when ``confirm`` agreed or
+    ``rerender_changed`` is set, and held otherwise. ``switch_provider`` lets a
+    ledger move to another provider than the one it was created with. ``force``: take
+    over a ledger that records another batch (:func:`check_ledger_owner`).
+    ``cpu``: the one CPU the caller keeps this process's threads on, for the ledger's
+    record (:func:`runner.placement.keep_to_one_cpu`); None when it does not.
+    """
+    overrides = overrides or RunOverrides()
+    simulated = simulate is not None
+    path = ledger_path_for(manifest.path, ledger_path, simulated=simulated)
+    output_dir = output_dir_for(manifest.output.dir, simulated=simulated)
+    options = scheduler_options(manifest, overrides, output_dir, simulate)
+    # the provider's settings are checked before the ledger is touched: a missing key
+    # or a malformed URL changes nothing
+    config = None if simulate is not None else real_config(overrides)
+    identity = provider_identity(config)
+    check_folders_writable([output_dir])
+    created = not path.exists() or path.stat().st_size == 0
+    ledger = await open_ledger(path, writer=True)
+    try:
+        async with ledger:
+            await check_identity(ledger, identity, switch_provider=switch_provider)
+            moved = check_ledger_owner(await ledger.get_meta(), manifest, path, force=force)
+            if moved is not None:
+                observer.event(RunEvent(RunEventKind.INFO, f"warning: {moved}"))
+            preview = await preview_run(ledger, manifest, options.budget_uptc, simulated)
+            changed_done = preview.changed_done
+            check_budget(preview, rerender=rerender_changed)
+            decision = Decision(go=True, rerender_changed=rerender_changed)
+            if confirm is not None:
+                decision = confirm(preview)
+            if not decision.go:
+                raise Declined("declined: nothing was sent")
+            rerender = decision.rerender_changed or rerender_changed
+            check_budget(preview, rerender=rerender)
+            hold = frozenset() if rerender else frozenset(changed_done)
+            await ledger.set_meta(
+                {
+                    "manifest": str(manifest.path),
+                    "name": manifest.name,
+                    "output_dir": str(output_dir),
+                    META_PROVIDER: json.dumps(identity, sort_keys=True),
+                }
+            )
+            sync = await ledger.sync_manifest(manifest.shots, hold=hold)
+            planned_uptc = sum(to_uptc_or_none(s.price_ptc) or 0 for s in manifest.shots)
+            del manifest  # the ledger holds every shot now; keep memory flat at scale
+            parked = await ledger.recover()
+            checked = await run_preflight(
+                ledger, output_dir, simulated=simulated, check_space=check_space
+            )
+            for shot_id in hold:
+                observer.event(
+                    RunEvent(
+                        RunEventKind.CHANGED,
+                        "its request changed since it was done: not re-rendered (run with "
+                        "--rerender-changed to re-render it, charged)",
+                        shot_id=shot_id,
+                    )
+                )
+            async with provider_for(overrides, simulate, config, path) as provider:
+                await ledger.start_run(cpu=cpu)
+                scheduler = Scheduler(ledger, provider, options, observer)
+                remove = _install_signals(scheduler) if handle_signals else (lambda: None)
+                try:
+                    result = await scheduler.run(planned_uptc=planned_uptc)
+                finally:
+                    remove()
+                # held changes are work the person still has to agree to: not a clean run
+                result.exit_code = exit_code_for(
+                    result.stop_reason, result.counts, held_changed=len(hold)
+                )
+                with contextlib.suppress(LedgerError):
+                    await ledger.end_run(
+                        result.exit_code,
+                        {
+                            "counts": {k.value: v for k, v in result.counts.items()},
+                            "spent_uptc": result.spent_uptc,
+                            "elapsed_s": round(result.elapsed_s, 3),
+                            "calls": result.calls,
+                            "stop_reason": result.stop_reason,
+                            "held_changed": len(hold),
+                        },
+                    )
+    except Declined:
+        if created:  # a question declined leaves no ledger behind
+            _remove_ledger_files(path)
+        raise
+    return BatchOutcome(
+        result=result,
+        ledger_path=path,
+        output_dir=output_dir,
+        recovered_ambiguous=parked,
+        new_shots=sync.new,
+        changed_shots=len(sync.changed),
+        simulated=simulated,
+        held_changed=tuple(sorted(hold)),
+        adopted=checked.adopted,
+    )
+
+
+class Declined(UsageError):
+    """The person said no at the confirmation: nothing was sent (exit 1, as an abort)."""
+
+    exit_code = ExitCode.SHOTS_FAILED
+
+
+def _remove_ledger_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        with contextlib.suppress(OSError):
+            path.with_name(path.name + suffix).unlink()

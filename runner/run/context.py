@@ -1,0 +1,193 @@
+"""What the rooms of a run share: the ledger, the provider, the flow controls, the run's
+figures, and how to stop.
+
+Invariants:
+- :class:`Tally` is the one place the run's counts and money move: counts per state
+  change only through :meth:`Tally.move` (called by the transition writer), money is
+  reserved only inside :meth:`Tally.reserve` (released on every way out), spent grows
+  only through :meth:`Tally.charge` and shrinks through :meth:`Tally.refund`.
+- Nothing here prints, writes SQL or speaks HTTP; :class:`RunContext` only hands out
+  what the rooms need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from runner.ledger import EventKind, Ledger, ShotRow
+from runner.model import ShotState
+from runner.provider import Provider
+from runner.run.events import RunEvent, RunEventKind, RunObserver, RunSnapshot
+from runner.run.flow import CallGate, InFlightLimiter, PollPlanner
+from runner.run.options import HARD_STOPS, SchedulerOptions, StopReason
+
+#: the kinds of run event that are routine (not kept as "recent" on the board)
+_ROUTINE = frozenset({RunEventKind.SUBMITTED, RunEventKind.RENDERED, RunEventKind.DONE})
+
+
+@dataclass
+class Job:
+    """One shot being driven through its lifecycle by one task."""
+
+    row: ShotRow
+    holds_slot: bool = False
+    in_generate: bool = False
+    #: this shot keeps failing transiently while others go through: leave it pending
+    give_up: bool = False
+    #: how long to wait before repeating a call that failed transiently
+    retry_delay_s: float = 0.0
+    #: monotonic start of the current render, for the render-time model
+    accepted_mono: float | None = None
+
+
+class Tally:
+    """The run's figures: counts per state, money, throughput, recent notable events."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.counts: Counter[ShotState] = Counter()
+        self.total = 0
+        self.planned_uptc = 0
+        self.spent_uptc = 0
+        self.reserved_uptc = 0
+        self.t0 = clock()
+        #: the last time something moved (see SchedulerOptions.stall_timeout_s)
+        self.last_progress = self.t0
+        self.done_times: deque[float] = deque(maxlen=200)
+        self.recent: deque[RunEvent] = deque(maxlen=6)
+
+    def start(self, counts: dict[ShotState, int], spent_uptc: int, planned_uptc: int) -> None:
+        self.counts = Counter(counts)
+        self.total = sum(self.counts.values())
+        self.spent_uptc = spent_uptc
+        self.planned_uptc = planned_uptc
+        self.t0 = self.last_progress = self.clock()
+
+    def move(self, row: ShotRow, state: ShotState) -> None:
+        self.counts[row.state] -= 1
+        self.counts[state] += 1
+        row.state = state
+        self.last_progress = self.clock()
+        if state == ShotState.DONE:
+            self.done_times.append(self.last_progress)
+
+    def progressed(self) -> None:
+        self.last_progress = self.clock()
+
+    def budget_allows(self, price_uptc: int, cap_uptc: int | None) -> bool:
+        if cap_uptc is None:
+            return True
+        return self.spent_uptc + self.reserved_uptc + price_uptc <= cap_uptc
+
+    @contextlib.contextmanager
+    def reserve(self, price_uptc: int) -> Iterator[None]:
+        """Money committed to a generate call under way; released however it ends."""
+        self.reserved_uptc += price_uptc
+        try:
+            yield
+        finally:
+            self.reserved_uptc -= price_uptc
+
+    def charge(self, uptc: int) -> None:
+        self.spent_uptc += uptc
+
+    def refund(self, uptc: int) -> None:
+        self.spent_uptc -= uptc
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self.t0
+
+    def snapshot(self, in_flight: int, target: int, calls: dict[str, int]) -> RunSnapshot:
+        elapsed = self.elapsed_s()
+        now = self.clock()
+        recent_done = [t for t in self.done_times if now - t <= 30.0]
+        rate = len(recent_done) / min(30.0, max(elapsed, 1e-9)) if recent_done else 0.0
+        remaining = sum(
+            n for s, n in self.counts.items() if not s.is_final and s != ShotState.AMBIGUOUS
+        )
+        return RunSnapshot(
+            total=self.total,
+            counts=dict(self.counts),
+            in_flight=in_flight,
+            target_concurrency=target,
+            downloading=self.counts.get(ShotState.DOWNLOADING, 0),
+            spent_uptc=self.spent_uptc,
+            planned_uptc=self.planned_uptc,
+            elapsed_s=elapsed,
+            done_per_s=rate,
+            eta_s=(remaining / rate) if rate > 0 else None,
+            fetch_calls=int(calls.get("fetch", 0)),
+            generate_calls=int(calls.get("generate", 0)),
+            recent=tuple(self.recent),
+        )
+
+
+class RunContext:
+    """The ledger, the provider, the options and the flow controls of one run, the
+    run's figures, and its stop state (set through the scheduler's ``request_stop``)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        provider: Provider,
+        options: SchedulerOptions,
+        observer: RunObserver,
+    ) -> None:
+        self.ledger = ledger
+        self.provider = provider
+        self.opt = options
+        self.observer = observer
+        self.limiter = InFlightLimiter(options.concurrency)
+        self.gate = CallGate(options.requests_per_s)
+        self.planner = PollPlanner(
+            initial_delay_s=options.poll.initial_delay_s,
+            min_interval_s=options.poll.min_interval_s,
+            max_interval_s=options.poll.max_interval_s,
+        )
+        self.tally = Tally()
+        self.stop: StopReason | None = None
+        self.stop_message: str | None = None
+        #: set by the scheduler: stop submitting (soft) or everything (hard stops)
+        self.request_stop: Callable[[StopReason, str], None] = lambda reason, message: None
+        self.stop_submitting: Callable[[StopReason, str], None] = lambda reason, message: None
+
+    def stopped(self) -> bool:
+        return self.stop is not None
+
+    def hard_stopped(self) -> bool:
+        return self.stop in HARD_STOPS
+
+    def release(self, job: Job) -> None:
+        if job.holds_slot:
+            job.holds_slot = False
+            self.limiter.release()
+
+    def emit(self, kind: RunEventKind, message: str, row: ShotRow | None = None) -> None:
+        event = RunEvent(
+            kind=kind,
+            message=message,
+            shot_id=None if row is None else row.shot_id,
+            state=None if row is None else row.state,
+            task_id=None if row is None else row.task_id,
+            attempt=None if row is None else row.attempts,
+            elapsed_s=self.tally.elapsed_s(),
+        )
+        if kind not in _ROUTINE:
+            self.tally.recent.append(event)
+        self.observer.event(event)
+
+    def ledger_event(self, kind: EventKind, message: str, shot_id: str | None = None) -> None:
+        """An event for the ledger, written in the background (it never blocks a call)."""
+        task = asyncio.get_running_loop().create_task(self.ledger.add_event(kind, shot_id, message))
+        task.add_done_callback(_ignore_result)
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    """A background ledger event that failed: the batcher stops the run by itself."""
+    if not task.cancelled():
+        task.exception()
