@@ -202,3 +202,112 @@ def write_error(exc: OSError, path: Path) -> DiskFull | UsageError:
         f"cannot write {path}: {exc.strerror or exc}",
         hint="check that the output directory exists and is writable",
     )
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A verified file under its final name."""
+
+    path: Path
+    bytes: int
+    sha256: str
+
+
+# -- the disk half of a download: temporary file, fsync, atomic publication -----------
+# (runner/provider/download.py speaks HTTP and checks the bytes; it calls these from
+# worker threads, so the event loop never waits on the disk)
+
+
+def part_path(dest: Path) -> Path:
+    """Where the bytes of ``dest`` are written before they are verified."""
+    return dest.with_name(f".{dest.name}.part")
+
+
+def open_part(path: Path) -> BinaryIO:
+    """Open (and truncate) the temporary file, unbuffered: every write goes straight to
+    the kernel, so no bytes wait in a Python buffer; a seam for disk-full tests."""
+    return open(path, "wb", buffering=0)
+
+
+def prepare_part(part: Path) -> BinaryIO:
+    try:
+        return open_part(part)
+    except FileNotFoundError:  # the folder is new (or was removed): make it, once
+        part.parent.mkdir(parents=True, exist_ok=True)
+        return open_part(part)
+
+
+def write_out(file: BinaryIO | None, part: Path, chunks: list[bytes], void: bool) -> BinaryIO:
+    """Open the temporary file if it is not yet, drop void bytes, append ``chunks``;
+    runs in a worker thread. A file it opened is closed again if writing fails."""
+    opened = file is None
+    if file is None:
+        file = prepare_part(part)
+    try:
+        if void:
+            file.seek(0)
+            file.truncate()
+        for chunk in chunks:
+            write_all(file, chunk)
+    except BaseException:
+        if opened:
+            with contextlib.suppress(OSError):
+                file.close()
+        raise
+    return file
+
+
+def finish_and_publish(
+    work: tuple[BinaryIO | None, list[bytes], bool],
+    part: Path,
+    result: DownloadResult,
+    then: Callable[[DownloadResult], None] | None,
+) -> None:
+    """Write what waits in memory, make the bytes durable, publish them under the final
+    name, run ``then`` (files it writes beside the video share the folder fsync), then
+    make the new names durable. One worker-thread trip for all of it."""
+    file, chunks, void = work
+    file = write_out(file, part, chunks, void)
+    try:
+        file.flush()  # a no-op for the raw file; a buffered one (a test seam) needs it
+        os.fsync(file.fileno())
+    finally:
+        file.close()  # here, not on the event loop: closing can wait on the disk too
+    linked = publish(part, result.path, result.bytes, result.sha256)
+    try:
+        if then is not None:
+            then(result)
+    finally:
+        # the video's name is made durable even when ``then`` failed: it is published
+        if linked or then is not None:
+            make_names_durable(result.path.parent)
+
+
+def publish(part: Path, dest: Path, size: int, sha256: str) -> bool:
+    """Give ``part`` the name ``dest`` atomically, never replacing another file; False
+    when an identical file already had that name (nothing new to make durable)."""
+    try:
+        os.link(part, dest)
+    except FileExistsError:
+        if dest.is_file() and dest.stat().st_size == size and sha256_file(dest) == sha256:
+            part.unlink()
+            return False
+        raise OutputConflict(
+            f"{dest} already exists with different content; it was not replaced",
+            hint="move the existing file away, or change the output file name",
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # No hard links here (some network and FAT file systems): rename is still
+        # atomic; the existence check is racy only against another writer, and the
+        # ledger lock excludes those.
+        if dest.exists():
+            raise OutputConflict(
+                f"{dest} already exists; it was not replaced",
+                hint="move the existing file away, or change the output file name",
+            ) from None
+        os.rename(part, dest)
+    else:
+        part.unlink()
+    return True

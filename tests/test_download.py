@@ -38,7 +38,6 @@ from runner.provider import (
     part_path,
     trace_id_for,
 )
-from runner.provider import download as download_module
 from runner.provider.download import WRITE_BYTES
 from runner.sim import Simulator, task_mp4
 
@@ -425,7 +424,7 @@ async def test_a_full_disk_is_disk_full(
     def full(path: Path) -> BinaryIO:
         return open("/dev/full", "wb")
 
-    monkeypatch.setattr(download_module, "_open_part", full)
+    monkeypatch.setattr(outputs_module, "open_part", full)
 
     async def video(request: web.Request) -> web.StreamResponse:
         return web.Response(body=VIDEO, content_type="video/mp4")
@@ -596,7 +595,7 @@ def test_concurrent_publishes_share_folder_fsyncs_and_each_waits_for_one_after_i
     def publisher() -> None:
         for _ in range(10):
             barrier.wait()
-            with lock:  # the "link": counted before make_durable, as in _publish
+            with lock:  # the "link": counted before make_durable, as in publish
                 links[0] += 1
                 mine = links[0]
             syncs.make_durable(tmp_path)

@@ -323,7 +323,7 @@ def _fill(directory: Path, leave_bytes: int) -> Path:
 #: seam raises ENOSPC exactly as a full file system does (fault injection, no mount)
 _INJECT_DISK_FULL = """
 import errno, io, os, sys
-import runner.provider.download as download
+import runner.outputs as outputs
 budget = [int(os.environ["FAULT_DISK_BYTES"])]
 class Filling(io.FileIO):
     def write(self, data):
@@ -331,7 +331,7 @@ class Filling(io.FileIO):
         if budget[0] < 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return super().write(data)
-download._open_part = lambda path: io.BufferedWriter(Filling(path, "w"))
+outputs.open_part = lambda path: io.BufferedWriter(Filling(path, "w"))
 from runner.cli import main
 sys.argv[0] = "pixrun"
 main()

@@ -6,6 +6,7 @@ the Ai-trace-id rule. Request-field rules live in runner/contract.py and prices 
 runner/pricing.py.
 """
 
+from runner.outputs import DownloadResult, part_path
 from runner.provider.client import TRACE_HEADER, Provider
 from runner.provider.config import (
     DEFAULT_BASE_URL,
@@ -15,7 +16,7 @@ from runner.provider.config import (
     trace_id_for,
 )
 from runner.provider.dialects import TaskState, TaskStatus, parse_fetch, parse_generate
-from runner.provider.download import DownloadResult, mp4_problem, part_path
+from runner.provider.download import mp4_problem
 
 __all__ = [
     "DEFAULT_BASE_URL",

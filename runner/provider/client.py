@@ -29,9 +29,10 @@ import aiohttp
 from yarl import URL
 
 from runner.errors import AmbiguousSubmit, InvalidRequest, TransientError, UsageError
+from runner.outputs import DownloadResult
 from runner.provider.config import ProviderConfig
 from runner.provider.dialects import TaskState, parse_fetch, parse_generate, parse_upload
-from runner.provider.download import DownloadResult, download_file
+from runner.provider.download import download_file
 from runner.provider.images import encode_local_images, has_local_images
 from runner.provider.verdicts import Call
 

@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
-import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,11 +38,16 @@ from runner.errors import (
     DownloadCorrupt,
     DownloadError,
     DownloadTooLarge,
-    OutputConflict,
     TransientError,
     UrlExpired,
 )
-from runner.outputs import make_names_durable, sha256_file, write_all, write_error
+from runner.outputs import (
+    DownloadResult,
+    finish_and_publish,
+    part_path,
+    write_error,
+    write_out,
+)
 
 CHUNK_BYTES = 256 * 1024
 #: received bytes wait in memory up to this much, then a worker thread writes them: the
@@ -54,34 +56,6 @@ CHUNK_BYTES = 256 * 1024
 WRITE_BYTES = 1 << 20
 _MAX_BOXES = 100_000
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    """A verified file under its final name."""
-
-    path: Path
-    bytes: int
-    sha256: str
-
-
-def part_path(dest: Path) -> Path:
-    """Where the bytes of ``dest`` are written before they are verified."""
-    return dest.with_name(f".{dest.name}.part")
-
-
-def _open_part(path: Path) -> BinaryIO:
-    """Open (and truncate) the temporary file, unbuffered: every write goes straight to
-    the kernel, so no bytes wait in a Python buffer; a seam for disk-full tests."""
-    return open(path, "wb", buffering=0)
-
-
-def _prepare_part(part: Path) -> BinaryIO:
-    try:
-        return _open_part(part)
-    except FileNotFoundError:  # the folder is new (or was removed): make it, once
-        part.parent.mkdir(parents=True, exist_ok=True)
-        return _open_part(part)
 
 
 async def _in_worker(t: _Transfer, step: Callable[..., BinaryIO | None], *args: object) -> None:
@@ -180,29 +154,9 @@ class _Transfer:
     async def write_pending(self) -> None:
         file, chunks, void = self.drain()
         try:
-            await _in_worker(self, _write_out, file, self.part, chunks, void)
+            await _in_worker(self, write_out, file, self.part, chunks, void)
         except OSError as exc:
             raise write_error(exc, self.dest) from exc
-
-
-def _write_out(file: BinaryIO | None, part: Path, chunks: list[bytes], void: bool) -> BinaryIO:
-    """Open the temporary file if it is not yet, drop void bytes, append ``chunks``;
-    runs in a worker thread. A file it opened is closed again if writing fails."""
-    opened = file is None
-    if file is None:
-        file = _prepare_part(part)
-    try:
-        if void:
-            file.seek(0)
-            file.truncate()
-        for chunk in chunks:
-            write_all(file, chunk)
-    except BaseException:
-        if opened:
-            with contextlib.suppress(OSError):
-                file.close()
-        raise
-    return file
 
 
 def check_url(url: str) -> URL:
@@ -311,62 +265,6 @@ def mp4_problem(path: Path) -> str | None:
     return walk.problem(size)
 
 
-def _finish_and_publish(
-    work: tuple[BinaryIO | None, list[bytes], bool],
-    part: Path,
-    result: DownloadResult,
-    then: Callable[[DownloadResult], None] | None,
-) -> None:
-    """Write what waits in memory, make the bytes durable, publish them under the final
-    name, run ``then`` (files it writes beside the video share the folder fsync), then
-    make the new names durable. One worker-thread trip for all of it."""
-    file, chunks, void = work
-    file = _write_out(file, part, chunks, void)
-    try:
-        file.flush()  # a no-op for the raw file; a buffered one (a test seam) needs it
-        os.fsync(file.fileno())
-    finally:
-        file.close()  # here, not on the event loop: closing can wait on the disk too
-    linked = _publish(part, result.path, result.bytes, result.sha256)
-    try:
-        if then is not None:
-            then(result)
-    finally:
-        # the video's name is made durable even when ``then`` failed: it is published
-        if linked or then is not None:
-            make_names_durable(result.path.parent)
-
-
-def _publish(part: Path, dest: Path, size: int, sha256: str) -> bool:
-    """Give ``part`` the name ``dest`` atomically, never replacing another file; False
-    when an identical file already had that name (nothing new to make durable)."""
-    try:
-        os.link(part, dest)
-    except FileExistsError:
-        if dest.is_file() and dest.stat().st_size == size and sha256_file(dest) == sha256:
-            part.unlink()
-            return False
-        raise OutputConflict(
-            f"{dest} already exists with different content; it was not replaced",
-            hint="move the existing file away, or change the output file name",
-        ) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        # No hard links here (some network and FAT file systems): rename is still
-        # atomic; the existence check is racy only against another writer, and the
-        # ledger lock excludes those.
-        if dest.exists():
-            raise OutputConflict(
-                f"{dest} already exists; it was not replaced",
-                hint="move the existing file away, or change the output file name",
-            ) from None
-        os.rename(part, dest)
-    else:
-        part.unlink()
-    return True
-
-
 async def download_file(
     session: aiohttp.ClientSession,
     url: str,
@@ -401,7 +299,7 @@ async def download_file(
                 # one worker-thread trip: write what waits, fsync, publish, ``then``,
                 # folder fsync
                 work = transfer.drain()
-                await _in_worker(transfer, _finish_and_publish, work, transfer.part, result, then)
+                await _in_worker(transfer, finish_and_publish, work, transfer.part, result, then)
             except OSError as exc:
                 raise write_error(exc, dest) from exc
         finally:
