@@ -166,6 +166,7 @@ def parse_generate(
             "a success without a task id",
             shot_charged=True,
             redact=redact,
+            op=Op.GENERATE,
         )
     return task_id
 
@@ -188,7 +189,15 @@ def parse_upload(
     if url is None and isinstance(data, dict):
         url = _url(data.get("url") or data.get("file_url"))
     if url is None:
-        raise mismatch(call, status, headers, body, "an upload answer without a URL", redact=redact)
+        raise mismatch(
+            call,
+            status,
+            headers,
+            body,
+            "an upload answer without a URL",
+            redact=redact,
+            op=Op.UPLOAD,
+        )
     return url
 
 
@@ -240,13 +249,21 @@ def parse_fetch(
     env = read_envelope(body)
     payload = env.payload
     if not isinstance(payload, dict):
-        raise mismatch(call, status, headers, body, "a success without task details", redact=redact)
+        raise mismatch(
+            call,
+            status,
+            headers,
+            body,
+            "a success without task details",
+            redact=redact,
+            op=Op.FETCH,
+        )
     try:
         if env.dialect == "pixverse":
             return _pixverse_state(payload, task_id, redact)
         return _gateway_state(payload, task_id, redact)
     except _Unknown as exc:
-        raise mismatch(call, status, headers, body, str(exc), redact=redact) from None
+        raise mismatch(call, status, headers, body, str(exc), redact=redact, op=Op.FETCH) from None
 
 
 def _pixverse_state(resp: Mapping[str, Any], task_id: str, redact: Redact) -> TaskState:

@@ -280,8 +280,10 @@ def mismatch(
     *,
     shot_charged: bool = False,
     redact: Redact = identity,
+    op: Op | None = None,
 ) -> ContractMismatch:
-    """The stop-everything error for an answer pixrun does not recognise."""
+    """The stop-everything error for an answer pixrun does not recognise; its hint names
+    the setting of the route that answered (``op``)."""
     where = str(call) if call is not None else "the provider"
     kind = headers.get("Content-Type", "").split(";")[0].strip()
     shown = f"HTTP {status}" + (f", {kind}" if kind else "")
@@ -297,11 +299,25 @@ def mismatch(
         ),
         status=status,
         shot_charged=shot_charged,
-        hint="check the provider's base URL and routes: run 'pixrun doctor', then set "
-        "--provider-option fetch_path=... or generate_path=... (or keep them with "
-        "'pixrun doctor --save'); a rerun with the right setting collects every task "
-        "at no new charge",
+        hint=_MISMATCH_HINT if op is None else _MISMATCH_HINTS.get(op, _MISMATCH_HINT),
     )
+
+
+_MISMATCH_HINT = (
+    "check the provider's base URL and routes: run 'pixrun doctor', then set "
+    "--provider-option fetch_path=... or generate_path=... (or keep them with "
+    "'pixrun doctor --save'); a rerun with the right setting collects every task at no "
+    "new charge"
+)
+_MISMATCH_HINTS = {
+    Op.FETCH: "the fetch route is probably wrong: run 'pixrun doctor' (it finds the right "
+    "one), then set --provider-option fetch_path=... (or keep it with 'pixrun doctor "
+    "--save'); a rerun collects every task at no new charge",
+    Op.GENERATE: "the generate route or base URL is probably wrong: run 'pixrun doctor', "
+    "then set --provider-option generate_path=... or PIXRUN_BASE_URL",
+    Op.UPLOAD: "the upload route is probably wrong: set --provider-option upload_path=..., "
+    "or send images inline with --provider-option image_encoding=data_uri",
+}
 
 
 def error_for(
@@ -321,7 +337,9 @@ def error_for(
         # Redirects are not followed on the API: a POST must not silently become a GET
         # or be sent twice. A redirect means the configured URL is not the endpoint.
         location = headers.get("Location", "?")
-        return mismatch(call, status, headers, body, f"a redirect to {location}", redact=redact)
+        return mismatch(
+            call, status, headers, body, f"a redirect to {location}", redact=redact, op=op
+        )
     message = redact(env.message)[:MAX_MESSAGE_CHARS] if env.message else None
     meaning = _meaning(env, message) if env.dialect != "unknown" else None
     said = _Said(
@@ -348,7 +366,9 @@ def error_for(
         if status in (404, 405):
             why = f"no such route, {why}"
         charged = op is Op.GENERATE and 200 <= status < 300
-        return mismatch(call, status, headers, body, why, shot_charged=charged, redact=redact)
+        return mismatch(
+            call, status, headers, body, why, shot_charged=charged, redact=redact, op=op
+        )
     return _request_level(said, meaning, env.provider)
 
 
