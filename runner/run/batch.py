@@ -34,6 +34,7 @@ from pathlib import Path
 from runner.errors import (
     ExitCode,
     LedgerError,
+    PixrunError,
     UsageError,
 )
 from runner.ledger import META_PROVIDER, open_ledger
@@ -132,6 +133,7 @@ async def run_batch(
     check_folders_writable([output_dir])
     created = not path.exists() or path.stat().st_size == 0
     ledger = await open_ledger(path, writer=True)
+    synced = False
     try:
         async with ledger:
             await check_identity(ledger, identity, switch_provider=switch_provider)
@@ -158,6 +160,7 @@ async def run_batch(
                 }
             )
             sync = await ledger.sync_manifest(manifest.shots, hold=hold)
+            synced = True
             planned_uptc = sum(to_uptc_or_none(s.price_ptc) or 0 for s in manifest.shots)
             del manifest  # the ledger holds every shot now; keep memory flat at scale
             parked = await ledger.recover()
@@ -197,8 +200,10 @@ async def run_batch(
                             "held_changed": len(hold),
                         },
                     )
-    except Declined:
-        if created:  # a question declined leaves no ledger behind
+    except PixrunError:
+        # refused before anything was written (declined, over budget, another provider):
+        # a ledger this run created is removed again, so nothing is left behind
+        if created and not synced:
             _remove_ledger_files(path)
         raise
     return BatchOutcome(
