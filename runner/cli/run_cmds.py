@@ -171,12 +171,18 @@ def _provider_settings(func: Any) -> Any:
     help="How long a download that keeps failing is tried (tests on a fast clock).",
 )
 @click.option(
-    "--one-cpu/--all-cpus",
-    default=True,
-    show_default=True,
-    help="Keep the run's threads on the CPU it starts on: they take turns on Python's "
-    "GIL, and turns across CPUs cost about a third more CPU per shot. --all-cpus "
-    "leaves their placement to the OS.",
+    "--pin-cpu",
+    "--one-cpu",
+    "pin_cpu",
+    is_flag=True,
+    help="Keep the run's threads on the CPU it starts on (off by default: the OS places "
+    "them). On a busy machine it can save CPU per shot; see runner/placement.py.",
+)
+@click.option(
+    "--all-cpus",
+    is_flag=True,
+    hidden=True,
+    help="Deprecated, does nothing: leaving placement to the OS is now the default.",
 )
 @click.option(
     "--rerender-changed",
@@ -222,7 +228,8 @@ def run_cmd(
     backoff_base_s: float | None,
     unreachable_grace_s: float | None,
     download_give_up_s: float | None,
-    one_cpu: bool,
+    pin_cpu: bool,
+    all_cpus: bool,
     rerender_changed: bool,
     skip_space_check: bool,
     switch_provider: bool,
@@ -266,8 +273,10 @@ def run_cmd(
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
-    # before the run starts its threads (they inherit it); see runner.placement
-    cpu = keep_to_one_cpu() if one_cpu else None
+    # opt-in, before the run starts its threads (they inherit it); see runner.placement.
+    # --all-cpus (the old opt-out) is the default now and kept only for old scripts.
+    del all_cpus
+    cpu = keep_to_one_cpu() if pin_cpu else None
     batch = run_batch(
         loaded,
         observer,
