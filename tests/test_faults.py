@@ -24,12 +24,10 @@ from runkit import (
     Batch,
     Running,
     SimThread,
-    assert_files_match,
-    assert_only_final_files,
+    assert_batch_sound,
     env_for,
     explain,
     in_state,
-    integrity,
     net_charges,
     pixrun,
     query,
@@ -92,9 +90,7 @@ def _assert_complete(batch: Batch, sim: SimulatorThread) -> dict[str, Any]:
     stats = sim.stats()
     by_shot = sim_tasks_by_intent(batch.ledger, stats)
     assert {s: len(t) for s, t in by_shot.items()} == {sid: 1 for sid in batch.ids}
-    assert_files_match(batch, stats, batch.ids)
-    assert_only_final_files(batch)
-    assert integrity(batch.ledger) == "ok"
+    assert_batch_sound(batch, stats, batch.ids)
     return stats
 
 

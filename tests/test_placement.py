@@ -73,8 +73,8 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _child(prelude: str = "") -> dict[str, object]:
-    code = _CHILD.replace("PRELUDE", prelude.strip() or "pass")
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter on this tree; its standard output."""
     done = subprocess.run(
         [sys.executable, "-c", code],
         env=env_for(None, key=None),
@@ -85,7 +85,13 @@ def _child(prelude: str = "") -> dict[str, object]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    report: dict[str, object] = json.loads(done.stdout)
+    return done.stdout
+
+
+def _child(prelude: str = "") -> dict[str, object]:
+    report: dict[str, object] = json.loads(
+        _python(_CHILD.replace("PRELUDE", prelude.strip() or "pass"))
+    )
     return report
 
 
@@ -183,14 +189,4 @@ def test_without_sched_setaffinity_it_imports_and_does_nothing() -> None:
         print(keep_to_one_cpu())
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env_for(None, key=None),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "None"
+    assert _python(code).strip() == "None"
