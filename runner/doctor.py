@@ -341,6 +341,27 @@ def check_dialect(generate: ProbeAnswer, fetch: ProbeAnswer) -> Check:
     return Check(DIALECT, Outcome.OK, f"mixed: {mixed} (pixrun reads both)")
 
 
+def _no_verdict(name: str, where: str, answer: ProbeAnswer) -> Check:
+    """An answer that proves nothing either way (a busy gateway): try again later."""
+    found = f"no verdict: {where} answered {answer.summary()}"
+    return Check(name, Outcome.WARN, found, "run pixrun doctor again in a minute")
+
+
+#: answers that fail the generate check outright: what was found, the fix, the exit code
+_GENERATE_FAILS: dict[Verdict, tuple[str, str, int]] = {
+    Verdict.KEY_REFUSED: (
+        "{where}: the key was refused ({summary})",
+        "check PIXRUN_API_KEY",
+        ExitCode.AUTH,
+    ),
+    Verdict.ROUTE_LEVEL: (
+        "{where} is not the API: {summary}",
+        "--provider-option generate_path=PATH (the text-to-video path in 302.AI's docs)",
+        ExitCode.CONTRACT,
+    ),
+}
+
+
 def check_generate(config: ProviderConfig, answer: ProbeAnswer) -> Check:
     """The generate route refuses a request that cannot be valid, in an envelope."""
     name = GENERATE
@@ -356,29 +377,12 @@ def check_generate(config: ProviderConfig, answer: ProbeAnswer) -> Check:
             "(pixrun doctor --format json shows it whole)",
             exit_code=ExitCode.CONTRACT,
         )
-    if verdict is Verdict.KEY_REFUSED:
-        return Check(
-            name,
-            Outcome.FAIL,
-            f"{_where(answer)}: the key was refused ({answer.summary()})",
-            "check PIXRUN_API_KEY",
-            exit_code=ExitCode.AUTH,
-        )
-    if verdict is Verdict.ROUTE_LEVEL:
-        return Check(
-            name,
-            Outcome.FAIL,
-            f"{_where(answer)} is not the API: {answer.summary()}",
-            "--provider-option generate_path=PATH (the text-to-video path in 302.AI's docs)",
-            exit_code=ExitCode.CONTRACT,
-        )
+    if verdict in _GENERATE_FAILS:
+        found, fix, code = _GENERATE_FAILS[verdict]
+        text = found.format(where=_where(answer), summary=answer.summary())
+        return Check(name, Outcome.FAIL, text, fix, exit_code=code)
     if verdict in (Verdict.INCONCLUSIVE, Verdict.NO_ANSWER):
-        return Check(
-            name,
-            Outcome.WARN,
-            f"no verdict: {_where(answer)} answered {answer.summary()}",
-            "run pixrun doctor again in a minute",
-        )
+        return _no_verdict(name, _where(answer), answer)
     err = error_for(Op.GENERATE, answer.status or 0, answer.headers, answer.body)
     if isinstance(err, OutOfCredit):
         return Check(
@@ -421,12 +425,7 @@ def check_fetch(
     if verdict in _ROUTE_EXISTS:
         return Check(name, Outcome.OK, f"{configured} answers: {mine.summary()}")
     if verdict in (Verdict.INCONCLUSIVE, Verdict.NO_ANSWER):
-        return Check(
-            name,
-            Outcome.WARN,
-            f"no verdict: {configured} answered {mine.summary()}",
-            "run pixrun doctor again in a minute",
-        )
+        return _no_verdict(name, configured, mine)
     found = [r for r, a in answers.items() if r != configured and classify(a) in _ROUTE_EXISTS]
     if not found:
         return Check(

@@ -1,4 +1,7 @@
-"""Where a run's threads execute: on one CPU, the one the run started on.
+"""Where a run's threads execute, when asked (``pixrun run --pin-cpu``): on one CPU,
+the one the run started on. By default a run leaves placement to the OS: a command
+that changes its own CPU affinity surprises people, and the CPU-per-shot target this
+served is no longer a target.
 
 Why: a run is one Python process with several threads (the event loop, which does
 almost all of the work; the ledger's SQLite thread; the worker threads that write
@@ -20,8 +23,10 @@ Invariants:
 - A refusal (an OS without ``sched_setaffinity``, a container that forbids it) is
   not an error: the run proceeds wherever the OS puts it, and nothing is left half
   moved.
-- Only ``pixrun run`` calls it, for its own process: a library caller (a test running
-  :func:`runner.run.batch.run_batch` in-process) keeps its placement.
+- It imports on every platform; where ``os.sched_setaffinity`` does not exist (macOS,
+  Windows) :func:`keep_to_one_cpu` does nothing and returns None.
+- Only ``pixrun run --pin-cpu`` calls it, for its own process: a library caller (a
+  test running :func:`runner.run.batch.run_batch` in-process) keeps its placement.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def keep_to_one_cpu() -> int | None:
     Returns that CPU, or None when nothing was changed: one CPU given already, no
     ``sched_setaffinity`` here, the current CPU unknown, or the OS refused.
     """
-    if not hasattr(os, "sched_setaffinity"):
+    if not (hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")):
         return None
     try:
         given = os.sched_getaffinity(0)

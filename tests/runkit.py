@@ -447,6 +447,15 @@ def assert_only_final_files(batch: Batch, shots: Iterable[str] | None = None) ->
     assert found == expected, f"unexpected files: {sorted(found - expected)}"
 
 
+def assert_batch_sound(batch: Batch, stats: Mapping[str, Any], shots: Iterable[str]) -> None:
+    """The end of a batch: the files of ``shots`` match the simulator's (and the ledger's),
+    nothing else is in the output folder, and the ledger passes SQLite's integrity check."""
+    ids = list(shots)
+    assert_files_match(batch, stats, ids)
+    assert_only_final_files(batch, ids)
+    assert integrity(batch.ledger) == "ok"
+
+
 def assert_outputs_match(ledger: Path, output_dir: Path, stats: Mapping[str, Any]) -> int:
     """For any ledger (shots need not follow this kit's naming): every done shot's file
     is byte-identical to what the simulator served for its task; no temporary file is

@@ -30,8 +30,7 @@ from runkit import (
     Batch,
     Running,
     SimThread,
-    assert_files_match,
-    assert_only_final_files,
+    assert_batch_sound,
     env_for,
     explain,
     in_state,
@@ -169,9 +168,7 @@ def run_chaos(
         if not requeued[shot_id] and final[shot_id] == "done":
             assert charged == 1, (shot_id, by_shot[shot_id], log)
     done_ids = sorted(set(batch.ids) - moderated)
-    assert_files_match(batch, stats, done_ids)
-    assert_only_final_files(batch, done_ids)
-    assert integrity(batch.ledger) == "ok"
+    assert_batch_sound(batch, stats, done_ids)
     assert stats["violations"] == []
     faults = {**stats["faults"], **stats["refusals"]}
     return {

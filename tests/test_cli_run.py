@@ -22,6 +22,8 @@ from runkit import (
     FAST_RENDER_S,
     KEY,
     PRICE_UPTC,
+    Batch,
+    Running,
     SimThread,
     assert_files_match,
     assert_key_absent,
@@ -57,6 +59,22 @@ def _task_ids(sim: SimulatorThread) -> dict[str, list[str]]:
     }
 
 
+def _run_with_tasks_in_flight(
+    tmp_path: Path, sim_thread: SimThread, *, shots: int, tasks: int
+) -> tuple[SimulatorThread, Batch, dict[str, str], Running]:
+    """A run of ``shots`` slow renders at concurrency ``tasks``, once that many tasks are
+    at the provider: the simulator, the batch, the run's environment and the run."""
+    sim = sim_thread(render_time_s=SLOW_RENDER_S)
+    batch = write_manifest(tmp_path, shots, concurrency=tasks)
+    env = env_for(sim.base_url)
+    runner = start(run_args(batch), env, cwd=tmp_path, tag="first")
+    wait_until(
+        lambda: batch.ledger.exists() and len(in_state(batch.ledger, "submitted")) == tasks,
+        what=f"{tasks} tasks at the provider",
+    )
+    return sim, batch, env, runner
+
+
 # -- signals -------------------------------------------------------------------------------
 
 
@@ -64,14 +82,7 @@ def _task_ids(sim: SimulatorThread) -> dict[str, list[str]]:
 def test_signal_stops_within_2s_and_the_rerun_collects_without_resubmitting(
     tmp_path: Path, sim_thread: SimThread, sig: signal.Signals
 ) -> None:
-    sim = sim_thread(render_time_s=SLOW_RENDER_S)
-    batch = write_manifest(tmp_path, 6, concurrency=3)
-    env = env_for(sim.base_url)
-    runner = start(run_args(batch), env, cwd=tmp_path, tag="first")
-    wait_until(
-        lambda: batch.ledger.exists() and len(in_state(batch.ledger, "submitted")) == 3,
-        what="three tasks at the provider",
-    )
+    sim, batch, env, runner = _run_with_tasks_in_flight(tmp_path, sim_thread, shots=6, tasks=3)
     runner.signal(sig)
     code, took_s = exit_within(runner, 10)
     assert code == INTERRUPTED, runner.output()
@@ -169,14 +180,7 @@ def test_ctrl_c_with_a_generate_under_way(tmp_path: Path, sim_thread: SimThread,
 def test_a_second_runner_on_the_same_ledger_exits_at_once(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
-    sim = sim_thread(render_time_s=SLOW_RENDER_S)
-    batch = write_manifest(tmp_path, 4, concurrency=4)
-    env = env_for(sim.base_url)
-    first = start(run_args(batch), env, cwd=tmp_path, tag="first")
-    wait_until(
-        lambda: batch.ledger.exists() and len(in_state(batch.ledger, "submitted")) == 4,
-        what="four tasks at the provider",
-    )
+    sim, batch, env, first = _run_with_tasks_in_flight(tmp_path, sim_thread, shots=4, tasks=4)
     runs = run_count(batch.ledger)
     generates = sim.stats()["calls"]["generate"]
 

@@ -78,6 +78,11 @@ async def send_cut(request: web.Request, body: bytes, keep: int) -> web.StreamRe
     return response
 
 
+async def serve_video(request: web.Request) -> web.StreamResponse:
+    """A good video, whole, with its length announced."""
+    return web.Response(body=VIDEO, content_type="video/mp4")
+
+
 def assert_nothing_kept(dest: Path) -> None:
     assert not dest.exists()
     assert not part_path(dest).exists()
@@ -237,11 +242,8 @@ async def test_an_mp4_cut_short_at_the_source_is_refused(
 async def test_announced_oversize_body_is_refused(
     provider_factory: ProviderFactory, tmp_path: Path
 ) -> None:
-    async def big(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=VIDEO, content_type="video/mp4")
-
     dest = tmp_path / "a.mp4"
-    async with web_server(big) as url:
+    async with web_server(serve_video) as url:
         with pytest.raises(DownloadTooLarge):
             await provider_factory(url, max_download_bytes=500).download(url, dest)
     assert_nothing_kept(dest)
@@ -283,14 +285,11 @@ async def test_only_http_urls_are_followed(
 async def test_an_existing_file_is_never_replaced(
     provider_factory: ProviderFactory, tmp_path: Path
 ) -> None:
-    async def video(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=VIDEO, content_type="video/mp4")
-
     other = tmp_path / "other.mp4"
     other.write_bytes(b"somebody else's file")
     same = tmp_path / "same.mp4"
     same.write_bytes(VIDEO)
-    async with web_server(video) as url:
+    async with web_server(serve_video) as url:
         provider = provider_factory(url)
         with pytest.raises(OutputConflict):
             await provider.download(url, other)
@@ -323,13 +322,10 @@ async def test_then_runs_after_the_publish_and_shares_the_folder_fsync(
         write_sidecar(result.path, {"sha256": result.sha256})
         timeline.append("then")
 
-    async def video(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=VIDEO, content_type="video/mp4")
-
     dest = tmp_path / "a.mp4"
     if already_there:
         dest.write_bytes(VIDEO)
-    async with web_server(video) as url:
+    async with web_server(serve_video) as url:
         result = await provider_factory(url).download(url, dest, then=then)
     timeline.append("returned")
     assert timeline == ["then", "folder fsync", "returned"]
@@ -396,11 +392,8 @@ async def test_a_failing_then_leaves_the_video_published_and_raises_its_error(
     def then(result: DownloadResult) -> None:
         raise DiskFull(f"the disk is full while writing {sidecar_path(result.path)}")
 
-    async def video(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=VIDEO, content_type="video/mp4")
-
     dest = tmp_path / "a.mp4"
-    async with web_server(video) as url:
+    async with web_server(serve_video) as url:
         with pytest.raises(DiskFull, match=r"a\.mp4\.json"):
             await provider_factory(url).download(url, dest, then=then)
     # the video is published, and its name made durable all the same (a rerun accepts
@@ -426,11 +419,8 @@ async def test_a_full_disk_is_disk_full(
 
     monkeypatch.setattr(outputs_module, "open_part", full)
 
-    async def video(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=VIDEO, content_type="video/mp4")
-
     dest = tmp_path / "a.mp4"
-    async with web_server(video) as url:
+    async with web_server(serve_video) as url:
         with pytest.raises(DiskFull):
             await provider_factory(url).download(url, dest)
     assert not dest.exists()

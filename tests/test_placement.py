@@ -1,4 +1,5 @@
-"""A run keeps its threads on one CPU (runner.placement), and ``--all-cpus`` does not.
+"""``pixrun run --pin-cpu`` keeps its threads on one CPU (runner.placement); a run
+without it (or with the deprecated ``--all-cpus``) leaves them where the OS puts them.
 
 Placement is process-wide, so every check runs in a child process: the test process
 keeps its own CPUs.
@@ -72,8 +73,8 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _child(prelude: str = "") -> dict[str, object]:
-    code = _CHILD.replace("PRELUDE", prelude.strip() or "pass")
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter on this tree; its standard output."""
     done = subprocess.run(
         [sys.executable, "-c", code],
         env=env_for(None, key=None),
@@ -84,7 +85,13 @@ def _child(prelude: str = "") -> dict[str, object]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    report: dict[str, object] = json.loads(done.stdout)
+    return done.stdout
+
+
+def _child(prelude: str = "") -> dict[str, object]:
+    report: dict[str, object] = json.loads(
+        _python(_CHILD.replace("PRELUDE", prelude.strip() or "pass"))
+    )
     return report
 
 
@@ -135,8 +142,8 @@ def _thread_cpus(pid: int) -> list[list[int]]:
     return cpus
 
 
-@pytest.mark.parametrize("flag", [None, "--all-cpus"])
-def test_pixrun_run_keeps_to_one_cpu_unless_told_otherwise(
+@pytest.mark.parametrize("flag", [None, "--pin-cpu", "--all-cpus"])
+def test_pixrun_run_keeps_to_one_cpu_only_when_asked(
     tmp_path: Path, sim_thread: SimThread, flag: str | None
 ) -> None:
     # renders long enough that the run is caught with its threads started
@@ -162,7 +169,7 @@ def test_pixrun_run_keeps_to_one_cpu_unless_told_otherwise(
     given = sorted(os.sched_getaffinity(0))
     assert len(threads) > 1  # the ledger's thread at least
     (started,) = query(batch.ledger, "SELECT message FROM events WHERE kind = 'run_started'")
-    if flag is None:
+    if flag == "--pin-cpu":
         assert len({tuple(c) for c in threads}) == 1, threads
         assert len(threads[0]) == 1 and threads[0][0] in given
         # the ledger says where the run's threads were kept
@@ -170,3 +177,16 @@ def test_pixrun_run_keeps_to_one_cpu_unless_told_otherwise(
     else:
         assert all(c == given for c in threads), threads
         assert started == ("run 1 started",)
+
+
+def test_without_sched_setaffinity_it_imports_and_does_nothing() -> None:
+    """As on macOS or Windows: no affinity calls at all. Importing never fails."""
+    code = textwrap.dedent(
+        """
+        import os
+        del os.sched_setaffinity, os.sched_getaffinity
+        from runner.placement import keep_to_one_cpu
+        print(keep_to_one_cpu())
+        """
+    )
+    assert _python(code).strip() == "None"

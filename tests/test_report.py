@@ -169,6 +169,29 @@ async def test_contact_sheet_escapes_every_text_and_loads_nothing_remote(tmp_pat
                 assert not urlsplit(value).scheme, f"{name}={value} would leave the page"
 
 
+#: template syntax and markup in data: a template engine must show them, not run them
+TEMPLATE_PROMPT = "<script>alert(1)</script> {{ 7*7 }} {% if true %}yes{% endif %} {# c #}"
+
+
+async def test_template_syntax_in_a_prompt_is_shown_literally(tmp_path: Path) -> None:
+    specs = [
+        Spec("tpl-done", ShotState.DONE, TEMPLATE_PROMPT),
+        Spec("tpl-failed", ShotState.FAILED, TEMPLATE_PROMPT, error="{{ oops }} <i>x</i>"),
+    ]
+    batch = await build_batch(tmp_path, specs)
+    rows = await _rows(batch.ledger_path)
+    html, doc = _sheet(rows, batch.output_dir / "sheet.html", batch.output_dir)
+    text = "".join(doc.text)
+    assert text.count(TEMPLATE_PROMPT) == 2  # each card's prompt, character for character
+    assert "{{ oops }} <i>x</i>" in text
+    assert "49" not in text and "yes" not in text.replace(TEMPLATE_PROMPT, "")
+    assert len(doc.scripts) == 1 and "alert" not in doc.scripts[0]
+    assert not doc.all("i")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; {{ 7*7 }} {% if true %}" in html
+    searches = [a["data-search"] or "" for a in doc.all("article")]
+    assert all(TEMPLATE_PROMPT.lower() in s for s in searches)
+
+
 async def test_csp_allows_exactly_our_script_and_style(tmp_path: Path) -> None:
     batch = await build_batch(tmp_path, [Spec("a", ShotState.DONE, "x")])
     rows = await _rows(batch.ledger_path)

@@ -378,11 +378,16 @@ def test_pixrun_sim_runs_until_ctrl_c() -> None:
     assert "simulator stopped: 0 tasks" in out
 
 
-def test_sim_command_offers_every_dialect() -> None:
-    from runner.cli.sim_cmd import SIM_DIALECTS
-    from runner.sim.config import DIALECTS
+def test_sim_command_offers_every_dialect_and_share_knob() -> None:
+    from runner.cli.sim_cmd import SHARE_HELP, SIM_DIALECTS, sim_command
+    from runner.sim.config import DIALECTS, SHARE_KNOBS, SimConfig
 
     assert tuple(SIM_DIALECTS) == tuple(DIALECTS)
+    assert set(SHARE_HELP) == set(SHARE_KNOBS)
+    # every option of the command is a knob of the simulator (its tables are typo-free)
+    knobs = set(SimConfig.__dataclass_fields__)
+    names = {p.name for p in sim_command.params} - {"host", "port", "prices_path"}
+    assert names <= knobs, names - knobs
 
 
 # ---- routes, families and provider faults (raw HTTP, as a client sees them) ---------------

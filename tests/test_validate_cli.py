@@ -29,6 +29,11 @@ def write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+def write_shots(tmp_path: Path, *shots: str) -> str:
+    """A version 1 manifest of ``shots``, each a flow mapping (``{prompt: p, ...}``)."""
+    return write(tmp_path, "version: 1\nshots:\n" + "".join(f"  - {s}\n" for s in shots))
+
+
 def test_validate_valid_manifests_exit_0() -> None:
     result = run("validate", DEMO, EXAMPLE)
     assert result.exit_code == 0, result.output
@@ -78,12 +83,8 @@ def test_validate_json_is_a_list_of_problem_objects() -> None:
 
 
 def test_warnings_do_not_fail(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "version: 1\nshots:\n  - {prompt: p, model: v4, quality: 360p}\n"
-        "  - {prompt: p, model: v4, quality: 360p}\n",
-    )
-    result = run("validate", path)
+    same = "{prompt: p, model: v4, quality: 360p}"
+    result = run("validate", write_shots(tmp_path, same, same))
     assert result.exit_code == 0
     assert "warning" in result.stderr and "duplicate shot" in result.stderr
     assert "1 warning" in result.stdout
@@ -124,10 +125,10 @@ def test_plan_over_budget_exits_4_saying_by_how_much() -> None:
 
 
 def test_plan_unknown_prices_are_counted_not_zero(tmp_path: Path) -> None:
-    path = write(
+    path = write_shots(
         tmp_path,
-        "version: 1\nshots:\n  - {prompt: p, model: v4, quality: 360p, duration: 10}\n"
-        "  - {prompt: q, model: v4, quality: 360p}\n",
+        "{prompt: p, model: v4, quality: 360p, duration: 10}",
+        "{prompt: q, model: v4, quality: 360p}",
     )
     result = run("plan", path)
     assert result.exit_code == 0

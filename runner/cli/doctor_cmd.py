@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runner.cli.options import provider_options
+from runner.cli.options import format_option, provider_options
 from runner.doctor import DoctorReport, diagnose
 from runner.doctor_spend import (
     SpendResult,
@@ -88,14 +88,7 @@ def _table(report: DoctorReport) -> Table:
     metavar="KEY=VALUE",
     help="Provider adapter setting, e.g. fetch_path=/pix/fetch/{task_id} (repeatable).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="A table, or one JSON document (with the raw answers).",
-)
+@format_option("table", "json", help_text="A table, or one JSON document (with the raw answers).")
 @click.option(
     "--save",
     is_flag=True,

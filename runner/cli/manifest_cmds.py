@@ -6,13 +6,13 @@ import asyncio
 import csv
 import json
 import sys
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from runner.cli.options import rules_option, simulate_option
+from runner.cli.options import PTC, format_option, rules_option, simulate_option
 from runner.cli.render import print_plan, print_problems, print_validation
 from runner.contract import load_rules
 from runner.errors import BudgetExceeded, ExitCode, UsageError
@@ -31,30 +31,15 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def _ptc(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        amount = Decimal(value)
-    except InvalidOperation as exc:
-        raise click.BadParameter(f"{value!r} is not an amount of PTC, e.g. 12.5") from exc
-    if not amount.is_finite() or amount < 0:
-        raise click.BadParameter("the cap must be a number >= 0")
-    return amount
-
-
 _PATH = click.Path(path_type=Path, dir_okay=False)
 
 
 @click.command("validate")
 @click.argument("manifests", nargs=-1, required=True, type=_PATH)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: a list of problem objects (file, line, column, severity, shot_id, field, "
+@format_option(
+    "text",
+    "json",
+    help_text="json: a list of problem objects (file, line, column, severity, shot_id, field, "
     "message, hint).",
 )
 @click.option("--no-image-check", is_flag=True, help="Do not open local images.")
@@ -83,17 +68,11 @@ def validate_cmd(
 
 @click.command("plan")
 @click.argument("manifest", type=_PATH)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
-    show_default=True,
-)
+@format_option("table", "json", "csv")
 @click.option(
     "--max-cost",
     metavar="PTC",
-    callback=_ptc,
+    type=PTC,
     help="Cost cap in PTC (overrides run.budget_ptc); exit 4 when the plan is above it.",
 )
 @click.option(

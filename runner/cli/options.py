@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,29 +14,77 @@ from runner.ledger import default_ledger_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_FILE = click.Path(path_type=Path, dir_okay=False)
+#: a file option's type: a Path, never a folder
+FILE = click.Path(path_type=Path, dir_okay=False)
 
 
-def ledger_option(func: F) -> F:
+def _file_option(name: str, help_text: str) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        return click.option(name, type=FILE, help=help_text)(func)
+
+    return decorate
+
+
+ledger_option = _file_option(
+    "--ledger", "Ledger file (default: beside the manifest, <name>.ledger.sqlite)."
+)
+rules_option = _file_option(
+    "--rules",
+    "Provider rules JSON: models, durations, limits (default: the packaged "
+    "runner/data/rules.json).",
+)
+
+
+class _Ptc(click.ParamType[Decimal]):
+    """An amount of PTC (``12.5``), kept exact as a Decimal; never negative."""
+
+    name = "ptc"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        try:
+            amount = Decimal(str(value).strip())
+        except InvalidOperation:
+            self.fail(f"{value!r} is not an amount of PTC (write e.g. 12.5)", param, ctx)
+        if not amount.is_finite() or amount < 0:
+            self.fail(f"{value!r}: an amount of PTC is a number >= 0", param, ctx)
+        return amount
+
+
+#: an amount of PTC on the command line: --max-cost, the simulator's balance and prices
+PTC = _Ptc()
+
+
+def format_option(*choices: str, help_text: str | None = None) -> Callable[[F], F]:
+    """``--format``, as ``fmt``: one of ``choices``, the first by default."""
     return click.option(
-        "--ledger",
-        type=_FILE,
-        help="Ledger file (default: beside the manifest, <name>.ledger.sqlite).",
-    )(func)
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        help=help_text,
+    )
 
 
-def rules_option(func: F) -> F:
-    return click.option(
-        "--rules",
-        type=_FILE,
-        help="Provider rules JSON: models, durations, limits (default: the packaged "
-        "runner/data/rules.json).",
-    )(func)
+def option_table(helps: Mapping[str, str], **common: Any) -> Callable[[F], F]:
+    """One option per ``{"--name": help}`` entry, in that order, all made with ``common``
+    (``is_flag=True``, a type, ``hidden=True``...): a run of alike options as one table."""
+
+    def decorate(func: F) -> F:
+        for name, help_text in reversed(list(helps.items())):
+            func = click.option(name, help=help_text, **common)(func)
+        return func
+
+    return decorate
 
 
 def optional_manifest_argument(func: F) -> F:
     """MANIFEST, optional where --ledger alone says where the batch is."""
-    return click.argument("manifest", required=False, type=_FILE)(func)
+    return click.argument("manifest", required=False, type=FILE)(func)
 
 
 def simulate_option(func: F) -> F:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,8 +12,10 @@ import click
 from rich.console import Console
 
 from runner.cli.options import (
+    PTC,
     existing_ledger,
     ledger_option,
+    option_table,
     optional_manifest_argument,
     rules_option,
     simulate_option,
@@ -34,18 +36,6 @@ if TYPE_CHECKING:
     from runner.run.preview import Decision, RunPreview
 
 COMMANDS: list[click.Command] = []
-
-
-def _ptc(value: str | None) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        amount = Decimal(value)
-    except InvalidOperation as exc:
-        raise click.BadParameter(f"{value!r} is not an amount of PTC") from exc
-    if amount < 0:
-        raise click.BadParameter("the cap cannot be negative")
-    return amount
 
 
 def _render_range(value: str) -> tuple[float, float]:
@@ -139,7 +129,9 @@ def _provider_settings(func: Any) -> Any:
     type=click.FloatRange(0.01, None),
     help="Provider calls per second (overrides run.requests_per_s).",
 )
-@click.option("--max-cost", metavar="PTC", help="Cost cap in PTC (overrides run.budget_ptc).")
+@click.option(
+    "--max-cost", metavar="PTC", type=PTC, help="Cost cap in PTC (overrides run.budget_ptc)."
+)
 @click.option(
     "--prices",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -152,55 +144,45 @@ def _provider_settings(func: Any) -> Any:
     help="Floor between two polls of a task (overrides run.poll.min_interval_s).",
 )
 @_provider_settings
-@click.option(
-    "--backoff-base-s",
+@option_table(
+    {
+        "--backoff-base-s": "First delay of retried calls (tests and benchmarks on a fast clock).",
+        "--unreachable-grace-s": "How long a provider that never answered is given (tests on a "
+        "fast clock).",
+        "--download-give-up-s": "How long a download that keeps failing is tried (tests on a "
+        "fast clock).",
+    },
     type=click.FloatRange(0.0, None),
     hidden=True,
-    help="First delay of retried calls (tests and benchmarks on a fast clock).",
 )
 @click.option(
-    "--unreachable-grace-s",
-    type=click.FloatRange(0.0, None),
+    "--pin-cpu",
+    "--one-cpu",
+    "pin_cpu",
+    is_flag=True,
+    help="Keep the run's threads on the CPU it starts on (off by default: the OS places "
+    "them). On a busy machine it can save CPU per shot; see runner/placement.py.",
+)
+@click.option(
+    "--all-cpus",
+    is_flag=True,
     hidden=True,
-    help="How long a provider that never answered is given (tests on a fast clock).",
+    help="Deprecated, does nothing: leaving placement to the OS is now the default.",
 )
-@click.option(
-    "--download-give-up-s",
-    type=click.FloatRange(0.0, None),
-    hidden=True,
-    help="How long a download that keeps failing is tried (tests on a fast clock).",
-)
-@click.option(
-    "--one-cpu/--all-cpus",
-    default=True,
-    show_default=True,
-    help="Keep the run's threads on the CPU it starts on: they take turns on Python's "
-    "GIL, and turns across CPUs cost about a third more CPU per shot. --all-cpus "
-    "leaves their placement to the OS.",
-)
-@click.option(
-    "--rerender-changed",
+@option_table(
+    {
+        "--rerender-changed": "Re-render (and pay again for) done shots whose request changed "
+        "since they were done. Without it, and without a terminal to ask on, they are held and "
+        "the run exits 1.",
+        "--skip-space-check": "Do not refuse a run whose output disk looks too small for the "
+        "videos to come (the estimate is low on purpose; use this when your videos are smaller "
+        "still).",
+        "--switch-provider": "Let this ledger move to another provider than the one it was made "
+        "with (tasks in flight at the old one are parked if the new one does not know them).",
+        "--force": "Use the --ledger given even though it records another batch (another "
+        "manifest name): the ledger is taken over for this manifest.",
+    },
     is_flag=True,
-    help="Re-render (and pay again for) done shots whose request changed since they were "
-    "done. Without it, and without a terminal to ask on, they are held and the run exits 1.",
-)
-@click.option(
-    "--skip-space-check",
-    is_flag=True,
-    help="Do not refuse a run whose output disk looks too small for the videos to come "
-    "(the estimate is low on purpose; use this when your videos are smaller still).",
-)
-@click.option(
-    "--switch-provider",
-    is_flag=True,
-    help="Let this ledger move to another provider than the one it was made with "
-    "(tasks in flight at the old one are parked if the new one does not know them).",
-)
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Use the --ledger given even though it records another batch (another "
-    "manifest name): the ledger is taken over for this manifest.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
@@ -214,7 +196,7 @@ def run_cmd(
     concurrency: int | None,
     download_concurrency: int | None,
     requests_per_s: float | None,
-    max_cost: str | None,
+    max_cost: Decimal | None,
     prices: Path | None,
     poll_interval: float | None,
     base_url: str | None,
@@ -222,7 +204,8 @@ def run_cmd(
     backoff_base_s: float | None,
     unreachable_grace_s: float | None,
     download_give_up_s: float | None,
-    one_cpu: bool,
+    pin_cpu: bool,
+    all_cpus: bool,
     rerender_changed: bool,
     skip_space_check: bool,
     switch_provider: bool,
@@ -249,7 +232,7 @@ def run_cmd(
         rules=load_rules(rules),
     )
     console = Console(highlight=False)
-    cap = _ptc(max_cost)
+    cap = max_cost
     # asked only on a terminal; the core asks after the budget check, before any write
     confirm = _ask if sys.stdin.isatty() and not yes and not json_logs else None
     mode = "json" if json_logs else "quiet" if quiet else "live" if console.is_terminal else "plain"
@@ -267,8 +250,10 @@ def run_cmd(
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
-    # before the run starts its threads (they inherit it); see runner.placement
-    cpu = keep_to_one_cpu() if one_cpu else None
+    # opt-in, before the run starts its threads (they inherit it); see runner.placement.
+    # --all-cpus (the old opt-out) is the default now and kept only for old scripts.
+    del all_cpus
+    cpu = keep_to_one_cpu() if pin_cpu else None
     batch = run_batch(
         loaded,
         observer,

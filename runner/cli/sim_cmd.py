@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import click
+
+from runner.cli.options import FILE, PTC
 
 # The simulator (and aiohttp with it) is imported when the command runs, so that other
 # commands start fast. The dialect names are runner.sim.config.DIALECTS (a test checks).
@@ -17,25 +18,114 @@ SIM_DIALECTS = ("pixverse", "gateway", "web")
 SHARE = click.FloatRange(0.0, 1.0)
 
 
-class _Ptc(click.ParamType[Decimal]):
-    """An amount of PTC, kept exact."""
-
-    name = "ptc"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> Decimal:
-        try:
-            number = Decimal(str(value))
-        except InvalidOperation:
-            self.fail(f"{value!r} is not an amount (write e.g. 5 or 0.4)", param, ctx)
-        if not number.is_finite() or number < 0:
-            self.fail(f"{value!r} must be an amount >= 0", param, ctx)
-        return number
-
-
-PTC = _Ptc()
 SECONDS = click.FloatRange(0.0, min_open=False)
+
+
+#: the faults that hit a share of calls or tasks (0 to 1, default 0: none), in the order
+#: of ``--help``; the knobs are runner.sim.config.SHARE_KNOBS (a test checks)
+SHARE_HELP: dict[str, str] = {
+    "error_5xx_share": "Share of generate/fetch calls answered 503 (transient; nothing is "
+    "created).",
+    "rate_limit_share": "Share of generate/fetch calls answered 429 with Retry-After.",
+    "fail_first_attempt_share": "Share of shots whose first render fails (status 8); the "
+    "retry renders.",
+    "truncate_share": "Share of tasks whose first download is cut mid-body (Range resume works).",
+    "lost_generate_share": "Share of generates whose task is created and charged, then the "
+    "answer is lost (connection dropped): the ambiguous case.",
+    "deleted_share": "Share of succeeded renders reported deleted once they end (status 6; "
+    "gateway: error 'video deleted').",
+    "forget_share": "Share of tasks the provider forgets once created: every fetch answers "
+    "'no such task' (ErrCode 500008; gateway code 404).",
+    "permanent_error_share": "Share of generates refused with --permanent-error-code.",
+    "dead_url_share": "Share of fetched video URLs that point at a host refusing "
+    "connections; the next fetch of that task gives a live URL.",
+}
+
+#: on/off knobs: (default, help)
+_SWITCHES: dict[str, tuple[bool, str]] = {
+    "dedupe_trace_id": (
+        False,
+        "A generate repeating an Ai-trace-id returns the existing task and is not charged.",
+    ),
+    "refund_failed": (True, "Give back the charge of failed and moderated renders."),
+    "errors_in_200": (
+        False,
+        "Send provider refusals (invalid parameter, no credit, concurrency, permanent "
+        "errors) with HTTP 200 and the error envelope, as PixVerse does.",
+    ),
+    "dead_urls_always": (False, "Every video URL points at a dead host: downloads never work."),
+}
+
+#: the routes the simulator serves: (default, help)
+_ROUTES: dict[str, tuple[str, str]] = {
+    "generate_path": ("/pix/generate", "Route of generate (POST)."),
+    "fetch_path": (
+        "/pix/task/{task_id}/fetch",
+        "Route of fetch (GET): the task id in the path, or as a query value, e.g. "
+        "'/pix/fetch?task_id={task_id}'. Other routes answer an HTML 404/405 page.",
+    ),
+    "upload_path": (
+        "/302/upload-file",
+        "Route of file uploads (POST, multipart field 'file'; jpg, png or webp up to 50 MB).",
+    ),
+}
+
+
+#: numbers that are off unless given: (type, help)
+_LIMITS: dict[str, tuple[click.ParamType[Any], str]] = {
+    "url_ttl_s": (
+        click.FloatRange(0.0, min_open=True),
+        "Download URLs expire this many seconds after the fetch that gave them (403 "
+        "after). Default: never.",
+    ),
+    "concurrency_limit": (
+        click.IntRange(1),
+        "Refuse new tasks beyond this many renders in flight (429, ErrCode 500044).",
+    ),
+    "permanent_error_code": (
+        click.IntRange(1),
+        "ErrCode that refuses a share of generates for good, e.g. 500054 (moderation), "
+        "500060 (effects limit), 500070 (template not activated).",
+    ),
+    "balance_ptc": (
+        PTC,
+        "Account balance in PTC; a generate that does not fit gets 402 (ErrCode 500043). "
+        "Default: unlimited.",
+    ),
+    "unknown_price_ptc": (
+        PTC,
+        "Charge this for requests the price table cannot price (e.g. 10 s). "
+        "Default: charge nothing, count them as unpriced.",
+    ),
+    "upload_price_uptc": (
+        click.IntRange(0),
+        "What one upload costs, in micro-PTC. Default: the price table's upload_ptc, "
+        "else 1000 (0.001 PTC).",
+    ),
+}
+
+
+def _flag(knob: str) -> str:
+    return "--" + knob.replace("_", "-")
+
+
+def _knob_options(func: Any) -> Any:
+    """The options made from the tables above (click lists them in this order)."""
+    decorators = [
+        *(click.option(_flag(k), type=SHARE, default=0.0, help=h) for k, h in SHARE_HELP.items()),
+        *(
+            click.option(f"{_flag(k)}/--no-{_flag(k)[2:]}", default=d, show_default=True, help=h)
+            for k, (d, h) in _SWITCHES.items()
+        ),
+        *(
+            click.option(_flag(k), default=d, show_default=True, help=h)
+            for k, (d, h) in _ROUTES.items()
+        ),
+        *(click.option(_flag(k), type=t, help=h) for k, (t, h) in _LIMITS.items()),
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
 
 
 @click.command("sim")
@@ -65,70 +155,13 @@ SECONDS = click.FloatRange(0.0, min_open=False)
     help="Each render takes a uniform random time in [MIN, MAX] seconds (fractions allowed).",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random draw.")
-@click.option(
-    "--error-5xx-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of generate/fetch calls answered 503 (transient; nothing is created).",
-)
-@click.option(
-    "--rate-limit-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of generate/fetch calls answered 429 with Retry-After.",
-)
+@_knob_options
 @click.option(
     "--retry-after-s",
     type=SECONDS,
     default=1.0,
     show_default=True,
     help="The Retry-After sent with those 429s.",
-)
-@click.option(
-    "--concurrency-limit",
-    type=click.IntRange(1),
-    default=None,
-    help="Refuse new tasks beyond this many renders in flight (429, ErrCode 500044).",
-)
-@click.option(
-    "--balance-ptc",
-    type=PTC,
-    default=None,
-    help="Account balance in PTC; a generate that does not fit gets 402 (ErrCode 500043). "
-    "Default: unlimited.",
-)
-@click.option(
-    "--moderated-word",
-    "moderated_words",
-    multiple=True,
-    help="A prompt containing this word (case-insensitive) ends refused by moderation "
-    "(status 7). Repeat for more words.",
-)
-@click.option(
-    "--fail-first-attempt-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of shots whose first render fails (status 8); the retry renders.",
-)
-@click.option(
-    "--url-ttl-s",
-    type=click.FloatRange(0.0, min_open=True),
-    default=None,
-    help="Download URLs expire this many seconds after the fetch that gave them (403 after). "
-    "Default: never.",
-)
-@click.option(
-    "--truncate-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of tasks whose first download is cut mid-body (Range resume works).",
-)
-@click.option(
-    "--lost-generate-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of generates whose task is created and charged, then the answer is lost "
-    "(connection dropped): the ambiguous case.",
 )
 @click.option(
     "--slow-generate-s",
@@ -138,70 +171,11 @@ SECONDS = click.FloatRange(0.0, min_open=False)
     "them (beyond the client's read timeout they are lost all the same).",
 )
 @click.option(
-    "--dedupe-trace-id/--no-dedupe-trace-id",
-    default=False,
-    show_default=True,
-    help="A generate repeating an Ai-trace-id returns the existing task and is not charged.",
-)
-@click.option(
-    "--prices",
-    "prices_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Price table (JSON) to charge by. Default: the packaged table.",
-)
-@click.option(
-    "--unknown-price-ptc",
-    type=PTC,
-    default=None,
-    help="Charge this for requests the price table cannot price (e.g. 10 s). "
-    "Default: charge nothing, count them as unpriced.",
-)
-@click.option(
-    "--refund-failed/--no-refund-failed",
-    default=True,
-    show_default=True,
-    help="Give back the charge of failed and moderated renders.",
-)
-@click.option(
-    "--generate-path",
-    default="/pix/generate",
-    show_default=True,
-    help="Route of generate (POST).",
-)
-@click.option(
-    "--fetch-path",
-    default="/pix/task/{task_id}/fetch",
-    show_default=True,
-    help="Route of fetch (GET): the task id in the path, or as a query value, e.g. "
-    "'/pix/fetch?task_id={task_id}'. Other routes answer an HTML 404/405 page.",
-)
-@click.option(
-    "--upload-path",
-    default="/302/upload-file",
-    show_default=True,
-    help="Route of file uploads (POST, multipart field 'file'; jpg, png or webp up to 50 MB).",
-)
-@click.option(
-    "--upload-price-uptc",
-    type=click.IntRange(0),
-    default=None,
-    help="What one upload costs, in micro-PTC. Default: the price table's upload_ptc, "
-    "else 1000 (0.001 PTC).",
-)
-@click.option(
-    "--deleted-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of succeeded renders reported deleted once they end (status 6; gateway: "
-    "error 'video deleted').",
-)
-@click.option(
-    "--forget-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of tasks the provider forgets once created: every fetch answers 'no such "
-    "task' (ErrCode 500008; gateway code 404).",
+    "--moderated-word",
+    "moderated_words",
+    multiple=True,
+    help="A prompt containing this word (case-insensitive) ends refused by moderation "
+    "(status 7). Repeat for more words.",
 )
 @click.option(
     "--not-found-status",
@@ -211,42 +185,14 @@ SECONDS = click.FloatRange(0.0, min_open=False)
     help="HTTP status sent with the 'no such task' envelope.",
 )
 @click.option(
-    "--errors-in-200/--no-errors-in-200",
-    default=False,
-    show_default=True,
-    help="Send provider refusals (invalid parameter, no credit, concurrency, permanent "
-    "errors) with HTTP 200 and the error envelope, as PixVerse does.",
-)
-@click.option(
-    "--permanent-error-code",
-    type=click.IntRange(1),
-    default=None,
-    help="ErrCode that refuses a share of generates for good, e.g. 500054 (moderation), "
-    "500060 (effects limit), 500070 (template not activated).",
-)
-@click.option(
-    "--permanent-error-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of generates refused with --permanent-error-code.",
-)
-@click.option(
-    "--dead-url-share",
-    type=SHARE,
-    default=0.0,
-    help="Share of fetched video URLs that point at a host refusing connections; the "
-    "next fetch of that task gives a live URL.",
-)
-@click.option(
-    "--dead-urls-always/--no-dead-urls-always",
-    default=False,
-    show_default=True,
-    help="Every video URL points at a dead host: downloads never work.",
+    "--prices",
+    "prices_path",
+    type=FILE,
+    help="Price table (JSON) to charge by. Default: the packaged table.",
 )
 @click.option(
     "--state-path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
+    type=FILE,
     help="Keep the books in this file (one JSON line per change) and replay it on start: "
     "a restarted simulator knows every task, upload and charge. Renders then run on "
     "wall-clock time.",

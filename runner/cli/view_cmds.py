@@ -24,6 +24,7 @@ from rich.rule import Rule
 
 from runner.cli.options import (
     existing_ledger,
+    format_option,
     ledger_option,
     optional_manifest_argument,
     simulate_option,
@@ -152,9 +153,7 @@ def _json(data: object, **dumps: Any) -> str:
 @optional_manifest_argument
 @ledger_option
 @simulate_option
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@format_option("table", "json")
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (a run may be going on).")
 @click.option(
     "--interval",
@@ -217,13 +216,7 @@ def _states(state: tuple[str, ...], failed: bool) -> set[ShotState] | None:
 @optional_manifest_argument
 @ledger_option
 @simulate_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json", "html"]),
-    default="table",
-    show_default=True,
-)
+@format_option("table", "csv", "json", "html")
 @click.option(
     "-o",
     "--output",

@@ -108,18 +108,16 @@ def _pixverse_task(task: SimTask, status: str, url: str | None) -> dict[str, Any
     }
 
 
+#: what PixVerse's web app keeps of its API's task fields (it renames the id and status)
+_WEB_FIELDS = ("url", "prompt", "seed", "outputWidth", "outputHeight", "create_time", "modify_time")
+
+
 def _web_task(task: SimTask, status: str, url: str | None) -> dict[str, Any]:
-    done = status == SUCCEEDED
+    api = _pixverse_task(task, status, url)
     return {
-        "video_id": task.wire_id,
-        "video_status": _PIXVERSE_STATUS[status],
-        "url": url or "",
-        "prompt": task.prompt,
-        "seed": task.seed,
-        "outputWidth": TINY_WIDTH_PX if done else 0,
-        "outputHeight": TINY_HEIGHT_PX if done else 0,
-        "create_time": _iso(task.created_wall_s),
-        "modify_time": _iso(task.created_wall_s + task.render_s),
+        "video_id": api["id"],
+        "video_status": api["status"],
+        **{key: api[key] for key in _WEB_FIELDS},
     }
 
 
