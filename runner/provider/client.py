@@ -39,6 +39,16 @@ from runner.provider.verdicts import Call
 TRACE_HEADER = "Ai-trace-id"
 
 
+def api_session(config: ProviderConfig, *, force_close: bool) -> aiohttp.ClientSession:
+    """A session for the provider's API: no cookies, proxies only when configured;
+    ``force_close``: a fresh connection per request (see the module invariants)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=config.max_connections, force_close=force_close),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=config.trust_env,
+    )
+
+
 class Provider:
     """An async client of the provider; use as ``async with Provider(config) as p``."""
 
@@ -85,16 +95,8 @@ class Provider:
     def _sessions(self) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
         """(pooled, fresh-per-request); created on first use, inside the running loop."""
         if self._pooled is None or self._fresh is None:
-            self._pooled = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.config.max_connections),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=self.config.trust_env,
-            )
-            self._fresh = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.config.max_connections, force_close=True),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=self.config.trust_env,
-            )
+            self._pooled = api_session(self.config, force_close=False)
+            self._fresh = api_session(self.config, force_close=True)
         return self._pooled, self._fresh
 
     def _api_headers(self) -> dict[str, str]:
@@ -168,63 +170,53 @@ class Provider:
 
     async def fetch(self, task_id: str) -> TaskState:
         """The task's current state (free, idempotent)."""
-        pooled, _ = self._sessions()
         self.calls["fetch"] += 1
         url = self.config.fetch_url(task_id)
-        try:
-            async with pooled.get(
-                url,
-                headers=self._api_headers(),
-                timeout=self._api_timeout,
-                allow_redirects=False,
-            ) as resp:
-                self.answers += 1
-                status, resp_headers = resp.status, resp.headers
-                raw = await resp.read()
-        except aiohttp.InvalidURL as exc:
-            raise UsageError(f"the fetch URL is not valid: {exc}") from exc
-        except aiohttp.ClientResponseError as exc:
-            raise TransientError(f"fetch {task_id}: {self._why(exc)}") from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientError(f"fetch {task_id}: {self._why(exc)}") from exc
+        status, headers, body = await self._pooled_call("GET", url, f"fetch {task_id}")
         return parse_fetch(
-            status,
-            resp_headers,
-            _decode(raw),
-            task_id,
-            redact=self.config.redact,
-            call=Call("GET", url),
+            status, headers, body, task_id, redact=self.config.redact, call=Call("GET", url)
         )
 
     async def upload(self, path: Path, data: bytes) -> str:
         """Upload one local image (``data``, read from ``path``); the URL the provider
         keeps it at. Charged (about 0.001 PTC), idempotent in effect: a repeat costs
         another upload, never a render."""
-        pooled, _ = self._sessions()
         self.calls["upload"] += 1
         url = self.config.upload_url()
         form = aiohttp.FormData()
         form.add_field("file", data, filename=path.name, content_type=_image_type(path))
+        status, headers, body = await self._pooled_call(
+            "POST", url, f"upload {path.name}", data=form
+        )
+        return parse_upload(
+            status, headers, body, redact=self.config.redact, call=Call("POST", url)
+        )
+
+    async def _pooled_call(
+        self, method: str, url: str, what: str, **kw: Any
+    ) -> tuple[int, Mapping[str, str], Any]:
+        """One API call on the pooled session: ``(status, headers, decoded body)``. Any
+        transport failure is transient: these calls are safe to repeat."""
+        pooled, _ = self._sessions()
         try:
-            async with pooled.post(
+            async with pooled.request(
+                method,
                 url,
-                data=form,
                 headers=self._api_headers(),
                 timeout=self._api_timeout,
                 allow_redirects=False,
+                **kw,
             ) as resp:
                 self.answers += 1
-                status, resp_headers = resp.status, resp.headers
+                status, headers = resp.status, resp.headers
                 raw = await resp.read()
         except aiohttp.InvalidURL as exc:
-            raise UsageError(f"the upload URL is not valid: {exc}") from exc
+            raise UsageError(f"the URL of {what} is not valid: {exc}") from exc
         except aiohttp.ClientResponseError as exc:
-            raise TransientError(f"upload {path.name}: {self._why(exc)}") from None
+            raise TransientError(f"{what}: {self._why(exc)}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientError(f"upload {path.name}: {self._why(exc)}") from exc
-        return parse_upload(
-            status, resp_headers, _decode(raw), redact=self.config.redact, call=Call("POST", url)
-        )
+            raise TransientError(f"{what}: {self._why(exc)}") from exc
+        return status, headers, _decode(raw)
 
     async def download(
         self,

@@ -16,18 +16,12 @@ Dialects (detected by envelope keys, never configured):
 - Bare errors: ``{"error": {"message": ...}}`` (the gateway's own layer: auth, money,
   parameters). Never a provider envelope: it cannot say "no such task".
 
-Invariants (fail closed: pixrun acts only on answers it recognises):
+Invariants:
 - Task ids come back as ``str`` whether the provider sent an int or a string.
-- Every non-success answer becomes exactly one :class:`~runner.errors.ProviderError`
-  subclass. An answer pixrun does not recognise (a redirect, a 404/405 without a
-  provider envelope, HTML or other non-JSON, JSON in no known envelope, a task status
-  no dialect defines, a success without a task id) is a
-  :class:`~runner.errors.ContractMismatch`, never "task gone" and never a shot failure.
-- :class:`~runner.errors.TaskNotFound` comes only from a provider envelope (PixVerse or
-  gateway) that says the task is unknown.
-- Error codes are read before HTTP statuses and message words; the order of meanings
-  is auth, money, concurrency, rate, not-found, invalid, server-side (a 429 that says
-  "concurrent" is a concurrency limit).
+- What an error answer means, and which answers pixrun does not recognise at all (a
+  :class:`~runner.errors.ContractMismatch`), is :mod:`runner.provider.verdicts`'s one
+  reading; this module adds what only a success can fail: a task status no dialect
+  defines, a success without a task id or without task details.
 """
 
 from __future__ import annotations
@@ -38,10 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from runner.errors import (
-    AmbiguousSubmit,
-    TransientError,
-)
+from runner.errors import AmbiguousSubmit, TransientError
 from runner.provider.verdicts import (
     MAX_MESSAGE_CHARS,
     WORDS_MODERATION,

@@ -28,8 +28,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from runner.provider.client import api_session
 from runner.provider.config import ProviderConfig
-from runner.provider.verdicts import read_envelope
+from runner.provider.verdicts import code_int, read_envelope
 
 #: the answer headers a probe keeps (what a route check and a bug report need)
 KEPT_HEADERS = ("Content-Type", "Content-Length", "Location", "Date", "Retry-After")
@@ -144,16 +145,6 @@ def dialect_of(answer: ProbeAnswer) -> str | None:
     return env.dialect if env.provider else None
 
 
-def _code_int(code: Any) -> int | None:
-    if isinstance(code, bool):
-        return None
-    if isinstance(code, int):
-        return code
-    if isinstance(code, str) and code.strip().isdigit():
-        return int(code)
-    return None
-
-
 def classify(answer: ProbeAnswer) -> Verdict:
     """The one rule: what this answer says about the route it came from.
 
@@ -175,7 +166,7 @@ def classify(answer: ProbeAnswer) -> Verdict:
         if answer.status == 429 or answer.status >= 500:
             return Verdict.INCONCLUSIVE
         return Verdict.ROUTE_LEVEL
-    code = _code_int(env.code)
+    code = code_int(env.code)
     if (env.dialect == "pixverse" and code == PIXVERSE_NOT_FOUND) or (
         env.dialect == "gateway" and code == GATEWAY_NOT_FOUND
     ):
@@ -225,11 +216,7 @@ class Prober:
         )
 
     async def __aenter__(self) -> Prober:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=self.config.trust_env,
-        )
+        self._session = api_session(self.config, force_close=True)
         return self
 
     async def __aexit__(
