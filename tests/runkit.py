@@ -492,3 +492,8 @@ def exit_within(running: Running, seconds: float) -> tuple[int, float]:
         running.kill()
         raise AssertionError(f"pixrun did not exit within {seconds} s") from None
     return code, time.monotonic() - t0
+
+
+def generate_calls(sim: SimulatorThread) -> int:
+    """Generate requests the simulator has received (accepted or not)."""
+    return int(sim.stats(with_tasks=False)["calls"].get("generate", 0))

@@ -24,6 +24,7 @@ from runkit import (
     env_for,
     explain,
     flat,
+    generate_calls,
     in_state,
     pixrun,
     query,
@@ -84,7 +85,7 @@ def test_a_rehearsal_ledger_never_meets_the_real_provider(
     real = run_pixrun(batch, sim.base_url, "--ledger", str(sim_ledger))
     said = explain(real)
     assert real.returncode == 2 and "rehearsal" in real.stderr and "--simulate" in real.stderr, said
-    assert sim.stats()["calls"].get("generate", 0) == 0
+    assert generate_calls(sim) == 0
     # and a real ledger never takes a rehearsal
     assert run_pixrun(batch, sim.base_url).returncode == 0
     mixed = _rehearse(tmp_path, batch.manifest, "--ledger", str(batch.ledger))
@@ -134,7 +135,7 @@ def test_an_uncreatable_output_folder_exits_2_with_nothing_sent(
     said = explain(done)
     assert done.returncode == 2, said
     assert "output folder" in done.stderr and "nothing was sent" in flat(done.stderr), said
-    assert sim.stats()["calls"].get("generate", 0) == 0
+    assert generate_calls(sim) == 0
 
 
 def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
@@ -143,12 +144,12 @@ def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
     sim = sim_thread()
     batch = write_manifest(tmp_path, 5)
     assert run_pixrun(batch, sim.base_url).returncode == 0
-    before = sim.stats()["calls"].get("generate", 0)
+    before = generate_calls(sim)
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
     again = run_pixrun(batch, sim.base_url)
     assert again.returncode == 0, explain(again)
-    assert sim.stats()["calls"].get("generate", 0) == before
+    assert generate_calls(sim) == before
     assert set(states(batch.ledger).values()) == {"done"}
     adopted = query(batch.ledger, "SELECT COUNT(*) FROM events WHERE kind = 'adopted'")[0][0]
     assert adopted == 5
@@ -164,7 +165,7 @@ def test_a_foreign_file_at_an_output_is_refused_before_spending(
     (batch.out / "s01.mp4").write_bytes(b"someone else's video")
     done = run_pixrun(batch, sim.base_url)
     assert done.returncode == 2 and "s01.mp4" in done.stderr, explain(done)
-    assert sim.stats()["calls"].get("generate", 0) == 0
+    assert generate_calls(sim) == 0
 
 
 def _edit_quality(batch_manifest: Path, quality: str) -> None:
@@ -287,11 +288,11 @@ def test_declining_on_a_terminal_leaves_no_ledger_and_the_budget_is_checked_firs
     code, out = _run_on_a_terminal(args, env_for(sim.base_url), tmp_path, "n\n")
     assert code == 1 and "Submit 2 shots" in out and "0.2" in out, out
     assert not batch.ledger.exists() and not Path(str(batch.ledger) + ".lock").exists()
-    assert sim.stats()["calls"].get("generate", 0) == 0
+    assert generate_calls(sim) == 0
     over = ["run", str(batch.manifest), "--max-cost", "0.1"]
     code, out = _run_on_a_terminal(over, env_for(sim.base_url), tmp_path, "y\n")
     assert code == 4 and "Submit" not in out, out
-    assert sim.stats()["calls"].get("generate", 0) == 0
+    assert generate_calls(sim) == 0
 
 
 # -- no silent stalls: download hosts that refuse -------------------------------------------
