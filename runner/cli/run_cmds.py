@@ -104,7 +104,8 @@ def _provider_settings(func: Any) -> Any:
 @click.option(
     "--simulate",
     is_flag=True,
-    help="Run against the built-in simulator on 127.0.0.1: nothing is spent.",
+    help="Rehearse against the built-in simulator on 127.0.0.1: nothing is spent. A "
+    "rehearsal has its own ledger (NAME.sim.ledger.sqlite) and output folder (out/NAME.sim).",
 )
 @click.option(
     "--sim-render-time",
