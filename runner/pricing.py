@@ -22,8 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from runner.contract import duration_seconds
 from runner.errors import UsageError
+from runner.model import duration_seconds
 
 UPTC_PER_PTC = 1_000_000
 _UPTC = Decimal(UPTC_PER_PTC)

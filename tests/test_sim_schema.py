@@ -176,7 +176,7 @@ async def test_the_simulator_disagrees_where_the_client_is_wrong(
     provider contract, not by the client's rules."""
     import json as json_
 
-    from runner.contract import check_request, load_rules
+    from runner.manifest.contract import check_request, load_rules
     from runner.model import Mode
 
     packaged = Path(__file__).parents[1] / "runner" / "data" / "rules.json"

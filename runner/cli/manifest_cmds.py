@@ -14,13 +14,13 @@ from rich.console import Console
 
 from runner.cli.options import rules_option, simulate_option
 from runner.cli.render import print_plan, print_problems, print_validation
-from runner.contract import load_rules
 from runner.errors import BudgetExceeded, ExitCode, UsageError
 from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest, validate_files
+from runner.manifest.contract import load_rules
+from runner.manifest.schema import manifest_schema_json
 from runner.plan import Plan, build_plan, ptc_text
 from runner.pricing import from_uptc, load_price_table
-from runner.schema import manifest_schema_json
 from runner.text import json_safe, plural, printable
 
 COMMANDS: list[click.Command] = []

@@ -3,16 +3,16 @@
 Models per mode, durations per mode, qualities, motion modes, fields only some models
 accept, rules across fields, text limits, fusion reference counts and image limits live
 in a JSON file so that a provider change (a new model, a new limit) is an edit, not a
-release (``--rules FILE``). runner/contract.py applies a :class:`Rules` value; the
+release (``--rules FILE``). runner/manifest/contract.py applies a :class:`Rules` value; the
 request-field shapes (which fields exist, their JSON types) stay in code there.
 
 Invariants:
 - A :class:`Rules` value is immutable and compares by identity, so caches keyed by it
-  (the compiled shape check, the generated schema) hold one entry per loaded file.
+  (the jsonschema validator, the generated schema) hold one entry per loaded file.
 - Every rule and limit in the file carries a non-empty ``source`` (where it is
   documented); a file without one is refused.
 - :func:`parse_rules` checks the file's structure and raises :class:`UsageError` naming
-  the file and the key path; runner/contract.py additionally checks that every field it
+  the file and the key path; runner/manifest/contract.py additionally checks that every field it
   names is a request field (it owns that list).
 """
 

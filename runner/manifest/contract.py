@@ -4,9 +4,9 @@ This is the single source of truth for what a PixVerse generate request through 
 may contain (see the provider contract document). The field shapes (:data:`FIELDS`) are
 code; the values that change with the provider (models per mode, durations, qualities,
 motion modes, model-only fields, rules across fields, text and image limits) come from
-a :class:`~runner.rules.Rules` value: the packaged runner/data/rules.json by default,
+a :class:`~runner.manifest.rules.Rules` value: the packaged runner/data/rules.json by default,
 or the user's file (``--rules``). The manifest loader, the JSON schema generator
-(runner/schema.py), the price rule and the local simulator all read this module; none
+(runner/manifest/schema.py), the price rule and the local simulator all read this module; none
 of them keeps its own list of fields or values.
 
 Invariants:
@@ -18,7 +18,7 @@ Invariants:
 - Every function that applies a rule takes ``rules``; ``None`` means the packaged rules.
 - Durations are seconds (``int``) for text and image, and the strings ``"5s"``/``"8s"``
   for fusion ("wire form"). The manifest's own spelling (numbers in every mode, switches
-  as true/false too) is described by runner/schema.py, generated from :data:`FIELDS`,
+  as true/false too) is described by runner/manifest/schema.py, generated from :data:`FIELDS`,
   and converted to wire form by the manifest loader with :func:`wire_duration`.
 """
 
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UsageError
-from runner.model import Mode
-from runner.rules import Rules, parse_rules, read_rules
+from runner.manifest.rules import Rules, parse_rules, read_rules
+from runner.model import Mode, duration_seconds
 
 #: what the provider assumes when a field is left out (documented defaults only)
 DEFAULT_DURATION_S = 5
@@ -318,22 +318,6 @@ def _choices_text(values: Iterable[Any]) -> str:
 
 
 # ---- durations --------------------------------------------------------------------
-
-
-def duration_seconds(value: Any) -> int | None:
-    """Seconds from either spelling (5, "5", "5s"); None when it is neither."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        text = text.removesuffix("s")
-        if text.isdigit():
-            return int(text)
-    return None
 
 
 def wire_duration(mode: Mode, seconds: int) -> int | str:

@@ -1,16 +1,16 @@
 """Reading a manifest: YAML in, fully resolved shots out, or every problem at once.
 
 Steps, each reporting into one list so a single pass finds everything: safe YAML
-(runner/yaml_source.py), shape (runner/shape.py compiled from runner/schema.py),
-settings, shot expansion and contract rules (runner/expand.py), duplicates, local
-images (runner/images.py), output names (runner/output_names.py), hashes and prices.
+(``yaml_source``), shape (``validate``: jsonschema against ``schema``), settings, shot
+expansion and contract rules (``expand``), duplicates, local images (``images``),
+output names (``output_names``), hashes and prices.
 
 Invariants:
 - :func:`load_manifest` returns a :class:`~runner.model.Manifest` only when there is no
   error; otherwise it raises :class:`~runner.errors.ManifestError` carrying every error
   and warning found, each with file:line:column, shot id and field path. It never lets
   another exception out for anything in the file (a missing file is a UsageError).
-- Positions are looked up only for problems (runner/yaml_source.SourceMap), so a valid
+- Positions are looked up only for problems (``yaml_source.SourceMap``), so a valid
   manifest pays nothing for them.
 - ``Shot.request_hash`` is the sha256 of the canonical JSON of the request with every
   ``file://`` image replaced by the hash of its content.
@@ -28,22 +28,32 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from runner import output_names
-from runner.contract import DEFAULT_MOTION_MODE, URL_PREFIXES, default_rules, duration_seconds
 from runner.errors import ManifestError, Problem, UsageError
-from runner.expand import SAFE_ID, Draft, Expander
-from runner.images import ImageChecker
-from runner.model import Manifest, OutputSettings, PollSettings, RunSettings, Shot, SourceMark
+from runner.manifest import output_names
+from runner.manifest.contract import (
+    DEFAULT_MOTION_MODE,
+    URL_PREFIXES,
+    default_rules,
+)
+from runner.manifest.expand import SAFE_ID, Draft, Expander
+from runner.manifest.images import ImageChecker
+from runner.manifest.rules import Rules
+from runner.manifest.validate import schema_check
+from runner.manifest.yaml_source import Mark, SourceMap, parse
+from runner.model import (
+    Manifest,
+    OutputSettings,
+    PollSettings,
+    RunSettings,
+    Shot,
+    SourceMark,
+    duration_seconds,
+)
 from runner.pricing import PriceTable, default_price_table, price_of
-from runner.rules import Rules
-from runner.schema import schema_of
-from runner.shape import Check, ShapeIssue, compile_manifest_check
-from runner.yaml_source import Mark, SourceMap, parse
 
 PathPart = str | int
 Path_ = tuple[PathPart, ...]
@@ -54,12 +64,6 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_SHOTS = 1_000_000
 #: after this many problems with the same message, the rest are only counted
 _MAX_SAME = 20
-
-
-@lru_cache(maxsize=8)
-def _shape_check(rules: Rules) -> Check:
-    """Compiled once per Rules object (they compare by identity)."""
-    return compile_manifest_check(schema_of(rules))
 
 
 @dataclass
@@ -303,8 +307,7 @@ class _Reader:
         if doc is None:
             self.report((), "the manifest is empty", "start with 'version: 1' and a 'shots:' list")
             return None
-        shape: list[ShapeIssue] = []
-        _shape_check(self.rules)(doc, (), shape)
+        shape = schema_check(self.rules).issues(doc)
         # a value the YAML step already refused (a tag, say) reads as null: say it once
         refused = {yi.path for yi in parsed.issues}
         for si in shape:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runner.contract import (
+from runner.manifest.contract import (
     DEFAULT_DURATION_S,
     DEFAULT_MOTION_MODE,
     FIELDS_BY_NAME,
@@ -34,13 +34,12 @@ from runner.contract import (
     SEED_MAX,
     Kind,
     check_combination,
-    duration_seconds,
     fields_for,
     not_in_mode,
     wire_duration,
 )
-from runner.model import Mode
-from runner.rules import Rules
+from runner.manifest.rules import Rules
+from runner.model import Mode, duration_seconds
 
 PathPart = str | int
 Path_ = tuple[PathPart, ...]
