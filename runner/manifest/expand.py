@@ -10,8 +10,8 @@ Invariants:
 - Seeds of takes come from the shot's base id and the take number, so variations of one
   shot share their seeds take by take (seeds x qualities compare like with like), and
   editing a prompt does not reshuffle the seeds of a shot that has an explicit id.
-- Problems are reported through the ``report`` callback with the manifest path of the
-  value to blame; nothing here raises for bad input.
+- Problems are reported into the read's :class:`~runner.manifest.issues.Issues` with
+  the manifest path of the value to blame; nothing here raises for bad input.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from runner.manifest.contract import (
     DEFAULT_DURATION_S,
@@ -41,6 +41,9 @@ from runner.manifest.contract import (
 from runner.manifest.rules import Rules
 from runner.model import Mode, duration_seconds
 
+if TYPE_CHECKING:
+    from runner.manifest.issues import Issues
+
 PathPart = str | int
 Path_ = tuple[PathPart, ...]
 
@@ -56,19 +59,6 @@ _LABEL_MAX = 24
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9._]+")
 _DOTS = re.compile(r"\.{2,}")
 _WORD = re.compile(r"[a-z0-9]+")
-
-
-class Report(Protocol):
-    def __call__(
-        self,
-        path: Path_,
-        message: str,
-        hint: str,
-        *,
-        shot_id: str | None = None,
-        at_key: bool = False,
-        severity: str = "error",
-    ) -> None: ...
 
 
 #: resolve_image(text as written, where it was written) -> the request's image reference
@@ -109,12 +99,12 @@ class Expander:
         run_max_attempts: int,
         resolve_image: ResolveImage,
         relative_image: Callable[[str], str],
-        report: Report,
+        issues: Issues,
         bad_defaults: frozenset[str] = frozenset(),
         rules: Rules,
     ) -> None:
         self._rules = rules
-        self._report = report
+        self._report = issues.report
         self._bad_defaults = bad_defaults
         self._resolve_image = resolve_image
         self._relative_image = relative_image
