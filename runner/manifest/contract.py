@@ -119,6 +119,15 @@ class Violation:
     hint: str
 
 
+def _only(
+    mode: Mode, name: str, kind: Kind, description: str, choices: tuple[str, ...] = ()
+) -> FieldSpec:
+    """A field only ``mode`` accepts; a choice field's description lists its choices."""
+    if choices:
+        description += ": " + ", ".join(choices[:-1]) + f" or {choices[-1]}."
+    return FieldSpec(name, kind, description, modes=frozenset({mode}), choices=choices)
+
+
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("prompt", Kind.TEXT, "What the video shows. Required."),
     FieldSpec("model", Kind.CHOICE, "PixVerse model. Required."),
@@ -152,11 +161,11 @@ FIELDS: tuple[FieldSpec, ...] = (
         "Image-to-video: the first frame (required there, optional in text and fusion). "
         "An http(s) URL, or a local image path relative to the manifest.",
     ),
-    FieldSpec(
+    _only(
+        Mode.FUSION,
         "fusion",
         Kind.IMAGES,
         "Multi-subject reference: a list of subject images (URLs or local paths).",
-        modes=frozenset({Mode.FUSION}),
     ),
     FieldSpec(
         "last_image",
@@ -181,44 +190,15 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("lip_sync_tts_speaker_id", Kind.TEXT, "Voice of the lip-sync speech."),
     FieldSpec("lip_sync_tts_content", Kind.TEXT, "Text spoken with lip sync."),
     FieldSpec("callback", Kind.URL, "URL the provider POSTs the result to."),
-    FieldSpec(
-        "audio",
-        Kind.SWITCH,
-        "Image-to-video: 1 (or true) to generate audio.",
-        modes=frozenset({Mode.IMAGE}),
+    _only(Mode.IMAGE, "audio", Kind.SWITCH, "Image-to-video: 1 (or true) to generate audio."),
+    _only(Mode.IMAGE, "style", Kind.CHOICE, "Image-to-video style", STYLES),
+    _only(Mode.TEXT, "ratio", Kind.CHOICE, "Text-to-video aspect ratio", RATIOS),
+    _only(Mode.TEXT, "generate_audio_switch", Kind.BOOL, "Text-to-video: generate audio."),
+    _only(
+        Mode.TEXT, "generate_multi_clip_switch", Kind.BOOL, "Text-to-video: generate several clips."
     ),
-    FieldSpec(
-        "style",
-        Kind.CHOICE,
-        "Image-to-video style: anime, 3d_animation, comic, cyberpunk or clay.",
-        modes=frozenset({Mode.IMAGE}),
-        choices=STYLES,
-    ),
-    FieldSpec(
-        "ratio",
-        Kind.CHOICE,
-        "Text-to-video aspect ratio: 16:9, 9:16, 4:3, 3:4 or 1:1.",
-        modes=frozenset({Mode.TEXT}),
-        choices=RATIOS,
-    ),
-    FieldSpec(
-        "generate_audio_switch",
-        Kind.BOOL,
-        "Text-to-video: generate audio.",
-        modes=frozenset({Mode.TEXT}),
-    ),
-    FieldSpec(
-        "generate_multi_clip_switch",
-        Kind.BOOL,
-        "Text-to-video: generate several clips.",
-        modes=frozenset({Mode.TEXT}),
-    ),
-    FieldSpec(
-        "thinking_type",
-        Kind.CHOICE,
-        "Text-to-video: prompt reasoning (enabled, disabled or auto).",
-        modes=frozenset({Mode.TEXT}),
-        choices=THINKING_TYPES,
+    _only(
+        Mode.TEXT, "thinking_type", Kind.CHOICE, "Text-to-video prompt reasoning", THINKING_TYPES
     ),
 )
 
@@ -362,12 +342,18 @@ def _check_text(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violat
     return None
 
 
-def _check_int(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
-    if not _is_int(value):
-        return Violation(
-            spec.name, f"must be a whole number, not {type_name(value)}", "write e.g. 42"
-        )
-    return _check_range(spec, value)
+def _not_numeric(where: str, value: Any, whole: bool, example: str) -> Violation | None:
+    """Why ``value`` is not a number (a whole one when ``whole``); None when it is."""
+    if _is_int(value) if whole else _is_number(value):
+        return None
+    word = "a whole number" if whole else "a number"
+    return Violation(where, f"must be {word}, not {type_name(value)}", f"write e.g. {example}")
+
+
+def _check_numeric(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
+    whole = spec.kind is Kind.INT
+    wrong = _not_numeric(spec.name, value, whole, "42" if whole else "0.5")
+    return wrong or _check_range(spec, value)
 
 
 def _check_range(spec: FieldSpec, value: int | float) -> Violation | None:
@@ -376,12 +362,6 @@ def _check_range(spec: FieldSpec, value: int | float) -> Violation | None:
         span = f"{low if low is not None else '...'}..{high if high is not None else '...'}"
         return Violation(spec.name, f"{value} is out of range {span}", f"use a value in {span}")
     return None
-
-
-def _check_number(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
-    if not _is_number(value):
-        return Violation(spec.name, f"must be a number, not {type_name(value)}", "write e.g. 0.5")
-    return _check_range(spec, value)
 
 
 def _check_bool(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Violation | None:
@@ -467,16 +447,10 @@ def _check_motion_scale(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -
                 f"{key!r} is not a motion_scale axis",
                 did_you_mean(str(key), MOTION_SCALE_AXES, "keys: " + ", ".join(MOTION_SCALE_AXES)),
             )
-        if key in INTEGER_AXES and not _is_int(item):
-            return Violation(
-                f"{spec.name}.{key}",
-                f"must be a whole number, not {type_name(item)}",
-                "write e.g. 1",
-            )
-        if not _is_number(item):
-            return Violation(
-                f"{spec.name}.{key}", f"must be a number, not {type_name(item)}", "write e.g. 0.5"
-            )
+        whole = key in INTEGER_AXES
+        wrong = _not_numeric(f"{spec.name}.{key}", item, whole, "1" if whole else "0.5")
+        if wrong:
+            return wrong
     return None
 
 
@@ -497,8 +471,8 @@ def _check_duration(spec: FieldSpec, value: Any, mode: Mode, rules: Rules) -> Vi
 
 _CHECKERS = {
     Kind.TEXT: _check_text,
-    Kind.INT: _check_int,
-    Kind.NUMBER: _check_number,
+    Kind.INT: _check_numeric,
+    Kind.NUMBER: _check_numeric,
     Kind.BOOL: _check_bool,
     Kind.SWITCH: _check_switch,
     Kind.CHOICE: _check_choice,

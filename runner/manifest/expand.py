@@ -374,7 +374,10 @@ class Expander:
         basis = {
             "mode": mode.value,
             "request": effective,
-            "vary": {k: [self._id_basis_value(v) for v in vals] for k, (vals, _) in vary.items()},
+            "vary": {
+                k: [with_local_images(v, self._relative_image) for v in vals]
+                for k, (vals, _) in vary.items()
+            },
             "count": takes,
         }
         digest = hashlib.sha256(_canonical(basis).encode()).hexdigest()[:10]
@@ -384,15 +387,18 @@ class Expander:
         return f"{mode.value}-{slug}-{digest}"
 
     def _id_basis(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self._id_basis_value(v) for k, v in request.items()}
-
-    def _id_basis_value(self, value: Any) -> Any:
         # ids must not change when the project moves: local images by relative path
-        if isinstance(value, str) and value.startswith("file://"):
-            return self._relative_image(value)
-        if isinstance(value, list):
-            return [self._id_basis_value(v) for v in value]
-        return value
+        return {k: with_local_images(v, self._relative_image) for k, v in request.items()}
+
+
+def with_local_images(value: Any, replace: Callable[[str], str]) -> Any:
+    """``value`` with its ``file://`` image URIs (alone or in a list) as ``replace`` has
+    them; anything else as it is."""
+    if isinstance(value, str) and value.startswith("file://"):
+        return replace(value)
+    if isinstance(value, list):
+        return [with_local_images(v, replace) for v in value]
+    return value
 
 
 _NO_VARIANTS = (_Variant("", {}, {}),)

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from runner.manifest import output_names
 from runner.manifest.contract import DEFAULT_MOTION_MODE
-from runner.manifest.expand import SAFE_ID, Draft
+from runner.manifest.expand import SAFE_ID, Draft, with_local_images
 from runner.manifest.images import ImageChecker
 from runner.manifest.issues import Issues
 from runner.model import OutputSettings, Shot, SourceMark, duration_seconds
@@ -85,13 +85,11 @@ class Finisher:
                 continue
             line = self.issues.line_of(earlier.index)
             if draft.derived and earlier.derived:
-                self.issues.report(
-                    ("shots", draft.index),
+                self._warn(
+                    draft,
                     f"duplicate shot: identical to shots[{earlier.index}] (line {line}); "
                     "it is generated once",
                     "remove it, or use count: N for several takes",
-                    shot_id=draft.shot_id,
-                    severity="warning",
                 )
             else:
                 self.issues.report(
@@ -137,13 +135,11 @@ class Finisher:
                 taken[rel] = draft.shot_id
             low = rel.casefold()
             if low in folded and folded[low] != rel:
-                self.issues.report(
-                    ("shots", draft.index),
+                self._warn(
+                    draft,
                     f"{rel} and {folded[low]} differ only in letter case; on macOS and "
                     "Windows they are the same file",
                     "rename one of the shots",
-                    shot_id=draft.shot_id,
-                    severity="warning",
                 )
             folded.setdefault(low, rel)
             mark = marks.get(draft.index)
@@ -193,6 +189,12 @@ class Finisher:
             return None
         return rel
 
+    def _warn(self, draft: Draft, message: str, hint: str) -> None:
+        """A warning about the shot of ``draft``, at its entry."""
+        self.issues.report(
+            ("shots", draft.index), message, hint, shot_id=draft.shot_id, severity="warning"
+        )
+
     def _bad_name(self, draft: Draft, message: str, hint: str) -> None:
         """A shot whose output cannot be named by output.filename."""
         self.issues.report(("output", "filename"), message, hint, shot_id=draft.shot_id)
@@ -201,15 +203,9 @@ class Finisher:
         """sha256 of the canonical request, local images by content."""
         text = _canonical(request)
         if "file://" in text:
-            text = _canonical({k: self._by_content(v) for k, v in request.items()})
+            by_content = {k: with_local_images(v, self._content_id) for k, v in request.items()}
+            text = _canonical(by_content)
         return hashlib.sha256(text.encode()).hexdigest()
-
-    def _by_content(self, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("file://"):
-            return self._content_id(value)
-        if isinstance(value, list):
-            return [self._by_content(v) for v in value]
-        return value
 
     def _content_id(self, uri: str) -> str:
         return self.images.content_id(Path(unquote(urlsplit(uri).path)))

@@ -18,13 +18,13 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.datafiles import parse_json, read_user_file
 from runner.errors import UsageError
 from runner.model import Mode
 
@@ -151,21 +151,13 @@ def _version_key(model: str) -> tuple[tuple[int, ...], str]:
 
 def read_rules(path: Path) -> Rules:
     """Parse the rules file at ``path`` (UsageError when unreadable or malformed)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"cannot read the rules file {path}: {exc}", hint="check the path given with --rules"
-        ) from exc
+    text = read_user_file(path, what="the rules file", option="--rules")
     return parse_rules(text, origin=str(path))
 
 
 def parse_rules(text: str, *, origin: str) -> Rules:
     """A :class:`Rules` value from the file's JSON text."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _bad(origin, "", f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = parse_json(text, lambda problem: _bad(origin, "", problem))
     return _Parser(origin).rules(data)
 
 
