@@ -13,10 +13,10 @@ import pytest
 from runner.manifest.contract import (
     FIELDS,
     FIELDS_BY_NAME,
-    check_request,
     fields_for,
     mode_of_request,
 )
+from runner.manifest.request_check import check_request
 from runner.manifest.schema import manifest_schema, manifest_schema_json
 from runner.model import Mode
 

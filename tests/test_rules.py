@@ -16,8 +16,9 @@ from runkit import pixrun
 
 from runner.errors import ManifestError, UsageError
 from runner.manifest import load_manifest
-from runner.manifest.contract import check_request, default_rules, load_rules
+from runner.manifest.contract import default_rules, load_rules
 from runner.manifest.images import ImageChecker, inspect_image
+from runner.manifest.request_check import check_request
 from runner.manifest.rules import ImageLimits
 from runner.manifest.schema import manifest_schema
 from runner.model import Mode

@@ -12,6 +12,10 @@ Invariants:
   editing a prompt does not reshuffle the seeds of a shot that has an explicit id.
 - Problems are reported into the read's :class:`~runner.manifest.issues.Issues` with
   the manifest path of the value to blame; nothing here raises for bad input.
+
+Size: about 460 lines, kept whole because merging defaults, inferring the mode,
+converting to wire form and deriving ids all read one :class:`Expander`'s per-manifest
+state; the id and request checks it leads to live in finish.py and request_check.py.
 """
 
 from __future__ import annotations
@@ -33,11 +37,10 @@ from runner.manifest.contract import (
     MODE_FIELD,
     SEED_MAX,
     Kind,
-    check_combination,
     fields_for,
-    not_in_mode,
     wire_duration,
 )
+from runner.manifest.request_check import check_combination, not_in_mode
 from runner.manifest.rules import Rules
 from runner.model import Mode, duration_seconds
 
