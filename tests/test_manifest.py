@@ -816,3 +816,12 @@ def test_very_deep_nesting_is_skipped_without_recursion() -> None:
     assert "nested too deeply" in issue.message
     assert parsed.data["b"] == 1
     assert len(issue.path) == MAX_DEPTH
+
+
+def test_keys_that_are_not_text_are_unknown_keys(tmp_path: Path) -> None:
+    # the top level's "x-" pattern cannot be tried on a number: still an unknown key
+    path = write(
+        tmp_path, "version: 1\n1: x\nshots:\n  - {prompt: p, model: v4, quality: 360p, 2: y}\n"
+    )
+    found = {(p.line, p.field_path, p.message) for p in errors(problems_of(path))}
+    assert found == {(2, "1", "unknown key '1'"), (4, "shots[0].2", "unknown key '2'")}
