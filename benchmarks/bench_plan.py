@@ -7,12 +7,12 @@ local PNG), then times, each in a fresh subprocess (so peak RSS is per measureme
 - ``bare load``: ``yaml.load(data, Loader=yaml.CSafeLoader)``, PyYAML's C loader alone,
   as a program would call it (cyclic GC on, as by default);
 - ``bare load, GC off``: the same with the cyclic GC disabled, shown because pixrun's
-  loader pauses the GC while it builds (see runner/manifest.py) and this is the
+  loader pauses the GC while it builds (see runner/manifest/loader.py) and this is the
   stricter comparison;
 - ``validate + plan``: ``load_manifest`` (YAML, shape, rules, ids, image checks,
   hashes, prices) then ``build_plan``;
 - ``jsonschema alone`` (once, for reference): ``Draft202012Validator.is_valid`` over
-  the loaded document, the check runner/shape.py replaces on the hot path.
+  the loaded document, the check runner/manifest/validate.py runs (its messages aside).
 
 Each timed measurement is repeated (default 3, ``--quick``: 1 on 20,000 shots) and the
 minimum is kept. Targets: validate + plan <= 1.5 x bare load, peak RSS < 1 GB.
@@ -101,7 +101,7 @@ if kind in ("bare", "bare_gc_off", "jsonschema"):
     gc.enable()
     if kind == "jsonschema":
         import jsonschema
-        from runner.schema import manifest_schema
+        from runner.manifest.schema import manifest_schema
         validator = jsonschema.Draft202012Validator(manifest_schema())
         t0 = time.perf_counter()
         assert validator.is_valid(doc)

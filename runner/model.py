@@ -27,6 +27,22 @@ class Mode(str, Enum):
     FUSION = "fusion"  #: multi-subject reference (``fusion`` set)
 
 
+def duration_seconds(value: Any) -> int | None:
+    """Seconds from either spelling (5, "5", "5s"); None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        text = text.removesuffix("s")
+        if text.isdigit():
+            return int(text)
+    return None
+
+
 class ShotState(str, Enum):
     """A shot's place in its lifecycle, as the ledger records it."""
 

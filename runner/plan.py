@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from runner.contract import (
+from runner.manifest.contract import (
     DEFAULT_DURATION_S,
     DEFAULT_MOTION_MODE,
     default_rules,
-    duration_seconds,
 )
-from runner.images import local_image_digests
-from runner.model import Manifest, Mode
+from runner.manifest.images import local_image_digests
+from runner.model import Manifest, Mode, duration_seconds
 from runner.money import ptc_text
 from runner.pricing import PriceTable, default_price_table
 

@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -22,8 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from runner.contract import duration_seconds
+from runner.datafiles import parse_json, read_user_file
 from runner.errors import UsageError
+from runner.model import duration_seconds
 
 
 @dataclass(frozen=True)
@@ -93,22 +93,13 @@ def load_price_table(path: Path | None = None) -> PriceTable:
     """Read a price table file; ``None`` gives the packaged default."""
     if path is None:
         return default_price_table()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"cannot read the price table {path}: {exc}",
-            hint="check the path given with --prices",
-        ) from exc
+    text = read_user_file(path, what="the price table", option="--prices")
     return parse_price_table(text, source=str(path))
 
 
 def parse_price_table(text: str, *, source: str) -> PriceTable:
     """A price table from its JSON text; :class:`UsageError` says what is wrong."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _bad(source, f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = parse_json(text, lambda problem: _bad(source, problem))
     if not isinstance(data, dict):
         raise _bad(source, "the top level must be a JSON object")
     base = _decimal(data.get("base_ptc"), source, "base_ptc")

@@ -10,15 +10,15 @@ from typing import Any
 import jsonschema
 import pytest
 
-from runner.contract import (
+from runner.manifest.contract import (
     FIELDS,
     FIELDS_BY_NAME,
-    check_request,
     fields_for,
     mode_of_request,
 )
+from runner.manifest.request_check import check_request
+from runner.manifest.schema import manifest_schema, manifest_schema_json
 from runner.model import Mode
-from runner.schema import manifest_schema, manifest_schema_json
 
 REPO = Path(__file__).parent.parent
 IMG = "file:///tmp/a.png"

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from runner.errors import ManifestError, Problem, UsageError
-from runner.expand import take_seed
 from runner.manifest import load_manifest, validate_file
+from runner.manifest.expand import take_seed
+from runner.manifest.schema import manifest_schema
+from runner.manifest.validate import SchemaCheck
 from runner.model import Mode
-from runner.schema import manifest_schema
-from runner.shape import ShapeIssue, compile_manifest_check
 
 DATA = Path(__file__).parent / "data" / "manifests"
 REPO = Path(__file__).parent.parent
@@ -421,7 +421,7 @@ def test_deep_nesting_is_an_error(tmp_path: Path) -> None:
 def test_implicit_tags_resolve_like_pyyaml() -> None:
     from yaml.nodes import ScalarNode
 
-    from runner.yaml_source import _Loader
+    from runner.manifest.yaml_source import _Loader
 
     ours, theirs = _Loader(""), yaml.CSafeLoader("")
     samples = ["0", "00", "07", "089", "1_0", "12", "1.5", "1e3", "0x1f", "0o7", "1:20", "~"]
@@ -434,7 +434,7 @@ def test_implicit_tags_resolve_like_pyyaml() -> None:
 
 
 def test_loader_builds_the_same_data_as_pyyaml() -> None:
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     for path in VALID + SHIPPED:
         data = path.read_bytes()
@@ -505,13 +505,11 @@ def test_fuzz_structured_shots(
         assert exc.problems
 
 
-# ---- the fast shape check agrees with jsonschema ----------------------------------
+# ---- the message layer drops no jsonschema error -----------------------------------
 
 
 def _shape_verdict(doc: object) -> bool:
-    issues: list[ShapeIssue] = []
-    compile_manifest_check(manifest_schema())(doc, (), issues)
-    return not issues
+    return not SchemaCheck(manifest_schema()).issues(doc)
 
 
 def _schema_verdict(doc: object) -> bool:
@@ -628,7 +626,7 @@ def _same_data(ours: object, theirs: object) -> bool:
 
 
 def _assert_builds_like_safe_load(text: str) -> None:
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     parsed = parse(text)
     assert not parsed.issues, (text, parsed.issues)
@@ -699,7 +697,7 @@ def test_merge_sources_follow_the_spec_earlier_wins() -> None:
     """yaml.org/type/merge: keys of earlier mappings in a ``<<`` sequence win. (PyYAML
     6.0.4's safe_load lets the later one win for keys longer than one character:
     yaml/pyyaml#953; the event builder keeps to the spec, as before.)"""
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     text = "a: &a {kk: 1, k: 1}\nb: &b {kk: 2, k: 2, only_b: 2}\nc: {<<: [*a, *b], own: 3}\n"
     parsed = parse(text)
@@ -708,7 +706,7 @@ def test_merge_sources_follow_the_spec_earlier_wins() -> None:
 
 
 def test_event_builder_shares_aliased_objects() -> None:
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     data = parse("a: &x [1, {k: v}]\nb: *x\nc: [*x, *x]\nr: &r {self: *r}\n").data
     assert data["a"] is data["b"] is data["c"][0] is data["c"][1]
@@ -716,7 +714,7 @@ def test_event_builder_shares_aliased_objects() -> None:
 
 
 def test_parse_never_composes_a_node_graph(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner import yaml_source
+    from runner.manifest import yaml_source
 
     def refuse(*_: object) -> None:
         raise AssertionError("parse composed the document")
@@ -739,7 +737,7 @@ def test_parse_never_composes_a_node_graph(monkeypatch: pytest.MonkeyPatch) -> N
 def test_event_builder_reports_composer_errors_with_positions(
     text: str, message: str, line: int, column: int
 ) -> None:
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     parsed = parse(text)
     assert parsed.data is None and parsed.shot_marks == []
@@ -767,7 +765,7 @@ def test_event_builder_reports_composer_errors_with_positions(
 def test_bad_tagged_values_are_issues_at_their_position(value: str, message: str) -> None:
     """SafeConstructor indexes and matches without checking (a KeyError for ``!!bool
     maybe``): every such value is a YamlIssue, never an exception."""
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     parsed = parse(f"version: 1\nrun:\n  x: {value}\n")
     (issue,) = parsed.issues
@@ -777,7 +775,7 @@ def test_bad_tagged_values_are_issues_at_their_position(value: str, message: str
 
 
 def test_aliased_bad_value_is_reported_where_used() -> None:
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     parsed = parse("a: &t !foo x\nb: *t\nc: [*t]\n")
     assert parsed.data == {"a": None, "b": None, "c": [None]}
@@ -789,7 +787,7 @@ def test_aliased_bad_value_is_reported_where_used() -> None:
 
 
 def test_shot_marks_from_the_event_stream() -> None:
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     text = "x: &e {prompt: p}\nshots:\n  - {prompt: a}\n  - *e\n  -   prompt: c\n"
     assert parse(text).shot_marks == [(3, 5), (1, 4), (5, 7)]
@@ -800,7 +798,7 @@ def test_shot_marks_from_the_event_stream() -> None:
 
 
 def test_duplicate_key_names_its_first_line() -> None:
-    from runner.yaml_source import parse
+    from runner.manifest.yaml_source import parse
 
     parsed = parse("top:\n  a: 1\n  b: 2\n  a: 3\n")
     assert parsed.data == {"top": {"a": 1, "b": 2}}
@@ -810,7 +808,7 @@ def test_duplicate_key_names_its_first_line() -> None:
 
 
 def test_very_deep_nesting_is_skipped_without_recursion() -> None:
-    from runner.yaml_source import MAX_DEPTH, parse
+    from runner.manifest.yaml_source import MAX_DEPTH, parse
 
     # libyaml itself refuses more than 1000 levels
     parsed = parse("a: " + "[" * 990 + "]" * 990 + "\nb: 1\n")
@@ -818,3 +816,12 @@ def test_very_deep_nesting_is_skipped_without_recursion() -> None:
     assert "nested too deeply" in issue.message
     assert parsed.data["b"] == 1
     assert len(issue.path) == MAX_DEPTH
+
+
+def test_keys_that_are_not_text_are_unknown_keys(tmp_path: Path) -> None:
+    # the top level's "x-" pattern cannot be tried on a number: still an unknown key
+    path = write(
+        tmp_path, "version: 1\n1: x\nshots:\n  - {prompt: p, model: v4, quality: 360p, 2: y}\n"
+    )
+    found = {(p.line, p.field_path, p.message) for p in errors(problems_of(path))}
+    assert found == {(2, "1", "unknown key '1'"), (4, "shots[0].2", "unknown key '2'")}

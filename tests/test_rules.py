@@ -14,13 +14,14 @@ import pytest
 from PIL import Image
 from runkit import pixrun
 
-from runner.contract import check_request, default_rules, load_rules
 from runner.errors import ManifestError, UsageError
-from runner.images import ImageChecker, inspect_image
 from runner.manifest import load_manifest
+from runner.manifest.contract import default_rules, load_rules
+from runner.manifest.images import ImageChecker, inspect_image
+from runner.manifest.request_check import check_request
+from runner.manifest.rules import ImageLimits
+from runner.manifest.schema import manifest_schema
 from runner.model import Mode
-from runner.rules import ImageLimits
-from runner.schema import manifest_schema
 
 PACKAGED = Path(__file__).parent.parent / "runner" / "data" / "rules.json"
 IMG = "file:///tmp/a.png"

@@ -176,7 +176,8 @@ async def test_the_simulator_disagrees_where_the_client_is_wrong(
     provider contract, not by the client's rules."""
     import json as json_
 
-    from runner.contract import check_request, load_rules
+    from runner.manifest.contract import load_rules
+    from runner.manifest.request_check import check_request
     from runner.model import Mode
 
     packaged = Path(__file__).parents[1] / "runner" / "data" / "rules.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from runner.cli import cli
-from runner.schema import manifest_schema_json
+from runner.manifest.schema import manifest_schema_json
 
 REPO = Path(__file__).parent.parent
 DEMO = str(REPO / "manifests" / "demo.yaml")

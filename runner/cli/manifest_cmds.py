@@ -14,14 +14,14 @@ from rich.console import Console
 
 from runner.cli.options import PTC, format_option, rules_option, simulate_option
 from runner.cli.render import print_plan, print_problems, print_validation
-from runner.contract import load_rules
 from runner.errors import BudgetExceeded, ExitCode, UsageError
 from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest, validate_files
+from runner.manifest.contract import load_rules
+from runner.manifest.schema import manifest_schema_json
 from runner.money import from_uptc, ptc_text
 from runner.plan import Plan, build_plan
 from runner.pricing import load_price_table
-from runner.schema import manifest_schema_json
 from runner.text import json_safe, plural, printable
 
 COMMANDS: list[click.Command] = []

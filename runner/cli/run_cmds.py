@@ -21,12 +21,12 @@ from runner.cli.options import (
     simulate_option,
 )
 from runner.cli.options import provider_options as _provider_options
-from runner.contract import load_rules
 
 # runner.run.batch (and with it aiohttp) is imported inside the commands that need it, so
 # that `pixrun status` and friends start fast.
 from runner.errors import ExitCode, UsageError
 from runner.manifest import load_manifest
+from runner.manifest.contract import load_rules
 from runner.money import format_ptc
 from runner.placement import keep_to_one_cpu
 from runner.pricing import load_price_table

@@ -24,10 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.contract import duration_seconds
 from runner.errors import LedgerError
 from runner.ledger import META_PROVIDER, SPENT_PARAMS, SPENT_SQL, AttemptOutcome, Ledger
-from runner.model import FINAL_STATES, ShotState
+from runner.model import FINAL_STATES, ShotState, duration_seconds
 
 __all__ = [
     "EventRow",

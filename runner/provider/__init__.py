@@ -2,7 +2,7 @@
 
 ``Provider`` speaks HTTP (client.py), ``dialects`` reads both documented response
 families, ``download`` writes verified files, ``config`` holds the endpoint settings and
-the Ai-trace-id rule. Request-field rules live in runner/contract.py and prices in
+the Ai-trace-id rule. Request-field rules live in runner/manifest/contract.py and prices in
 runner/pricing.py.
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner.contract import duration_seconds
+from runner.model import duration_seconds
 
 #: bytes per second of video, by quality (low estimates)
 BYTES_PER_S: dict[str, int] = {

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import InvalidRequest
-from runner.images import read_capped
 from runner.ledger import Ledger
+from runner.manifest.images import read_capped
 from runner.provider import Provider
 from runner.provider.images import FILE_PREFIX, has_local_images, path_of_file_uri
 

@@ -2,7 +2,7 @@
 
 For tests, demos and rehearsing a batch without spending anything. It shares only the
 contract's data (runner/pricing.py, runner/data/) with the adapter; it checks requests
-with its own hand-written schema (request.schema.json), never with runner/contract.py,
+with its own hand-written schema (request.schema.json), never with runner/manifest/contract.py,
 so it can disagree with the client.
 """
 

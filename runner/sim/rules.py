@@ -1,6 +1,6 @@
 """What the simulated provider accepts in a generate body: request.schema.json, by hand.
 
-The schema is written from the provider contract, not generated from runner/contract.py,
+The schema is written from the provider contract, not generated from runner/manifest/contract.py,
 so the simulator can disagree with the client (that is the point of a test double that
 checks anything). Nothing here imports the client's contract.
 

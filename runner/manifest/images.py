@@ -1,7 +1,7 @@
 """Local image inputs: checked against the provider's limits before anything is spent.
 
 The limits (types, bytes, sides, aspect) come from the rules file
-(:class:`~runner.rules.ImageLimits`); see runner/data/rules.json for their sources.
+(:class:`~runner.manifest.rules.ImageLimits`); see runner/data/rules.json for their sources.
 
 Invariants:
 - Only regular files are read. A path is opened with ``O_NONBLOCK`` and checked with
@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from runner.rules import PILLOW_FORMATS, ImageLimits
+from runner.manifest.rules import PILLOW_FORMATS, ImageLimits
 
 _CHUNK = 1 << 20
 

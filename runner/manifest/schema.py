@@ -1,22 +1,23 @@
 """The manifest's shape as JSON Schema 2020-12, generated from the request contract.
 
 :func:`manifest_schema` is the one description of what a manifest may contain: the
-request fields come from :data:`runner.contract.FIELDS` and the values that change
+request fields come from :data:`runner.manifest.contract.FIELDS` and the values that change
 with the provider (models, qualities, durations, text limits, ...) from a
-:class:`~runner.rules.Rules` value (default: the packaged rules); the rest (top level,
-output, run, shot extras) is declared here. The committed ``schemas/manifest.schema.json`` is
-this function's output (a test keeps them equal; ``pixrun schema`` prints it), and the
-loader's fast shape check (runner/shape.py) is compiled from the same dict, so editors,
-the schema file and ``pixrun validate`` cannot drift apart.
+:class:`~runner.manifest.rules.Rules` value (default: the packaged rules); the rest (top level,
+output, run, shot extras) is declared here. The committed
+``schemas/manifest.schema.json`` is this function's output (a test keeps them equal;
+``pixrun schema`` prints it), and the loader's jsonschema validator (``validate``)
+checks against the same dict, so editors, the schema file and ``pixrun validate``
+cannot drift apart.
 
 Invariants:
 - Every property has a ``description``; every object has ``additionalProperties: false``.
-- Only this keyword subset is used, because runner/shape.py compiles exactly it:
+- Only this keyword subset is used, because runner/manifest/validate.py words exactly it:
   type, enum, const, minimum, maximum, exclusiveMinimum, minLength, maxLength,
   pattern, items, minItems, maxItems, properties, patternProperties,
   additionalProperties, required.
 - Rules across fields (models per mode, 1080p limits, duplicates, ...) are not here;
-  the loader checks them with runner/contract.py after this shape check passes.
+  the loader checks them with runner/manifest/contract.py after this shape check passes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from runner.contract import (
+from runner.manifest.contract import (
     FIELDS,
     INTEGER_AXES,
     MOTION_SCALE_AXES,
@@ -35,8 +36,8 @@ from runner.contract import (
     choices_of,
     default_rules,
 )
+from runner.manifest.rules import Rules
 from runner.model import Mode
-from runner.rules import Rules
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -10,8 +10,12 @@ Invariants:
 - Seeds of takes come from the shot's base id and the take number, so variations of one
   shot share their seeds take by take (seeds x qualities compare like with like), and
   editing a prompt does not reshuffle the seeds of a shot that has an explicit id.
-- Problems are reported through the ``report`` callback with the manifest path of the
-  value to blame; nothing here raises for bad input.
+- Problems are reported into the read's :class:`~runner.manifest.issues.Issues` with
+  the manifest path of the value to blame; nothing here raises for bad input.
+
+Size: about 460 lines, kept whole because merging defaults, inferring the mode,
+converting to wire form and deriving ids all read one :class:`Expander`'s per-manifest
+state; the id and request checks it leads to live in finish.py and request_check.py.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from runner.contract import (
+from runner.manifest.contract import (
     DEFAULT_DURATION_S,
     DEFAULT_MOTION_MODE,
     FIELDS_BY_NAME,
@@ -33,14 +37,15 @@ from runner.contract import (
     MODE_FIELD,
     SEED_MAX,
     Kind,
-    check_combination,
-    duration_seconds,
     fields_for,
-    not_in_mode,
     wire_duration,
 )
-from runner.model import Mode
-from runner.rules import Rules
+from runner.manifest.request_check import check_combination, not_in_mode
+from runner.manifest.rules import Rules
+from runner.model import Mode, duration_seconds
+
+if TYPE_CHECKING:
+    from runner.manifest.issues import Issues
 
 PathPart = str | int
 Path_ = tuple[PathPart, ...]
@@ -57,19 +62,6 @@ _LABEL_MAX = 24
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9._]+")
 _DOTS = re.compile(r"\.{2,}")
 _WORD = re.compile(r"[a-z0-9]+")
-
-
-class Report(Protocol):
-    def __call__(
-        self,
-        path: Path_,
-        message: str,
-        hint: str,
-        *,
-        shot_id: str | None = None,
-        at_key: bool = False,
-        severity: str = "error",
-    ) -> None: ...
 
 
 #: resolve_image(text as written, where it was written) -> the request's image reference
@@ -110,12 +102,12 @@ class Expander:
         run_max_attempts: int,
         resolve_image: ResolveImage,
         relative_image: Callable[[str], str],
-        report: Report,
+        issues: Issues,
         bad_defaults: frozenset[str] = frozenset(),
         rules: Rules,
     ) -> None:
         self._rules = rules
-        self._report = report
+        self._report = issues.report
         self._bad_defaults = bad_defaults
         self._resolve_image = resolve_image
         self._relative_image = relative_image
@@ -385,7 +377,10 @@ class Expander:
         basis = {
             "mode": mode.value,
             "request": effective,
-            "vary": {k: [self._id_basis_value(v) for v in vals] for k, (vals, _) in vary.items()},
+            "vary": {
+                k: [with_local_images(v, self._relative_image) for v in vals]
+                for k, (vals, _) in vary.items()
+            },
             "count": takes,
         }
         digest = hashlib.sha256(_canonical(basis).encode()).hexdigest()[:10]
@@ -395,15 +390,18 @@ class Expander:
         return f"{mode.value}-{slug}-{digest}"
 
     def _id_basis(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self._id_basis_value(v) for k, v in request.items()}
-
-    def _id_basis_value(self, value: Any) -> Any:
         # ids must not change when the project moves: local images by relative path
-        if isinstance(value, str) and value.startswith("file://"):
-            return self._relative_image(value)
-        if isinstance(value, list):
-            return [self._id_basis_value(v) for v in value]
-        return value
+        return {k: with_local_images(v, self._relative_image) for k, v in request.items()}
+
+
+def with_local_images(value: Any, replace: Callable[[str], str]) -> Any:
+    """``value`` with its ``file://`` image URIs (alone or in a list) as ``replace`` has
+    them; anything else as it is."""
+    if isinstance(value, str) and value.startswith("file://"):
+        return replace(value)
+    if isinstance(value, list):
+        return [with_local_images(v, replace) for v in value]
+    return value
 
 
 _NO_VARIANTS = (_Variant("", {}, {}),)

@@ -16,7 +16,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from runner.contract import did_you_mean
+from runner.manifest.contract import did_you_mean
 
 DEFAULT_FILENAME = "{shot_id}.mp4"
 SUFFIX = ".mp4"

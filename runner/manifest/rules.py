@@ -3,28 +3,31 @@
 Models per mode, durations per mode, qualities, motion modes, fields only some models
 accept, rules across fields, text limits, fusion reference counts and image limits live
 in a JSON file so that a provider change (a new model, a new limit) is an edit, not a
-release (``--rules FILE``). runner/contract.py applies a :class:`Rules` value; the
+release (``--rules FILE``). runner/manifest/contract.py applies a :class:`Rules` value; the
 request-field shapes (which fields exist, their JSON types) stay in code there.
 
 Invariants:
 - A :class:`Rules` value is immutable and compares by identity, so caches keyed by it
-  (the compiled shape check, the generated schema) hold one entry per loaded file.
+  (the jsonschema validator, the generated schema) hold one entry per loaded file.
 - Every rule and limit in the file carries a non-empty ``source`` (where it is
   documented); a file without one is refused.
 - :func:`parse_rules` checks the file's structure and raises :class:`UsageError` naming
-  the file and the key path; runner/contract.py additionally checks that every field it
+  the file and the key path; runner/manifest/contract.py additionally checks that every field it
   names is a request field (it owns that list).
+
+Size: a little over 400 lines, most of them :class:`_Parser`'s check of each section of
+the file, kept next to the :class:`Rules` value it builds.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.datafiles import parse_json, read_user_file
 from runner.errors import UsageError
 from runner.model import Mode
 
@@ -151,21 +154,13 @@ def _version_key(model: str) -> tuple[tuple[int, ...], str]:
 
 def read_rules(path: Path) -> Rules:
     """Parse the rules file at ``path`` (UsageError when unreadable or malformed)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"cannot read the rules file {path}: {exc}", hint="check the path given with --rules"
-        ) from exc
+    text = read_user_file(path, what="the rules file", option="--rules")
     return parse_rules(text, origin=str(path))
 
 
 def parse_rules(text: str, *, origin: str) -> Rules:
     """A :class:`Rules` value from the file's JSON text."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _bad(origin, "", f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = parse_json(text, lambda problem: _bad(origin, "", problem))
     return _Parser(origin).rules(data)
 
 
