@@ -421,7 +421,7 @@ def test_deep_nesting_is_an_error(tmp_path: Path) -> None:
 def test_implicit_tags_resolve_like_pyyaml() -> None:
     from yaml.nodes import ScalarNode
 
-    from runner.manifest.yaml_source import _Loader
+    from runner.manifest.yaml_common import EventLoader as _Loader
 
     ours, theirs = _Loader(""), yaml.CSafeLoader("")
     samples = ["0", "00", "07", "089", "1_0", "12", "1.5", "1e3", "0x1f", "0o7", "1:20", "~"]
@@ -719,8 +719,8 @@ def test_parse_never_composes_a_node_graph(monkeypatch: pytest.MonkeyPatch) -> N
     def refuse(*_: object) -> None:
         raise AssertionError("parse composed the document")
 
-    monkeypatch.setattr(yaml_source._Loader, "get_single_node", refuse)
-    monkeypatch.setattr(yaml_source._Loader, "get_node", refuse)
+    monkeypatch.setattr(yaml_source.EventLoader, "get_single_node", refuse)
+    monkeypatch.setattr(yaml_source.EventLoader, "get_node", refuse)
     parsed = yaml_source.parse((SHIPPED[1]).read_bytes())
     assert parsed.data["shots"] and not parsed.issues
 

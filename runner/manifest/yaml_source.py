@@ -22,21 +22,20 @@ Invariants:
 - Nesting deeper than :data:`MAX_DEPTH` is an issue and is skipped, not built, so the
   builder's recursion stays far from Python's limit whatever the input.
 
-Size: about 700 lines, one module on purpose: the event builder, its cheaper implicit-tag
-resolver and :class:`SourceMap` share libyaml's event model and one invariant (the data
-equals ``yaml.safe_load``'s), which is easier to keep whole.
+Its vocabulary (tags, issue types, the C loader, :class:`SourceMap`) is in
+runner/manifest/yaml_common.py.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from yaml.composer import ComposerError
-from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.constructor import ConstructorError
 from yaml.events import (
     AliasEvent,
     MappingEndEvent,
@@ -48,104 +47,48 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-_STD = "tag:yaml.org,2002:"
-STR_TAG = _STD + "str"
-INT_TAG = _STD + "int"
-BOOL_TAG = _STD + "bool"
-NULL_TAG = _STD + "null"
-MAP_TAG = _STD + "map"
-SEQ_TAG = _STD + "seq"
-MERGE_TAG = _STD + "merge"
-
-_SAFE_TAGS = frozenset(
-    _STD + name
-    for name in (
-        *("str", "int", "float", "bool", "null", "timestamp", "binary"),
-        *("set", "omap", "pairs", "seq", "map", "merge", "value"),
-    )
+from runner.manifest.yaml_common import (
+    BAD_KEY,
+    BOOL_TAG,
+    BOOLS,
+    CANNOT_READ_HINT,
+    INT_TAG,
+    MAP_TAG,
+    MAX_DEPTH,
+    MERGE,
+    MERGE_TAG,
+    NULL_TAG,
+    RESOLVER_FIRST,
+    SAFE_TAGS,
+    SEQ_TAG,
+    SHARED_CHARS,
+    STD_TAG_PREFIX,
+    STR_TAG,
+    TAG_CACHE_CHARS,
+    TAG_CACHE_ENTRIES,
+    TOO_DEEP,
+    EventLoader,
+    Mark,
+    Parsed,
+    Path_,
+    PathPart,
+    SourceMap,
+    YamlIssue,
+    compose,
 )
-#: deeper than any manifest needs; keeps the builder's recursion far from Python's limit
-MAX_DEPTH = 64
-#: distinct plain scalars whose resolved tag is remembered ("360p", "v4.5", "true"...)
-_TAG_CACHE_ENTRIES = 4096
-_TAG_CACHE_CHARS = 64
-#: plain text values this short are interned: enum-like values repeat across shots
-_SHARED_CHARS = 8
 
-Mark = tuple[int, int]  # 1-based line, column
-PathPart = str | int
-Path_ = tuple[PathPart, ...]
+__all__ = ["Mark", "Parsed", "PathPart", "SourceMap", "YamlIssue", "compose", "parse"]
 
-_TOO_DEEP = ("is nested too deeply", "flatten this part of the file")
-_CANNOT_READ_HINT = "write a plain value"
-#: what SafeConstructor.construct_yaml_bool reads (lower-cased)
-_BOOLS: dict[str, bool] = SafeConstructor.bool_values
-#: _key's answers for a ``<<`` key and for a key that cannot be one
-_MERGE = object()
-_BAD_KEY = object()
-
-
-@dataclass(frozen=True)
-class YamlIssue:
-    """A problem found while reading the YAML itself."""
-
-    message: str
-    hint: str
-    line: int | None
-    column: int | None
-    #: the manifest path of the mapping or sequence it was found in, when known
-    path: tuple[PathPart, ...] = ()
-    #: fatal issues (syntax) mean no data could be read at all
-    fatal: bool = False
-
-
-@dataclass
-class Parsed:
-    data: Any
-    issues: list[YamlIssue]
-    #: position of each item of the top-level ``shots`` list, in order
-    shot_marks: list[Mark]
-
-
-class _Loader(yaml.CSafeLoader):
-    """libyaml parser with a cheaper implicit-tag resolver (same results)."""
-
-    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
-        if kind is ScalarNode and implicit[0] and value:
-            # Most scalars start with a letter no implicit resolver listens to: text.
-            if value[0] not in _RESOLVER_FIRST:
-                return STR_TAG
-            # Plain decimal digits (no leading zero: that is YAML 1.1 octal) are ints.
-            if value.isascii() and value.isdigit() and (value[0] != "0" or len(value) == 1):
-                return INT_TAG
-        return super().resolve(kind, value, implicit)  # type: ignore[no-any-return,no-untyped-call]
-
-
-_RESOLVER_FIRST = frozenset(
-    k for k in yaml.CSafeLoader.yaml_implicit_resolvers if isinstance(k, str)
-)
-if None in yaml.CSafeLoader.yaml_implicit_resolvers:  # pragma: no cover - stock PyYAML has none
-    # a resolver for any first character: the shortcut above would be wrong
-    _RESOLVER_FIRST = frozenset(chr(i) for i in range(0x110000))
 # The builder takes a scalar that is not plain (quoted, block) to be text, and caches
 # resolved tags by text alone: both hold only while no path resolver is registered.
 assert not yaml.CSafeLoader.yaml_path_resolvers
 
 
-def compose(data: bytes | str) -> Node | None:
-    """The node tree of a single-document YAML text (raises yaml.YAMLError)."""
-    loader = _Loader(data)
-    try:
-        return loader.get_single_node()
-    finally:
-        loader.dispose()
-
-
 def parse(data: bytes | str) -> Parsed:
     """Plain data from YAML text; every problem found is in ``Parsed.issues``."""
-    loader: _Loader | None = None
+    loader: EventLoader | None = None
     try:
-        loader = _Loader(data)
+        loader = EventLoader(data)
         builder = _Builder(loader)
         found, value = builder.document()
     except yaml.MarkedYAMLError as exc:
@@ -223,7 +166,7 @@ class _Builder:
     the node's remaining events, so the parser is always at the next sibling.
     """
 
-    def __init__(self, loader: _Loader) -> None:
+    def __init__(self, loader: EventLoader) -> None:
         self.issues: list[YamlIssue] = []
         #: start marks of the items of the top-level ``shots`` sequence
         self.shot_marks: list[Any] = []
@@ -265,7 +208,7 @@ class _Builder:
         if cls is AliasEvent:
             return self._alias(ev, path)
         if depth >= MAX_DEPTH:
-            self._issue(ev.start_mark, path, *_TOO_DEEP)
+            self._issue(ev.start_mark, path, *TOO_DEEP)
             self._skip(ev)
             return None
         tag = ev.tag
@@ -281,7 +224,7 @@ class _Builder:
         if anchored and start.anchor is not None:
             self._define(start).value = own
         next_ = self._next
-        first = _RESOLVER_FIRST
+        first = RESOLVER_FIRST
         known = self._tags.get
         intern = sys.intern
         keys: list[Any] = []  # key events, for the line of a duplicate's first occurrence
@@ -296,10 +239,10 @@ class _Builder:
                 key = intern(ev.value)  # one object for each distinct key of the file
             else:
                 key = self._key(ev, path, depth)
-                if key is _MERGE:
+                if key is MERGE:
                     merges.extend(self._merge_sources(path, depth))
                     continue
-                if key is _BAD_KEY:
+                if key is BAD_KEY:
                     self._node(next_(), path, depth + 1)  # its value, read and dropped
                     continue
             duplicate = key in own
@@ -314,7 +257,7 @@ class _Builder:
                 text = ev.value
                 if not ev.implicit[0] or (text and text[0] not in first) or known(text) == STR_TAG:
                     # short text repeats (models, qualities): one object for all
-                    value = intern(text) if len(text) <= _SHARED_CHARS else text
+                    value = intern(text) if len(text) <= SHARED_CHARS else text
                 elif _is_decimal(text):
                     value = int(text)
                 else:
@@ -346,7 +289,7 @@ class _Builder:
                 marks = []
             record.item_marks = marks
         next_ = self._next
-        first = _RESOLVER_FIRST
+        first = RESOLVER_FIRST
         known = self._tags.get
         while True:
             ev = next_()
@@ -395,7 +338,7 @@ class _Builder:
         if not isinstance(pairs, Exception):
             empty.extend(pairs)
             return empty
-        problem = (f"cannot read this value: {pairs}", _CANNOT_READ_HINT)
+        problem = (f"cannot read this value: {pairs}", CANNOT_READ_HINT)
         self._issue(start.start_mark, path, *problem)
         if record is not None:
             record.value, record.issue = None, problem
@@ -403,7 +346,7 @@ class _Builder:
 
     def _empty(self, tag: str, is_map: bool, start: Any) -> tuple[Any, tuple[str, str] | None]:
         """The empty set or list a tagged collection starts as, or why there is none."""
-        if tag not in _SAFE_TAGS:
+        if tag not in SAFE_TAGS:
             return None, (
                 f"the YAML tag {tag!r} is not allowed",
                 "remove the tag; manifests hold plain values only",
@@ -415,7 +358,7 @@ class _Builder:
         if why is None and not isinstance(empty, set if is_map else list):
             why = f"{tag} makes a {type(empty).__name__}"
         if why is not None:
-            return None, (f"cannot read this value: {why}", _CANNOT_READ_HINT)
+            return None, (f"cannot read this value: {why}", CANNOT_READ_HINT)
         return empty, None
 
     def _skip(self, start: Any) -> None:
@@ -433,7 +376,7 @@ class _Builder:
             elif cls is MappingStartEvent or cls is SequenceStartEvent:
                 level += 1
                 if ev.anchor is not None:
-                    self._define(ev).issue = _TOO_DEEP
+                    self._define(ev).issue = TOO_DEEP
             else:
                 level -= 1
             if level == 0:
@@ -454,7 +397,7 @@ class _Builder:
         cached = self._tags.get(text)
         if cached is None:
             cached = self._loader.resolve(ScalarNode, text, implicit)
-            if len(self._tags) < _TAG_CACHE_ENTRIES and len(text) <= _TAG_CACHE_CHARS:
+            if len(self._tags) < TAG_CACHE_ENTRIES and len(text) <= TAG_CACHE_CHARS:
                 self._tags[text] = cached
         return cached
 
@@ -472,9 +415,9 @@ class _Builder:
             return int(text)
         if tag == NULL_TAG:
             return None
-        if tag == BOOL_TAG and (flag := _BOOLS.get(text.lower())) is not None:
+        if tag == BOOL_TAG and (flag := BOOLS.get(text.lower())) is not None:
             return flag
-        if tag not in _SAFE_TAGS:
+        if tag not in SAFE_TAGS:
             self._issue(
                 ev.start_mark,
                 path,
@@ -484,7 +427,7 @@ class _Builder:
             return None
         value, why = self._construct(ScalarNode(tag, text, ev.start_mark, ev.end_mark, ev.style))
         if why is not None:
-            self._issue(ev.start_mark, path, f"cannot read this value: {why}", _CANNOT_READ_HINT)
+            self._issue(ev.start_mark, path, f"cannot read this value: {why}", CANNOT_READ_HINT)
         return value
 
     def _construct(self, node: Node) -> tuple[Any, str | None]:
@@ -497,7 +440,7 @@ class _Builder:
         except (LookupError, AttributeError):
             # the constructors index and match without checking first: `!!bool maybe`
             # is a KeyError, `!!timestamp x` an AttributeError
-            return None, f"{node.value!r} is not a valid {node.tag.removeprefix(_STD)}"
+            return None, f"{node.value!r} is not a valid {node.tag.removeprefix(STD_TAG_PREFIX)}"
         finally:
             # the node is thrown away: so is the constructor's memory of it
             loader.constructed_objects.clear()
@@ -506,19 +449,19 @@ class _Builder:
     # ---- keys, merges, aliases ----------------------------------------------------
 
     def _key(self, ev: Any, path: Path_, depth: int) -> Any:
-        """A key that is not plain text: its value, or _MERGE, or _BAD_KEY (reported)."""
+        """A key that is not plain text: its value, or MERGE, or BAD_KEY (reported)."""
         cls = type(ev)
         if cls is ScalarEvent:
             tag = self._tag(ev)
             if ev.anchor is not None:
                 self._define(ev).tag = tag
             if tag == MERGE_TAG:
-                return _MERGE
+                return MERGE
             key = self._scalar_value(ev, tag, path)
         elif cls is AliasEvent:
             record = self._record(ev)
             if type(record.event) is ScalarEvent and record.tag == MERGE_TAG:
-                return _MERGE
+                return MERGE
             key = self._alias(ev, path)
         else:
             key = self._node(ev, path, depth + 1)
@@ -531,7 +474,7 @@ class _Builder:
                 "a key must be plain text",
                 "write the key as text",
             )
-            return _BAD_KEY
+            return BAD_KEY
         return key
 
     def _duplicate(self, keys: list[Any], key: Any, path: Path_) -> None:
@@ -669,46 +612,3 @@ def _pairs(tag: str, mark: Any, items: list[Any], marks: list[Any]) -> list[Any]
             )
         out.extend(entries.items())
     return out
-
-
-class SourceMap:
-    """Finds the line and column of a path like ("shots", 3, "quality") on demand.
-
-    The text is composed again the first time a position is asked for, so loading a
-    valid manifest pays nothing for positions it never reports.
-    """
-
-    def __init__(self, data: bytes | str) -> None:
-        self._data = data
-        self._root: Node | None = None
-        self._composed = False
-
-    def locate(self, path: Sequence[PathPart], *, at_key: bool = False) -> Mark | None:
-        """The position of the value at ``path`` (or of its key), or of its nearest parent."""
-        if not self._composed:
-            self._composed = True
-            try:
-                self._root = compose(self._data)
-            except (yaml.YAMLError, ValueError, UnicodeError):
-                self._root = None
-        node = self._root
-        if node is None:
-            return None
-        best: Node = node
-        for i, part in enumerate(path):
-            last = i == len(path) - 1
-            child: Node | None = None
-            if isinstance(node, MappingNode):
-                for key_node, value_node in node.value:
-                    if isinstance(key_node, ScalarNode) and key_node.value == str(part):
-                        child = key_node if (last and at_key) else value_node
-            elif (
-                isinstance(node, SequenceNode)
-                and isinstance(part, int)
-                and 0 <= part < len(node.value)
-            ):
-                child = node.value[part]
-            if child is None:
-                break
-            node = best = child
-        return best.start_mark.line + 1, best.start_mark.column + 1
