@@ -25,17 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from runner.errors import (
-    AuthRefused,
-    ConcurrencyLimited,
-    ContractMismatch,
-    InvalidRequest,
-    OutOfCredit,
-    ProviderError,
-    RateLimited,
-    TaskNotFound,
-    TransientError,
-)
+from runner import errors
 
 
 class Op(StrEnum):
@@ -245,6 +235,16 @@ def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float
     return max(0.0, when.timestamp() - now)
 
 
+_WORD_MEANINGS: tuple[tuple[tuple[str, ...], Meaning], ...] = (
+    (_WORDS_AUTH, Meaning.AUTH),
+    (_WORDS_CREDIT, Meaning.MONEY),
+    (_WORDS_CONCURRENCY, Meaning.CONCURRENCY),
+    (_WORDS_RATE, Meaning.RATE),
+    (_WORDS_NOT_FOUND, Meaning.NOT_FOUND),
+    (WORDS_MODERATION, Meaning.INVALID),
+)
+
+
 def _meaning(env: Envelope, message: str | None) -> Meaning | None:
     """What an error envelope's code (then its wording) stands for; None: unknown."""
     code = code_int(env.code)
@@ -254,18 +254,9 @@ def _meaning(env: Envelope, message: str | None) -> Meaning | None:
             return table[code]
         if env.dialect == "gateway" and 500 <= code < 600:
             return Meaning.TRANSIENT
-    if has_words(message, _WORDS_AUTH):
-        return Meaning.AUTH
-    if has_words(message, _WORDS_CREDIT):
-        return Meaning.MONEY
-    if has_words(message, _WORDS_CONCURRENCY):
-        return Meaning.CONCURRENCY
-    if has_words(message, _WORDS_RATE):
-        return Meaning.RATE
-    if has_words(message, _WORDS_NOT_FOUND):
-        return Meaning.NOT_FOUND
-    if has_words(message, WORDS_MODERATION):
-        return Meaning.INVALID
+    for words, meaning in _WORD_MEANINGS:  # in order: the first that matches wins
+        if has_words(message, words):
+            return meaning
     if code is not None and 400000 <= code < 500000:
         return Meaning.INVALID
     return None
@@ -281,7 +272,7 @@ def mismatch(
     shot_charged: bool = False,
     redact: Redact = identity,
     op: Op | None = None,
-) -> ContractMismatch:
+) -> errors.ContractMismatch:
     """The stop-everything error for an answer pixrun does not recognise; its hint names
     the setting of the route that answered (``op``)."""
     where = str(call) if call is not None else "the provider"
@@ -292,7 +283,7 @@ def mismatch(
         if shot_charged
         else ""
     )
-    return ContractMismatch(
+    return errors.ContractMismatch(
         redact(
             f"{where} answered in a way pixrun does not recognise: {why} ({shown}: "
             f"{quote_body(body)}). Nothing was marked failed and every task id is kept." + charged
@@ -328,7 +319,7 @@ def error_for(
     *,
     redact: Redact = identity,
     call: Call | None = None,
-) -> ProviderError | None:
+) -> errors.ProviderError | None:
     """The error an answer stands for, or None when it is a success envelope."""
     env = read_envelope(body)
     if 200 <= status < 300 and env.provider and env.ok:
@@ -355,9 +346,9 @@ def error_for(
     if status >= 500 and not env.provider:
         # a server error page (a proxy's HTML, a plain text) is an outage, not a
         # wrong route: the provider is there and failing
-        return TransientError(f"the provider had a server error ({said.where})", **said.kw)
+        return errors.TransientError(f"the provider had a server error ({said.where})", **said.kw)
     if status == 413:
-        return InvalidRequest(
+        return errors.InvalidRequest(
             f"the request is too large for the provider ({said.where})", **said.kw
         )
     if not env.provider and not (env.dialect == "error" and status in (400, 422)):
@@ -385,17 +376,17 @@ class _Said:
 
 def _account_level(
     said: _Said, meaning: Meaning | None, headers: Mapping[str, str]
-) -> ProviderError | None:
+) -> errors.ProviderError | None:
     """Auth, money, concurrency and rate: whatever the envelope, they stop or wait."""
     status, shown, where, kw = said.status, said.shown, said.where, said.kw
     if status in (401, 403) or meaning is Meaning.AUTH:
-        return AuthRefused(
+        return errors.AuthRefused(
             f"refused the API key: {shown} ({where})",
             hint="check PIXRUN_API_KEY; nothing was marked failed, rerun when fixed",
             **kw,
         )
     if status == 402 or meaning is Meaning.MONEY:
-        return OutOfCredit(
+        return errors.OutOfCredit(
             f"the account cannot pay: {shown} ({where})",
             hint="top up the 302.AI account (or wait for the monthly limit to reset), then "
             "rerun: finished work is kept",
@@ -403,28 +394,34 @@ def _account_level(
         )
     retry_after_s = parse_retry_after(headers.get("Retry-After"))
     if meaning is Meaning.CONCURRENCY:
-        return ConcurrencyLimited(
+        return errors.ConcurrencyLimited(
             f"too many generations in flight: {shown} ({where})", retry_after_s=retry_after_s, **kw
         )
     if status == 429 or meaning is Meaning.RATE:
-        return RateLimited(f"rate limited: {shown} ({where})", retry_after_s=retry_after_s, **kw)
+        return errors.RateLimited(
+            f"rate limited: {shown} ({where})", retry_after_s=retry_after_s, **kw
+        )
     return None
 
 
-def _request_level(said: _Said, meaning: Meaning | None, provider: bool) -> ProviderError:
+def _request_level(said: _Said, meaning: Meaning | None, provider: bool) -> errors.ProviderError:
     """What a recognised error envelope says about this one request or task."""
     status, shown, where, kw = said.status, said.shown, said.where, said.kw
     if meaning is Meaning.NOT_FOUND:
         if said.op is Op.FETCH and provider:
-            return TaskNotFound(f"the provider does not know this task: {shown} ({where})", **kw)
-        return InvalidRequest(f"the provider says: {shown} ({where})", **kw)
+            return errors.TaskNotFound(
+                f"the provider does not know this task: {shown} ({where})", **kw
+            )
+        return errors.InvalidRequest(f"the provider says: {shown} ({where})", **kw)
     if meaning is Meaning.INVALID:
-        return InvalidRequest(f"the provider refused the request: {shown} ({where})", **kw)
+        return errors.InvalidRequest(f"the provider refused the request: {shown} ({where})", **kw)
     if meaning is Meaning.TRANSIENT or status >= 500:
-        return TransientError(f"the provider had a server error: {shown} ({where})", **kw)
+        return errors.TransientError(f"the provider had a server error: {shown} ({where})", **kw)
     if 400 <= status < 500:
-        return InvalidRequest(f"the provider refused the request: {shown} ({where})", **kw)
+        return errors.InvalidRequest(f"the provider refused the request: {shown} ({where})", **kw)
     # A provider envelope with an error code pixrun does not know, on HTTP 2xx: the
     # provider said it made nothing. Retried a bounded number of times (the shot is
     # left pending after that), never counted as a render failure.
-    return TransientError(f"the provider answered with an unknown error: {shown} ({where})", **kw)
+    return errors.TransientError(
+        f"the provider answered with an unknown error: {shown} ({where})", **kw
+    )

@@ -18,17 +18,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from runner.errors import (
-    AmbiguousSubmit,
-    AuthRefused,
-    ConcurrencyLimited,
-    ContractMismatch,
-    InvalidRequest,
-    OutOfCredit,
-    ProviderError,
-    RateLimited,
-    TransientError,
-)
+from runner import errors
 from runner.ledger import AttemptOutcome, EventKind
 from runner.model import ErrorKind, ShotState
 from runner.provider import trace_id_for
@@ -86,10 +76,10 @@ _MISMATCH_CHARGED = Outcome(
     EventKind.SHOT_AMBIGUOUS,
     stop=StopReason.CONTRACT,
 )
-#: most specific first; a ContractMismatch that may have cost a task is _MISMATCH_CHARGED
-OUTCOMES: tuple[tuple[type[ProviderError], Outcome], ...] = (
+#: most specific first; a errors.ContractMismatch that may have cost a task is _MISMATCH_CHARGED
+OUTCOMES: tuple[tuple[type[errors.ProviderError], Outcome], ...] = (
     (
-        ContractMismatch,  # nothing was made; the next run repeats this attempt
+        errors.ContractMismatch,  # nothing was made; the next run repeats this attempt
         Outcome(
             AttemptOutcome.MISMATCH,
             ShotState.PENDING,
@@ -99,11 +89,11 @@ OUTCOMES: tuple[tuple[type[ProviderError], Outcome], ...] = (
         ),
     ),
     (
-        AuthRefused,
+        errors.AuthRefused,
         Outcome(AttemptOutcome.AUTH, ShotState.PENDING, ErrorKind.AUTH, stop=StopReason.AUTH),
     ),
     (
-        OutOfCredit,
+        errors.OutOfCredit,
         Outcome(
             AttemptOutcome.NO_CREDIT,
             ShotState.PENDING,
@@ -112,7 +102,7 @@ OUTCOMES: tuple[tuple[type[ProviderError], Outcome], ...] = (
         ),
     ),
     (
-        RateLimited,
+        errors.RateLimited,
         Outcome(
             AttemptOutcome.RATE_LIMITED,
             ShotState.PENDING,
@@ -123,9 +113,9 @@ OUTCOMES: tuple[tuple[type[ProviderError], Outcome], ...] = (
             retry=True,
         ),
     ),
-    (AmbiguousSubmit, _AMBIGUOUS),
+    (errors.AmbiguousSubmit, _AMBIGUOUS),
     (
-        InvalidRequest,
+        errors.InvalidRequest,
         Outcome(
             AttemptOutcome.INVALID,
             ShotState.FAILED,
@@ -135,21 +125,21 @@ OUTCOMES: tuple[tuple[type[ProviderError], Outcome], ...] = (
             "invalid request: ",
         ),
     ),
-    # TransientError and anything unforeseen from the provider: safe to call again
+    # errors.TransientError and anything unforeseen from the provider: safe to call again
     (
-        ProviderError,
+        errors.ProviderError,
         Outcome(AttemptOutcome.TRANSIENT, ShotState.PENDING, ErrorKind.TRANSIENT, retry=True),
     ),
 )
 
 
-def outcome_for(exc: ProviderError) -> Outcome:
-    if isinstance(exc, ContractMismatch) and exc.shot_charged:
+def outcome_for(exc: errors.ProviderError) -> Outcome:
+    if isinstance(exc, errors.ContractMismatch) and exc.shot_charged:
         return _MISMATCH_CHARGED
     return next(outcome for kind, outcome in OUTCOMES if isinstance(exc, kind))
 
 
-def with_hint(exc: ProviderError) -> str:
+def with_hint(exc: errors.ProviderError) -> str:
     return f"{exc.message} What to do: {exc.hint}" if exc.hint else exc.message
 
 
@@ -205,7 +195,7 @@ class Submitter:
                 return
             # an outage (every call failing) is waited out; only a shot that fails
             # while the provider otherwise answers uses up its tries
-            counts = isinstance(exc, TransientError) and not ctx.gate.provider_down
+            counts = isinstance(exc, errors.TransientError) and not ctx.gate.provider_down
             transient_tries += 1 if counts else 0
             if transient_tries >= ctx.opt.max_transient_tries:
                 job.give_up = True  # the provider answers others but not this shot
@@ -228,7 +218,7 @@ class Submitter:
 
     async def _call(
         self, job: Job, attempt_no: int, trace_id: str, *, new: bool
-    ) -> tuple[int, str | ProviderError] | None:
+    ) -> tuple[int, str | errors.ProviderError] | None:
         """One generate call: ``(attempt id, task id or error)``, or None (not sent)."""
         ctx, row = self._ctx, job.row
         # from the intent to the answer, a stop waits (briefly) for this shot: cut here,
@@ -245,7 +235,7 @@ class Submitter:
                     return None
                 body = await self._uploads.prepare(row.request)
                 return attempt_id, await ctx.provider.generate(body, trace_id=trace_id)
-        except ProviderError as exc:
+        except errors.ProviderError as exc:
             return attempt_id, exc
         finally:
             job.in_generate = False
@@ -276,7 +266,7 @@ class Submitter:
         await self._tr.accepted(row, attempt_id, task_id, time.time() + ctx.planner.first_delay_s())
         job.accepted_mono = time.monotonic()
 
-    async def _failed(self, job: Job, attempt_id: int, exc: ProviderError) -> bool:
+    async def _failed(self, job: Job, attempt_id: int, exc: errors.ProviderError) -> bool:
         """Record a generate call that made no task. True: call again."""
         ctx, row = self._ctx, job.row
         outcome = outcome_for(exc)
@@ -298,16 +288,16 @@ class Submitter:
             not_before=not_before,
             note=note,
         )
-        if not outcome.retry or isinstance(exc, RateLimited):
+        if not outcome.retry or isinstance(exc, errors.RateLimited):
             ctx.release(job)  # a throttle gives the slot back: a lowered target holds
         self._stop_for(outcome, exc)
         return outcome.retry
 
-    def _react(self, job: Job, exc: ProviderError, outcome: Outcome) -> float | None:
+    def _react(self, job: Job, exc: errors.ProviderError, outcome: Outcome) -> float | None:
         """The flow controls' reaction to an error; the shot's earliest next submit."""
         ctx = self._ctx
-        if isinstance(exc, RateLimited):
-            if isinstance(exc, ConcurrencyLimited):
+        if isinstance(exc, errors.RateLimited):
+            if isinstance(exc, errors.ConcurrencyLimited):
                 ctx.limiter.on_concurrency_limited()
             ctx.gate.pause(exc.retry_after_s if exc.retry_after_s is not None else backoff_s(2))
             return None
@@ -319,7 +309,7 @@ class Submitter:
             return time.time() + job.retry_delay_s
         return None
 
-    def _stop_for(self, outcome: Outcome, exc: ProviderError) -> None:
+    def _stop_for(self, outcome: Outcome, exc: errors.ProviderError) -> None:
         ctx = self._ctx
         if outcome.stop is StopReason.CONTRACT:
             ctx.request_stop(StopReason.CONTRACT, with_hint(exc))
