@@ -139,6 +139,9 @@ def test_two_ledgers_with_the_same_shots_never_get_each_others_videos(
         {r[0] for r in query(b.ledger, "SELECT trace_id FROM attempts")} for b in (first, second)
     ]
     assert not traces[0] & traces[1]
+    # the ledger knows its provider, and the response family it answered in
+    ((raw,),) = query(first.ledger, "SELECT value FROM meta WHERE key = 'provider'")
+    assert json.loads(raw) == {"simulated": False, "base_url": sim.base_url, "dialect": "pixverse"}
 
 
 def test_a_malformed_base_url_is_one_line_and_exit_2(tmp_path: Path) -> None:

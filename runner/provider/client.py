@@ -34,7 +34,7 @@ from runner.provider.config import ProviderConfig
 from runner.provider.dialects import TaskState, parse_fetch, parse_generate, parse_upload
 from runner.provider.download import download_file
 from runner.provider.images import encode_local_images, has_local_images
-from runner.provider.verdicts import Call
+from runner.provider.verdicts import Call, read_envelope
 
 TRACE_HEADER = "Ai-trace-id"
 
@@ -58,6 +58,8 @@ class Provider:
         self.calls: dict[str, int] = {"generate": 0, "fetch": 0, "download": 0, "upload": 0}
         #: answers (any HTTP status) the API sent: 0 means it was never reached
         self.answers = 0
+        #: the response family the API answered in (pixverse or gateway), once seen
+        self.dialect: str | None = None
         self._pooled: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None
         self._api_timeout = aiohttp.ClientTimeout(
@@ -149,11 +151,17 @@ class Provider:
         return parse_generate(
             status,
             resp_headers,
-            _decode(raw),
+            self._note_dialect(_decode(raw)),
             redact=self.config.redact,
             ambiguous_statuses=self.config.ambiguous_generate_statuses,
             call=Call("POST", self.config.generate_url()),
         )
+
+    def _note_dialect(self, body: Any) -> Any:
+        envelope = read_envelope(body)
+        if envelope.provider:
+            self.dialect = envelope.dialect
+        return body
 
     def _ambiguous(self, exc: BaseException) -> AmbiguousSubmit:
         return AmbiguousSubmit(
@@ -216,7 +224,7 @@ class Provider:
             raise TransientError(f"{what}: {self._why(exc)}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientError(f"{what}: {self._why(exc)}") from exc
-        return status, headers, _decode(raw)
+        return status, headers, self._note_dialect(_decode(raw))
 
     async def download(
         self,

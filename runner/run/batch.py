@@ -130,13 +130,14 @@ async def run_batch(
     # or a malformed URL changes nothing
     config = None if simulate is not None else real_config(overrides)
     identity = provider_identity(config)
-    check_folders_writable([output_dir])
+    # every folder the outputs go to (a filename pattern can make subfolders)
+    check_folders_writable({(output_dir / s.output_relpath).parent for s in manifest.shots})
     created = not path.exists() or path.stat().st_size == 0
     ledger = await open_ledger(path, writer=True)
     synced = False
     try:
         async with ledger:
-            await check_identity(ledger, identity, switch_provider=switch_provider)
+            identity = await check_identity(ledger, identity, switch_provider=switch_provider)
             moved = check_ledger_owner(await ledger.get_meta(), manifest, path, force=force)
             if moved is not None:
                 observer.event(RunEvent(RunEventKind.INFO, f"warning: {moved}"))
@@ -184,6 +185,11 @@ async def run_batch(
                     result = await scheduler.run(planned_uptc=planned_uptc)
                 finally:
                     remove()
+                if provider.dialect is not None and provider.dialect != identity["dialect"]:
+                    # the response family the provider answered in, for `status` and for
+                    # whoever compares ledgers (it is detected, never configured)
+                    identity = {**identity, "dialect": provider.dialect}
+                    await ledger.set_meta({META_PROVIDER: json.dumps(identity, sort_keys=True)})
                 # held changes are work the person still has to agree to: not a clean run
                 result.exit_code = exit_code_for(
                     result.stop_reason, result.counts, held_changed=len(hold)

@@ -36,16 +36,17 @@ def provider_identity(config: ProviderConfig | None) -> dict[str, Any]:
 
 async def check_identity(
     ledger: Ledger, identity: dict[str, Any], *, switch_provider: bool
-) -> None:
-    """A ledger's work goes to one provider: a rehearsal's never meets the real one."""
+) -> dict[str, Any]:
+    """A ledger's work goes to one provider: a rehearsal's never meets the real one.
+    The identity to record: this run's, keeping the dialect a same provider answered in."""
     meta = await ledger.get_meta()
     raw = meta.get(META_PROVIDER)
     if raw is None:
         if meta.get("name") is None:
-            return  # a new ledger: this run's provider becomes its own
+            return identity  # a new ledger: this run's provider becomes its own
         recorded = {"simulated": await ledger.looks_simulated(SIM_CLIP_PX), "base_url": None}
         if not recorded["simulated"]:
-            return  # an earlier pixrun's real ledger: it stays with this provider
+            return identity  # an earlier pixrun's real ledger: it stays with this provider
     else:
         try:
             recorded = json.loads(raw)
@@ -54,8 +55,10 @@ async def check_identity(
     same = bool(recorded.get("simulated")) == identity["simulated"] and (
         identity["simulated"] or recorded.get("base_url") in (None, identity["base_url"])
     )
-    if same or switch_provider:
-        return
+    if same:
+        return {**identity, "dialect": recorded.get("dialect")}
+    if switch_provider:
+        return identity
     if recorded.get("simulated"):
         raise UsageError(
             f"the ledger {ledger.path} holds a rehearsal (--simulate): its shots were "

@@ -35,6 +35,9 @@ MARGIN_BYTES = 50_000_000
 #: a simulator's clips are tiny; estimate them as such
 SIM_CLIP_BYTES = 50_000
 _PROBE = ".pixrun-write-probe"
+#: output folders probed before a run (a pattern like {shot_id}/clip.mp4 makes one per
+#: shot: probing a few proves the disk and the permissions as well as probing all)
+MAX_PROBED_FOLDERS = 64
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Preflight:
 
 def check_folders_writable(folders: Iterable[Path]) -> None:
     """Create each folder (and parents) and prove it writable; UsageError if not."""
-    for folder in sorted(set(folders)):
+    for folder in sorted(set(folders))[:MAX_PROBED_FOLDERS]:
         probe = folder / _PROBE
         try:
             folder.mkdir(parents=True, exist_ok=True)
