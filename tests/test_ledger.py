@@ -399,7 +399,7 @@ async def test_ledger_never_stores_the_api_key(
 
 def test_grouped_writes_keep_each_shots_order() -> None:
     """Batching may interleave shots, never reorder the writes about one shot."""
-    from runner.ledger import _grouped
+    from runner.ledger.batcher import grouped as _grouped
 
     def call(shot: str | None, *sqls: str) -> tuple[list[tuple[str, tuple[str, ...]]], Any, Any]:
         return ([(sql, (shot or "-", sql)) for sql in sqls], shot, None)

@@ -50,15 +50,14 @@ from runner.cli.views import (
 )
 from runner.errors import LedgerError
 from runner.events import RunEvent, RunSnapshot
-from runner.ledger import default_ledger_path, open_ledger
-from runner.ledger.queries import ShotIssue, failed_shots, parked_shots
+from runner.ledger import default_ledger_path
+from runner.ledger.queries import ShotIssue
+from runner.ledger.views import issues_of
 from runner.model import ShotState
 from runner.report import STATE_LABELS, format_ptc
 from runner.text import json_safe, plural
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from runner.batch import BatchOutcome
 
 __all__ = [
@@ -104,12 +103,7 @@ class Display:
     def __enter__(self) -> Display:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -333,13 +327,7 @@ def _load_issues(ledger_path: Path) -> tuple[list[ShotIssue], int, list[ShotIssu
         asyncio.get_running_loop()
         return [], 0, [], 0  # called from inside a loop: no second loop here
 
-    async def load() -> tuple[list[ShotIssue], int, list[ShotIssue], int]:
-        async with await open_ledger(ledger_path, writer=False) as ledger:
-            failures, n_failed = await failed_shots(ledger, limit=10)
-            parked, n_parked = await parked_shots(ledger, limit=10)
-        return failures, n_failed, parked, n_parked
-
-    return asyncio.run(load())
+    return asyncio.run(issues_of(ledger_path, limit=10))
 
 
 def _command(*words: str | Path) -> str:
