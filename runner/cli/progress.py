@@ -139,13 +139,24 @@ class QuietObserver(Display):
     """Shows nothing; the summary is printed after the run."""
 
 
-class PlainObserver(Display):
-    """Plain lines for logs: notable events as they happen, progress per interval."""
+class _PeriodicDisplay(Display):
+    """A display that writes a progress record at most once per ``interval_s``."""
 
     def __init__(self, console: Console, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         super().__init__(console)
         self.interval_s = interval_s
         self._last_progress_s: float | None = None
+
+    def _progress_due(self, snap: RunSnapshot) -> bool:
+        last = self._last_progress_s
+        if last is not None and snap.elapsed_s - last < self.interval_s:
+            return False
+        self._last_progress_s = snap.elapsed_s
+        return True
+
+
+class PlainObserver(_PeriodicDisplay):
+    """Plain lines for logs: notable events as they happen, progress per interval."""
 
     def _event(self, event: RunEvent) -> None:
         if event.kind not in NOTABLE:
@@ -153,12 +164,8 @@ class PlainObserver(Display):
         self._line(f"[{_elapsed(event.elapsed_s)}] {event.kind.value:<14} {_event_text(event)}")
 
     def _snapshot(self, snap: RunSnapshot) -> None:
-        if (
-            self._last_progress_s is not None
-            and snap.elapsed_s - self._last_progress_s < self.interval_s
-        ):
+        if not self._progress_due(snap):
             return
-        self._last_progress_s = snap.elapsed_s
         self._line(f"[{_elapsed(snap.elapsed_s)}] {'progress':<14} {progress_line(snap)}")
 
 
@@ -174,13 +181,8 @@ def progress_line(snap: RunSnapshot) -> str:
     )
 
 
-class JsonObserver(Display):
+class JsonObserver(_PeriodicDisplay):
     """One JSON object per line: every event, and a progress record per interval."""
-
-    def __init__(self, console: Console, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
-        super().__init__(console)
-        self.interval_s = interval_s
-        self._last_progress_s: float | None = None
 
     def _emit(self, record: dict[str, Any]) -> None:
         record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **record}
@@ -202,12 +204,8 @@ class JsonObserver(Display):
         )
 
     def _snapshot(self, snap: RunSnapshot) -> None:
-        if (
-            self._last_progress_s is not None
-            and snap.elapsed_s - self._last_progress_s < self.interval_s
-        ):
+        if not self._progress_due(snap):
             return
-        self._last_progress_s = snap.elapsed_s
         self._emit(
             {
                 "type": "progress",

@@ -10,7 +10,7 @@ import functools
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
@@ -83,34 +83,6 @@ SHOT_COLUMNS = frozenset(
     }
 )
 
-ROW_COLUMNS = (
-    "shot_id",
-    "version",
-    "seq",
-    "mode",
-    "request_json",
-    "request_hash",
-    "output_path",
-    "price_uptc",
-    "max_attempts",
-    "state",
-    "attempts",
-    "task_id",
-    "video_url",
-    "poster_url",
-    "seed",
-    "poll_count",
-    "next_poll_at",
-    "not_before",
-    "submitted_at",
-    "rendered_at",
-    "bytes",
-    "sha256",
-    "prompt",
-    "error_kind",
-)
-ROW_SELECT = "SELECT " + ", ".join(ROW_COLUMNS) + " FROM shots"
-
 
 @dataclass
 class ShotRow:
@@ -152,6 +124,11 @@ class ShotRow:
         """The request body, decoded once per row (read-only: callers copy to change it)."""
         result: dict[str, Any] = json.loads(self.request_json)
         return result
+
+
+#: the columns of ``shots`` a :class:`ShotRow` holds, in its field order
+ROW_COLUMNS = tuple(f.name for f in fields(ShotRow))
+ROW_SELECT = "SELECT " + ", ".join(ROW_COLUMNS) + " FROM shots"
 
 
 @dataclass(frozen=True)
