@@ -14,7 +14,7 @@ import pytest
 from shots import make_shot
 
 from runner.errors import LedgerError, LedgerLocked, LedgerSchemaError
-from runner.ledger import AttemptOutcome, Ledger, open_ledger
+from runner.ledger import AttemptOutcome, EventKind, Ledger, open_ledger
 from runner.ledger.migrations import LATEST_VERSION, MIGRATIONS
 from runner.model import ShotState
 
@@ -336,47 +336,91 @@ async def test_write_failure_stops_further_writes(tmp_path: Path) -> None:
             await ledger.begin_attempt(row, attempt_no=1, trace_id="t", new_attempt=True)
 
 
-def _plan(con: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[str]:
-    return [r[3] for r in con.execute("EXPLAIN QUERY PLAN " + sql, params)]
+async def _every_ledger_statement(path: Path) -> list[str]:
+    """Every statement the Ledger's methods send, as SQLite ran it (parameters bound)."""
+    statements: list[str] = []
+    async with await open_ledger(path, writer=True) as ledger:
+        await ledger.connection.set_trace_callback(statements.append)
+        await ledger.sync_manifest([make_shot(f"s{i}") for i in range(50)])
+        await ledger.start_run()
+        row = await ledger.get_shot("s0")
+        assert row is not None
+        attempt = await ledger.begin_attempt(row, attempt_no=1, trace_id="t0", new_attempt=True)
+        await ledger.attempt_accepted("s0", attempt, "task-0", 100, next_poll_at=0.0)
+        await ledger.record_task_cost("s0", "task-0", refunded=True, points="1")
+        row = await ledger.get_shot("s1")
+        assert row is not None
+        attempt = await ledger.begin_attempt(row, attempt_no=1, trace_id="t1", new_attempt=True)
+        await ledger.attempt_finished(
+            "s1",
+            attempt,
+            AttemptOutcome.INVALID,
+            message="no",
+            http_status=400,
+            shot_fields={"state": ShotState.FAILED},
+            event=(EventKind.SHOT_FAILED, "no"),
+        )
+        await ledger.update_shot("s0", {"state": ShotState.DONE}, event=(EventKind.RETRY, "x"))
+        await ledger.record_upload("d" * 64, "https://x/y.png", 10, 1000)
+        await ledger.version_moved_aside("s0", 1, "s0.v1.mp4")
+        await ledger.adopt([])
+        await ledger.next_pending(after_seq=-1, limit=10)
+        await ledger.shots_in([ShotState.SUBMITTED, ShotState.RENDERED])
+        await ledger.counts_by_state()
+        await ledger.spent_uptc()
+        await ledger.remaining_cost()
+        await ledger.shot_ids_in([ShotState.FAILED])
+        await ledger.done_outputs()
+        await ledger.never_sent()
+        await ledger.looks_simulated(64)
+        await ledger.bytes_to_come()
+        await ledger.upload_url("d" * 64)
+        await ledger.sent_trace_id("s0", 1, 1)
+        await ledger.output_owner("s0.mp4")
+        await ledger.task_owner("task-0")
+        await ledger.in_manifest("s0")
+        await ledger.requeue(["s1"], "again")
+        await ledger.reroll("s0", 7)
+        await ledger.resolve("s2", "task-2")
+        await ledger.recover()
+        await ledger.add_event(EventKind.THROTTLED, None, "slow")
+        await ledger.end_run(0, {})
+        await ledger.connection.set_trace_callback(None)
+    return statements
+
+
+#: known: attempts has no index on task_id, so task_owner (``pixrun resolve``, once per
+#: command) reads every attempt; an index needs a schema migration (left to its own change)
+_KNOWN_ATTEMPTS_SCAN = "UNION SELECT shot_id FROM attempts WHERE task_id = 'task-0' LIMIT 1"
+
+#: tables small enough to read whole: a handful of settings, one row per uploaded image
+_SMALL_TABLES = ("meta", "uploads")
 
 
 async def test_every_runner_query_uses_an_index(tmp_path: Path) -> None:
+    """Every statement the Ledger sends that picks rows (WHERE) is served by an index;
+    only the manifest sync and its preview read every shot, having to compare each."""
     path = tmp_path / "b.ledger.sqlite"
-    async with await open_ledger(path, writer=True) as ledger:
-        await ledger.sync_manifest([make_shot(f"s{i}") for i in range(50)])
+    statements = await _every_ledger_statement(path)
     con = raw(path)
-    queries: list[tuple[str, tuple[object, ...]]] = [
-        (
-            "SELECT * FROM shots WHERE state = ? AND seq > ? AND in_manifest = 1 "
-            "ORDER BY seq LIMIT ?",
-            ("pending", -1, 10),
-        ),
-        ("SELECT * FROM shots WHERE state IN (?, ?) ORDER BY seq", ("submitted", "rendered")),
-        ("SELECT state, COUNT(*) FROM shots GROUP BY state", ()),
-        (
-            "SELECT COALESCE(SUM(charged_uptc), 0) FROM attempts WHERE outcome IN (?, ?)",
-            ("accepted", "resolved"),
-        ),
-        (
-            "SELECT shot_id, output_path, bytes FROM shots WHERE state = ? AND in_manifest = 1",
-            ("done",),
-        ),
-        (
-            "SELECT shot_id, sha256, version FROM shot_versions WHERE output_path = ? "
-            "AND sha256 IS NOT NULL ORDER BY archived_at DESC LIMIT 1",
-            ("a.mp4",),
-        ),
-        ("SELECT * FROM shots WHERE task_id = ?", ("t",)),
-        ("UPDATE attempts SET outcome = ? WHERE shot_id = ? AND outcome = ?", ("a", "b", "c")),
-        ("SELECT MAX(attempt_id) FROM attempts WHERE shot_id = ?", ("a",)),
-        ("SELECT shot_id FROM shots WHERE state IN (?) ORDER BY seq", ("failed",)),
-    ]
-    for sql, params in queries:
-        plan = _plan(con, sql, params)
-        table_steps = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
-        assert table_steps, (sql, plan)
+    checked = 0
+    for sql in dict.fromkeys(statements):
+        if "WHERE" not in sql.upper() or sql.upper().startswith(("BEGIN", "PRAGMA")):
+            continue
+        if sql.endswith(_KNOWN_ATTEMPTS_SCAN):
+            continue
+        plan = [r[3] for r in con.execute("EXPLAIN QUERY PLAN " + sql)]
+        table_steps = [
+            step
+            for step in plan
+            if step.startswith(("SCAN", "SEARCH"))
+            and step.split()[1] not in _SMALL_TABLES
+            and step != "SCAN CONSTANT ROW"
+        ]
+        checked += 1
         # every step reads through an index: no full scan of a table
-        assert all("INDEX" in step for step in table_steps), (sql, plan)
+        assert all("INDEX" in step or "PRIMARY KEY" in step for step in table_steps), (sql, plan)
+    assert checked >= 25, checked
 
 
 async def test_ledger_never_stores_the_api_key(
@@ -399,7 +443,7 @@ async def test_ledger_never_stores_the_api_key(
 
 def test_grouped_writes_keep_each_shots_order() -> None:
     """Batching may interleave shots, never reorder the writes about one shot."""
-    from runner.ledger import _grouped
+    from runner.ledger.batcher import grouped as _grouped
 
     def call(shot: str | None, *sqls: str) -> tuple[list[tuple[str, tuple[str, ...]]], Any, Any]:
         return ([(sql, (shot or "-", sql)) for sql in sqls], shot, None)

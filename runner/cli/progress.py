@@ -49,8 +49,9 @@ from runner.cli.views import (
     scrub,
 )
 from runner.errors import LedgerError
-from runner.ledger import default_ledger_path, open_ledger
-from runner.ledger.queries import ShotIssue, failed_shots, parked_shots
+from runner.ledger import default_ledger_path
+from runner.ledger.queries import ShotIssue
+from runner.ledger.views import issues_of
 from runner.model import ShotState
 from runner.money import format_ptc
 from runner.report import STATE_LABELS
@@ -58,8 +59,6 @@ from runner.run.events import RunEvent, RunSnapshot
 from runner.text import json_safe, plural
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from runner.run.batch import BatchOutcome
 
 __all__ = [
@@ -105,12 +104,7 @@ class Display:
     def __enter__(self) -> Display:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -146,13 +140,24 @@ class QuietObserver(Display):
     """Shows nothing; the summary is printed after the run."""
 
 
-class PlainObserver(Display):
-    """Plain lines for logs: notable events as they happen, progress per interval."""
+class _PeriodicDisplay(Display):
+    """A display that writes a progress record at most once per ``interval_s``."""
 
     def __init__(self, console: Console, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         super().__init__(console)
         self.interval_s = interval_s
         self._last_progress_s: float | None = None
+
+    def _progress_due(self, snap: RunSnapshot) -> bool:
+        last = self._last_progress_s
+        if last is not None and snap.elapsed_s - last < self.interval_s:
+            return False
+        self._last_progress_s = snap.elapsed_s
+        return True
+
+
+class PlainObserver(_PeriodicDisplay):
+    """Plain lines for logs: notable events as they happen, progress per interval."""
 
     def _event(self, event: RunEvent) -> None:
         if event.kind not in NOTABLE:
@@ -160,12 +165,8 @@ class PlainObserver(Display):
         self._line(f"[{_elapsed(event.elapsed_s)}] {event.kind.value:<14} {_event_text(event)}")
 
     def _snapshot(self, snap: RunSnapshot) -> None:
-        if (
-            self._last_progress_s is not None
-            and snap.elapsed_s - self._last_progress_s < self.interval_s
-        ):
+        if not self._progress_due(snap):
             return
-        self._last_progress_s = snap.elapsed_s
         self._line(f"[{_elapsed(snap.elapsed_s)}] {'progress':<14} {progress_line(snap)}")
 
 
@@ -181,13 +182,8 @@ def progress_line(snap: RunSnapshot) -> str:
     )
 
 
-class JsonObserver(Display):
+class JsonObserver(_PeriodicDisplay):
     """One JSON object per line: every event, and a progress record per interval."""
-
-    def __init__(self, console: Console, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
-        super().__init__(console)
-        self.interval_s = interval_s
-        self._last_progress_s: float | None = None
 
     def _emit(self, record: dict[str, Any]) -> None:
         record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **record}
@@ -209,12 +205,8 @@ class JsonObserver(Display):
         )
 
     def _snapshot(self, snap: RunSnapshot) -> None:
-        if (
-            self._last_progress_s is not None
-            and snap.elapsed_s - self._last_progress_s < self.interval_s
-        ):
+        if not self._progress_due(snap):
             return
-        self._last_progress_s = snap.elapsed_s
         self._emit(
             {
                 "type": "progress",
@@ -334,13 +326,7 @@ def _load_issues(ledger_path: Path) -> tuple[list[ShotIssue], int, list[ShotIssu
         asyncio.get_running_loop()
         return [], 0, [], 0  # called from inside a loop: no second loop here
 
-    async def load() -> tuple[list[ShotIssue], int, list[ShotIssue], int]:
-        async with await open_ledger(ledger_path, writer=False) as ledger:
-            failures, n_failed = await failed_shots(ledger, limit=10)
-            parked, n_parked = await parked_shots(ledger, limit=10)
-        return failures, n_failed, parked, n_parked
-
-    return asyncio.run(load())
+    return asyncio.run(issues_of(ledger_path, limit=10))
 
 
 def _command(*words: str | Path) -> str:

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
+# runner.batch (and with it aiohttp) is imported inside the commands that need it, so
+# that `pixrun status` and friends start fast.
+from runner import loops
 from runner.cli.options import (
     PTC,
     existing_ledger,
@@ -47,15 +50,6 @@ def _render_range(value: str) -> tuple[float, float]:
     if pair[0] < 0 or pair[1] < pair[0]:
         raise click.BadParameter(f"{value!r}: need 0 <= MIN <= MAX")
     return pair
-
-
-def _event_loop_runner() -> Any:
-    """uvloop's event loop where installed (several times less overhead per call)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
 
 
 def _ask(preview: RunPreview) -> Decision:
@@ -272,7 +266,7 @@ def run_cmd(
     # manifest can be freed once it is synced (flat memory at 100,000 shots)
     del loaded
     with observer:
-        outcome = _event_loop_runner()(batch)
+        outcome = loops.run(batch)
     # with --json-logs the summary is the last JSON line, so a log pipeline sees the end
     render_summary(outcome, console, manifest=manifest, mode="json" if json_logs else "text")
     sys.exit(outcome.result.exit_code)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import tempfile
 import time
-from contextlib import nullcontext, suppress
+from contextlib import aclosing, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +36,9 @@ from runner.cli.views import (
     status_renderable,
 )
 from runner.errors import UsageError
-from runner.ledger import open_ledger
-from runner.ledger.queries import ReportRow, StatusSummary, report_rows, status_summary
+from runner.fileio import PUBLIC_FILE_MODE, write_atomically
+from runner.ledger.queries import ReportRow, StatusSummary
+from runner.ledger.views import report_of, status_of, watch_status
 from runner.model import ShotState
 from runner.report import ContactSheetInfo, render_contact_sheet, to_csv, to_json
 from runner.text import json_safe, plural
@@ -72,38 +71,10 @@ def _output_dir(meta: dict[str, str], ledger_path: Path) -> Path | None:
     return path
 
 
-def _process_umask() -> int:
-    """The umask, read once when this module is imported.
-
-    ``os.umask`` can only be read by setting it, and it is process-wide: a thread that
-    creates a file between the set and the restore would get the wrong mode. At import
-    no other thread of ours runs, and a command never changes its umask afterwards.
-    """
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-
-#: the mode a file written for people gets: what ``open()`` would give it
-_FILE_MODE = 0o666 & ~_process_umask()
-
-
 def _write_file(path: Path, text: str) -> None:
-    """Write whole or not at all: a reader never sees half a report.
-
-    The file gets the mode the umask gives new files (``mkstemp`` makes it 0600).
-    """
+    """Write whole or not at all: a reader never sees half a report."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-                os.fchmod(fh.fileno(), _FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, text.encode("utf-8"), mode=PUBLIC_FILE_MODE)
     except OSError as exc:
         raise UsageError(
             f"cannot write {path}: {exc.strerror or exc}",
@@ -117,14 +88,14 @@ def _write_file(path: Path, text: str) -> None:
 async def _watch(
     path: Path, console: Console, fmt: str, interval_s: float, iterations: int | None
 ) -> None:
-    async with await open_ledger(path, writer=False) as ledger:
-        title = _title(await ledger.get_meta(), path)
-        live = fmt == "table" and console.is_terminal
-        shown = 0
+    live = fmt == "table" and console.is_terminal
+    shown = 0
+    async with aclosing(watch_status(path, interval_s)) as summaries:
+        summary = await anext(summaries)  # the ledger opens (or fails) before any display
+        title = _title(summary.meta, path)
         display_cm = Live(console=console, auto_refresh=False) if live else nullcontext(None)
         with display_cm as display:
             while True:
-                summary = await status_summary(ledger)
                 if display is not None:
                     display.update(status_renderable(summary, title), refresh=True)
                 elif fmt == "json":
@@ -135,13 +106,7 @@ async def _watch(
                 shown += 1
                 if iterations is not None and shown >= iterations:
                     return
-                await asyncio.sleep(interval_s)
-
-
-async def _status_once(path: Path) -> tuple[StatusSummary, str]:
-    async with await open_ledger(path, writer=False) as ledger:
-        summary = await status_summary(ledger)
-    return summary, _title(summary.meta, path)
+                summary = await anext(summaries)
 
 
 def _json(data: object, **dumps: Any) -> str:
@@ -184,7 +149,8 @@ def status_cmd(
         with suppress(KeyboardInterrupt):  # Ctrl-C is the way to stop watching
             asyncio.run(_watch(path, console, fmt, interval_s, iterations))
         return
-    summary, title = asyncio.run(_status_once(path))
+    summary = asyncio.run(status_of(path))
+    title = _title(summary.meta, path)
     if fmt == "json":
         click.echo(_json(status_dict(summary), indent=2))
     else:
@@ -192,15 +158,6 @@ def status_cmd(
 
 
 # -- report ------------------------------------------------------------------------------
-
-
-async def _report_data(
-    path: Path, states: set[ShotState] | None
-) -> tuple[list[ReportRow], StatusSummary]:
-    async with await open_ledger(path, writer=False) as ledger:
-        rows = await report_rows(ledger, states=states)
-        summary = await status_summary(ledger, issue_limit=1, event_limit=0)
-    return rows, summary
 
 
 def _states(state: tuple[str, ...], failed: bool) -> set[ShotState] | None:
@@ -242,7 +199,7 @@ def report_cmd(
 ) -> None:
     """One row per shot (table, csv, json), or the HTML contact sheet of every clip."""
     path = existing_ledger(manifest, ledger, simulated=simulate)
-    rows, summary = asyncio.run(_report_data(path, _states(state, failed)))
+    rows, summary = asyncio.run(report_of(path, _states(state, failed)))
     out_dir = _output_dir(summary.meta, path)
     if fmt == "html":
         target = _write_sheet(rows, summary, path, out_dir, output)

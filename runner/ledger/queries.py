@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from typing import Any
 
 from runner.errors import LedgerError
-from runner.ledger import META_PROVIDER, SPENT_PARAMS, SPENT_SQL, AttemptOutcome, Ledger
+from runner.ledger import SPENT_PARAMS, SPENT_SQL, AttemptOutcome, Ledger
+from runner.ledger.query_rows import (
+    EventRow,
+    ReportRow,
+    RunInfo,
+    ShotIssue,
+    StatusSummary,
+    is_simulated,
+)
 from runner.model import FINAL_STATES, ShotState, duration_seconds
 
 __all__ = [
@@ -57,155 +65,6 @@ _TO_CHARGE = (ShotState.PENDING.value, ShotState.SUBMITTING.value)
 _UNFINISHED = frozenset(ShotState) - FINAL_STATES - {ShotState.AMBIGUOUS}
 
 _FAILED_STATES = (ShotState.FAILED.value, ShotState.MODERATED.value)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """One row of the ``runs`` table."""
-
-    run_id: int
-    started_at: float
-    ended_at: float | None
-    pid: int
-    exit_code: int | None
-    summary: dict[str, Any] | None
-
-    @property
-    def active(self) -> bool:
-        """The run has not recorded its end and its process is alive on this machine.
-
-        A run killed with ``kill -9`` never records its end; its pid is gone, so it
-        shows as interrupted rather than running forever.
-        """
-        return self.ended_at is None and _pid_alive(self.pid)
-
-
-@dataclass(frozen=True)
-class ShotIssue:
-    """A shot that needs a person: failed for good, or parked as ambiguous."""
-
-    shot_id: str
-    state: ShotState
-    attempts: int
-    task_id: str | None
-    error_kind: str | None
-    message: str | None
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class EventRow:
-    """One row of the ``events`` table."""
-
-    event_id: int
-    at: float
-    kind: str
-    shot_id: str | None
-    message: str
-
-
-@dataclass(frozen=True)
-class StatusSummary:
-    """Where a batch stands, as ``pixrun status`` shows it.
-
-    Counts and money cover the shots of the current manifest; shots dropped from the
-    manifest are counted in ``removed`` only (their in-flight tasks still count in
-    ``in_flight``, since a run still collects them).
-    """
-
-    total: int
-    counts: dict[ShotState, int]
-    removed: int
-    in_flight: int
-    planned_uptc: int
-    spent_uptc: int
-    #: what pending (and mid-submit) shots will cost, at one attempt each
-    remaining_uptc: int
-    unknown_price: int
-    unknown_price_remaining: int
-    #: shots a run still has to finish (not final, not parked)
-    unfinished: int
-    done_in_window: int
-    window_s: float | None
-    done_per_min: float | None
-    eta_s: float | None
-    failures: list[ShotIssue]
-    failures_total: int
-    parked: list[ShotIssue]
-    parked_total: int
-    last_run: RunInfo | None
-    run_active: bool
-    recent_events: list[EventRow]
-    meta: dict[str, str] = field(default_factory=dict)
-    generated_at: float = 0.0
-
-    def count(self, *states: ShotState) -> int:
-        return sum(self.counts.get(s, 0) for s in states)
-
-    @property
-    def simulated(self) -> bool:
-        """The ledger's work went to the simulator (see :func:`is_simulated`)."""
-        return is_simulated(self.meta)
-
-
-def is_simulated(meta: Mapping[str, str]) -> bool:
-    """Whether the ledger's meta says its work went to the simulator.
-
-    Reads the :data:`~runner.ledger.META_PROVIDER` record; a ledger without it (older
-    than the record) or with a value that is not a JSON object was not simulated.
-    """
-    raw = meta.get(META_PROVIDER)
-    if not raw:
-        return False
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and record.get("simulated") is True
-
-
-@dataclass(frozen=True)
-class ReportRow:
-    """One shot as a report shows it."""
-
-    shot_id: str
-    version: int
-    mode: str
-    state: ShotState
-    prompt: str
-    model: str | None
-    quality: str | None
-    #: seconds; the ledger holds the request's spelling ("5", or "5s" for fusion)
-    duration: int | None
-    motion_mode: str | None
-    seed: int | None
-    attempts: int
-    price_uptc: int | None
-    charged_uptc: int
-    task_id: str | None
-    output_path: str
-    bytes: int | None
-    sha256: str | None
-    error_kind: str | None
-    error: str | None
-    poster_url: str | None
-    width: int | None
-    height: int | None
-    done_at: float | None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by someone else
-    except OSError:
-        return False
-    return True
 
 
 async def _fetchall(ledger: Ledger, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -340,18 +199,10 @@ def _throughput_window(run: RunInfo | None, now: float) -> tuple[float, float] |
 # -- the status view -----------------------------------------------------------------------
 
 
-@dataclass
-class _Tally:
-    counts: dict[ShotState, int] = field(default_factory=dict)
-    removed: int = 0
-    in_flight: int = 0
-    planned_uptc: int = 0
-    remaining_uptc: int = 0
-    unknown_price: int = 0
-    unknown_price_remaining: int = 0
-
-
-async def _tally(ledger: Ledger) -> _Tally:
+async def _tally(ledger: Ledger) -> tuple[dict[ShotState, int], Counter[str]]:
+    """Shots of the manifest per state, and the sums the status shows: ``removed``,
+    ``in_flight``, ``planned_uptc``, ``remaining_uptc``, ``unknown_price`` and
+    ``unknown_price_remaining``."""
     # One pass over the state index; in_manifest and price come from the row.
     rows = await _fetchall(
         ledger,
@@ -362,7 +213,8 @@ async def _tally(ledger: Ledger) -> _Tally:
         "COALESCE(SUM(in_manifest = 1 AND price_uptc IS NULL), 0) "
         "FROM shots GROUP BY state",
     )
-    tally = _Tally()
+    counts: dict[ShotState, int] = {}
+    sums: Counter[str] = Counter()
     for state_text, listed, dropped, price_uptc, unknown in rows:
         try:
             state = ShotState(state_text)
@@ -371,16 +223,16 @@ async def _tally(ledger: Ledger) -> _Tally:
                 f"the ledger {ledger.path} holds an unknown shot state {state_text!r}",
                 hint="it was written by a newer pixrun; upgrade pixrun",
             ) from exc
-        tally.counts[state] = int(listed)
-        tally.removed += int(dropped)
+        counts[state] = int(listed)
+        sums["removed"] += int(dropped)
         if state.at_provider:
-            tally.in_flight += int(listed) + int(dropped)
-        tally.planned_uptc += int(price_uptc)
-        tally.unknown_price += int(unknown)
+            sums["in_flight"] += int(listed) + int(dropped)
+        sums["planned_uptc"] += int(price_uptc)
+        sums["unknown_price"] += int(unknown)
         if state.value in _TO_CHARGE:
-            tally.remaining_uptc += int(price_uptc)
-            tally.unknown_price_remaining += int(unknown)
-    return tally
+            sums["remaining_uptc"] += int(price_uptc)
+            sums["unknown_price_remaining"] += int(unknown)
+    return counts, sums
 
 
 async def status_summary(
@@ -392,7 +244,7 @@ async def status_summary(
 ) -> StatusSummary:
     """Everything ``pixrun status`` shows, aggregated in SQL."""
     now = time.time() if now is None else now
-    tally = await _tally(ledger)
+    counts, sums = await _tally(ledger)
     spent = await spent_uptc(ledger)
     run = await last_run(ledger)
     window = _throughput_window(run, now)
@@ -404,7 +256,7 @@ async def status_summary(
         done_in_window = await _done_between(ledger, window[0], window[1])
         if window_s >= 1.0:
             done_per_min = done_in_window / (window_s / 60.0)
-    unfinished = sum(n for s, n in tally.counts.items() if s in _UNFINISHED)
+    unfinished = sum(n for s, n in counts.items() if s in _UNFINISHED)
     eta_s: float | None = None
     if done_per_min and run is not None and run.active:
         eta_s = unfinished / done_per_min * 60.0
@@ -413,15 +265,15 @@ async def status_summary(
     events = await recent_events(ledger, limit=event_limit)
     meta = await ledger.get_meta()
     return StatusSummary(
-        total=sum(tally.counts.values()),
-        counts=tally.counts,
-        removed=tally.removed,
-        in_flight=tally.in_flight,
-        planned_uptc=tally.planned_uptc,
+        total=sum(counts.values()),
+        counts=counts,
+        removed=sums["removed"],
+        in_flight=sums["in_flight"],
+        planned_uptc=sums["planned_uptc"],
         spent_uptc=spent,
-        remaining_uptc=tally.remaining_uptc,
-        unknown_price=tally.unknown_price,
-        unknown_price_remaining=tally.unknown_price_remaining,
+        remaining_uptc=sums["remaining_uptc"],
+        unknown_price=sums["unknown_price"],
+        unknown_price_remaining=sums["unknown_price_remaining"],
         unfinished=unfinished,
         done_in_window=done_in_window,
         window_s=window_s,
@@ -452,6 +304,20 @@ _REPORT_SELECT = (
 )
 
 
+_REPORT_FIELDS = tuple(f.name for f in fields(ReportRow))
+
+
+def _report_row(row: Sequence[Any]) -> ReportRow:
+    # _REPORT_SELECT names its columns in ReportRow's field order
+    values = dict(zip(_REPORT_FIELDS, row, strict=True))
+    values["version"] = int(values["version"])
+    values["state"] = ShotState(values["state"])
+    values["duration"] = duration_seconds(values["duration"])
+    values["attempts"] = int(values["attempts"])
+    values["charged_uptc"] = int(values["charged_uptc"])
+    return ReportRow(**values)
+
+
 async def report_rows(
     ledger: Ledger, *, states: Iterable[ShotState | str] | None = None
 ) -> list[ReportRow]:
@@ -466,34 +332,7 @@ async def report_rows(
         params.extend(wanted)
     sql += " ORDER BY seq"
     rows = await _fetchall(ledger, sql, params)
-    return [
-        ReportRow(
-            shot_id=r[0],
-            version=int(r[1]),
-            mode=r[2],
-            state=ShotState(r[3]),
-            prompt=r[4],
-            model=r[5],
-            quality=r[6],
-            duration=duration_seconds(r[7]),
-            motion_mode=r[8],
-            seed=r[9],
-            attempts=int(r[10]),
-            price_uptc=r[11],
-            charged_uptc=int(r[12]),
-            task_id=r[13],
-            output_path=r[14],
-            bytes=r[15],
-            sha256=r[16],
-            error_kind=r[17],
-            error=r[18],
-            poster_url=r[19],
-            width=r[20],
-            height=r[21],
-            done_at=r[22],
-        )
-        for r in rows
-    ]
+    return [_report_row(r) for r in rows]
 
 
 async def hashes_and_states(ledger: Ledger) -> dict[str, tuple[str, ShotState]]:

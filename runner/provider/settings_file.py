@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import os
-import tempfile
 import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ import platformdirs
 import tomli_w
 
 from runner.errors import UsageError
+from runner.fileio import write_atomically
 
 ENV_CONFIG = "PIXRUN_CONFIG"
 _TABLE = "providers"
@@ -104,23 +104,13 @@ def save_settings(base_url: str, settings: Mapping[str, Any]) -> Path:
     table.update({k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
     tables[base_url.rstrip("/")] = table
     doc[_TABLE] = tables
-    _write_atomically(path, tomli_w.dumps(doc).encode("utf-8"))
+    _write_settings(path, tomli_w.dumps(doc).encode("utf-8"))
     return path
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_settings(path: Path, data: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data)  # 0600: the settings are the user's own
     except OSError as exc:
         raise UsageError(
             f"cannot write the settings file {path}: {exc.strerror or exc}",

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
+from runner.loops import new_event_loop
 from runner.sim.config import SimConfig
 from runner.sim.server import Simulator
 
@@ -20,16 +20,6 @@ T = TypeVar("T")
 
 #: how long a call into the simulator's thread may take before we give up
 CALL_TIMEOUT_S = 30.0
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop where installed: the simulator keeps up with a fast runner."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 class SimulatorThread:
@@ -56,7 +46,7 @@ class SimulatorThread:
         """Start the loop thread and the server; the base URL."""
         if self._thread is not None:
             raise RuntimeError("already started")
-        loop = _new_loop()
+        loop = new_event_loop()  # uvloop's where installed: keeps up with a fast runner
         ready = threading.Event()
 
         def run() -> None:
@@ -111,10 +101,5 @@ class SimulatorThread:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
