@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
+from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 STD_TAG_PREFIX = "tag:yaml.org,2002:"
@@ -146,3 +146,29 @@ class SourceMap:
                 break
             node = best = child
         return best.start_mark.line + 1, best.start_mark.column + 1
+
+
+def ordered_pairs(tag: str, mark: Any, items: list[Any], marks: list[Any]) -> list[Any] | Exception:
+    """The (key, value) pairs of ``!!omap`` / ``!!pairs`` items, or why they are not
+    one-entry mappings (in SafeConstructor's words)."""
+    if tag.endswith("omap"):
+        context = "while constructing an ordered map"
+    else:
+        context = "while constructing pairs"
+    out: list[Any] = []
+    for item, item_mark in zip(items, marks, strict=True):
+        entries = dict.fromkeys(item) if isinstance(item, set) else item  # !!set: a mapping
+        if not isinstance(entries, dict):
+            found = "sequence" if isinstance(entries, list) else "scalar"
+            return ConstructorError(
+                context, mark, f"expected a mapping of length 1, but found {found}", item_mark
+            )
+        if len(entries) != 1:
+            return ConstructorError(
+                context,
+                mark,
+                f"expected a single mapping item, but found {len(entries)} items",
+                item_mark,
+            )
+        out.extend(entries.items())
+    return out

@@ -35,7 +35,6 @@ from typing import Any
 
 import yaml
 from yaml.composer import ComposerError
-from yaml.constructor import ConstructorError
 from yaml.events import (
     AliasEvent,
     MappingEndEvent,
@@ -75,6 +74,7 @@ from runner.manifest.yaml_common import (
     SourceMap,
     YamlIssue,
     compose,
+    ordered_pairs,
 )
 
 __all__ = ["Mark", "Parsed", "PathPart", "SourceMap", "YamlIssue", "compose", "parse"]
@@ -334,7 +334,7 @@ class _Builder:
         items = self._sequence(start, path, depth, marks, anchored=False)
         if empty is None:
             return None
-        pairs = _pairs(tag, start.start_mark, items, marks)
+        pairs = ordered_pairs(tag, start.start_mark, items, marks)
         if not isinstance(pairs, Exception):
             empty.extend(pairs)
             return empty
@@ -586,29 +586,3 @@ class _Builder:
 
     def _issue(self, mark: Any, path: Path_, message: str, hint: str) -> None:
         self.issues.append(YamlIssue(message, hint, mark.line + 1, mark.column + 1, path))
-
-
-def _pairs(tag: str, mark: Any, items: list[Any], marks: list[Any]) -> list[Any] | Exception:
-    """The (key, value) pairs of ``!!omap`` / ``!!pairs`` items, or why they are not
-    one-entry mappings (in SafeConstructor's words)."""
-    if tag.endswith("omap"):
-        context = "while constructing an ordered map"
-    else:
-        context = "while constructing pairs"
-    out: list[Any] = []
-    for item, item_mark in zip(items, marks, strict=True):
-        entries = dict.fromkeys(item) if isinstance(item, set) else item  # !!set: a mapping
-        if not isinstance(entries, dict):
-            found = "sequence" if isinstance(entries, list) else "scalar"
-            return ConstructorError(
-                context, mark, f"expected a mapping of length 1, but found {found}", item_mark
-            )
-        if len(entries) != 1:
-            return ConstructorError(
-                context,
-                mark,
-                f"expected a single mapping item, but found {len(entries)} items",
-                item_mark,
-            )
-        out.extend(entries.items())
-    return out
