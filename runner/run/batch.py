@@ -189,7 +189,8 @@ async def run_batch(
                     # the response family the provider answered in, for `status` and for
                     # whoever compares ledgers (it is detected, never configured)
                     identity = {**identity, "dialect": provider.dialect}
-                    await ledger.set_meta({META_PROVIDER: json.dumps(identity, sort_keys=True)})
+                    with contextlib.suppress(LedgerError):  # a ledger that failed: told below
+                        await ledger.set_meta({META_PROVIDER: json.dumps(identity, sort_keys=True)})
                 # held changes are work the person still has to agree to: not a clean run
                 result.exit_code = exit_code_for(
                     result.stop_reason, result.counts, held_changed=len(hold)
