@@ -11,6 +11,9 @@ Invariants:
 - Every reading of an answer goes through :func:`runner.provider.probe.classify`, the
   one rule for "this route exists" (and never through a guess of our own).
 - Nothing prints, and every HTTP call goes through runner/provider/probe.py.
+
+Size: about 550 lines, one module: the checks share one probe session and one report;
+the spend check is in runner/doctor_spend.py.
 """
 
 from __future__ import annotations

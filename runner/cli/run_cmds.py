@@ -1,4 +1,8 @@
-"""``pixrun run``, ``pixrun retry`` and ``pixrun resolve``: parse, call runner.run.batch, exit."""
+"""``pixrun run``, ``pixrun retry`` and ``pixrun resolve``: parse, call runner.run.batch, exit.
+
+Size: about 400 lines, most of them option declarations of three commands that share
+the provider settings; the work is in runner/run/.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ came from a manifest, the provider or the ledger goes through :func:`clean` befo
 shown: the API key is removed should any message ever echo it, and control characters
 are dropped, so no escape sequence reaches the terminal (:func:`runner.text.printable`).
 Texts that go into rich markup are escaped as well.
+
+Size: about 460 lines of rendering (board, status, tables), one display vocabulary.
 """
 
 from __future__ import annotations
