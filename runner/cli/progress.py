@@ -15,6 +15,8 @@ a closed pipe, goes silent; the run goes on), and every text it prints went thro
 :func:`runner.cli.views.clean` (JSON lines: :func:`runner.cli.views.scrub` and
 :func:`runner.text.json_safe`), so neither the API key nor a terminal escape sequence
 from a prompt or a provider message can reach a terminal or a log.
+
+Size: about 520 lines: four displays of one event stream and the summary they end with.
 """
 
 from __future__ import annotations
