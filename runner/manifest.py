@@ -38,7 +38,15 @@ from runner.contract import DEFAULT_MOTION_MODE, URL_PREFIXES, default_rules, du
 from runner.errors import ManifestError, Problem, UsageError
 from runner.expand import SAFE_ID, Draft, Expander
 from runner.images import ImageChecker
-from runner.model import Manifest, OutputSettings, PollSettings, RunSettings, Shot, SourceMark
+from runner.model import (
+    CallbackSettings,
+    Manifest,
+    OutputSettings,
+    PollSettings,
+    RunSettings,
+    Shot,
+    SourceMark,
+)
 from runner.pricing import PriceTable, default_price_table, price_of
 from runner.rules import Rules
 from runner.schema import schema_of
@@ -392,6 +400,7 @@ class _Reader:
             poll=poll,
             stall_timeout_s=float(pick("stall_timeout_s", base.stall_timeout_s)),
             outage_timeout_s=float(pick("outage_timeout_s", base.outage_timeout_s)),
+            callback=_callback_settings(pick("callback", None)),
         )
 
     # ---- images -------------------------------------------------------------------
@@ -670,3 +679,11 @@ class _Reader:
 
     def _content_id(self, uri: str) -> str:
         return self.images.content_id(Path(unquote(urlsplit(uri).path)))
+
+
+def _callback_settings(section: Any) -> CallbackSettings | None:
+    """``run.callback`` (the schema has checked its shape)."""
+    if not isinstance(section, dict) or not isinstance(section.get("listen"), str):
+        return None
+    url = section.get("url")
+    return CallbackSettings(listen=section["listen"], url=url if isinstance(url, str) else None)

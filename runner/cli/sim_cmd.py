@@ -244,6 +244,38 @@ SECONDS = click.FloatRange(0.0, min_open=False)
     help="Every video URL points at a dead host: downloads never work.",
 )
 @click.option(
+    "--callback/--no-callback",
+    "callbacks",
+    default=False,
+    show_default=True,
+    help="POST to each generate request's callback URL when its render ends.",
+)
+@click.option(
+    "--callback-lost-share",
+    type=SHARE,
+    default=0.0,
+    help="With --callback: share of callbacks never sent.",
+)
+@click.option(
+    "--callback-delay-s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="With --callback: seconds between a render's end and its callback.",
+)
+@click.option(
+    "--callback-duplicate-share",
+    type=SHARE,
+    default=0.0,
+    help="With --callback: share of callbacks sent twice.",
+)
+@click.option(
+    "--callback-forged-share",
+    type=SHARE,
+    default=0.0,
+    help="With --callback: share of tasks that also get a forged callback halfway "
+    "through the render (right host; a wrong secret or an unknown task).",
+)
+@click.option(
     "--state-path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,

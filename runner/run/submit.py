@@ -33,6 +33,7 @@ from runner.ledger import AttemptOutcome, EventKind
 from runner.model import ErrorKind, ShotState
 from runner.provider import trace_id_for
 from runner.run import crashpoints
+from runner.run.callbacks import CallbackHub
 from runner.run.context import Job, RunContext
 from runner.run.crashpoints import CrashPoint
 from runner.run.events import RunEventKind
@@ -157,9 +158,15 @@ class Submitter:
     """Sends a shot's generate call (once per attempt, retried as its outcome says)."""
 
     def __init__(
-        self, ctx: RunContext, transitions: Transitions, health: Health, uploads: ImageUploads
+        self,
+        ctx: RunContext,
+        transitions: Transitions,
+        health: Health,
+        uploads: ImageUploads,
+        callbacks: CallbackHub | None = None,
     ) -> None:
         self._ctx = ctx
+        self._callbacks = callbacks
         self._tr = transitions
         self._health = health
         self._uploads = uploads
@@ -244,6 +251,10 @@ class Submitter:
                     await self._not_sent(job, attempt_id)
                     return None
                 body = await self._uploads.prepare(row.request)
+                if self._callbacks is not None:
+                    # added at send time, like uploaded image URLs: the stored request
+                    # (and its hash) stays without it
+                    body = {**body, "callback": self._callbacks.url_for(job, attempt_no)}
                 return attempt_id, await ctx.provider.generate(body, trace_id=trace_id)
         except ProviderError as exc:
             return attempt_id, exc
@@ -273,7 +284,7 @@ class Submitter:
         self._health.ok()
         self._ambiguous_streak = 0
         ctx.tally.charge(row.price_uptc or 0)
-        await self._tr.accepted(row, attempt_id, task_id, time.time() + ctx.planner.first_delay_s())
+        await self._tr.accepted(row, attempt_id, task_id, time.time() + ctx.first_poll_delay_s())
         job.accepted_mono = time.monotonic()
 
     async def _failed(self, job: Job, attempt_id: int, exc: ProviderError) -> bool:
