@@ -341,3 +341,49 @@ def test_sim_refuses_a_bad_callback_share(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, explain(result)
     assert "--callback-lost-share" in result.stderr
+
+
+# -- pixrun doctor -----------------------------------------------------------------------
+
+
+def test_doctor_proves_the_receiver_reachable_from_this_machine_only(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    args = ["doctor", "--format", "json", "--callback-listen", "127.0.0.1:0"]
+    result = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    receiver = checks["callback receiver"]
+    assert receiver["result"] == "ok"
+    assert "reached the receiver" in receiver["found"]
+    assert "only the provider can prove" in receiver["fix"]
+    assert sim.stats(with_tasks=False)["accepted_tasks"] == 0
+
+
+def test_doctor_says_when_the_public_url_does_not_reach_the_receiver(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    elsewhere = f"{sim.base_url}/not-the-receiver"  # a host that answers, but is not it
+    args = ["doctor", "--format", "json", "--callback-listen", "127.0.0.1:0"]
+    result = pixrun([*args, "--callback-url", elsewhere], env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == 2, explain(result)
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["callback receiver"]["result"] == "fail"
+    assert "HTTP 404" in checks["callback receiver"]["found"]
+    assert "never reached the receiver" in checks["callback receiver"]["found"]
+    assert "callback receiver" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_callbacks_that_never_arrive_are_said_once_and_polling_collects_everything(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread(render_time_s=RENDER_S, callbacks=True, callback_lost_share=1.0)
+    batch = batch_with(tmp_path, 40)
+    result = pixrun(run_args(batch, *LISTEN), env_for(sim.base_url), cwd=batch.dir)
+    assert result.returncode == 0, explain(result)
+    assert_all_done_once(batch, sim.stats())
+    said = query(batch.ledger, "SELECT message FROM events WHERE kind = 'callbacks_silent'")
+    assert len(said) == 1 and "no callback has arrived" in said[0][0]

@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -89,6 +90,8 @@ class CallbackHub:
         self._refused = TokenBucket(REFUSED_PER_S, REFUSED_BURST)
         self._samples = 0
         self._shapes: set[str] = set()
+        #: ``pixrun doctor``'s probes: token -> set when it arrived
+        self._probes: dict[str, asyncio.Event] = {}
 
     # -- the URLs ----------------------------------------------------------------------
 
@@ -102,6 +105,12 @@ class CallbackHub:
         token = self.token_for(job.row.shot_id, job.row.version, attempt_no)
         self._watch(job, token)
         return f"{self.public_url}/{self._secret}/{token}"
+
+    def probe_url(self) -> tuple[str, asyncio.Event]:
+        """A throwaway callback URL and the event its arrival sets (``pixrun doctor``)."""
+        token = secrets.token_hex(16)
+        arrived = self._probes[token] = asyncio.Event()
+        return f"{self.public_url}/{self._secret}/{token}", arrived
 
     def watch(self, job: Job) -> None:
         """The job's task is in flight (its attempt is ``row.attempts``)."""
@@ -149,6 +158,10 @@ class CallbackHub:
         """A POST on the secret path: wake the task's poller. The HTTP status."""
         job = self._in_flight.get(token)
         if job is None:
+            if token in self._probes:
+                self.counts["probe"] += 1
+                self._probes[token].set()
+                return 200
             if token in self._ended:
                 self.counts["late"] += 1
                 return 200

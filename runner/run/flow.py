@@ -236,14 +236,13 @@ class CallbackPolicy:
     gone silent, tasks are polled as the planner says. While callbacks arrive, a task
     is polled only at a few late points of the learned render-time distribution (more
     of them while a larger share of renders is found by polls, i.e. callbacks get
-    lost), then backing off geometrically past the slowest render seen.
+    lost: five of its eight quantile points at a fifth lost), then backing off
+    geometrically past the slowest render seen.
     """
 
-    #: quantiles polled while callbacks arrive (then the top of the distribution)
-    SPARSE = (0.9,)
-    DENSE = (0.6, 0.8, 0.95)
-    #: above this share of renders found by polls, poll at the DENSE points
-    DENSE_ABOVE_MISS_SHARE = 0.03
+    #: quantile points polled: 1 (the top eighth) + this x the share of renders found by
+    #: polls rather than callbacks, up to the planner's whole grid
+    POINTS_PER_MISS_SHARE = 3 * (PollPlanner.GRID - 1)
     #: renders found finished by polls since the last callback before callbacks count
     #: as silent (and that long without one: see ``silence_s``)
     SILENT_AFTER_POLLED = 5
@@ -305,8 +304,12 @@ class CallbackPolicy:
     # -- when to poll ------------------------------------------------------------------
 
     def _points(self) -> list[float]:
-        dense = self.miss_share() > self.DENSE_ABOVE_MISS_SHARE
-        shares = self.DENSE if dense else self.SPARSE
+        """When to poll: the top ``k`` of the planner's quantile points (more of them
+        the more callbacks get lost: a lost one waits for the next point), then just
+        past the slowest render seen."""
+        grid = PollPlanner.GRID
+        k = min(grid, 1 + round(self.POINTS_PER_MISS_SHARE * self.miss_share()))
+        shares = [1 - j / grid for j in range(k, 0, -1)]
         return [*(self.planner.quantile_s(q) for q in shares), self.planner.top_s()]
 
     def first_delay_s(self) -> float:
