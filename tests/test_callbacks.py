@@ -387,3 +387,11 @@ def test_callbacks_that_never_arrive_are_said_once_and_polling_collects_everythi
     assert_all_done_once(batch, sim.stats())
     said = query(batch.ledger, "SELECT message FROM events WHERE kind = 'callbacks_silent'")
     assert len(said) == 1 and "no callback has arrived" in said[0][0]
+
+
+def test_the_manifest_callback_section_is_checked(tmp_path: Path) -> None:
+    batch = batch_with(tmp_path, 1, callback={"url": "ftp://example.com/cb"})
+    result = pixrun(["validate", str(batch.manifest)], env_for(None), cwd=tmp_path)
+    assert result.returncode == 2, explain(result)
+    text = " ".join((result.stdout + result.stderr).split())
+    assert "run.callback" in text and "listen" in text

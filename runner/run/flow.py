@@ -236,13 +236,13 @@ class CallbackPolicy:
     gone silent, tasks are polled as the planner says. While callbacks arrive, a task
     is polled only at a few late points of the learned render-time distribution (more
     of them while a larger share of renders is found by polls, i.e. callbacks get
-    lost: five of its eight quantile points at a fifth lost), then backing off
+    lost: six of its eight quantile points at a fifth lost), then backing off
     geometrically past the slowest render seen.
     """
 
     #: quantile points polled: 1 (the top eighth) + this x the share of renders found by
-    #: polls rather than callbacks, up to the planner's whole grid
-    POINTS_PER_MISS_SHARE = 3 * (PollPlanner.GRID - 1)
+    #: polls rather than callbacks, up to the planner's whole grid (6 of 8 at a fifth)
+    POINTS_PER_MISS_SHARE = 25
     #: renders found finished by polls since the last callback before callbacks count
     #: as silent (and that long without one: see ``silence_s``)
     SILENT_AFTER_POLLED = 5
