@@ -150,9 +150,9 @@ def batch_span_s(ledger: Path) -> float:
 #: pixrun flags (a receiver on a free port, reached at its own address)
 MAKESPAN_MODES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "polling_only": ({}, ()),
-    "callbacks": ({"callbacks": True}, ("--callback-listen", "127.0.0.1:0")),
+    "callbacks": ({"callback": True}, ("--callback-listen", "127.0.0.1:0")),
     "callbacks_20pct_lost": (
-        {"callbacks": True, "callback_lost_share": 0.2},
+        {"callback": True, "callback_lost_share": 0.2},
         ("--callback-listen", "127.0.0.1:0"),
     ),
 }

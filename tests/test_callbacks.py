@@ -228,7 +228,7 @@ def test_callbacks_need_far_fewer_fetches_than_polling(
 ) -> None:
     fetches = {}
     for name, flags in (("polling", ()), ("callbacks", LISTEN)):
-        sim = sim_thread(render_time_s=RENDER_S, callbacks=True)
+        sim = sim_thread(render_time_s=RENDER_S, callback=True)
         # few in flight: the first of them are polled in full (no callback has come yet)
         batch = batch_with(tmp_path / name, 40, concurrency=4)
         result = pixrun(run_args(batch, *flags), env_for(sim.base_url), cwd=batch.dir)
@@ -245,7 +245,7 @@ def test_the_stored_request_carries_no_callback(tmp_path: Path, sim_thread: SimT
     async def hook(body: Any, headers: Any) -> None:
         sent.append(str(body.get("callback")))
 
-    sim = sim_thread(callbacks=True, generate_hook=hook)
+    sim = sim_thread(callback=True, generate_hook=hook)
     batch = batch_with(tmp_path, 3)
     result = pixrun(run_args(batch, *LISTEN), env_for(sim.base_url), cwd=batch.dir)
     assert result.returncode == 0, explain(result)
@@ -273,7 +273,7 @@ def test_faulty_callbacks_end_with_every_shot_done_and_paid_once(
     knobs: dict[str, float],
     counted: tuple[str, ...],
 ) -> None:
-    sim = sim_thread(render_time_s=RENDER_S, callbacks=True, seed=7, **knobs)
+    sim = sim_thread(render_time_s=RENDER_S, callback=True, seed=7, **knobs)
     # the manifest's run.callback this time (the command line has none)
     batch = batch_with(tmp_path, 16, callback={"listen": "127.0.0.1:0"})
     result = pixrun(run_args(batch), env_for(sim.base_url), cwd=batch.dir)
@@ -290,7 +290,7 @@ def test_faulty_callbacks_end_with_every_shot_done_and_paid_once(
 def test_a_rerun_after_a_kill_collects_tasks_whose_callbacks_were_lost(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
-    sim = sim_thread(render_time_s=(1.5, 2.0), callbacks=True)
+    sim = sim_thread(render_time_s=(1.5, 2.0), callback=True)
     batch = batch_with(tmp_path, 6)
     running = start(run_args(batch, *LISTEN), env_for(sim.base_url), cwd=batch.dir, tag="first")
     wait_until(
@@ -380,7 +380,7 @@ def test_doctor_says_when_the_public_url_does_not_reach_the_receiver(
 def test_callbacks_that_never_arrive_are_said_once_and_polling_collects_everything(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
-    sim = sim_thread(render_time_s=RENDER_S, callbacks=True, callback_lost_share=1.0)
+    sim = sim_thread(render_time_s=RENDER_S, callback=True, callback_lost_share=1.0)
     batch = batch_with(tmp_path, 40)
     result = pixrun(run_args(batch, *LISTEN), env_for(sim.base_url), cwd=batch.dir)
     assert result.returncode == 0, explain(result)

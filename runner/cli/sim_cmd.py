@@ -245,7 +245,6 @@ SECONDS = click.FloatRange(0.0, min_open=False)
 )
 @click.option(
     "--callback/--no-callback",
-    "callbacks",
     default=False,
     show_default=True,
     help="POST to each generate request's callback URL when its render ends.",

@@ -127,7 +127,7 @@ async def provider_for(
             api_key=SIM_API_KEY,
             render_time_s=simulate.render_time_s,
             seed=simulate.seed,
-            callbacks=simulate.callbacks,
+            callback=simulate.callbacks,
             state_path=None if ledger_path is None else sim_state_path(ledger_path),
         )
     )

@@ -174,6 +174,13 @@ class Submitter:
 
     async def submit(self, job: Job) -> None:
         """Submit until accepted, given up for this run, or stopped."""
+        try:
+            await self._submit(job)
+        finally:
+            if self._callbacks is not None and job.row.state != ShotState.SUBMITTED:
+                self._callbacks.ended(job)  # no task: its callback URL names nothing
+
+    async def _submit(self, job: Job) -> None:
         ctx, row = self._ctx, job.row
         same = row.attempts > 0 and row.error_kind in SAME_ATTEMPT_KINDS
         attempt_no = row.attempts if same else row.attempts + 1

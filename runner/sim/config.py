@@ -109,7 +109,7 @@ class SimConfig:
     #: every video URL points at a dead host (a download that never works)
     dead_urls_always: bool = False
     #: POST to a generate request's ``callback`` URL when its render ends
-    callbacks: bool = False
+    callback: bool = False
     #: share of callbacks never sent
     callback_lost_share: float = 0.0
     #: seconds between a render's end and its callback

@@ -242,7 +242,7 @@ class Simulator:
             return refused
         task = self._accept(body, trace_id)
         callback = body.get("callback")
-        if cfg.callbacks and isinstance(callback, str) and callback.startswith("http"):
+        if cfg.callback and isinstance(callback, str) and callback.startswith("http"):
             self._schedule_callbacks(task, callback)
         if books.chance(cfg.lost_generate_share):
             books.faults["lost_generate"] += 1
