@@ -151,6 +151,10 @@ class DoctorReport:
             )
         return UsageError(f"pixrun doctor: {names} failed", hint=fixes or None)
 
+    def with_check(self, check: Check) -> DoctorReport:
+        """The report with one more check at the end."""
+        return replace(self, checks=(*self.checks, check))
+
     def with_saved(self, saved: Mapping[str, str], where: Path) -> DoctorReport:
         """The report once ``saved`` is in the settings file: a check that those
         settings fix passes, saying so."""

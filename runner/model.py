@@ -115,6 +115,17 @@ class RunSettings:
     stall_timeout_s: float = 900.0
     #: a provider that answered and then went away is waited for this long
     outage_timeout_s: float = 6 * 3600.0
+    #: where the provider's callbacks are received; None: poll only
+    callback: CallbackSettings | None = None
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    """Where pixrun's callback receiver binds (``listen``, ``HOST:PORT``) and the
+    public address the provider POSTs to (``url``; None: ``http://<listen>``)."""
+
+    listen: str
+    url: str | None = None
 
 
 @dataclass(frozen=True)

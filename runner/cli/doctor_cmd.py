@@ -108,6 +108,17 @@ def _table(report: DoctorReport) -> Table:
     help="With --spend: where the video and the raw answers go "
     "(default: ./pixrun-doctor-<UTC time>).",
 )
+@click.option(
+    "--callback-listen",
+    metavar="HOST:PORT",
+    help="Also start the callback receiver here briefly and check it is reachable.",
+)
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    help="With --callback-listen: the receiver's public address to check "
+    "(default http://HOST:PORT).",
+)
 def doctor_cmd(
     manifest: Path | None,
     base_url: str | None,
@@ -117,6 +128,8 @@ def doctor_cmd(
     spend: bool,
     yes: bool,
     save_dir: Path | None,
+    callback_listen: str | None,
+    callback_url: str | None,
 ) -> None:
     """Check the key, the provider's routes and this machine; free unless --spend.
 
@@ -135,7 +148,12 @@ def doctor_cmd(
     output_dir, ledger_dir = _folders(manifest)
     if spend:
         _confirm_spend(yes, err)
+    receiver = _callback_options(callback_listen, callback_url)
     report = asyncio.run(diagnose(config, output_dir=output_dir, ledger_dir=ledger_dir))
+    if receiver is not None:
+        from runner.doctor_callback import check_callback_receiver
+
+        report = report.with_check(asyncio.run(check_callback_receiver(*receiver)))
     saved_to: Path | None = None
     if save and report.working:
         saved_to = save_settings(config.base_url, report.working)
@@ -159,6 +177,20 @@ def doctor_cmd(
     if fmt == "table" and not spend:
         out.print("free: no task was created, nothing was charged")
     sys.exit(ExitCode.OK)
+
+
+def _callback_options(listen: str | None, url: str | None) -> tuple[str, int, str | None] | None:
+    from runner.run.callbacks import check_public_url, parse_listen
+
+    if listen is None:
+        if url is not None:
+            raise UsageError(
+                "--callback-url needs --callback-listen (where the receiver binds)",
+                hint="pixrun doctor --callback-listen 0.0.0.0:8787 --callback-url URL",
+            )
+        return None
+    host, port = parse_listen(listen)
+    return host, port, check_public_url(url) if url else None
 
 
 def _print_report(out: Console, report: DoctorReport, saved_to: Path | None, save: bool) -> None:

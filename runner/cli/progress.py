@@ -403,6 +403,7 @@ def _summary_json(
         "simulated": outcome.simulated,
         "held_changed": list(outcome.held_changed),
         "adopted": len(outcome.adopted),
+        "callbacks": dict(result.callbacks),
     }
     console.file.write(scrub(json_safe(json.dumps(record, ensure_ascii=False))) + "\n")
     console.file.flush()
@@ -449,6 +450,9 @@ def _summary_lines(
     lines.append(Text.assemble(("  spent   ", "dim"), f"{format_ptc(result.spent_uptc)} PTC"))
     lines.append(Text.assemble(("  files   ", "dim"), str(outcome.output_dir)))
     lines.append(Text.assemble(("  ledger  ", "dim"), str(outcome.ledger_path)))
+    if result.callbacks:
+        seen = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.callbacks.items()))
+        lines.append(Text.assemble(("  callbacks  ", "dim"), seen))
     if n_failed:
         lines.append(Text(f"{n_failed} failed", style="bold red"))
         lines += _issue_lines(failures)

@@ -183,6 +183,18 @@ def _provider_settings(func: Any) -> Any:
     },
     is_flag=True,
 )
+@click.option(
+    "--callback-listen",
+    metavar="HOST:PORT",
+    help="Receive the provider's callbacks here (overrides run.callback.listen): a "
+    "finished render is then collected at once and polled only as a safety net.",
+)
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    help="The public address of the receiver, as the provider reaches it (a reverse "
+    "proxy or tunnel; default http://HOST:PORT of --callback-listen).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
@@ -209,6 +221,8 @@ def run_cmd(
     skip_space_check: bool,
     switch_provider: bool,
     force: bool,
+    callback_listen: str | None,
+    callback_url: str | None,
     yes: bool,
     quiet: bool,
     json_logs: bool,
@@ -246,6 +260,8 @@ def run_cmd(
         provider_options=_provider_options(provider_options),
         unreachable_grace_s=unreachable_grace_s,
         download_give_up_s=download_give_up_s,
+        callback_listen=callback_listen,
+        callback_url=callback_url,
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")

@@ -191,6 +191,37 @@ def _knob_options(func: Any) -> Any:
     help="Price table (JSON) to charge by. Default: the packaged table.",
 )
 @click.option(
+    "--callback/--no-callback",
+    default=False,
+    show_default=True,
+    help="POST to each generate request's callback URL when its render ends.",
+)
+@click.option(
+    "--callback-lost-share",
+    type=SHARE,
+    default=0.0,
+    help="With --callback: share of callbacks never sent.",
+)
+@click.option(
+    "--callback-delay-s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="With --callback: seconds between a render's end and its callback.",
+)
+@click.option(
+    "--callback-duplicate-share",
+    type=SHARE,
+    default=0.0,
+    help="With --callback: share of callbacks sent twice.",
+)
+@click.option(
+    "--callback-forged-share",
+    type=SHARE,
+    default=0.0,
+    help="With --callback: share of tasks that also get a forged callback halfway "
+    "through the render (right host; a wrong secret or an unknown task).",
+)
+@click.option(
     "--state-path",
     type=FILE,
     help="Keep the books in this file (one JSON line per change) and replay it on start: "

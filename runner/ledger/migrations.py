@@ -132,6 +132,12 @@ ALTER TABLE shots ADD COLUMN seed_override INTEGER;     -- pixrun retry --new-se
 ALTER TABLE shots ADD COLUMN override_base_hash TEXT;   -- the manifest request it re-rolls
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+#: v3: the ledger's private callback secret (the first path segment of every callback
+#: URL pixrun gives the provider; it survives reruns, so a rerun recognises its own).
+V3 = """
+INSERT OR IGNORE INTO meta (key, value) VALUES ('callback_secret', lower(hex(randomblob(32))));
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -57,6 +57,8 @@ class EventKind(str, Enum):
     ADOPTED = "adopted"  #: a file already on disk was taken as the shot's output
     DOWNLOAD_FAILED = "download_failed"  #: a paid render could not be downloaded (kept)
     REROLLED = "rerolled"  #: the user asked for a new take with a fresh seed
+    CALLBACK = "callback"  #: what a provider callback carried (size-capped), as a sample
+    CALLBACKS_SILENT = "callbacks_silent"  #: callbacks stopped arriving: polling in full
 
 
 #: columns a caller may set through ``update_shot``; anything else is a bug

@@ -44,6 +44,7 @@ from runner.manifest.rules import Rules
 from runner.manifest.validate import schema_check
 from runner.manifest.yaml_source import SourceMap, parse
 from runner.model import (
+    CallbackSettings,
     Manifest,
     OutputSettings,
     PollSettings,
@@ -282,6 +283,7 @@ class _Reader:
             poll=poll,
             stall_timeout_s=float(pick("stall_timeout_s", base.stall_timeout_s)),
             outage_timeout_s=float(pick("outage_timeout_s", base.outage_timeout_s)),
+            callback=_callback_settings(pick("callback", None)),
         )
 
     # ---- images -------------------------------------------------------------------
@@ -378,3 +380,11 @@ class _Reader:
                 )
                 return []
         return self.finisher.shots(drafts, output, name)
+
+
+def _callback_settings(section: Any) -> CallbackSettings | None:
+    """``run.callback`` (the schema has checked its shape)."""
+    if not isinstance(section, dict) or not isinstance(section.get("listen"), str):
+        return None
+    url = section.get("url")
+    return CallbackSettings(listen=section["listen"], url=url if isinstance(url, str) else None)

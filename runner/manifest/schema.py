@@ -294,6 +294,22 @@ def _run_schema() -> dict[str, Any]:
                 "How long a provider that answered and then went away is waited for before "
                 "the run stops, resumable (default 21600, six hours).",
             ),
+            "callback": _object(
+                {
+                    "listen": _described(
+                        {"type": "string", "pattern": NOT_BLANK},
+                        "HOST:PORT where pixrun's callback receiver binds.",
+                    ),
+                    "url": _described(
+                        {"type": "string", "pattern": "^https?://"},
+                        "Public address of the receiver as the provider reaches it "
+                        "(default http://<listen>).",
+                    ),
+                },
+                "Receive the provider's callbacks: finished renders are collected at once, "
+                "polling stays the safety net.",
+                required=("listen",),
+            ),
         },
         "How the batch runs.",
     )

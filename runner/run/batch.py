@@ -27,8 +27,8 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runner.errors import (
@@ -37,9 +37,11 @@ from runner.errors import (
     PixrunError,
     UsageError,
 )
-from runner.ledger import META_PROVIDER, open_ledger
-from runner.model import Manifest
+from runner.ledger import META_PROVIDER, Ledger, open_ledger
+from runner.ledger.callbacks import callback_secret
+from runner.model import CallbackSettings, Manifest
 from runner.money import to_uptc_or_none
+from runner.run.callbacks import CallbackHub, CallbackReceiver
 from runner.run.events import RunEvent, RunEventKind, RunObserver
 from runner.run.guard import check_identity, check_ledger_owner, provider_identity
 from runner.run.options import RunResult, StopReason, exit_code_for
@@ -49,6 +51,7 @@ from runner.run.scheduler import Scheduler
 from runner.run.setup import (
     RunOverrides,
     SimulatorSettings,
+    callback_settings_for,
     ledger_path_for,
     output_dir_for,
     provider_for,
@@ -126,6 +129,9 @@ async def run_batch(
     path = ledger_path_for(manifest.path, ledger_path, simulated=simulated)
     output_dir = output_dir_for(manifest.output.dir, simulated=simulated)
     options = scheduler_options(manifest, overrides, output_dir, simulate)
+    callback = callback_settings_for(manifest, overrides)
+    if callback is not None and simulate is not None:
+        simulate = replace(simulate, callbacks=True)  # a rehearsal calls back too
     # the provider's settings are checked before the ledger is touched: a missing key
     # or a malformed URL changes nothing
     config = None if simulate is not None else real_config(overrides)
@@ -177,9 +183,12 @@ async def run_batch(
                         shot_id=shot_id,
                     )
                 )
-            async with provider_for(overrides, simulate, config, path) as provider:
+            async with (
+                provider_for(overrides, simulate, config, path) as provider,
+                _receiver(ledger, callback) as hub,
+            ):
                 await ledger.start_run(cpu=cpu)
-                scheduler = Scheduler(ledger, provider, options, observer)
+                scheduler = Scheduler(ledger, provider, options, observer, hub)
                 remove = _install_signals(scheduler) if handle_signals else (lambda: None)
                 try:
                     result = await scheduler.run(planned_uptc=planned_uptc)
@@ -205,6 +214,7 @@ async def run_batch(
                             "calls": result.calls,
                             "stop_reason": result.stop_reason,
                             "held_changed": len(hold),
+                            **({"callbacks": result.callbacks} if hub is not None else {}),
                         },
                     )
     except PixrunError:
@@ -224,6 +234,20 @@ async def run_batch(
         held_changed=tuple(sorted(hold)),
         adopted=checked.adopted,
     )
+
+
+@contextlib.asynccontextmanager
+async def _receiver(
+    ledger: Ledger, callback: tuple[CallbackSettings, str, int] | None
+) -> AsyncIterator[CallbackHub | None]:
+    """The callback receiver for the run, stopped on every way out; None without."""
+    if callback is None:
+        yield None
+        return
+    settings, host, port = callback
+    hub = CallbackHub(await callback_secret(ledger), settings.url or "")
+    async with CallbackReceiver(hub, host, port):
+        yield hub
 
 
 class Declined(UsageError):

@@ -23,7 +23,7 @@ from runner.ledger import EventKind, Ledger, ShotRow
 from runner.model import ShotState
 from runner.provider import Provider
 from runner.run.events import RunEvent, RunEventKind, RunObserver, RunSnapshot
-from runner.run.flow import CallGate, InFlightLimiter, PollPlanner
+from runner.run.flow import CallbackPolicy, CallGate, InFlightLimiter, PollPlanner
 from runner.run.options import HARD_STOPS, SchedulerOptions, StopReason
 
 #: the kinds of run event that are routine (not kept as "recent" on the board)
@@ -43,6 +43,12 @@ class Job:
     retry_delay_s: float = 0.0
     #: monotonic start of the current render, for the render-time model
     accepted_mono: float | None = None
+    #: with callbacks: set by a valid callback for this job's task (a fetch is due)
+    wake: asyncio.Event | None = None
+    #: with callbacks: the token of the attempt whose callback is awaited
+    callback_token: str | None = None
+    #: valid callbacks received for this job
+    hints: int = 0
 
 
 class Tally:
@@ -149,6 +155,8 @@ class RunContext:
             min_interval_s=options.poll.min_interval_s,
             max_interval_s=options.poll.max_interval_s,
         )
+        #: with callbacks: when to poll while they arrive (None: the planner alone)
+        self.policy: CallbackPolicy | None = None
         self.tally = Tally()
         self.stop: StopReason | None = None
         self.stop_message: str | None = None
@@ -161,6 +169,18 @@ class RunContext:
 
     def hard_stopped(self) -> bool:
         return self.stop in HARD_STOPS
+
+    def first_poll_delay_s(self) -> float:
+        policy = self.policy
+        return self.planner.first_delay_s() if policy is None else policy.first_delay_s()
+
+    def next_poll_delay_s(self, elapsed_s: float) -> float:
+        policy = self.policy
+        return (
+            self.planner.next_delay_s(elapsed_s)
+            if policy is None
+            else policy.next_delay_s(elapsed_s)
+        )
 
     def release(self, job: Job) -> None:
         if job.holds_slot:

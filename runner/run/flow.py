@@ -10,6 +10,10 @@ Invariants:
   pause (``Retry-After``, or an outage back-off) is in force.
 - :class:`PollPlanner` never proposes a delay below ``min_interval_s``, nor a gap
   between two polls of a task above ``max_interval_s``.
+- :class:`CallbackPolicy` polls sparsely only while callbacks arrive; until the first
+  one and after they go silent, it polls exactly as the planner says. Past its sparse
+  points it backs off within the planner's bounds, so a lost callback costs time,
+  never the shot.
 """
 
 from __future__ import annotations
@@ -157,6 +161,7 @@ class PollPlanner:
         self.max_interval_s = max(max_interval_s, min_interval_s)
         self._samples: deque[float] = deque(maxlen=window)
         self._grid: list[float] = []
+        self._ordered: list[float] = []
         self._dirty = 0
 
     def observe(self, render_s: float) -> None:
@@ -166,7 +171,7 @@ class PollPlanner:
 
     def _quantiles(self) -> list[float]:
         if self._dirty and (not self._grid or self._dirty >= max(4, len(self._samples) // 16)):
-            ordered = sorted(self._samples)
+            ordered = self._ordered = sorted(self._samples)
             n = len(ordered)
             self._grid = [
                 ordered[min(n - 1, int(n * k / self.GRID))] for k in range(1, self.GRID + 1)
@@ -174,9 +179,24 @@ class PollPlanner:
             self._dirty = 0
         return self._grid
 
+    def quantile_s(self, share: float) -> float:
+        """The render time that ``share`` of the renders seen took at most (``seen_any``)."""
+        self._quantiles()
+        ordered = self._ordered
+        return ordered[min(len(ordered) - 1, max(0, int(len(ordered) * share)))]
+
+    def top_s(self) -> float:
+        """A little past the slowest render seen (``seen_any``)."""
+        self._quantiles()
+        return self._ordered[-1] * 1.05
+
     @property
     def learned(self) -> bool:
         return len(self._samples) >= self.MIN_SAMPLES
+
+    @property
+    def seen_any(self) -> bool:
+        return bool(self._samples)
 
     def first_delay_s(self) -> float:
         """Delay until a new task's first poll. Not capped by ``max_interval_s``, which
@@ -201,5 +221,110 @@ class PollPlanner:
         # beyond anything seen (or nothing learned yet): back off geometrically
         return self._clamp(max(self.min_interval_s, 0.25 * elapsed_s))
 
+    def backoff_delay_s(self, elapsed_s: float) -> float:
+        """A delay that grows with the task's age: half of it, within the bounds."""
+        return self._clamp(0.5 * elapsed_s)
+
     def _clamp(self, delay_s: float) -> float:
         return min(self.max_interval_s, max(self.min_interval_s, delay_s))
+
+
+class CallbackPolicy:
+    """When to poll a task whose provider also calls back when it ends.
+
+    Polling is the safety net. Until a callback has arrived, and after callbacks have
+    gone silent, tasks are polled as the planner says. While callbacks arrive, a task
+    is polled only at a few late points of the learned render-time distribution (more
+    of them while a larger share of renders is found by polls, i.e. callbacks get
+    lost: six of its eight quantile points at a fifth lost), then backing off
+    geometrically past the slowest render seen.
+    """
+
+    #: quantile points polled: 1 (the top eighth) + this x the share of renders found by
+    #: polls rather than callbacks, up to the planner's whole grid (6 of 8 at a fifth)
+    POINTS_PER_MISS_SHARE = 25
+    #: renders found finished by polls since the last callback before callbacks count
+    #: as silent (and that long without one: see ``silence_s``)
+    SILENT_AFTER_POLLED = 5
+
+    def __init__(
+        self,
+        planner: PollPlanner,
+        *,
+        silence_min_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.planner = planner
+        self.silence_min_s = silence_min_s
+        self._clock = clock
+        #: callbacks are arriving: poll sparsely
+        self.trusted = False
+        self.ever_called_back = False
+        self._last_callback = clock()
+        self._polled_since_callback = 0
+        self._said_never = False
+        self._recent: deque[bool] = deque(maxlen=200)
+
+    # -- what happened ---------------------------------------------------------------
+
+    def on_callback(self) -> None:
+        """A valid callback for a task in flight arrived."""
+        self._last_callback = self._clock()
+        self._polled_since_callback = 0
+        self.trusted = self.ever_called_back = True
+
+    def on_finished(self, *, hinted: bool) -> bool:
+        """A render was found finished, after a callback (``hinted``) or by a poll.
+        True once when callbacks have just gone silent: the caller says so."""
+        self._recent.append(hinted)
+        if hinted:
+            return False
+        self._polled_since_callback += 1
+        if self._polled_since_callback < self.SILENT_AFTER_POLLED:
+            return False
+        if self._clock() - self._last_callback < self.silence_s():
+            return False
+        if self.trusted:
+            self.trusted = False
+            return True
+        if not self.ever_called_back and not self._said_never:
+            self._said_never = True  # none ever came: said once per run
+            return True
+        return False
+
+    def miss_share(self) -> float:
+        """Share of recent renders found by a poll rather than a callback."""
+        return self._recent.count(False) / len(self._recent) if self._recent else 0.0
+
+    def silence_s(self) -> float:
+        """How long without a callback, while renders finish, means they stopped."""
+        span = self.planner.top_s() if self.planner.seen_any else self.planner.initial_delay_s
+        return max(self.silence_min_s, 2 * span)
+
+    # -- when to poll ------------------------------------------------------------------
+
+    def _points(self) -> list[float]:
+        """When to poll: the top ``k`` of the planner's quantile points (more of them
+        the more callbacks get lost: a lost one waits for the next point), then just
+        past the slowest render seen."""
+        grid = PollPlanner.GRID
+        k = min(grid, 1 + round(self.POINTS_PER_MISS_SHARE * self.miss_share()))
+        shares = [1 - j / grid for j in range(k, 0, -1)]
+        return [*(self.planner.quantile_s(q) for q in shares), self.planner.top_s()]
+
+    def first_delay_s(self) -> float:
+        if not (self.trusted and self.planner.seen_any):
+            return self.planner.first_delay_s()
+        return max(self.planner.min_interval_s, self._points()[0])
+
+    def next_delay_s(self, elapsed_s: float) -> float:
+        planner = self.planner
+        if not self.trusted:
+            return planner.next_delay_s(elapsed_s)
+        if planner.seen_any:
+            for point in self._points():
+                if point > elapsed_s + planner.min_interval_s * 0.5:
+                    return max(planner.min_interval_s, point - elapsed_s)
+        # slower than any render seen (or too few seen, or the early ones seen were the
+        # quick ones): back off geometrically, the callback is still the likely news
+        return planner.backoff_delay_s(elapsed_s)

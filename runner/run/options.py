@@ -124,3 +124,5 @@ class RunResult:
     elapsed_s: float
     calls: dict[str, int]
     ledger_commits: int
+    #: provider callbacks received, by verdict (valid, duplicate, late, wrong_secret, ...)
+    callbacks: dict[str, int] = field(default_factory=dict)

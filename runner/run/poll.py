@@ -9,11 +9,13 @@ Invariants:
   has found any task yet, it means the fetch route is wrong: the run stops (exit 5).
 - A deleted video, moderation and a render past ``poll.timeout_s`` end the shot; only
   a person re-renders it (it costs again).
+- A callback only brings the next fetch forward; what the fetch says is what counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from runner.errors import AuthRefused, ContractMismatch, ProviderError, RateLimited, TaskNotFound
@@ -21,6 +23,7 @@ from runner.ledger import EventKind
 from runner.model import ErrorKind, ShotState
 from runner.provider import TaskState, TaskStatus
 from runner.run import crashpoints
+from runner.run.callbacks import CallbackHub
 from runner.run.context import Job, RunContext
 from runner.run.crashpoints import CrashPoint
 from runner.run.events import RunEventKind
@@ -36,12 +39,45 @@ _PENDING = (TaskStatus.QUEUED, TaskStatus.RENDERING)
 class Poller:
     """Polls one shot's task until it ends, and commits what the end makes of it."""
 
-    def __init__(self, ctx: RunContext, transitions: Transitions, health: Health) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        transitions: Transitions,
+        health: Health,
+        callbacks: CallbackHub | None = None,
+    ) -> None:
         self._ctx = ctx
         self._tr = transitions
         self._health = health
+        self._callbacks = callbacks
 
     async def await_render(self, job: Job, *, downloads_busy: bool) -> None:
+        hub = self._callbacks
+        if hub is None:
+            await self._await_render(job, downloads_busy=downloads_busy)
+            return
+        hub.watch(job)
+        try:
+            await self._await_render(job, downloads_busy=downloads_busy)
+        finally:
+            hub.ended(job)
+
+    async def _pause(self, job: Job, delay_s: float) -> bool:
+        """Wait ``delay_s``, or less when a callback says the task may have ended.
+        True: woken by a callback."""
+        wake = job.wake
+        if wake is None:
+            await asyncio.sleep(delay_s)
+            return False
+        if not wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s):
+                    await wake.wait()
+        hinted = wake.is_set()
+        wake.clear()
+        return hinted
+
+    async def _await_render(self, job: Job, *, downloads_busy: bool) -> None:
         ctx, row = self._ctx, job.row
         assert row.task_id is not None
         now = time.time()
@@ -49,7 +85,7 @@ class Poller:
         last_pending_s = 0.0
         fetch_failures = 0
         while True:
-            await asyncio.sleep(delay)
+            hinted = await self._pause(job, delay)
             try:
                 state = await self.fetch(row.task_id)
             except TaskNotFound as exc:
@@ -79,19 +115,40 @@ class Poller:
                     await self.finish(job, ShotState.FAILED, ErrorKind.TIMEOUT, message)
                     return
                 last_pending_s = elapsed_s
-                delay = ctx.planner.next_delay_s(elapsed_s)
+                delay = ctx.next_poll_delay_s(elapsed_s)
                 await self._tr.commit(
                     row, poll_count=row.poll_count, next_poll_at=time.time() + delay
                 )
                 continue
             ctx.release(job)
             if job.accepted_mono is not None:
-                # it finished between the last poll that saw it pending and this one
                 seen_s = time.monotonic() - job.accepted_mono
-                lower_s = min(last_pending_s, seen_s) if last_pending_s > 0 else seen_s
-                ctx.planner.observe((seen_s + lower_s) / 2)
+                if hinted:  # the callback came as it finished
+                    ctx.planner.observe(seen_s)
+                else:  # it finished between the last poll that saw it pending and this one
+                    lower_s = min(last_pending_s, seen_s) if last_pending_s > 0 else seen_s
+                    ctx.planner.observe((seen_s + lower_s) / 2)
+            if ctx.policy is not None and ctx.policy.on_finished(hinted=hinted):
+                self._callbacks_silent()
             await self.render_finished(job, state, downloads_busy=downloads_busy)
             return
+
+    def _callbacks_silent(self) -> None:
+        ctx = self._ctx
+        assert ctx.policy is not None
+        if ctx.policy.ever_called_back:
+            message = (
+                f"callbacks stopped arriving (none for {ctx.policy.silence_s():.0f} s while "
+                "renders finished): polling every task in full again"
+            )
+        else:
+            message = (
+                "no callback has arrived although renders finished: is the callback URL "
+                "reachable from the provider ('pixrun doctor --callback-url ...')? Polling "
+                "collects every task meanwhile"
+            )
+        ctx.emit(RunEventKind.INFO, message)
+        ctx.ledger_event(EventKind.CALLBACKS_SILENT, message)
 
     async def fetch(self, task_id: str) -> TaskState | None:
         """The task's state; None after a passing failure (the caller waits and asks

@@ -36,12 +36,14 @@ import contextlib
 from collections import deque
 
 from runner.errors import LedgerError
-from runner.ledger import Ledger, ShotRow
+from runner.ledger import EventKind, Ledger, ShotRow
 from runner.model import ShotState
 from runner.provider import Provider
+from runner.run.callbacks import CallbackHub
 from runner.run.collect import Collector
 from runner.run.context import Job, RunContext
 from runner.run.events import RunEventKind, RunObserver, RunSnapshot
+from runner.run.flow import CallbackPolicy
 from runner.run.health import Health
 from runner.run.options import HARD_STOPS, RunResult, SchedulerOptions, StopReason, exit_code_for
 from runner.run.poll import Poller
@@ -67,8 +69,17 @@ class Scheduler:
         provider: Provider,
         options: SchedulerOptions,
         observer: RunObserver,
+        callbacks: CallbackHub | None = None,
     ) -> None:
         ctx = self._ctx = RunContext(ledger, provider, options, observer)
+        self._callbacks = callbacks
+        if callbacks is not None:
+            ctx.policy = callbacks.policy = CallbackPolicy(
+                ctx.planner, silence_min_s=4 * options.poll.max_interval_s
+            )
+            callbacks.record = lambda shot_id, text: ctx.ledger_event(
+                EventKind.CALLBACK, text, shot_id
+            )
         ctx.request_stop = self.request_stop
         ctx.stop_submitting = self._stop_submitting
         transitions = Transitions(ctx)
@@ -80,8 +91,8 @@ class Scheduler:
             price_uptc=options.upload_price_uptc,
             on_charge=ctx.tally.charge,
         )
-        self._submitter = Submitter(ctx, transitions, self._health, uploads)
-        self._poller = Poller(ctx, transitions, self._health)
+        self._submitter = Submitter(ctx, transitions, self._health, uploads, callbacks)
+        self._poller = Poller(ctx, transitions, self._health, callbacks)
         self._collector = Collector(ctx, transitions, self._poller)
         self._jobs: dict[asyncio.Task[None], Job] = {}
         self._dispatcher: asyncio.Task[None] | None = None
@@ -255,4 +266,5 @@ class Scheduler:
             elapsed_s=ctx.tally.elapsed_s(),
             calls=dict(getattr(ctx.provider, "calls", {})),
             ledger_commits=ctx.ledger.commit_count,
+            callbacks={} if self._callbacks is None else dict(self._callbacks.counts),
         )

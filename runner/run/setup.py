@@ -17,8 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from runner.errors import UsageError
 from runner.ledger import SIM_INFIX, default_ledger_path
-from runner.model import Manifest
+from runner.model import CallbackSettings, Manifest
 from runner.money import to_uptc_or_none
 from runner.pricing import PriceTable, default_price_table
 from runner.provider import Provider, ProviderConfig
@@ -50,6 +51,9 @@ class RunOverrides:
     unreachable_grace_s: float | None = None
     #: how long a download that keeps failing is tried (tests on a fast clock)
     download_give_up_s: float | None = None
+    #: the callback receiver's HOST:PORT and public URL (win over run.callback)
+    callback_listen: str | None = None
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class SimulatorSettings:
 
     render_time_s: tuple[float, float] = (1.0, 3.0)
     seed: int = 1
+    #: the simulator POSTs to each request's callback URL when its render ends
+    callbacks: bool = False
 
 
 def ledger_path_for(manifest_path: Path, explicit: Path | None, *, simulated: bool = False) -> Path:
@@ -121,6 +127,7 @@ async def provider_for(
             api_key=SIM_API_KEY,
             render_time_s=simulate.render_time_s,
             seed=simulate.seed,
+            callback=simulate.callbacks,
             state_path=None if ledger_path is None else sim_state_path(ledger_path),
         )
     )
@@ -168,6 +175,27 @@ def scheduler_options(
     if overrides.download_give_up_s is not None:
         options = replace(options, download_give_up_s=overrides.download_give_up_s)
     return options
+
+
+def callback_settings_for(
+    manifest: Manifest, overrides: RunOverrides
+) -> tuple[CallbackSettings, str, int] | None:
+    """The run's callback settings (the command line wins over ``run.callback``) with
+    the receiver's host and port; None without callbacks. Raises UsageError."""
+    from runner.run.callbacks import check_public_url, parse_listen
+
+    configured = manifest.run.callback
+    listen = overrides.callback_listen or (configured.listen if configured else None)
+    url = overrides.callback_url or (configured.url if configured else None)
+    if listen is None:
+        if url is not None:
+            raise UsageError(
+                "a callback URL needs a listen address for the receiver",
+                hint="add --callback-listen HOST:PORT (or run.callback.listen)",
+            )
+        return None
+    host, port = parse_listen(listen)
+    return CallbackSettings(listen, check_public_url(url) if url else None), host, port
 
 
 def manifest_price_table(manifest: Manifest) -> PriceTable:

@@ -23,6 +23,7 @@ from runner.ledger import AttemptOutcome, EventKind
 from runner.model import ErrorKind, ShotState
 from runner.provider import trace_id_for
 from runner.run import crashpoints
+from runner.run.callbacks import CallbackHub
 from runner.run.context import Job, RunContext
 from runner.run.crashpoints import CrashPoint
 from runner.run.events import RunEventKind
@@ -147,9 +148,15 @@ class Submitter:
     """Sends a shot's generate call (once per attempt, retried as its outcome says)."""
 
     def __init__(
-        self, ctx: RunContext, transitions: Transitions, health: Health, uploads: ImageUploads
+        self,
+        ctx: RunContext,
+        transitions: Transitions,
+        health: Health,
+        uploads: ImageUploads,
+        callbacks: CallbackHub | None = None,
     ) -> None:
         self._ctx = ctx
+        self._callbacks = callbacks
         self._tr = transitions
         self._health = health
         self._uploads = uploads
@@ -157,6 +164,13 @@ class Submitter:
 
     async def submit(self, job: Job) -> None:
         """Submit until accepted, given up for this run, or stopped."""
+        try:
+            await self._submit(job)
+        finally:
+            if self._callbacks is not None and job.row.state != ShotState.SUBMITTED:
+                self._callbacks.ended(job)  # no task: its callback URL names nothing
+
+    async def _submit(self, job: Job) -> None:
         ctx, row = self._ctx, job.row
         same = row.attempts > 0 and row.error_kind in SAME_ATTEMPT_KINDS
         attempt_no = row.attempts if same else row.attempts + 1
@@ -234,6 +248,10 @@ class Submitter:
                     await self._not_sent(job, attempt_id)
                     return None
                 body = await self._uploads.prepare(row.request)
+                if self._callbacks is not None:
+                    # added at send time, like uploaded image URLs: the stored request
+                    # (and its hash) stays without it
+                    body = {**body, "callback": self._callbacks.url_for(job, attempt_no)}
                 return attempt_id, await ctx.provider.generate(body, trace_id=trace_id)
         except errors.ProviderError as exc:
             return attempt_id, exc
@@ -263,7 +281,7 @@ class Submitter:
         self._health.ok()
         self._ambiguous_streak = 0
         ctx.tally.charge(row.price_uptc or 0)
-        await self._tr.accepted(row, attempt_id, task_id, time.time() + ctx.planner.first_delay_s())
+        await self._tr.accepted(row, attempt_id, task_id, time.time() + ctx.first_poll_delay_s())
         job.accepted_mono = time.monotonic()
 
     async def _failed(self, job: Job, attempt_id: int, exc: errors.ProviderError) -> bool:

@@ -141,3 +141,15 @@ def _gateway_task(task: SimTask, status: str, url: str | None) -> dict[str, Any]
 
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def callback_body(dialect: str, task: SimTask, status: str) -> dict[str, Any]:
+    """What the simulator POSTs to a callback URL when a render ends: the task's id and
+    status in the dialect's words (302 does not publish the real payload; pixrun must
+    not rely on it)."""
+    if dialect == "gateway":
+        state, _ = _GATEWAY_STATE[status]
+        return {"task_id": task.wire_id, "state": state}
+    if dialect == "web":
+        return {"video_id": task.wire_id, "video_status": _PIXVERSE_STATUS[status]}
+    return {"id": task.wire_id, "status": _PIXVERSE_STATUS[status]}

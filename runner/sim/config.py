@@ -35,6 +35,9 @@ SHARE_KNOBS = (
     "forget_share",
     "permanent_error_share",
     "dead_url_share",
+    "callback_lost_share",
+    "callback_duplicate_share",
+    "callback_forged_share",
 )
 #: the placeholder of the task id in ``fetch_path`` (in the path, or as a query value)
 TASK_ID_PLACEHOLDER = "{task_id}"
@@ -105,6 +108,17 @@ class SimConfig:
     dead_url_share: float = 0.0
     #: every video URL points at a dead host (a download that never works)
     dead_urls_always: bool = False
+    #: POST to a generate request's ``callback`` URL when its render ends
+    callback: bool = False
+    #: share of callbacks never sent
+    callback_lost_share: float = 0.0
+    #: seconds between a render's end and its callback
+    callback_delay_s: float = 0.0
+    #: share of callbacks sent twice
+    callback_duplicate_share: float = 0.0
+    #: share of tasks for which a forged callback is also sent, halfway through the
+    #: render: to the right host, with a wrong secret or for an unknown task
+    callback_forged_share: float = 0.0
     #: append every change to the books here and replay it on start (survives the
     #: process); the clock then defaults to wall time so renders end on time across runs
     state_path: Path | None = None
@@ -129,8 +143,10 @@ class SimConfig:
             raise UsageError("concurrency_limit must be at least 1")
         if self.url_ttl_s is not None and self.url_ttl_s <= 0:
             raise UsageError("url_ttl_s must be greater than 0")
-        if self.retry_after_s < 0 or self.slow_generate_s < 0:
-            raise UsageError("retry_after_s and slow_generate_s must not be negative")
+        if self.retry_after_s < 0 or self.slow_generate_s < 0 or self.callback_delay_s < 0:
+            raise UsageError(
+                "retry_after_s, slow_generate_s and callback_delay_s must not be negative"
+            )
         self.balance_ptc = _money(self.balance_ptc, "balance_ptc")
         self.unknown_price_ptc = _money(self.unknown_price_ptc, "unknown_price_ptc")
         self.moderated_words = tuple(w.lower() for w in self.moderated_words if w.strip())

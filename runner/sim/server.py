@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import BodyPartReader, web
 
 from runner.errors import UsageError
@@ -40,6 +41,7 @@ from runner.sim.answers import (
     BODY_BAD_KEY,
     BODY_CONCURRENCY,
     BODY_NO_CREDIT,
+    callback_body,
     error_body,
     generate_payload,
     invalid_body,
@@ -78,6 +80,8 @@ class Simulator:
         self._base_url: str | None = None
         self._dead_origin: str | None = None
         self._secret = hashlib.sha256(f"pixrun-sim:{self.config.seed}".encode()).digest()
+        self._client: aiohttp.ClientSession | None = None
+        self._callback_tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -107,6 +111,11 @@ class Simulator:
     async def stop(self) -> None:
         """Stop listening; tasks, balance and counters are kept for a restart."""
         runner, self._runner = self._runner, None
+        for pending in list(self._callback_tasks):
+            pending.cancel()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
         if runner is not None:
             await runner.cleanup()
         self.books.close()
@@ -235,6 +244,9 @@ class Simulator:
         if refused is not None:
             return refused
         task = self._accept(body, trace_id)
+        callback = body.get("callback")
+        if cfg.callback and isinstance(callback, str) and callback.startswith("http"):
+            self._schedule_callbacks(task, callback)
         if books.chance(cfg.lost_generate_share):
             books.faults["lost_generate"] += 1
             if cfg.slow_generate_s > 0:
@@ -283,6 +295,52 @@ class Simulator:
             price_uptc=price_uptc,
             charge_uptc=charge,
         )
+
+    # ---- callbacks --------------------------------------------------------------------
+
+    def _schedule_callbacks(self, task: SimTask, url: str) -> None:
+        """The callbacks of a task, as its knobs say: lost, late, twice, and forged ones
+        (to the right host, with a wrong secret or for an unknown task) halfway through."""
+        books, cfg = self.books, self.config
+        loop = asyncio.get_running_loop()
+        if books.chance(cfg.callback_forged_share):
+            books.faults["callback_forged"] += 1
+            head, _, token = url.rpartition("/")
+            base, _, secret = head.rpartition("/")
+            if books.rng.random() < 0.5:
+                forged = f"{base}/{_flip(secret)}/{token}"  # a real task, a wrong secret
+            else:
+                forged = f"{head}/{books.rng.getrandbits(128):032x}"  # an unknown task
+            loop.call_later(task.render_s / 2, self._post_callback, task, forged)
+        if books.chance(cfg.callback_lost_share):
+            books.faults["callback_lost"] += 1
+            return
+        at_s = task.render_s + cfg.callback_delay_s
+        loop.call_later(at_s, self._post_callback, task, url)
+        if books.chance(cfg.callback_duplicate_share):
+            books.faults["callback_duplicate"] += 1
+            loop.call_later(at_s + 0.05, self._post_callback, task, url)
+
+    def _post_callback(self, task: SimTask, url: str) -> None:
+        if self._runner is None:
+            return  # the simulator is down: the callback is lost
+        task_ = asyncio.get_running_loop().create_task(self._send_callback(task, url))
+        self._callback_tasks.add(task_)
+        task_.add_done_callback(self._callback_tasks.discard)
+
+    async def _send_callback(self, task: SimTask, url: str) -> None:
+        books = self.books
+        status = task.status_at(self.config.clock())
+        body = callback_body(self.config.dialect, task, status)
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        books.calls["callback"] += 1
+        try:
+            async with self._client.post(url, json=body) as resp:
+                if resp.status != 200:
+                    books.refusals[f"callback_{resp.status}"] += 1
+        except (aiohttp.ClientError, TimeoutError):
+            books.faults["callback_unreachable"] += 1
 
     # ---- fetch ------------------------------------------------------------------------
 
@@ -447,6 +505,11 @@ async def _read_upload(request: web.Request) -> tuple[bytes | None, str]:
     if not size_bytes:
         return None, "the file is empty"
     return b"".join(chunks), ""
+
+
+def _flip(secret: str) -> str:
+    """The secret with its last digit changed: right length, wrong value."""
+    return secret[:-1] + ("0" if secret[-1:] != "0" else "1")
 
 
 def _closed_port() -> int:
