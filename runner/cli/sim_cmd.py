@@ -39,6 +39,10 @@ SHARE_HELP: dict[str, str] = {
     "permanent_error_share": "Share of generates refused with --permanent-error-code.",
     "dead_url_share": "Share of fetched video URLs that point at a host refusing "
     "connections; the next fetch of that task gives a live URL.",
+    "callback_lost_share": "With --callback: share of callbacks never sent.",
+    "callback_duplicate_share": "With --callback: share of callbacks sent twice.",
+    "callback_forged_share": "With --callback: share of tasks that also get a forged "
+    "callback halfway through the render (right host; a wrong secret or an unknown task).",
 }
 
 #: on/off knobs: (default, help)
@@ -54,6 +58,7 @@ _SWITCHES: dict[str, tuple[bool, str]] = {
         "errors) with HTTP 200 and the error envelope, as PixVerse does.",
     ),
     "dead_urls_always": (False, "Every video URL points at a dead host: downloads never work."),
+    "callback": (False, "POST to each generate request's callback URL when its render ends."),
 }
 
 #: the routes the simulator serves: (default, help)
@@ -191,35 +196,10 @@ def _knob_options(func: Any) -> Any:
     help="Price table (JSON) to charge by. Default: the packaged table.",
 )
 @click.option(
-    "--callback/--no-callback",
-    default=False,
-    show_default=True,
-    help="POST to each generate request's callback URL when its render ends.",
-)
-@click.option(
-    "--callback-lost-share",
-    type=SHARE,
-    default=0.0,
-    help="With --callback: share of callbacks never sent.",
-)
-@click.option(
     "--callback-delay-s",
     type=click.FloatRange(min=0),
     default=0.0,
     help="With --callback: seconds between a render's end and its callback.",
-)
-@click.option(
-    "--callback-duplicate-share",
-    type=SHARE,
-    default=0.0,
-    help="With --callback: share of callbacks sent twice.",
-)
-@click.option(
-    "--callback-forged-share",
-    type=SHARE,
-    default=0.0,
-    help="With --callback: share of tasks that also get a forged callback halfway "
-    "through the render (right host; a wrong secret or an unknown task).",
 )
 @click.option(
     "--state-path",
