@@ -277,7 +277,7 @@ def _pixverse_state(resp: Mapping[str, Any], task_id: str, redact: Redact) -> Ta
             task_id=_task_id(resp.get("id") or resp.get("video_id")) or task_id,
             status=status,
             video_url=url,
-            seed=_seed(resp.get("seed")),
+            seed=code_int(resp.get("seed")),
             width=_int_or_none(resp.get("outputWidth")),
             height=_int_or_none(resp.get("outputHeight")),
             size_bytes=_int_or_none(resp.get("size")),
@@ -307,7 +307,7 @@ def _gateway_state(data: Mapping[str, Any], task_id: str, redact: Redact) -> Tas
             status=status,
             video_url=_url(data.get("video_url") or data.get("url")),
             poster_url=_url(data.get("poster")),
-            seed=_seed(data.get("seed")),
+            seed=code_int(data.get("seed")),
             width=_int_or_none(data.get("width") or data.get("outputWidth")),
             height=_int_or_none(data.get("height") or data.get("outputHeight")),
             size_bytes=_int_or_none(data.get("size")),
@@ -323,16 +323,6 @@ def _prompt(value: Any) -> str | None:
     """The prompt as the provider echoes it; "..." and blanks (redacted samples) are None."""
     if isinstance(value, str) and value.strip() and value.strip() != "...":
         return value
-    return None
-
-
-def _seed(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
     return None
 
 

@@ -30,7 +30,7 @@ import aiohttp
 
 from runner.provider.client import api_session
 from runner.provider.config import ProviderConfig
-from runner.provider.verdicts import code_int, read_envelope
+from runner.provider.verdicts import Meaning, meaning_of, read_envelope
 
 #: the answer headers a probe keeps (what a route check and a bug report need)
 KEPT_HEADERS = ("Content-Type", "Content-Length", "Location", "Date", "Retry-After")
@@ -54,12 +54,6 @@ FETCH_ROUTE_CANDIDATES = (
 )
 #: a route no API has: when it answers like a real one, "the route exists" means nothing
 CONTROL_FETCH_ROUTE = "/pixrun-doctor-no-such-route/{task_id}"
-
-#: PixVerse's "Requested data not found"
-PIXVERSE_NOT_FOUND = 500008
-#: the gateway family's "no such task"
-GATEWAY_NOT_FOUND = 404
-_WORDS_NOT_FOUND = ("not found", "not exist", "no such task")
 
 
 class Verdict(StrEnum):
@@ -166,13 +160,9 @@ def classify(answer: ProbeAnswer) -> Verdict:
         if answer.status == 429 or answer.status >= 500:
             return Verdict.INCONCLUSIVE
         return Verdict.ROUTE_LEVEL
-    code = code_int(env.code)
-    if (env.dialect == "pixverse" and code == PIXVERSE_NOT_FOUND) or (
-        env.dialect == "gateway" and code == GATEWAY_NOT_FOUND
-    ):
-        return Verdict.NO_SUCH_TASK
-    message = (env.message or "").lower()
-    if any(word in message for word in _WORDS_NOT_FOUND):
+    # read as a run reads it (one table of codes and words): the doctor may not call
+    # "no such task" what a run would call something else, or the reverse
+    if meaning_of(env, env.message) is Meaning.NOT_FOUND:
         return Verdict.NO_SUCH_TASK
     return Verdict.ENVELOPE
 

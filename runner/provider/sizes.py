@@ -8,7 +8,6 @@ refused only when the disk is clearly too small: PixVerse's sample answer of a 5
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from runner.model import duration_seconds
@@ -23,7 +22,7 @@ BYTES_PER_S: dict[str, int] = {
 DEFAULT_DURATION_S = 5
 
 
-def estimated_video_bytes(request: Mapping[str, Any]) -> int:
-    """A low estimate of the file a request renders to."""
-    seconds = duration_seconds(request.get("duration")) or DEFAULT_DURATION_S
-    return BYTES_PER_S.get(str(request.get("quality")), BYTES_PER_S["360p"]) * seconds
+def estimated_video_bytes(quality: Any, duration: Any) -> int:
+    """A low estimate of the file a request of this quality and duration renders to."""
+    seconds = duration_seconds(duration) or DEFAULT_DURATION_S
+    return BYTES_PER_S.get(str(quality), BYTES_PER_S["360p"]) * seconds

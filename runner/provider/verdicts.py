@@ -42,10 +42,6 @@ class Op(StrEnum):
 #: PixVerse ErrCodes, from PixVerse's error-code table (docs.platform.pixverse.ai,
 #: "Error codes"; mirrored by cloud.tencent.com/document/product/1823/138038) and the
 #: samples in API.md. Codes not listed map by family and message wording.
-ERRCODE_INVALID_PARAMETER = 400017
-ERRCODE_NOT_FOUND = 500008
-ERRCODE_NO_CREDIT = 500043
-ERRCODE_CONCURRENCY = 500044
 
 
 class Meaning(StrEnum):
@@ -248,7 +244,7 @@ _WORD_MEANINGS: tuple[tuple[tuple[str, ...], Meaning], ...] = (
 )
 
 
-def _meaning(env: Envelope, message: str | None) -> Meaning | None:
+def meaning_of(env: Envelope, message: str | None) -> Meaning | None:
     """What an error envelope's code (then its wording) stands for; None: unknown."""
     code = code_int(env.code)
     if code is not None:
@@ -335,7 +331,7 @@ def error_for(
             call, status, headers, body, f"a redirect to {location}", redact=redact, op=op
         )
     message = redact(env.message)[:MAX_MESSAGE_CHARS] if env.message else None
-    meaning = _meaning(env, message) if env.dialect != "unknown" else None
+    meaning = meaning_of(env, message) if env.dialect != "unknown" else None
     said = _Said(
         op,
         status,

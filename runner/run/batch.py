@@ -45,7 +45,7 @@ from runner.run.callbacks import CallbackHub, CallbackReceiver
 from runner.run.events import RunEvent, RunEventKind, RunObserver
 from runner.run.guard import check_identity, check_ledger_owner, provider_identity
 from runner.run.options import RunResult, StopReason, exit_code_for
-from runner.run.preflight import check_folders_writable, run_preflight
+from runner.run.preflight import check_folders_writable, output_folders, run_preflight
 from runner.run.preview import Confirm, Decision, check_budget, preview_run
 from runner.run.scheduler import Scheduler
 from runner.run.setup import (
@@ -137,7 +137,7 @@ async def run_batch(
     config = None if simulate is not None else real_config(overrides)
     identity = provider_identity(config)
     # every folder the outputs go to (a filename pattern can make subfolders)
-    check_folders_writable({(output_dir / s.output_relpath).parent for s in manifest.shots})
+    check_folders_writable(output_folders(output_dir, (s.output_relpath for s in manifest.shots)))
     created = not path.exists() or path.stat().st_size == 0
     ledger = await open_ledger(path, writer=True)
     synced = False

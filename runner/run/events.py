@@ -31,7 +31,6 @@ class RunEventKind(str, Enum):
     PROVIDER_DOWN = "provider_down"  #: the provider is unreachable; backing off
     STOPPING = "stopping"  #: the run is stopping (signal or fatal error)
     CHANGED = "changed"  #: a done shot's request changed (re-rendered or held)
-    CONTRACT = "contract"  #: the provider answered in a way pixrun does not recognise
     INFO = "info"  #: anything else worth a line
 
 
@@ -70,13 +69,3 @@ class RunObserver(Protocol):
     def event(self, event: RunEvent) -> None: ...
 
     def snapshot(self, snapshot: RunSnapshot) -> None: ...
-
-
-class NullObserver:
-    """Watches nothing (tests, --quiet with the summary printed by the CLI)."""
-
-    def event(self, event: RunEvent) -> None:
-        pass
-
-    def snapshot(self, snapshot: RunSnapshot) -> None:
-        pass

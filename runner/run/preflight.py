@@ -28,7 +28,7 @@ from runner.errors import UsageError
 from runner.ledger import Ledger
 from runner.outputs import resolve_output, sha256_file, sidecar_path
 from runner.provider import mp4_problem
-from runner.provider.sizes import BYTES_PER_S, DEFAULT_DURATION_S
+from runner.provider.sizes import estimated_video_bytes
 
 #: room kept free beyond the estimate of the videos to come
 MARGIN_BYTES = 50_000_000
@@ -47,6 +47,12 @@ class Preflight:
     adopted: tuple[str, ...]
     needed_bytes: int
     free_bytes: int | None
+
+
+def output_folders(output_dir: Path, relpaths: Iterable[str]) -> set[Path]:
+    """The folders the outputs go to. Distinct folder strings first: a Path per shot
+    cost 0.45 s at 100,000 shots, before the first request of every resume."""
+    return {output_dir / folder for folder in {os.path.dirname(rel) for rel in relpaths}}
 
 
 def check_folders_writable(folders: Iterable[Path]) -> None:
@@ -71,14 +77,6 @@ def check_folders_writable(folders: Iterable[Path]) -> None:
             ) from exc
 
 
-def _bytes_for(quality: str | None, duration: str | None) -> int:
-    seconds = DEFAULT_DURATION_S
-    if duration:
-        text = duration.strip().removesuffix("s")
-        seconds = int(text) if text.isdigit() else DEFAULT_DURATION_S
-    return BYTES_PER_S.get(quality or "", BYTES_PER_S["360p"]) * seconds
-
-
 async def run_preflight(
     ledger: Ledger, output_dir: Path, *, simulated: bool, check_space: bool = True
 ) -> Preflight:
@@ -88,7 +86,7 @@ async def run_preflight(
     if simulated:
         needed = sum(n for _, _, n in to_come) * SIM_CLIP_BYTES
     else:
-        needed = sum(_bytes_for(q, d) * n for q, d, n in to_come)
+        needed = sum(estimated_video_bytes(q, d) * n for q, d, n in to_come)
     free: int | None = None
     if needed and check_space:
         try:

@@ -100,19 +100,17 @@ class Scheduler:
 
     # -- stopping ------------------------------------------------------------------
 
-    def request_stop(self, reason: StopReason = StopReason.INTERRUPTED, message: str = "") -> None:
-        """Stop submitting; for hard stops also stop collecting (after a short grace)."""
+    def request_stop(self, reason: StopReason, message: str) -> None:
+        """A hard stop: stop submitting and collecting (generate calls under way get a
+        short grace). Soft stops go through :meth:`_stop_submitting`."""
+        assert reason in HARD_STOPS, reason
         ctx = self._ctx
         if ctx.stop in HARD_STOPS:
             return
-        first = ctx.stop is None
-        ctx.stop = reason
-        if message or first:
-            ctx.stop_message = message or ctx.stop_message
+        ctx.stop, ctx.stop_message = reason, message
         self._cancel_dispatch()
-        if reason in HARD_STOPS:
-            ctx.emit(RunEventKind.STOPPING, message or f"stopping: {reason.value}")
-            asyncio.get_running_loop().create_task(self._cancel_jobs())
+        ctx.emit(RunEventKind.STOPPING, message)
+        asyncio.get_running_loop().create_task(self._cancel_jobs())
 
     def _stop_submitting(self, reason: StopReason, message: str) -> None:
         ctx = self._ctx
@@ -245,7 +243,7 @@ class Scheduler:
 
     def _snapshot(self) -> RunSnapshot:
         ctx = self._ctx
-        calls = dict(getattr(ctx.provider, "calls", {}))
+        calls = dict(ctx.provider.calls)
         return ctx.tally.snapshot(ctx.limiter.in_flight, ctx.limiter.target_slots, calls)
 
     async def _ticker(self) -> None:
@@ -264,7 +262,7 @@ class Scheduler:
             counts=counts,
             spent_uptc=ctx.tally.spent_uptc,
             elapsed_s=ctx.tally.elapsed_s(),
-            calls=dict(getattr(ctx.provider, "calls", {})),
+            calls=dict(ctx.provider.calls),
             ledger_commits=ctx.ledger.commit_count,
             callbacks={} if self._callbacks is None else dict(self._callbacks.counts),
         )
