@@ -48,7 +48,6 @@ from runner.provider.probe import (
     accepted_task,
     classify,
     dialect_of,
-    route_url,
 )
 from runner.provider.verdicts import Op, error_for, read_envelope
 
@@ -221,8 +220,8 @@ async def diagnose(config: ProviderConfig, *, output_dir: Path, ledger_dir: Path
                     config.generate_url(), probe_generate_body(), trace_id=str(uuid.uuid4())
                 ),
                 prober.post_empty_form(config.upload_url()),
-                prober.get(route_url(config, CONTROL_FETCH_ROUTE, task_id)),
-                *(prober.get(route_url(config, r, task_id)) for r in others),
+                prober.get(config.url_of(CONTROL_FETCH_ROUTE, task_id)),
+                *(prober.get(config.url_of(r, task_id)) for r in others),
             )
             fetch_answers = {
                 config.fetch_path: configured,

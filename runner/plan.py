@@ -18,18 +18,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from runner.errors import BudgetExceeded
 from runner.manifest.contract import (
     DEFAULT_DURATION_S,
     DEFAULT_MOTION_MODE,
     default_rules,
 )
-from runner.manifest.images import local_image_digests
+from runner.manifest.images import UPLOAD_MAX_BYTES, local_image_digests
 from runner.model import Manifest, Mode, duration_seconds
 from runner.money import ptc_text
-from runner.pricing import PriceTable, default_price_table
-
-#: the largest file 302's upload takes (runner.run.uploads says the same for the run)
-UPLOAD_MAX_BYTES = 50 * 1024 * 1024
+from runner.pricing import manifest_price_table, unpriced_under_budget
 
 #: the status of a shot nothing is known about yet: it will be submitted (and paid for)
 TO_SUBMIT = "to_submit"
@@ -213,6 +211,18 @@ class Plan:
         return [*CSV_COLUMNS, *extra]
 
 
+def check_plan_budget(plan: Plan) -> None:
+    """BudgetExceeded where ``pixrun run`` would refuse to start for money reasons."""
+    if plan.budget_ptc is not None and plan.remaining_unpriced:
+        raise unpriced_under_budget(plan.remaining_unpriced)
+    if plan.fits is False:
+        raise BudgetExceeded(
+            f"the plan costs {ptc_text(plan.remaining_ptc)} PTC, over the budget of "
+            f"{ptc_text(plan.budget_ptc)} PTC by {ptc_text(plan.over_by_ptc)} PTC",
+            hint="raise run.budget_ptc or --max-cost, or plan fewer or cheaper shots",
+        )
+
+
 def build_plan(
     manifest: Manifest,
     *,
@@ -273,7 +283,6 @@ def build_plan(
         in spend_statuses
     )
     digests = local_image_digests(to_pay, UPLOAD_MAX_BYTES)
-    table = manifest.price_table if isinstance(manifest.price_table, PriceTable) else None
     return Plan(
         manifest_name=manifest.name,
         manifest_path=str(manifest.path),
@@ -282,5 +291,5 @@ def build_plan(
         statuses=tuple(statuses),
         spent_ptc=spent_ptc,
         uploads_to_make=len(set(digests) - set(uploaded)),
-        upload_unit_ptc=(table or default_price_table()).upload_ptc,
+        upload_unit_ptc=manifest_price_table(manifest).upload_ptc,
     )

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.datafiles import parse_json, read_user_file
-from runner.errors import UsageError
-from runner.model import duration_seconds
+from runner.errors import BudgetExceeded, UsageError
+from runner.model import Manifest, duration_seconds
+from runner.text import plural
 
 
 @dataclass(frozen=True)
@@ -148,4 +149,21 @@ def _bad(source: str, what: str) -> UsageError:
     return UsageError(
         f"the price table {source} is not usable: {what}",
         hint="fix the file, or leave out --prices to use the packaged table",
+    )
+
+
+def manifest_price_table(manifest: Manifest) -> PriceTable:
+    """The manifest's price table (``--prices``), or the built-in one."""
+    table = manifest.price_table
+    return table if isinstance(table, PriceTable) else default_price_table()
+
+
+def unpriced_under_budget(count: int) -> BudgetExceeded:
+    """The refusal when a budget is set and ``count`` shots to submit have no price:
+    ``pixrun plan`` and ``pixrun run`` say it in the same words."""
+    return BudgetExceeded(
+        f"{plural(count, 'shot')} to submit "
+        f"{'has' if count == 1 else 'have'} no published price, so the budget "
+        "cannot be checked",
+        hint="add their price to the price table, or drop the budget (run.budget_ptc / --max-cost)",
     )

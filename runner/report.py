@@ -285,9 +285,10 @@ def _card(row: ReportRow, output_dir: Path, html_dir: Path) -> _Card:
     if video is None:
         note = "no file yet" if not row.state.is_final else "no file"
         return replace(card, placeholder=(STATE_LABELS[row.state], note))
+    href = _href(video, html_dir)
     link = replace(
         card,
-        file_href=_href(video, html_dir),
+        file_href=href,
         file_name=video.name,
         file_size=_human_bytes(row.bytes),
         sha=f"sha256 {row.sha256}" if row.sha256 else "",
@@ -297,7 +298,7 @@ def _card(row: ReportRow, output_dir: Path, html_dir: Path) -> _Card:
     poster = _local_poster(video)
     return replace(
         link,
-        video_src=_href(video, html_dir),
+        video_src=href,
         poster_src=None if poster is None else _href(poster, html_dir),
     )
 

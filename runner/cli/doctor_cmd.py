@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runner.cli.options import format_option, provider_options
+from runner.cli.views import json_text
 from runner.doctor import DoctorReport, diagnose
 from runner.doctor_spend import (
     SpendResult,
@@ -148,7 +148,13 @@ def doctor_cmd(
     output_dir, ledger_dir = _folders(manifest)
     if spend:
         _confirm_spend(yes, err)
-    receiver = _callback_options(callback_listen, callback_url)
+    from runner.run.callbacks import callback_endpoint
+
+    receiver = callback_endpoint(
+        callback_listen,
+        callback_url,
+        hint="pixrun doctor --callback-listen 0.0.0.0:8787 --callback-url URL",
+    )
     report = asyncio.run(diagnose(config, output_dir=output_dir, ledger_dir=ledger_dir))
     if receiver is not None:
         from runner.doctor_callback import check_callback_receiver
@@ -171,26 +177,12 @@ def doctor_cmd(
             config, save_dir or default_spend_dir(), doc, out if fmt == "table" else None, err
         )
     if fmt == "json":
-        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        click.echo(json_text(doc, indent=2, ensure_ascii=False))
     if problem is not None:
         raise problem
     if fmt == "table" and not spend:
         out.print("free: no task was created, nothing was charged")
     sys.exit(ExitCode.OK)
-
-
-def _callback_options(listen: str | None, url: str | None) -> tuple[str, int, str | None] | None:
-    from runner.run.callbacks import check_public_url, parse_listen
-
-    if listen is None:
-        if url is not None:
-            raise UsageError(
-                "--callback-url needs --callback-listen (where the receiver binds)",
-                hint="pixrun doctor --callback-listen 0.0.0.0:8787 --callback-url URL",
-            )
-        return None
-    host, port = parse_listen(listen)
-    return host, port, check_public_url(url) if url else None
 
 
 def _print_report(out: Console, report: DoctorReport, saved_to: Path | None, save: bool) -> None:

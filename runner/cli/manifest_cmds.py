@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -14,15 +13,16 @@ from rich.console import Console
 
 from runner.cli.options import PTC, format_option, rules_option, simulate_option
 from runner.cli.render import print_plan, print_problems, print_validation
-from runner.errors import BudgetExceeded, ExitCode, UsageError
+from runner.cli.views import json_text
+from runner.errors import ExitCode, UsageError
 from runner.ledger import default_ledger_path
 from runner.manifest import load_manifest, validate_files
 from runner.manifest.contract import load_rules
 from runner.manifest.schema import manifest_schema_json
-from runner.money import from_uptc, ptc_text
-from runner.plan import Plan, build_plan
+from runner.money import from_uptc
+from runner.plan import build_plan, check_plan_budget
 from runner.pricing import load_price_table
-from runner.text import json_safe, plural, printable
+from runner.text import printable
 
 COMMANDS: list[click.Command] = []
 
@@ -59,7 +59,7 @@ def validate_cmd(
     reports = validate_files(manifests, check_images=not no_image_check, rules=load_rules(rules))
     if fmt == "json":
         problems = [p.to_dict() for r in reports for p in r.problems]
-        click.echo(json_safe(json.dumps(problems, indent=2, ensure_ascii=False)))
+        click.echo(json_text(problems, indent=2, ensure_ascii=False))
     else:
         print_validation(reports, _console(), _console(stderr=True))
     if not all(r.ok for r in reports):
@@ -127,7 +127,7 @@ def plan_cmd(
     if loaded.warnings:
         print_problems(loaded.warnings, _console(stderr=True))
     if fmt == "json":
-        click.echo(json.dumps(plan.to_dict(), indent=2))
+        click.echo(json_text(plan.to_dict(), indent=2))
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=plan.csv_columns(), lineterminator="\n")
         writer.writeheader()
@@ -137,25 +137,7 @@ def plan_cmd(
         )
     else:
         print_plan(plan, _console())
-    _check_budget(plan)
-
-
-def _check_budget(plan: Plan) -> None:
-    """Exit 4 where `pixrun run` would refuse to start for money reasons."""
-    if plan.budget_ptc is not None and plan.remaining_unpriced:
-        raise BudgetExceeded(
-            f"{plural(plan.remaining_unpriced, 'shot')} to submit "
-            f"{'has' if plan.remaining_unpriced == 1 else 'have'} no published price, "
-            "so the budget cannot be checked",
-            hint="add their price to the price table, or drop the budget "
-            "(run.budget_ptc / --max-cost)",
-        )
-    if plan.fits is False:
-        raise BudgetExceeded(
-            f"the plan costs {ptc_text(plan.remaining_ptc)} PTC, over the budget of "
-            f"{ptc_text(plan.budget_ptc)} PTC by {ptc_text(plan.over_by_ptc)} PTC",
-            hint="raise run.budget_ptc or --max-cost, or plan fewer or cheaper shots",
-        )
+    check_plan_budget(plan)
 
 
 @click.command("schema")

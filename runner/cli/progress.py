@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import shlex
 import time
 from collections import deque
@@ -47,6 +46,7 @@ from runner.cli.views import (
     counts_text,
     duration_text,
     group_counts,
+    json_text,
     rate_text,
     scrub,
 )
@@ -58,7 +58,7 @@ from runner.model import ShotState
 from runner.money import format_ptc
 from runner.report import STATE_LABELS
 from runner.run.events import RunEvent, RunSnapshot
-from runner.text import json_safe, plural
+from runner.text import plural
 
 if TYPE_CHECKING:
     from runner.run.batch import BatchOutcome
@@ -189,7 +189,7 @@ class JsonObserver(_PeriodicDisplay):
 
     def _emit(self, record: dict[str, Any]) -> None:
         record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **record}
-        self._line(scrub(json_safe(json.dumps(record, ensure_ascii=False, separators=(",", ":")))))
+        self._line(json_text(record, ensure_ascii=False, separators=(",", ":")))
 
     def _event(self, event: RunEvent) -> None:
         self._emit(
@@ -405,7 +405,7 @@ def _summary_json(
         "adopted": len(outcome.adopted),
         "callbacks": dict(result.callbacks),
     }
-    console.file.write(scrub(json_safe(json.dumps(record, ensure_ascii=False))) + "\n")
+    console.file.write(json_text(record, ensure_ascii=False) + "\n")
     console.file.flush()
 
 

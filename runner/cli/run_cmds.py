@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-# runner.batch (and with it aiohttp) is imported inside the commands that need it, so
-# that `pixrun status` and friends start fast.
+# runner.run.batch (and with it aiohttp) is imported inside the commands that need it,
+# so that `pixrun status` and friends start fast.
 from runner import loops
 from runner.cli.options import (
     PTC,
@@ -28,9 +28,6 @@ from runner.cli.options import (
     simulate_option,
 )
 from runner.cli.options import provider_options as _provider_options
-
-# runner.run.batch (and with it aiohttp) is imported inside the commands that need it, so
-# that `pixrun status` and friends start fast.
 from runner.errors import ExitCode, UsageError
 from runner.manifest import load_manifest
 from runner.manifest.contract import load_rules
@@ -65,7 +62,7 @@ def _ask(preview: RunPreview) -> Decision:
         n = len(preview.changed_done)
         shown = ", ".join(preview.changed_done[:5]) + (" ..." if n > 5 else "")
         rerender = click.confirm(
-            f"{n} done shot{'s' if n != 1 else ''} changed since rendered ({shown}); "
+            f"{plural(n, 'done shot')} changed since rendered ({shown}); "
             f"re-render them for {format_ptc(preview.changed_done_uptc)} PTC "
             "(the old files are kept as .v1)?",
             default=False,
@@ -74,8 +71,7 @@ def _ask(preview: RunPreview) -> Decision:
     cost = preview.to_submit_uptc + (preview.changed_done_uptc if rerender else 0)
     where = " with the simulator (nothing is spent)" if preview.simulated else ""
     go = click.confirm(
-        f"Submit {count} shot{'s' if count != 1 else ''} of {preview.name!r} for "
-        f"{format_ptc(cost)} PTC{where}?",
+        f"Submit {plural(count, 'shot')} of {preview.name!r} for {format_ptc(cost)} PTC{where}?",
         default=True,
     )
     return Decision(go=go, rerender_changed=rerender)
@@ -245,7 +241,6 @@ def run_cmd(
         rules=load_rules(rules),
     )
     console = Console(highlight=False)
-    cap = max_cost
     # asked only on a terminal; the core asks after the budget check, before any write
     confirm = _ask if sys.stdin.isatty() and not yes and not json_logs else None
     mode = "json" if json_logs else "quiet" if quiet else "live" if console.is_terminal else "plain"
@@ -253,7 +248,7 @@ def run_cmd(
         concurrency=concurrency,
         download_concurrency=download_concurrency,
         requests_per_s=requests_per_s,
-        max_cost_ptc=cap,
+        max_cost_ptc=max_cost,
         poll_floor_s=poll_interval,
         base_url=base_url,
         backoff_base_s=backoff_base_s,
@@ -373,7 +368,6 @@ def retry_cmd(
 
 
 def _reroll(path: Path, shots: list[str]) -> None:
-    from runner.money import format_ptc
     from runner.run.commands import reroll_shots
 
     made = asyncio.run(reroll_shots(path, shots))

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 from contextlib import aclosing, nullcontext, suppress
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
@@ -30,6 +28,7 @@ from runner.cli.options import (
 from runner.cli.views import (
     REHEARSAL_NOTE,
     clean,
+    json_text,
     report_table,
     scrub,
     status_dict,
@@ -41,7 +40,7 @@ from runner.ledger.queries import ReportRow, StatusSummary
 from runner.ledger.views import report_of, status_of, watch_status
 from runner.model import ShotState
 from runner.report import ContactSheetInfo, render_contact_sheet, to_csv, to_json
-from runner.text import json_safe, plural
+from runner.text import plural
 
 COMMANDS: list[click.Command] = []
 
@@ -99,7 +98,7 @@ async def _watch(
                 if display is not None:
                     display.update(status_renderable(summary, title), refresh=True)
                 elif fmt == "json":
-                    click.echo(_json(status_dict(summary), separators=(",", ":")))
+                    click.echo(json_text(status_dict(summary), separators=(",", ":")))
                 else:
                     console.print(Rule(time.strftime("%H:%M:%S"), style="dim"))
                     console.print(status_renderable(summary, title))
@@ -107,11 +106,6 @@ async def _watch(
                 if iterations is not None and shown >= iterations:
                     return
                 summary = await anext(summaries)
-
-
-def _json(data: object, **dumps: Any) -> str:
-    # json.dumps escapes C0 controls; json_safe the DEL and C1 ones (same data)
-    return scrub(json_safe(json.dumps(data, **dumps)))
 
 
 @click.command("status")
@@ -152,7 +146,7 @@ def status_cmd(
     summary = asyncio.run(status_of(path))
     title = _title(summary.meta, path)
     if fmt == "json":
-        click.echo(_json(status_dict(summary), indent=2))
+        click.echo(json_text(status_dict(summary), indent=2))
     else:
         console.print(status_renderable(summary, title))
 

@@ -13,6 +13,7 @@ Size: about 460 lines of rendering (board, status, tables), one display vocabula
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from runner.model import ShotState
 from runner.money import format_ptc
 from runner.report import STATE_LABELS
 from runner.run.events import RunEventKind
-from runner.text import plural, printable
+from runner.text import json_safe, plural, printable
 
 #: the groups a person follows, in lifecycle order, with the ledger states in each
 STATE_GROUPS: tuple[tuple[str, tuple[ShotState, ...], str], ...] = (
@@ -86,6 +87,12 @@ def scrub(text: str) -> str:
         if len(secret) >= 4 and secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def json_text(data: object, **dumps: Any) -> str:
+    """A JSON document for output: no API key, and (json.dumps escapes the C0 controls)
+    the DEL and C1 ones escaped too, the same data."""
+    return scrub(json_safe(json.dumps(data, **dumps)))
 
 
 def clean(text: str, *, keep_newlines: bool = False) -> str:

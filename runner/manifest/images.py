@@ -34,6 +34,8 @@ from PIL import Image, UnidentifiedImageError
 from runner.manifest.rules import PILLOW_FORMATS, ImageLimits
 
 _CHUNK = 1 << 20
+#: the largest file 302's upload takes (the run uploads, and the plan prices, no larger)
+UPLOAD_MAX_BYTES = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,20 @@ from runner.provider.verdicts import Call, read_envelope
 TRACE_HEADER = "Ai-trace-id"
 
 
+def api_headers(config: ProviderConfig) -> dict[str, str]:
+    """The headers every API call carries (the doctor's probes too)."""
+    return {"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"}
+
+
+def describe_exc(config: ProviderConfig, exc: BaseException) -> str:
+    """A transport error in words, key redacted. aiohttp's response errors carry the
+    request headers in their repr, so only str() is used."""
+    if isinstance(exc, TimeoutError):
+        return f"timed out: {type(exc).__name__}"
+    text = config.redact(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def api_session(config: ProviderConfig, *, force_close: bool) -> aiohttp.ClientSession:
     """A session for the provider's API: no cookies, proxies only when configured;
     ``force_close``: a fresh connection per request (see the module invariants)."""
@@ -101,12 +115,6 @@ class Provider:
             self._fresh = api_session(self.config, force_close=True)
         return self._pooled, self._fresh
 
-    def _api_headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self.config.api_key}",
-            "Accept": "application/json",
-        }
-
     def _host(self) -> str:
         url = URL(self.config.base_url)
         return f"{url.host}:{url.port}" if url.port else str(url.host)
@@ -121,7 +129,7 @@ class Provider:
             payload = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"the request cannot be sent as JSON: {exc}") from exc
-        headers = self._api_headers()
+        headers = api_headers(self.config)
         headers["Content-Type"] = "application/json"
         headers[TRACE_HEADER] = trace_id
         _, fresh = self._sessions()
@@ -139,7 +147,8 @@ class Provider:
                 raw = await resp.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise TransientError(
-                f"generate: cannot connect to {self._host()} ({self._why(exc)}); nothing was sent",
+                f"generate: cannot connect to {self._host()} "
+                f"({describe_exc(self.config, exc)}); nothing was sent",
                 hint="check the network and PIXRUN_BASE_URL",
             ) from exc
         except aiohttp.InvalidURL as exc:
@@ -166,15 +175,9 @@ class Provider:
     def _ambiguous(self, exc: BaseException) -> AmbiguousSubmit:
         return AmbiguousSubmit(
             f"generate: the request was sent to {self._host()} but no answer came back "
-            f"({self._why(exc)}); the task may exist and be charged",
+            f"({describe_exc(self.config, exc)}); the task may exist and be charged",
             hint="the shot is parked; resolve it once the provider can be asked again",
         )
-
-    def _why(self, exc: BaseException) -> str:
-        if isinstance(exc, TimeoutError):
-            return f"timed out: {type(exc).__name__}"
-        text = self.config.redact(str(exc))
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
     async def fetch(self, task_id: str) -> TaskState:
         """The task's current state (free, idempotent)."""
@@ -210,7 +213,7 @@ class Provider:
             async with pooled.request(
                 method,
                 url,
-                headers=self._api_headers(),
+                headers=api_headers(self.config),
                 timeout=self._api_timeout,
                 allow_redirects=False,
                 **kw,
@@ -221,9 +224,9 @@ class Provider:
         except aiohttp.InvalidURL as exc:
             raise UsageError(f"the URL of {what} is not valid: {exc}") from exc
         except aiohttp.ClientResponseError as exc:
-            raise TransientError(f"{what}: {self._why(exc)}") from None
+            raise TransientError(f"{what}: {describe_exc(self.config, exc)}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientError(f"{what}: {self._why(exc)}") from exc
+            raise TransientError(f"{what}: {describe_exc(self.config, exc)}") from exc
         return status, headers, self._note_dialect(_decode(raw))
 
     async def download(

@@ -121,8 +121,12 @@ class ProviderConfig:
         return self.base_url.rstrip("/") + self.upload_path
 
     def fetch_url(self, task_id: str) -> str:
-        quoted = quote(task_id, safe="")
-        return self.base_url.rstrip("/") + self.fetch_path.replace("{task_id}", quoted)
+        return self.url_of(self.fetch_path, task_id)
+
+    def url_of(self, route: str, task_id: str | None = None) -> str:
+        """The full URL of ``route`` (a path, with ``{task_id}`` filled in when given)."""
+        path = route if task_id is None else route.replace("{task_id}", quote(task_id, safe=""))
+        return self.base_url.rstrip("/") + path
 
     def redact(self, text: str) -> str:
         """``text`` with the API key blotted out, for anything we show or raise."""

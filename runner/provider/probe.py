@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
-from runner.provider.client import api_session
+from runner.provider.client import TRACE_HEADER, api_headers, api_session, describe_exc
 from runner.provider.config import ProviderConfig
 from runner.provider.verdicts import Meaning, meaning_of, read_envelope
 
@@ -39,7 +38,6 @@ MAX_BODY_BYTES = 64 * 1024
 PROBE_CONNECT_TIMEOUT_S = 5.0
 PROBE_TOTAL_TIMEOUT_S = 20.0
 
-TRACE_HEADER = "Ai-trace-id"
 #: where a fetch route may be: 302 publishes none for this API (API.md "Endpoints"), so
 #: these are the plausible forms, the configured default first
 FETCH_ROUTE_CANDIDATES = (
@@ -183,12 +181,6 @@ def accepted_task(answer: ProbeAnswer) -> str | None:
     return None
 
 
-def route_url(config: ProviderConfig, route: str, task_id: str | None = None) -> str:
-    """The full URL of ``route`` (a path, with ``{task_id}`` filled in when given)."""
-    path = route if task_id is None else route.replace("{task_id}", quote(task_id, safe=""))
-    return config.base_url.rstrip("/") + path
-
-
 class Prober:
     """Sends probes; use as ``async with Prober(config) as prober``.
 
@@ -219,16 +211,13 @@ class Prober:
             await self._session.close()
             self._session = None
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.config.api_key}", "Accept": "application/json"}
-
     async def get(self, url: str) -> ProbeAnswer:
-        return await self._send("GET", url, self._headers(), None, None)
+        return await self._send("GET", url, api_headers(self.config), None, None)
 
     async def post_json(
         self, url: str, body: dict[str, Any], *, trace_id: str | None = None
     ) -> ProbeAnswer:
-        headers = self._headers()
+        headers = api_headers(self.config)
         headers["Content-Type"] = "application/json"
         if trace_id is not None:
             headers[TRACE_HEADER] = trace_id
@@ -238,7 +227,8 @@ class Prober:
     async def post_empty_form(self, url: str) -> ProbeAnswer:
         """A multipart form with no field at all (an upload with no file)."""
         form = aiohttp.MultipartWriter("form-data")
-        return await self._send("POST", url, self._headers(), form, "multipart/form-data, no field")
+        headers = api_headers(self.config)
+        return await self._send("POST", url, headers, form, "multipart/form-data, no field")
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], data: Any, shown_body: Any
@@ -267,11 +257,13 @@ class Prober:
                 status = resp.status
                 kept = {h: redact(resp.headers[h]) for h in KEPT_HEADERS if h in resp.headers}
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return self._failed(request, t0, f"cannot connect: {self._why(exc)}", sent=False)
+            why = describe_exc(self.config, exc)
+            return self._failed(request, t0, f"cannot connect: {why}", sent=False)
         except aiohttp.InvalidURL as exc:
             return self._failed(request, t0, f"not a valid URL: {redact(str(exc))}", sent=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return self._failed(request, t0, f"no answer: {self._why(exc)}", sent=True)
+            why = describe_exc(self.config, exc)
+            return self._failed(request, t0, f"no answer: {why}", sent=True)
         text = redact(raw.decode("utf-8", errors="replace"))
         body: Any = text
         if not truncated:
@@ -297,13 +289,6 @@ class Prober:
             elapsed_s=time.monotonic() - t0,
             received_at_s=time.time(),
         )
-
-    def _why(self, exc: BaseException) -> str:
-        # aiohttp's response errors carry the request headers in their repr: use str()
-        if isinstance(exc, TimeoutError):
-            return f"timed out ({type(exc).__name__})"
-        text = self.config.redact(str(exc))
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:

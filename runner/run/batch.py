@@ -39,9 +39,9 @@ from runner.errors import (
 )
 from runner.ledger import META_PROVIDER, Ledger, open_ledger
 from runner.ledger.callbacks import callback_secret
-from runner.model import CallbackSettings, Manifest
+from runner.model import Manifest
 from runner.money import to_uptc_or_none
-from runner.run.callbacks import CallbackHub, CallbackReceiver
+from runner.run.callbacks import CallbackEndpoint, CallbackHub, CallbackReceiver
 from runner.run.events import RunEvent, RunEventKind, RunObserver
 from runner.run.guard import check_identity, check_ledger_owner, provider_identity
 from runner.run.options import RunResult, StopReason, exit_code_for
@@ -238,15 +238,14 @@ async def run_batch(
 
 @contextlib.asynccontextmanager
 async def _receiver(
-    ledger: Ledger, callback: tuple[CallbackSettings, str, int] | None
+    ledger: Ledger, callback: CallbackEndpoint | None
 ) -> AsyncIterator[CallbackHub | None]:
     """The callback receiver for the run, stopped on every way out; None without."""
     if callback is None:
         yield None
         return
-    settings, host, port = callback
-    hub = CallbackHub(await callback_secret(ledger), settings.url or "")
-    async with CallbackReceiver(hub, host, port):
+    hub = CallbackHub(await callback_secret(ledger), callback.url or "")
+    async with CallbackReceiver(hub, callback.host, callback.port):
         yield hub
 
 

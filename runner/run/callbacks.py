@@ -29,7 +29,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp import web
 
@@ -199,6 +199,26 @@ def _shape(body: bytes) -> str:
     if isinstance(doc, dict):
         return "{" + ",".join(sorted(str(k) for k in doc)) + "}"
     return type(doc).__name__
+
+
+class CallbackEndpoint(NamedTuple):
+    """Where the receiver binds, and the public URL the provider is given (None: the
+    receiver's own address)."""
+
+    host: str
+    port: int
+    url: str | None
+
+
+def callback_endpoint(listen: str | None, url: str | None, *, hint: str) -> CallbackEndpoint | None:
+    """The receiver's endpoint from a listen address and an optional public URL; None
+    without a listen address. Raises UsageError (``hint`` names the caller's setting)."""
+    if listen is None:
+        if url is not None:
+            raise UsageError("a callback URL needs a listen address for the receiver", hint=hint)
+        return None
+    host, port = parse_listen(listen)
+    return CallbackEndpoint(host, port, check_public_url(url) if url else None)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

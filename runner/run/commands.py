@@ -60,17 +60,17 @@ async def requeue_shots(
             chosen += await ledger.shot_ids_in([ShotState.FAILED])
         if moderated:
             chosen += await ledger.shot_ids_in([ShotState.MODERATED])
+        parked = await ledger.shot_ids_in([ShotState.AMBIGUOUS])
         if ambiguous:
-            chosen += await ledger.shot_ids_in([ShotState.AMBIGUOUS])
+            chosen += parked
         for sid in shot_ids:
             if await ledger.get_shot(sid) is None:
                 raise UsageError(f"no shot {sid!r} in the ledger {ledger_path}")
-        parked = set(await ledger.shot_ids_in([ShotState.AMBIGUOUS]))
         unique = list(dict.fromkeys(chosen))
         moved = await ledger.requeue(
             unique, "re-queued by pixrun retry", extra_attempts=extra_attempts
         )
-        return moved, sum(1 for s in unique if s in parked)
+        return moved, len(set(unique).intersection(parked))
 
 
 async def reroll_shots(ledger_path: Path, shot_ids: list[str]) -> list[Reroll]:

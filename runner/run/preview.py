@@ -16,7 +16,8 @@ from runner.errors import (
 )
 from runner.ledger import Ledger
 from runner.model import Manifest, ShotState
-from runner.money import to_uptc_or_none
+from runner.money import to_uptc_or_none, uptc_text
+from runner.pricing import unpriced_under_budget
 from runner.text import plural
 
 
@@ -97,20 +98,14 @@ def check_budget(preview: RunPreview, *, rerender: bool) -> None:
     if budget_uptc is None:
         return
     if preview.unpriced:
-        raise BudgetExceeded(
-            f"{plural(preview.unpriced, 'shot')} to submit "
-            f"{'has' if preview.unpriced == 1 else 'have'} no published price, so the budget "
-            "cannot be checked",
-            hint="add their price to the price table, or drop the budget "
-            "(run.budget_ptc / --max-cost)",
-        )
+        raise unpriced_under_budget(preview.unpriced)
     spent = preview.spent_uptc
     remaining = preview.to_submit_uptc + (preview.changed_done_uptc if rerender else 0)
     count = preview.to_submit + (len(preview.changed_done) if rerender else 0)
     if spent + remaining > budget_uptc:
         raise BudgetExceeded(
-            f"the plan does not fit the budget: {spent / 1e6:g} PTC spent + "
-            f"{remaining / 1e6:g} PTC for {plural(count, 'shot')} to submit = "
-            f"{(spent + remaining) / 1e6:g} PTC > cap {budget_uptc / 1e6:g} PTC",
+            f"the plan does not fit the budget: {uptc_text(spent)} PTC spent + "
+            f"{uptc_text(remaining)} PTC for {plural(count, 'shot')} to submit = "
+            f"{uptc_text(spent + remaining)} PTC > cap {uptc_text(budget_uptc)} PTC",
             hint="raise the cap (run.budget_ptc or --max-cost) or remove shots",
         )

@@ -15,15 +15,17 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.errors import UsageError
 from runner.ledger import SIM_INFIX, default_ledger_path
-from runner.model import CallbackSettings, Manifest
+from runner.model import Manifest
 from runner.money import to_uptc_or_none
-from runner.pricing import PriceTable, default_price_table
+from runner.pricing import manifest_price_table
 from runner.provider import Provider, ProviderConfig
 from runner.run.options import SchedulerOptions
+
+if TYPE_CHECKING:
+    from runner.run.callbacks import CallbackEndpoint
 
 #: the key the in-process simulator accepts (never a real key)
 SIM_API_KEY = "pixrun-simulator-key"
@@ -177,30 +179,17 @@ def scheduler_options(
     return options
 
 
-def callback_settings_for(
-    manifest: Manifest, overrides: RunOverrides
-) -> tuple[CallbackSettings, str, int] | None:
-    """The run's callback settings (the command line wins over ``run.callback``) with
-    the receiver's host and port; None without callbacks. Raises UsageError."""
-    from runner.run.callbacks import check_public_url, parse_listen
+def callback_settings_for(manifest: Manifest, overrides: RunOverrides) -> CallbackEndpoint | None:
+    """The run's callback endpoint (the command line wins over ``run.callback``); None
+    without callbacks. Raises UsageError."""
+    from runner.run.callbacks import callback_endpoint
 
     configured = manifest.run.callback
-    listen = overrides.callback_listen or (configured.listen if configured else None)
-    url = overrides.callback_url or (configured.url if configured else None)
-    if listen is None:
-        if url is not None:
-            raise UsageError(
-                "a callback URL needs a listen address for the receiver",
-                hint="add --callback-listen HOST:PORT (or run.callback.listen)",
-            )
-        return None
-    host, port = parse_listen(listen)
-    return CallbackSettings(listen, check_public_url(url) if url else None), host, port
-
-
-def manifest_price_table(manifest: Manifest) -> PriceTable:
-    table = manifest.price_table
-    return table if isinstance(table, PriceTable) else default_price_table()
+    return callback_endpoint(
+        overrides.callback_listen or (configured.listen if configured else None),
+        overrides.callback_url or (configured.url if configured else None),
+        hint="add --callback-listen HOST:PORT (or run.callback.listen)",
+    )
 
 
 def real_config(overrides: RunOverrides) -> ProviderConfig:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from runner import errors
 from runner.ledger import AttemptOutcome, EventKind
 from runner.model import ErrorKind, ShotState
+from runner.money import uptc_text
 from runner.provider import trace_id_for
 from runner.run import crashpoints
 from runner.run.callbacks import CallbackHub
@@ -189,10 +190,10 @@ class Submitter:
                 return
             if not ctx.tally.budget_allows(row.price_uptc or 0, ctx.opt.budget_uptc):
                 ctx.release(job)
-                cap = (ctx.opt.budget_uptc or 0) / 1e6
+                cap = uptc_text(ctx.opt.budget_uptc or 0)
                 ctx.stop_submitting(
                     StopReason.BUDGET,
-                    f"the budget cap of {cap:g} PTC would be passed: no more submissions",
+                    f"the budget cap of {cap} PTC would be passed: no more submissions",
                 )
                 return
             sent = await self._call(job, attempt_no, trace_id, new=not same)

@@ -54,8 +54,7 @@ class Transitions:
         values = dict(fields)
         if state is not None:
             values["state"] = state
-        event = (note.ledger_kind, note.message) if note and note.ledger_kind else None
-        await self._ctx.ledger.update_shot(row.shot_id, values, event=event)
+        await self._ctx.ledger.update_shot(row.shot_id, values, event=_ledger_event(note))
         self._apply(row, state, fields, note)
 
     def _apply(
@@ -113,21 +112,20 @@ class Transitions:
     ) -> None:
         """A generate call that made no task: close its attempt and move the shot
         (``record_error``: the message becomes the shot's last error)."""
-        fields: dict[str, Any] = {"state": state, "not_before": not_before}
-        fields["error_kind"] = None if kind is None else kind.value
+        fields: dict[str, Any] = {"not_before": not_before, "error_kind": kind}
         if record_error:
             fields["last_error"] = message
-        event = (note.ledger_kind, note.message) if note and note.ledger_kind else None
         await self._ctx.ledger.attempt_finished(
             row.shot_id,
             attempt_id,
             outcome,
             message=message,
             http_status=http_status,
-            shot_fields=fields,
-            event=event,
+            shot_fields={**fields, "state": state},
+            event=_ledger_event(note),
         )
-        row.not_before = not_before
-        row.error_kind = fields["error_kind"]
-        self._ctx.tally.move(row, state)
-        self._tell(row, note)
+        self._apply(row, state, fields, note)
+
+
+def _ledger_event(note: Note | None) -> tuple[EventKind, str] | None:
+    return (note.ledger_kind, note.message) if note and note.ledger_kind else None

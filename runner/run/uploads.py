@@ -23,9 +23,13 @@ from typing import Any
 
 from runner.errors import InvalidRequest
 from runner.ledger import Ledger
-from runner.manifest.images import read_capped
+from runner.manifest.images import UPLOAD_MAX_BYTES, read_capped
 from runner.provider import Provider
-from runner.provider.images import FILE_PREFIX, has_local_images, path_of_file_uri
+from runner.provider.images import (
+    FILE_PREFIX,
+    has_local_images,
+    path_of_file_uri,
+)
 
 
 class ImageUploads:
@@ -49,6 +53,9 @@ class ImageUploads:
         self._inflight: dict[str, asyncio.Future[str]] = {}
         #: uploads known in this run (from the ledger or made here)
         self._known: dict[str, str] = {}
+        #: content digests by (path, size, mtime, inode): a shared reference image is
+        #: read and hashed once per run, not once per generate
+        self._digests: dict[tuple[str, int, int, int], str] = {}
 
     async def prepare(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
         """The request to send: unchanged unless uploads are on and it has local images."""
@@ -66,7 +73,12 @@ class ImageUploads:
         if not (isinstance(value, str) and value.startswith(FILE_PREFIX)):
             return value
         path = path_of_file_uri(value)
+        seen = await asyncio.to_thread(_stat_key, path)
+        known = self._known.get(self._digests.get(seen, ""))
+        if known is not None:
+            return known
         digest, data = await asyncio.to_thread(_read, path)
+        self._digests[seen] = digest
         if digest in self._known:
             return self._known[digest]
         waiting = self._inflight.get(digest)
@@ -91,8 +103,13 @@ class ImageUploads:
             del self._inflight[digest]
 
 
-#: the largest file 302's upload takes
-UPLOAD_MAX_BYTES = 50 * 1024 * 1024
+def _stat_key(path: Path) -> tuple[str, int, int, int]:
+    """What identifies a file's content cheaply: a change of any part re-reads it."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    return str(path), st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _read(path: Path) -> tuple[str, bytes]:
@@ -103,7 +120,11 @@ def _read(path: Path) -> tuple[str, bytes]:
         data = read_capped(path, UPLOAD_MAX_BYTES)
         return hashlib.sha256(data).hexdigest(), data
     except OSError as exc:
-        raise InvalidRequest(
-            f"cannot read the local image {path}: {exc.strerror or exc}",
-            hint="check that the image file still exists; nothing was sent",
-        ) from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: OSError) -> InvalidRequest:
+    return InvalidRequest(
+        f"cannot read the local image {path}: {exc.strerror or exc}",
+        hint="check that the image file still exists; nothing was sent",
+    )
