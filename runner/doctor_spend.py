@@ -41,6 +41,7 @@ from runner.pricing import PriceTable, price_of
 from runner.provider import Provider, ProviderConfig, TaskState, TaskStatus, mp4_problem
 from runner.provider.dialects import parse_fetch, parse_generate
 from runner.provider.probe import ProbeAnswer, Prober, Verdict, classify
+from runner.provider.verdicts import Call
 
 SPEND_REQUEST: dict[str, Any] = {
     "prompt": "pixrun doctor test shot: a paper boat drifts across a calm pond",
@@ -193,7 +194,15 @@ def _task_id_of(answer: ProbeAnswer, config: ProviderConfig, trace_id: str, fold
             hint=where,
         )
     try:
-        return parse_generate(answer.status, answer.headers, answer.body, redact=config.redact)
+        # read as a run reads it: the same statuses mean "the task may exist"
+        return parse_generate(
+            answer.status,
+            answer.headers,
+            answer.body,
+            redact=config.redact,
+            ambiguous_statuses=config.ambiguous_generate_statuses,
+            call=Call("POST", config.generate_url()),
+        )
     except ProviderError as exc:
         exc.hint = f"{exc.hint}; {where}" if exc.hint else where
         raise
@@ -260,7 +269,12 @@ def _read_fetch(
         return None
     try:
         return parse_fetch(
-            answer.status or 0, answer.headers, answer.body, task_id, redact=config.redact
+            answer.status or 0,
+            answer.headers,
+            answer.body,
+            task_id,
+            redact=config.redact,
+            call=Call("GET", config.fetch_url(task_id)),
         )
     except (TaskNotFound, TransientError, RateLimited):
         # a fresh task may take a moment to be visible; the timeout decides

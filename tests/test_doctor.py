@@ -26,7 +26,8 @@ from runner.doctor import (
     check_ledger_folder,
     diagnose,
 )
-from runner.errors import ExitCode, UsageError
+from runner.doctor_spend import _task_id_of
+from runner.errors import AmbiguousSubmit, ExitCode, TransientError, UsageError
 from runner.provider import ProviderConfig, mp4_problem
 from runner.provider.probe import ProbeAnswer, Verdict, classify
 from runner.provider.settings_file import save_settings, saved_settings
@@ -168,6 +169,26 @@ def test_a_spend_shot_refused_by_moderation_exits_1_with_its_answers(
     last = json.loads(sorted(folder.glob("*-fetch-*.json"))[-1].read_text("utf-8"))
     assert last["body"]["Resp"]["status"] == 7
     assert not (folder / "pixrun-doctor.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("ambiguous", "expected"), [((504,), TransientError), ((503, 504), AmbiguousSubmit)]
+)
+def test_spend_reads_a_generate_error_as_a_run_would(
+    tmp_path: Path, ambiguous: tuple[int, ...], expected: type[Exception]
+) -> None:
+    # a 503 the gateway forwarded: the configured statuses decide "maybe charged"
+    config = ProviderConfig(
+        base_url="http://127.0.0.1:9", api_key=KEY, ambiguous_generate_statuses=ambiguous
+    )
+    answer = ProbeAnswer(
+        request={"method": "POST", "url": config.generate_url()},
+        status=503,
+        body={"code": 503, "message": "upstream busy", "data": None},
+    )
+    with pytest.raises(expected) as caught:
+        _task_id_of(answer, config, "trace-1", tmp_path)
+    assert str(tmp_path) in (caught.value.hint or "")
 
 
 def test_spend_without_a_terminal_needs_yes(sim_thread: SimThread, tmp_path: Path) -> None:

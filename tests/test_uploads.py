@@ -4,7 +4,9 @@ how a sidecar names them."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ import pytest
 from PIL import Image
 
 import runner.run.uploads as uploads_module
-from runner.ledger import open_ledger
+from runner.ledger import ShotRow, open_ledger
+from runner.model import ShotState
 from runner.provider import Provider
+from runner.run.collect import sidecar_fields
 from runner.run.uploads import ImageUploads
 
 
@@ -56,3 +60,31 @@ async def test_a_shared_image_is_read_once_and_an_edited_one_uploaded_again(
         assert second["image"] != first["image"]
         assert reads == [image, image]
         assert sim.stats()["uploads"]["count"] == 2
+
+
+def test_a_sidecar_names_every_local_image_as_a_plain_path(tmp_path: Path) -> None:
+    # the sidecar is for people: decoded paths, in lists too (fusion, image_list)
+    spaced = tmp_path / "my ref #1.png"
+    other = tmp_path / "other.png"
+    request = {
+        "prompt": "a lake",
+        "image": spaced.as_uri(),
+        "image_list": [other.as_uri(), "https://example.com/a.png"],
+    }
+    columns = {f.name: None for f in dataclasses.fields(ShotRow)}
+    row = ShotRow(
+        **{
+            **columns,
+            "shot_id": "s01",
+            "version": 1,
+            "request_json": json.dumps(request),
+            "request_hash": "h",
+            "prompt": "a lake",
+            "mode": "image",
+            "state": ShotState.DOWNLOADING,
+        }
+    )
+    sidecar = sidecar_fields(row)["request"]
+    assert sidecar["image"] == str(spaced)
+    assert sidecar["image_list"] == [str(other), "https://example.com/a.png"]
+    assert sidecar["prompt"] == "a lake"

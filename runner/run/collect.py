@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from typing import Any
 from runner.errors import (
     DiskFull,
     DownloadError,
+    InvalidRequest,
     OutputConflict,
     TaskNotFound,
     TransientError,
@@ -44,6 +46,7 @@ from runner.outputs import (
     write_sidecar,
 )
 from runner.provider import DownloadResult, TaskStatus
+from runner.provider.images import FILE_PREFIX, path_of_file_uri
 from runner.run import crashpoints
 from runner.run.context import Job, RunContext
 from runner.run.crashpoints import CrashPoint
@@ -75,10 +78,11 @@ class _Sidecar:
 
 def sidecar_fields(row: ShotRow) -> dict[str, Any]:
     """The sidecar, but for what only the finished download knows."""
-    request = dict(row.request)
-    for key in ("image", "last_image"):
-        if isinstance(request.get(key), str) and request[key].startswith("file://"):
-            request[key] = request[key][len("file://") :]
+    # local images as plain paths (decoded), wherever they are: image, last_image, lists
+    request = {
+        key: [_local_path(v) for v in value] if isinstance(value, list) else _local_path(value)
+        for key, value in row.request.items()
+    }
     return {
         "shot_id": row.shot_id,
         "version": row.version,
@@ -351,3 +355,10 @@ class Collector:
 def _parked(row: ShotRow) -> bool:
     """The shot was parked on the way (the provider no longer knows its task)."""
     return row.state == ShotState.AMBIGUOUS
+
+
+def _local_path(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(FILE_PREFIX):
+        with contextlib.suppress(InvalidRequest):  # another host's: kept as written
+            return str(path_of_file_uri(value))
+    return value
