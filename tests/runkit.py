@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -492,6 +493,13 @@ def exit_within(running: Running, seconds: float) -> tuple[int, float]:
         running.kill()
         raise AssertionError(f"pixrun did not exit within {seconds} s") from None
     return code, time.monotonic() - t0
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (free when asked)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def generate_calls(sim: SimulatorThread) -> int:

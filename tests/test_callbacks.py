@@ -19,11 +19,14 @@ from runkit import (
     SimThread,
     env_for,
     explain,
+    flat,
+    generate_calls,
     ledger_task_ids,
     net_charges,
     pixrun,
     query,
     run_args,
+    run_pixrun,
     start,
     state_counts,
     wait_until,
@@ -232,7 +235,7 @@ def test_callbacks_need_far_fewer_fetches_than_polling(
         sim = sim_thread(render_time_s=RENDER_S, callback=True)
         # few in flight: the first of them are polled in full (no callback has come yet)
         batch = batch_with(tmp_path / name, 40, concurrency=4)
-        result = pixrun(run_args(batch, *flags), env_for(sim.base_url), cwd=batch.dir)
+        result = run_pixrun(batch, sim.base_url, *flags)
         assert result.returncode == 0, explain(result)
         stats = sim.stats()
         assert_all_done_once(batch, stats)
@@ -250,7 +253,7 @@ def test_the_stored_request_carries_no_callback(tmp_path: Path, sim_thread: SimT
 
     sim = sim_thread(callback=True, generate_hook=hook)
     batch = batch_with(tmp_path, 3)
-    result = pixrun(run_args(batch, *LISTEN), env_for(sim.base_url), cwd=batch.dir)
+    result = run_pixrun(batch, sim.base_url, *LISTEN)
     assert result.returncode == 0, explain(result)
     secret = query(batch.ledger, "SELECT value FROM meta WHERE key = 'callback_secret'")[0][0]
     assert len(sent) == 3 and all(f"/{secret}/" in url for url in sent)
@@ -279,7 +282,7 @@ def test_faulty_callbacks_end_with_every_shot_done_and_paid_once(
     sim = sim_thread(render_time_s=RENDER_S, callback=True, seed=7, **knobs)
     # the manifest's run.callback this time (the command line has none)
     batch = batch_with(tmp_path, 16, callback={"listen": "127.0.0.1:0"})
-    result = pixrun(run_args(batch), env_for(sim.base_url), cwd=batch.dir)
+    result = run_pixrun(batch, sim.base_url)
     assert result.returncode == 0, explain(result)
     stats = sim.stats()
     assert_all_done_once(batch, stats)
@@ -310,7 +313,7 @@ def test_a_rerun_after_a_kill_collects_tasks_whose_callbacks_were_lost(
         lambda: sim.stats(with_tasks=False)["faults"].get("callback_unreachable", 0) == 6,
         what="the callbacks to the dead receiver",
     )
-    result = pixrun(run_args(batch, *LISTEN), env_for(sim.base_url), cwd=batch.dir)
+    result = run_pixrun(batch, sim.base_url, *LISTEN)
     assert result.returncode == 0, explain(result)
     assert_all_done_once(batch, sim.stats())
     # the secret survived the kill; nothing arrived for the tasks of the first run
@@ -334,11 +337,11 @@ def test_bad_callback_options_exit_2_before_anything_is_sent(
 ) -> None:
     sim = sim_thread()
     batch = batch_with(tmp_path, 2)
-    result = pixrun(run_args(batch, *flags), env_for(sim.base_url), cwd=batch.dir)
+    result = run_pixrun(batch, sim.base_url, *flags)
     assert result.returncode == 2, explain(result)
-    assert phrase in " ".join((result.stdout + result.stderr).split())
+    assert phrase in flat(result.stdout + result.stderr)
     assert "Traceback" not in result.stderr
-    assert sim.stats(with_tasks=False)["calls"].get("generate", 0) == 0
+    assert generate_calls(sim) == 0
 
 
 def test_sim_refuses_a_bad_callback_share(tmp_path: Path) -> None:
@@ -388,7 +391,7 @@ def test_callbacks_that_never_arrive_are_said_once_and_polling_collects_everythi
 ) -> None:
     sim = sim_thread(render_time_s=RENDER_S, callback=True, callback_lost_share=1.0)
     batch = batch_with(tmp_path, 40)
-    result = pixrun(run_args(batch, *LISTEN), env_for(sim.base_url), cwd=batch.dir)
+    result = run_pixrun(batch, sim.base_url, *LISTEN)
     assert result.returncode == 0, explain(result)
     assert_all_done_once(batch, sim.stats())
     said = query(batch.ledger, "SELECT message FROM events WHERE kind = 'callbacks_silent'")
@@ -399,5 +402,5 @@ def test_the_manifest_callback_section_is_checked(tmp_path: Path) -> None:
     batch = batch_with(tmp_path, 1, callback={"url": "ftp://example.com/cb"})
     result = pixrun(["validate", str(batch.manifest)], env_for(None), cwd=tmp_path)
     assert result.returncode == 2, explain(result)
-    text = " ".join((result.stdout + result.stderr).split())
+    text = flat(result.stdout + result.stderr)
     assert "run.callback" in text and "listen" in text

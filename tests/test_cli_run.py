@@ -29,8 +29,10 @@ from runkit import (
     assert_key_absent,
     env_for,
     exit_within,
+    explain,
     files_under,
     flat,
+    generate_calls,
     in_state,
     integrity,
     last_attempts,
@@ -210,10 +212,12 @@ def test_plan_over_the_budget_exits_4_and_sends_nothing(
     sim = sim_thread()
     batch = write_manifest(tmp_path, 5)
     done = pixrun(run_args(batch, "--max-cost", "0.45"), env_for(sim.base_url), cwd=tmp_path)
-    assert done.returncode == 4
-    assert "does not fit the budget" in flat(done.stderr)
-    assert "Traceback" not in done.stderr
-    assert sim.stats()["calls"] == {}
+    said = explain(done)
+    assert done.returncode == 4, said
+    assert "does not fit the budget" in flat(done.stderr), said
+    assert "Traceback" not in done.stderr, said
+    assert generate_calls(sim) == 0, said
+    assert sim.stats()["calls"] == {}, said  # nothing at all reached the provider
 
 
 def test_empty_account_exits_4_and_a_rerun_after_topping_up_completes(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from runkit import env_for, pixrun
+from runkit import env_for, explain, pixrun
 from viewkit import Spec, build_batch
 
 from runner.cli.progress import PlainObserver, render_summary
@@ -127,7 +127,8 @@ def test_a_fusion_duration_is_a_number_in_every_view(rehearsal: Rehearsal) -> No
     table = _pixrun(r.dir, "report", "--ledger", r.ledger).stdout
     assert "v4 360p 5s" in table and "5ss" not in table
     sheet = r.dir / "sheet.html"
-    _pixrun(r.dir, "report", "--ledger", r.ledger, "--format", "html", "-o", sheet)
+    made = _pixrun(r.dir, "report", "--ledger", r.ledger, "--format", "html", "-o", sheet)
+    assert made.returncode == 0, explain(made)
     assert "duration <b>5 s</b>" in sheet.read_text() and "5s s" not in sheet.read_text()
 
 
@@ -306,7 +307,8 @@ def test_simulated_work_is_marked(tmp_path: Path, simulated: bool | None) -> Non
         json.loads(_pixrun(tmp_path, "status", m, "--format", "json").stdout)["simulated"] is marked
     )
     assert (NOTE in _pixrun(tmp_path, "report", m).stdout) is marked
-    _pixrun(tmp_path, "report", m, "--format", "html", "-o", "sheet.html")
+    made = _pixrun(tmp_path, "report", m, "--format", "html", "-o", "sheet.html")
+    assert made.returncode == 0, explain(made)
     head = (tmp_path / "sheet.html").read_text().split("</header>")[0]
     assert ("(rehearsal, simulated provider)" in head) is marked
     assert (head.count("(rehearsal, simulated provider)") == 2) is marked  # title and h1

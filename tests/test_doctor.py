@@ -17,7 +17,16 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from runkit import KEY, PRICE_UPTC, SimThread, assert_key_absent, env_for, flat, pixrun
+from runkit import (
+    KEY,
+    PRICE_UPTC,
+    SimThread,
+    assert_key_absent,
+    env_for,
+    flat,
+    free_port,
+    pixrun,
+)
 
 from runner.doctor import (
     Outcome,
@@ -226,10 +235,13 @@ def test_doctor_checks_the_folders_of_a_manifest(sim_thread: SimThread, tmp_path
 # -- the settings file -------------------------------------------------------------------
 
 
-def test_an_explicit_option_beats_the_settings_file(sim_thread: SimThread, tmp_path: Path) -> None:
+def test_an_explicit_option_beats_the_settings_file(
+    sim_thread: SimThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = sim_thread()
     settings = tmp_path / "config.toml"
-    save_to(settings, sim.base_url, fetch_path="/pix/nowhere/{task_id}")
+    monkeypatch.setenv("PIXRUN_CONFIG", str(settings))  # where this process saves
+    save_settings(sim.base_url, {"fetch_path": "/pix/nowhere/{task_id}"})
     wrong = doctor([], sim.base_url, tmp_path, config=settings)
     assert wrong.returncode == ExitCode.CONTRACT, "the saved (wrong) route was not used"
     explicit = doctor(
@@ -250,20 +262,6 @@ def test_an_unknown_key_in_the_settings_file_is_refused(
     result = doctor([], sim.base_url, tmp_path, config=settings)
     assert result.returncode == ExitCode.INVALID
     assert str(settings) in flat(result.stderr) and "fetch_pth" in result.stderr
-
-
-def save_to(path: Path, base_url: str, **settings: Any) -> None:
-    import os
-
-    old = os.environ.get("PIXRUN_CONFIG")
-    os.environ["PIXRUN_CONFIG"] = str(path)
-    try:
-        save_settings(base_url, settings)
-    finally:
-        if old is None:
-            del os.environ["PIXRUN_CONFIG"]
-        else:
-            os.environ["PIXRUN_CONFIG"] = old
 
 
 def test_settings_apply_under_overrides_per_base_url(
@@ -438,11 +436,7 @@ async def test_redirects_and_html_are_route_level(fake_api: Any, tmp_path: Path)
 
 
 async def test_a_provider_that_is_down_exits_2(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     found = await run_doctor(f"http://127.0.0.1:{port}", tmp_path)
     assert found["key"].outcome is Outcome.FAIL and "cannot connect" in found["key"].found
     assert found["report"].exit_code == ExitCode.INVALID

@@ -84,7 +84,7 @@ def test_a_wrong_generate_route_stops_at_once_and_charges_nothing(
     # nothing was made, nothing failed or parked: the shots wait, same attempt next time
     assert set(states(batch.ledger).values()) == {"pending"}
     outcomes = {r[0] for r in query(batch.ledger, "SELECT outcome FROM attempts")}
-    assert outcomes <= {"mismatch", "transient"}, outcomes
+    assert "mismatch" in outcomes and outcomes <= {"mismatch", "transient"}, outcomes
     fixed = run_pixrun(batch, sim.base_url, "--provider-option", "generate_path=/pix/v2/generate")
     assert fixed.returncode == 0, explain(fixed)
     assert_files_match(batch, sim.stats(), batch.ids)
@@ -265,4 +265,6 @@ def test_a_fetch_route_that_knows_no_task_at_all_stops_instead_of_parking_everyt
     assert done.returncode == CONTRACT, said
     assert "fetch route" in flat(done.stdout) and "pixrun doctor" in flat(done.stdout), said
     assert not in_state(batch.ledger, "ambiguous") and not in_state(batch.ledger, "failed")
-    assert all(len(t) == 1 for t in sim_tasks(sim.stats()).values())
+    by_shot = sim_tasks(sim.stats())
+    assert by_shot, "no task was accepted before the route was judged wrong"
+    assert all(len(t) == 1 for t in by_shot.values()), by_shot

@@ -24,8 +24,10 @@ from runkit import (
     env_for,
     explain,
     flat,
+    free_port,
     generate_calls,
     in_state,
+    ledger_task_ids,
     pixrun,
     query,
     run_args,
@@ -37,6 +39,8 @@ from runkit import (
     wait_until,
     write_manifest,
 )
+
+from runner.ledger import default_ledger_path
 
 SIMULATE = ("--simulate", "--sim-render-time", "0.02,0.1")
 
@@ -53,7 +57,8 @@ def test_a_rehearsal_then_the_real_run_delivers_the_providers_files(
     batch = write_manifest(tmp_path, 4)
     rehearsal = _rehearse(tmp_path, batch.manifest)
     assert rehearsal.returncode == 0, explain(rehearsal)
-    sim_ledger = tmp_path / "batch.sim.ledger.sqlite"
+    sim_ledger = default_ledger_path(batch.manifest, simulated=True)
+    assert sim_ledger == tmp_path / "batch.sim.ledger.sqlite"  # the documented name
     assert sim_ledger.exists() and not batch.ledger.exists()
     rehearsed = tmp_path / "out.sim"
     assert sorted(p.name for p in rehearsed.glob("*.mp4")) == [f"{s}.mp4" for s in batch.ids]
@@ -80,14 +85,16 @@ def test_a_rehearsal_ledger_never_meets_the_real_provider(
 ) -> None:
     sim = sim_thread()
     batch = write_manifest(tmp_path, 3)
-    assert _rehearse(tmp_path, batch.manifest).returncode == 0
-    sim_ledger = tmp_path / "batch.sim.ledger.sqlite"
+    rehearsal = _rehearse(tmp_path, batch.manifest)
+    assert rehearsal.returncode == 0, explain(rehearsal)
+    sim_ledger = default_ledger_path(batch.manifest, simulated=True)
     real = run_pixrun(batch, sim.base_url, "--ledger", str(sim_ledger))
     said = explain(real)
     assert real.returncode == 2 and "rehearsal" in real.stderr and "--simulate" in real.stderr, said
     assert generate_calls(sim) == 0
     # and a real ledger never takes a rehearsal
-    assert run_pixrun(batch, sim.base_url).returncode == 0
+    first = run_pixrun(batch, sim.base_url)
+    assert first.returncode == 0, explain(first)
     mixed = _rehearse(tmp_path, batch.manifest, "--ledger", str(batch.ledger))
     assert mixed.returncode == 2 and "real work" in mixed.stderr, explain(mixed)
 
@@ -109,7 +116,7 @@ def test_an_interrupted_rehearsal_resumes_without_paying_twice(tmp_path: Path) -
     env = env_for(None, key=None, crash_at="after_task_committed:6")
     crashed = pixrun(args, env, cwd=tmp_path)
     assert crashed.returncode != 0
-    sim_ledger = tmp_path / "batch.sim.ledger.sqlite"
+    sim_ledger = default_ledger_path(batch.manifest, simulated=True)
     submitted = in_state(sim_ledger, "submitted")
     assert len(submitted) == 6, explain(crashed)
     state_file = sim_ledger.with_name(sim_ledger.name + ".sim-state.jsonl")
@@ -119,9 +126,11 @@ def test_an_interrupted_rehearsal_resumes_without_paying_twice(tmp_path: Path) -
     assert set(states(sim_ledger).values()) == {"done"}
     tasks = query(sim_ledger, "SELECT shot_id, COUNT(*) FROM attempts GROUP BY shot_id")
     assert all(n == 1 for _, n in tasks), tasks  # one generate per shot, over both runs
+    # the state file (records labelled "t") holds each task once: those the ledger tied
     records = [json.loads(line) for line in state_file.read_text().splitlines() if line]
-    created = [r for r in records if r.get("kind", r.get("type")) in ("task", "created")]
-    assert len(created) in (0, 6) or len(records) >= 6
+    logged = [str(r["task_id"]) for r in records if r.get("t") == "task"]
+    assert len(logged) == len(set(logged)) == 6, records
+    assert set(logged) == ledger_task_ids(sim_ledger)
 
 
 def test_an_uncreatable_output_folder_exits_2_with_nothing_sent(
@@ -143,7 +152,8 @@ def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
 ) -> None:
     sim = sim_thread()
     batch = write_manifest(tmp_path, 5)
-    assert run_pixrun(batch, sim.base_url).returncode == 0
+    first = run_pixrun(batch, sim.base_url)
+    assert first.returncode == 0, explain(first)
     before = generate_calls(sim)
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
@@ -162,10 +172,14 @@ def test_a_foreign_file_at_an_output_is_refused_before_spending(
     sim = sim_thread()
     batch = write_manifest(tmp_path, 3)
     batch.out.mkdir(parents=True)
-    (batch.out / "s01.mp4").write_bytes(b"someone else's video")
+    theirs = b"someone else's video"
+    (batch.out / "s01.mp4").write_bytes(theirs)
     done = run_pixrun(batch, sim.base_url)
     assert done.returncode == 2 and "s01.mp4" in done.stderr, explain(done)
     assert generate_calls(sim) == 0
+    # the user's file is left as it was, and nothing was written beside it
+    assert (batch.out / "s01.mp4").read_bytes() == theirs
+    assert [p.name for p in batch.out.iterdir()] == ["s01.mp4"]
 
 
 def _edit_quality(batch_manifest: Path, quality: str) -> None:
@@ -182,7 +196,9 @@ def test_changed_done_shots_are_not_rebought_without_consent(
     --rerender-changed it re-renders them and keeps the old files as .v1."""
     sim = sim_thread()
     batch = write_manifest(tmp_path, 3)
-    assert run_pixrun(batch, sim.base_url).returncode == 0
+    first = run_pixrun(batch, sim.base_url)
+    assert first.returncode == 0, explain(first)
+    old = {sid: sha256_of(batch.out / f"{sid}.mp4") for sid in batch.ids}
     _edit_quality(batch.manifest, "540p")
     held = pixrun(run_args(batch, output="--json-logs"), env_for(sim.base_url), cwd=tmp_path)
     assert held.returncode == 1, explain(held)
@@ -196,17 +212,17 @@ def test_changed_done_shots_are_not_rebought_without_consent(
 
     rerendered = run_pixrun(batch, sim.base_url, "--rerender-changed")
     assert rerendered.returncode == 0, explain(rerendered)
-    assert sim.stats()["accepted_tasks"] == 6
+    stats = sim.stats()
+    assert stats["accepted_tasks"] == 6
+    assert_files_match(batch, stats, batch.ids)  # the new renders, at the usual names
     for sid in batch.ids:
-        assert (batch.out / f"{sid}.v1.mp4").exists()
+        aside = sha256_of(batch.out / f"{sid}.v1.mp4")
+        assert aside == old[sid], f"{sid}.v1.mp4 is not the old video"
+        assert aside != sha256_of(batch.out / f"{sid}.mp4"), f"{sid}: the old video is kept"
 
 
 def test_a_typod_provider_address_fails_fast_with_exit_2(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     batch = write_manifest(tmp_path, 2)
     t0 = time.monotonic()
     done = pixrun(
@@ -303,8 +319,9 @@ def test_a_deleted_clip_of_a_rehearsal_comes_back_through_a_fresh_fetch(tmp_path
     points at the previous run's simulator (gone): the download refreshes its URL with a
     free fetch, and the state file's simulator still knows the task."""
     batch = write_manifest(tmp_path, 3)
-    assert _rehearse(tmp_path, batch.manifest).returncode == 0
-    sim_ledger = tmp_path / "batch.sim.ledger.sqlite"
+    rehearsal = _rehearse(tmp_path, batch.manifest)
+    assert rehearsal.returncode == 0, explain(rehearsal)
+    sim_ledger = default_ledger_path(batch.manifest, simulated=True)
     clip = tmp_path / "out.sim" / "s01.mp4"
     recorded = query(sim_ledger, "SELECT sha256 FROM shots WHERE shot_id = 's01'")[0][0]
     clip.unlink()
@@ -397,7 +414,7 @@ def test_a_rehearsal_waits_on_its_own_clock_and_its_hints_keep_simulate(tmp_path
     slow = write_manifest(tmp_path / "slow", 3)
     slow_args = ["run", str(slow.manifest), "--yes", "--simulate", "--sim-render-time", "30,30"]
     running = start(slow_args, env_for(None, key=None), cwd=slow.dir, tag="slow")
-    ledger = slow.dir / "batch.sim.ledger.sqlite"
+    ledger = default_ledger_path(slow.manifest, simulated=True)
     wait_until(lambda: len(in_state(ledger, "submitted")) == 3, what="three tasks rendering")
     running.signal(signal.SIGINT)
     assert running.wait(20) == 130

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from runkit import free_port
 
 from runner.errors import (
     AmbiguousSubmit,
@@ -85,12 +86,6 @@ async def raw_server(handler: Handler) -> AsyncIterator[str]:
         if tasks:
             await asyncio.wait(tasks, timeout=5)
         await server.wait_closed()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def json_answer(body: bytes, status: str = "200 OK", keep_alive: bool = True) -> bytes:

@@ -21,12 +21,16 @@ from runkit import (
     SimThread,
     assert_files_match,
     env_for,
+    explain,
     flat,
     forget_task,
+    generate_calls,
     in_state,
+    ledger_task_ids,
     pixrun,
     query,
     run_args,
+    run_pixrun,
     sha256_of,
     shot_of,
     sim_seed,
@@ -47,10 +51,10 @@ def _park_s01(sim: SimulatorThread, batch: Batch) -> dict[str, Any]:
         config.lost_generate_share = 1.0 if shot_of(str(body["prompt"])) == "s01" else 0.0
 
     config.generate_hook = lose_the_answer_to_s01
-    first = pixrun(run_args(batch), env_for(sim.base_url), cwd=batch.dir)
+    first = run_pixrun(batch, sim.base_url)
     config.generate_hook = None
     config.lost_generate_share = 0.0
-    assert first.returncode == 1, first.stdout + first.stderr
+    assert first.returncode == 1, explain(first)
     assert in_state(batch.ledger, "ambiguous") == {"s01"}
     (task,) = sim_tasks(sim.stats())["s01"]
     return task
@@ -89,7 +93,7 @@ def test_resolve_refuses_a_task_the_ledger_ties_to_another_shot(
     (s00_task,) = sim_tasks(sim.stats())["s00"]
     fetches = sim.stats()["calls"].get("fetch", 0)
     refused = _resolve(batch, sim, s00_task["task_id"])
-    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.returncode == 2, explain(refused)
     assert "already belongs to shot s00" in flat(refused.stderr)
     assert sim.stats()["calls"].get("fetch", 0) == fetches  # refused before asking
     _ledger_unchanged_for_s01(batch)
@@ -102,7 +106,7 @@ def test_resolve_refuses_a_task_the_provider_does_not_know(
     batch = write_manifest(tmp_path, 3)
     _park_s01(sim, batch)
     refused = _resolve(batch, sim, "987654321")
-    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.returncode == 2, explain(refused)
     assert "the provider does not know task 987654321; nothing was written" in flat(refused.stderr)
     _ledger_unchanged_for_s01(batch)
 
@@ -115,11 +119,11 @@ def test_resolve_refuses_a_task_made_from_another_prompt(
     batch = write_manifest(tmp_path / "mine", 3)
     _park_s01(sim, batch)
     other = write_manifest(tmp_path / "theirs", 2, scenes={"s01": "a busy street"})
-    done = pixrun(run_args(other), env_for(sim.base_url), cwd=other.dir)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_pixrun(other, sim.base_url)
+    assert done.returncode == 0, explain(done)
     (theirs,) = [t for t in sim_tasks(sim.stats())["s01"] if "busy street" in t["prompt"]]
     refused = _resolve(batch, sim, theirs["task_id"])
-    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.returncode == 2, explain(refused)
     assert "its prompt is 'a busy street, shot s01'" in flat(refused.stderr)
     _ledger_unchanged_for_s01(batch)
 
@@ -133,19 +137,19 @@ def test_resolve_checks_the_seed_when_the_shot_sets_one(
     task = _park_s01(sim, batch)
     other = write_manifest(tmp_path / "theirs", 2)  # the same prompt, another seed
     _set_seeds(other, {"s01": 6})
-    done = pixrun(run_args(other), env_for(sim.base_url), cwd=other.dir)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_pixrun(other, sim.base_url)
+    assert done.returncode == 0, explain(done)
     (theirs,) = [t for t in sim_tasks(sim.stats())["s01"] if t["task_id"] != task["task_id"]]
     refused = _resolve(batch, sim, theirs["task_id"])
-    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.returncode == 2, explain(refused)
     assert "its seed is 6, the shot's is 5" in flat(refused.stderr)
     _ledger_unchanged_for_s01(batch)
     # the right task passes every check
     tied = _resolve(batch, sim, task["task_id"])
-    assert tied.returncode == 0, tied.stdout + tied.stderr
-    again = pixrun(run_args(batch), env_for(sim.base_url), cwd=batch.dir)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert sim.stats()["calls"]["generate"] == 5  # 3 of mine, 2 of theirs: none again
+    assert tied.returncode == 0, explain(tied)
+    again = run_pixrun(batch, sim.base_url)
+    assert again.returncode == 0, explain(again)
+    assert generate_calls(sim) == 5  # 3 of mine, 2 of theirs: none again
 
 
 def test_a_resolved_task_that_turns_out_unknown_parks_the_shot_again(
@@ -155,13 +159,13 @@ def test_a_resolved_task_that_turns_out_unknown_parks_the_shot_again(
     batch = write_manifest(tmp_path, 3)
     task = _park_s01(sim, batch)
     tied = _resolve(batch, sim, task["task_id"])
-    assert tied.returncode == 0, tied.stdout + tied.stderr
+    assert tied.returncode == 0, explain(tied)
     forget_task(sim, task["task_id"])  # gone between the resolve and the run
-    generates = sim.stats()["calls"]["generate"]
-    again = pixrun(run_args(batch), env_for(sim.base_url), cwd=batch.dir)
-    assert again.returncode == 1, again.stdout + again.stderr
+    generates = generate_calls(sim)
+    again = run_pixrun(batch, sim.base_url)
+    assert again.returncode == 1, explain(again)
     assert in_state(batch.ledger, "ambiguous") == {"s01"}
-    assert sim.stats()["calls"]["generate"] == generates  # never generated again
+    assert generate_calls(sim) == generates  # never generated again
 
 
 # -- retry --moderated ---------------------------------------------------------------------
@@ -173,8 +177,8 @@ def test_retry_moderated_requeues_what_the_summary_says(
     sim = sim_thread(moderated_words=("forbidden",))
     batch = write_manifest(tmp_path, 3, scenes={"s01": "a forbidden scene"})
     env = env_for(sim.base_url)
-    first = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert first.returncode == 1, first.stdout + first.stderr
+    first = run_pixrun(batch, sim.base_url)
+    assert first.returncode == 1, explain(first)
     assert in_state(batch.ledger, "moderated") == {"s01"}
     assert f"pixrun retry --moderated {batch.manifest}" in flat(first.stdout)
     # --failed takes failed shots only
@@ -185,8 +189,8 @@ def test_retry_moderated_requeues_what_the_summary_says(
     assert "re-queued 1 shot;" in moderated.stdout
     assert states(batch.ledger)["s01"] == "pending"
     sim.simulator.config.moderated_words = ()  # the prompt was dealt with
-    again = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
+    again = run_pixrun(batch, sim.base_url)
+    assert again.returncode == 0, explain(again)
     assert_files_match(batch, sim.stats(), batch.ids)
 
 
@@ -207,7 +211,7 @@ def _versions(batch: Batch, shot_id: str) -> dict[int, str]:
 
 def _plan_statuses(batch: Batch, env: Mapping[str, str]) -> dict[str, int]:
     plan = pixrun(["plan", str(batch.manifest), "--format", "json"], env, cwd=batch.dir)
-    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert plan.returncode == 0, explain(plan)
     (group,) = json.loads(plan.stdout)["groups"]
     result: dict[str, int] = group["by_status"]
     return result
@@ -219,15 +223,15 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
     sim = sim_thread()
     batch = write_manifest(tmp_path, 2)
     env = env_for(sim.base_url)
-    first = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
+    first = run_pixrun(batch, sim.base_url)
+    assert first.returncode == 0, explain(first)
     clip = batch.out / "s00.mp4"
     v1_bytes = clip.read_bytes()
 
     reroll = pixrun(
         ["retry", str(batch.manifest), "--shot", "s00", "--new-seed"], env, cwd=tmp_path
     )
-    assert reroll.returncode == 0, reroll.stdout + reroll.stderr
+    assert reroll.returncode == 0, explain(reroll)
     out = flat(reroll.stdout)
     assert "re-render costs 0.10 PTC" in out and "version 2" in out
     seed = int(out.split("new seed ")[1].split(",")[0])
@@ -246,8 +250,8 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
     # the plan counts it as to submit (not as changed): the manifest entry is the same
     assert _plan_statuses(batch, env) == {"to_submit": 1, "done": 1}
 
-    second = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert second.returncode == 0, second.stdout + second.stderr
+    second = run_pixrun(batch, sim.base_url)
+    assert second.returncode == 0, explain(second)
     tasks = sim_tasks(sim.stats())
     assert len(tasks["s00"]) == 2 and len(tasks["s01"]) == 1
     assert sim_seed(sim, tasks["s00"][1]["task_id"]) == seed  # rendered with the new seed
@@ -260,9 +264,9 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
     assert _versions(batch, "s00") == {1: "s00.v1.mp4"}
 
     # the re-roll survives later runs of the unchanged manifest
-    third = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert third.returncode == 0, third.stdout + third.stderr
-    assert sim.stats()["calls"]["generate"] == 3
+    third = run_pixrun(batch, sim.base_url)
+    assert third.returncode == 0, explain(third)
+    assert generate_calls(sim) == 3
     assert query(batch.ledger, "SELECT version, state FROM shots WHERE shot_id='s00'") == [
         (2, "done")
     ]
@@ -270,8 +274,8 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
 
     # an edit of the shot in the manifest is a real change: it drops the re-roll's seed
     write_manifest(tmp_path, 2, scenes={"s00": "a stormy sea"})
-    fourth = pixrun(run_args(batch, "--rerender-changed"), env, cwd=tmp_path)
-    assert fourth.returncode == 0, fourth.stdout + fourth.stderr
+    fourth = run_pixrun(batch, sim.base_url, "--rerender-changed")
+    assert fourth.returncode == 0, explain(fourth)
     ((version, override, request_json),) = query(
         batch.ledger, "SELECT version, seed_override, request_json FROM shots WHERE shot_id='s00'"
     )
@@ -287,7 +291,8 @@ def test_reroll_refuses_what_it_cannot_reroll(tmp_path: Path, sim_thread: SimThr
     batch = write_manifest(tmp_path, 2)
     env = env_for(sim.base_url)
     task = _park_s01(sim, batch)
-    assert task
+    # the provider made s01's task but its answer was lost: the ledger never learnt it
+    assert task["task_id"] not in ledger_task_ids(batch.ledger)
     parked = pixrun(
         ["retry", str(batch.manifest), "--shot", "s01", "--new-seed"], env, cwd=tmp_path
     )
@@ -310,13 +315,13 @@ def test_a_removed_shots_deleted_file_is_not_downloaded_again(
     sim = sim_thread()
     batch = write_manifest(tmp_path, 3)
     env = env_for(sim.base_url)
-    first = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
+    first = run_pixrun(batch, sim.base_url)
+    assert first.returncode == 0, explain(first)
     write_manifest(tmp_path, 2)  # s02 dropped from the manifest ...
     (batch.out / "s02.mp4").unlink()  # ... and its file deleted
     downloads = sim.stats()["calls"]["download"]
-    again = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
+    again = run_pixrun(batch, sim.base_url)
+    assert again.returncode == 0, explain(again)
     assert not (batch.out / "s02.mp4").exists()
     assert sim.stats()["calls"]["download"] == downloads
     # nor re-rolled: no run would render it (and the other shot named is left alone)
@@ -329,8 +334,8 @@ def test_a_removed_shots_deleted_file_is_not_downloaded_again(
     assert query(batch.ledger, "SELECT MAX(version) FROM shots") == [(1,)]
     # a shot of the manifest whose file vanished is still downloaded again
     (batch.out / "s01.mp4").unlink()
-    third = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert third.returncode == 0, third.stdout + third.stderr
+    third = run_pixrun(batch, sim.base_url)
+    assert third.returncode == 0, explain(third)
     assert (batch.out / "s01.mp4").exists() and not (batch.out / "s02.mp4").exists()
 
 
@@ -349,16 +354,16 @@ def test_a_sqlite_file_of_another_program_is_refused_untouched(
     con.commit()
     con.close()
     before = foreign.read_bytes()
-    refused = pixrun(run_args(batch, "--ledger", str(foreign)), env_for(sim.base_url), cwd=tmp_path)
-    assert refused.returncode == 2, refused.stdout + refused.stderr
+    refused = run_pixrun(batch, sim.base_url, "--ledger", str(foreign))
+    assert refused.returncode == 2, explain(refused)
     assert "is an SQLite file, but not a pixrun ledger" in flat(refused.stderr)
     assert foreign.read_bytes() == before  # not migrated, not even switched to WAL
-    assert sim.stats()["calls"].get("generate", 0) == 0
+    assert generate_calls(sim) == 0
     # an empty file, or a new path, becomes a ledger
     empty = tmp_path / "empty.sqlite"
     empty.touch()
-    made = pixrun(run_args(batch, "--ledger", str(empty)), env_for(sim.base_url), cwd=tmp_path)
-    assert made.returncode == 0, made.stdout + made.stderr
+    made = run_pixrun(batch, sim.base_url, "--ledger", str(empty))
+    assert made.returncode == 0, explain(made)
     assert states(empty) == {"s00": "done"}
 
 
@@ -369,17 +374,17 @@ def test_a_ledger_of_another_manifest_is_refused_unless_forced(
     env = env_for(sim.base_url)
     alpha = write_manifest(tmp_path / "alpha", 2, name="alpha")
     done = pixrun(run_args(alpha), env, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0, explain(done)
     beta = write_manifest(tmp_path / "beta", 2, name="beta", scenes={"s00": "a desert"})
     refused = pixrun(run_args(beta, "--ledger", str(alpha.ledger)), env, cwd=tmp_path)
-    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.returncode == 2, explain(refused)
     err = flat(refused.stderr)
     assert "belongs to the batch 'alpha'" in err and "--force" in err
-    assert sim.stats()["calls"]["generate"] == 2  # nothing sent
+    assert generate_calls(sim) == 2  # nothing sent
     assert query(alpha.ledger, "SELECT value FROM meta WHERE key='name'") == [("alpha",)]
     take_over = ("--ledger", str(alpha.ledger), "--force", "--rerender-changed")
     forced = pixrun(run_args(beta, *take_over), env, cwd=tmp_path)
-    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert forced.returncode == 0, explain(forced)
     assert query(alpha.ledger, "SELECT value FROM meta WHERE key='name'") == [("beta",)]
 
 
@@ -388,11 +393,11 @@ def test_a_moved_project_warns_and_proceeds(tmp_path: Path, sim_thread: SimThrea
     env = env_for(sim.base_url)
     batch = write_manifest(tmp_path / "old-place", 2)
     done = pixrun(run_args(batch), env, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0, explain(done)
     shutil.move(tmp_path / "old-place", tmp_path / "new-place")
     moved = write_manifest(tmp_path / "new-place", 2)  # the same manifest, moved
     again = pixrun(run_args(moved, output=""), env, cwd=tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.returncode == 0, explain(again)
     out = flat(again.stdout + again.stderr)
     assert "was last used with the manifest at" in out and "old-place" in out
-    assert sim.stats()["calls"]["generate"] == 2  # nothing sent again
+    assert generate_calls(sim) == 2  # nothing sent again

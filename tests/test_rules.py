@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from runkit import pixrun
+from runkit import env_for, pixrun
 
 from runner.errors import ManifestError, UsageError
 from runner.manifest import load_manifest
@@ -305,7 +305,7 @@ def test_validate_does_not_hang_on_a_fifo_or_dev_zero(tmp_path: Path, image_chec
     )
     args = ["validate", str(path)] + ([] if image_check else ["--no-image-check"])
     # a regression blocks on the FIFO or reads /dev/zero forever: the timeout fails it
-    result = pixrun(args, dict(os.environ), cwd=tmp_path, timeout_s=20)
+    result = pixrun(args, env_for(None, key=None), cwd=tmp_path, timeout_s=20)
     if image_check:
         assert result.returncode == 2, result.stderr
         assert "pipe.png is a named pipe (FIFO), not a regular file" in result.stderr
@@ -313,6 +313,7 @@ def test_validate_does_not_hang_on_a_fifo_or_dev_zero(tmp_path: Path, image_chec
     else:
         # not opened for inspection; hashing refuses them without reading (missing:)
         assert result.returncode == 0, result.stderr
+        assert f"valid: {path} (2 shots)" in result.stdout.splitlines(), result.stdout
 
 
 def test_hashing_a_fifo_returns_at_once(tmp_path: Path) -> None:
@@ -333,12 +334,12 @@ def test_hashing_a_fifo_returns_at_once(tmp_path: Path) -> None:
 def test_cli_rules_option_adds_a_model_for_validate_plan_and_schema(tmp_path: Path) -> None:
     rules = write_rules(tmp_path, with_v6(), "v6.json")
     manifest = write_manifest(tmp_path, "  - {id: new, prompt: p, model: v6}\n")
-    env = dict(os.environ)
+    env = env_for(None, key=None)
     refused = pixrun(["validate", str(manifest)], env, cwd=tmp_path, timeout_s=60)
     assert refused.returncode == 2 and "'v6' is not one of the allowed" in refused.stderr
     ok = pixrun(["validate", "--rules", str(rules), str(manifest)], env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    assert "valid" in ok.stdout
+    assert f"valid: {manifest} (1 shot)" in ok.stdout.splitlines(), ok.stdout  # not "invalid"
     plan = pixrun(
         ["plan", str(manifest), "--rules", str(rules), "--format", "json"], env, cwd=tmp_path
     )
@@ -355,7 +356,7 @@ def test_cli_bad_rules_file_exits_2_with_the_key(tmp_path: Path) -> None:
     rules = write_rules(tmp_path, data)
     manifest = write_manifest(tmp_path, "  - {id: a, prompt: p}\n")
     result = pixrun(
-        ["validate", "--rules", str(rules), str(manifest)], dict(os.environ), cwd=tmp_path
+        ["validate", "--rules", str(rules), str(manifest)], env_for(None, key=None), cwd=tmp_path
     )
     assert result.returncode == 2
     assert f"rules file {rules} at qualities: has no source" in result.stderr

@@ -90,6 +90,9 @@ async def test_a_commit_that_cannot_be_written_moves_nothing_in_memory(tmp_path:
     with pytest.raises(ValueError):  # not a shot column: refused before any write
         await Transitions(ctx).commit(row, ShotState.DONE, no_such_column=1)
     assert row.state is ShotState.PENDING and ctx.tally.counts[ShotState.PENDING] == 1
+    await ledger.flush()
+    stored = await ledger.get_shot("a")  # nor in the ledger
+    assert stored is not None and stored.state is ShotState.PENDING
     await ledger.close()
 
 
