@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runner.ledger import open_ledger
-from runner.ledger.queries import hashes_and_states, spent_uptc, uploaded_digests
+from runner.ledger.queries import hashes_and_states, uploaded_digests
 from runner.model import Manifest, ShotState
 from runner.plan import TO_SUBMIT
 
@@ -44,7 +44,7 @@ async def ledger_labels(
     uploaded)``; shots the ledger lacks are new."""
     async with await open_ledger(ledger_path, writer=False) as ledger:
         known = await hashes_and_states(ledger)
-        spent = await spent_uptc(ledger)
+        spent = await ledger.spent_uptc()
         uploaded = await uploaded_digests(ledger)
     labels: dict[str, str] = {}
     for shot in manifest.shots:

@@ -84,7 +84,8 @@ class _SyncPlan:
 
     def add_new(self, shot: Shot, seq: int) -> None:
         cols = shot_columns(shot)
-        self.insert_columns = ["shot_id", "seq", *cols, "state", "created_at", "updated_at"]
+        if not self.insert_columns:  # every shot sets the same columns, in the same order
+            self.insert_columns = ["shot_id", "seq", *cols, "state", "created_at", "updated_at"]
         self.inserts.append(
             (shot.shot_id, seq, *cols.values(), ShotState.PENDING.value, self.now, self.now)
         )
