@@ -330,12 +330,3 @@ async def report_rows(
     sql += " ORDER BY seq"
     rows = await _fetchall(ledger, sql, params)
     return [_report_row(r) for r in rows]
-
-
-async def hashes_and_states(ledger: Ledger) -> dict[str, tuple[str, ShotState]]:
-    """Every shot's manifest request hash and state (for ``pixrun plan`` against a
-    ledger): a re-rolled shot counts by the manifest request it re-rolled."""
-    rows = await _fetchall(
-        ledger, "SELECT shot_id, COALESCE(override_base_hash, request_hash), state FROM shots"
-    )
-    return {sid: (digest, ShotState(state)) for sid, digest, state in rows}
