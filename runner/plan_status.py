@@ -1,7 +1,14 @@
 """What a ledger says about a manifest's shots, as labels for :func:`runner.plan.build_plan`.
 
-Invariant: only ``to_submit`` and ``changed`` shots will be paid for by the next run;
-everything else is done, at the provider (already paid), parked or finished otherwise.
+Invariants:
+- Each shot is labelled by what the next run's sync will make of it
+  (:func:`runner.ledger.classify.classify`, the rule the sync itself follows), so the
+  plan prices what the run will pay for: an abandoned shot back in the manifest is to
+  submit, a changed one whose request may be at the provider is in flight or parked.
+- Only ``to_submit`` and ``changed`` shots will be paid for by the next run; everything
+  else is done, at the provider (already paid), parked or finished otherwise. A done
+  shot whose request changed is ``changed``: the run re-renders it only if the user
+  agrees (``--rerender-changed`` or the question), so the plan prices it.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runner.ledger import open_ledger
-from runner.ledger.queries import hashes_and_states, spent_uptc, uploaded_digests
+from runner.ledger.classify import SyncAction, classify, state_after_sync
+from runner.ledger.queries import uploaded_digests
 from runner.model import Manifest, ShotState
 from runner.plan import TO_SUBMIT
 
@@ -33,6 +41,7 @@ _LABEL_OF = {
     ShotState.AMBIGUOUS: PARKED,
     ShotState.FAILED: FAILED,
     ShotState.MODERATED: FAILED,
+    # never the label of a manifest shot: the sync revives an abandoned one
     ShotState.ABANDONED: FAILED,
 }
 
@@ -43,17 +52,17 @@ async def ledger_labels(
     """``(label per shot id, micro-PTC spent so far, digests of images already
     uploaded)``; shots the ledger lacks are new."""
     async with await open_ledger(ledger_path, writer=False) as ledger:
-        known = await hashes_and_states(ledger)
-        spent = await spent_uptc(ledger)
+        known = await ledger.known_shots()
+        spent = await ledger.spent_uptc()
         uploaded = await uploaded_digests(ledger)
     labels: dict[str, str] = {}
     for shot in manifest.shots:
         entry = known.get(shot.shot_id)
-        if entry is None:
-            continue  # new: to submit
-        digest, state = entry
-        if digest != shot.request_hash and not state.at_provider:
+        action = classify(shot.request_hash, entry)
+        if action is SyncAction.NEW:
+            continue  # unlabelled: to submit
+        if action in (SyncAction.NEW_VERSION, SyncAction.RERENDER):
             labels[shot.shot_id] = CHANGED
         else:
-            labels[shot.shot_id] = _LABEL_OF[state]
+            labels[shot.shot_id] = _LABEL_OF[state_after_sync(action, entry)]
     return labels, spent, uploaded

@@ -15,6 +15,7 @@ from shots import make_shot
 
 from runner.errors import LedgerError, LedgerLocked, LedgerSchemaError
 from runner.ledger import AttemptOutcome, EventKind, Ledger, open_ledger
+from runner.ledger.classify import KnownShot, SyncAction, classify
 from runner.ledger.migrations import LATEST_VERSION, MIGRATIONS
 from runner.model import ShotState
 
@@ -468,3 +469,72 @@ def test_grouped_writes_keep_each_shots_order() -> None:
         expected = [sql for stmts, key, _ in batch if key == shot for sql, _ in stmts]
         assert mine == expected, shot
     assert len(groups) < len(flat)
+
+
+def _known(state: ShotState, *, rerolled_from: str | None = None) -> KnownShot:
+    return KnownShot("h-ledger", 1, state, 0, 1, "out/a.mp4", rerolled_from)
+
+
+@pytest.mark.parametrize(
+    ("request_hash", "known", "action"),
+    [
+        ("h-new", None, SyncAction.NEW),
+        ("h-ledger", _known(ShotState.DONE), SyncAction.KEEP),
+        ("h-ledger", _known(ShotState.FAILED), SyncAction.KEEP),
+        ("h-ledger", _known(ShotState.SUBMITTING), SyncAction.KEEP),
+        ("h-ledger", _known(ShotState.ABANDONED), SyncAction.REVIVE),
+        ("h-base", _known(ShotState.DONE, rerolled_from="h-base"), SyncAction.KEEP),
+        ("h-edit", _known(ShotState.DONE, rerolled_from="h-base"), SyncAction.RERENDER),
+        ("h-edit", _known(ShotState.PENDING), SyncAction.NEW_VERSION),
+        ("h-edit", _known(ShotState.FAILED), SyncAction.NEW_VERSION),
+        ("h-edit", _known(ShotState.ABANDONED), SyncAction.NEW_VERSION),
+        ("h-edit", _known(ShotState.AMBIGUOUS), SyncAction.NEW_VERSION),
+        ("h-edit", _known(ShotState.SUBMITTING), SyncAction.DEFERRED),
+        ("h-edit", _known(ShotState.SUBMITTED), SyncAction.DEFERRED),
+        ("h-edit", _known(ShotState.DOWNLOADING), SyncAction.DEFERRED),
+    ],
+)
+def test_classify_says_what_the_sync_does(
+    request_hash: str, known: KnownShot | None, action: SyncAction
+) -> None:
+    assert classify(request_hash, known) is action
+
+
+async def test_the_sync_does_what_classify_says(tmp_path: Path) -> None:
+    """One ledger with a shot in each case; the sync's result and rows follow classify."""
+    async with await open_ledger(tmp_path / "b.ledger.sqlite", writer=True) as ledger:
+        await ledger.sync_manifest([make_shot(s) for s in "abcdef"])
+        await ledger.sync_manifest([make_shot(s) for s in "abcde"])  # f: abandoned
+        for sid, state in {"b": ShotState.DONE, "c": ShotState.SUBMITTED}.items():
+            await ledger.update_shot(sid, {"state": state})
+        shots = [
+            make_shot("a"),  # pending, unchanged: kept
+            make_shot("b", prompt="edited"),  # done, changed: held (hold) or re-rendered
+            make_shot("c", prompt="edited"),  # at the provider, changed: deferred
+            make_shot("d", prompt="edited"),  # pending, changed: a new version
+            make_shot("f"),  # abandoned, unchanged: revived
+            make_shot("g"),  # new
+        ]
+        known = await ledger.known_shots()
+        actions = {s.shot_id: classify(s.request_hash, known.get(s.shot_id)) for s in shots}
+        assert actions == {
+            "a": SyncAction.KEEP,
+            "b": SyncAction.RERENDER,
+            "c": SyncAction.DEFERRED,
+            "d": SyncAction.NEW_VERSION,
+            "f": SyncAction.REVIVE,
+            "g": SyncAction.NEW,
+        }
+        result = await ledger.sync_manifest(shots, hold=frozenset({"b"}), known=known)
+        assert result.new == 1 and result.unchanged == 2 and result.removed == ("e",)
+        assert result.changed == ("b", "c", "d")
+        rows = {sid: await ledger.get_shot(sid) for sid in "abcdfg"}
+        got = {sid: (row.state, row.version) for sid, row in rows.items() if row is not None}
+        assert got == {
+            "a": (ShotState.PENDING, 1),
+            "b": (ShotState.DONE, 1),
+            "c": (ShotState.SUBMITTED, 1),
+            "d": (ShotState.PENDING, 2),
+            "f": (ShotState.PENDING, 1),
+            "g": (ShotState.PENDING, 1),
+        }

@@ -13,7 +13,7 @@ from viewkit import HOSTILE_PROMPT, build_batch, mixed_specs
 
 from runner.errors import LedgerError
 from runner.ledger import Ledger, open_ledger
-from runner.ledger.queries import report_rows, spent_uptc, status_summary
+from runner.ledger.queries import report_rows, status_summary
 from runner.model import ShotState
 
 
@@ -131,7 +131,7 @@ async def test_spent_counts_accepted_and_resolved_not_ambiguous(tmp_path: Path) 
     async with await open_ledger(batch.ledger_path, writer=True) as ledger:
         await ledger.resolve("lost-answer", "777")  # the user found the task: it cost
     async with await open_ledger(batch.ledger_path, writer=False) as ledger:
-        assert await spent_uptc(ledger) == 8 * 150_000
+        assert await ledger.spent_uptc() == 8 * 150_000
 
 
 async def test_status_reads_while_a_run_holds_the_ledger(tmp_path: Path) -> None:
@@ -221,6 +221,6 @@ async def test_spent_query_uses_an_index_on_attempt_outcome(tmp_path: Path) -> N
     async with await open_ledger(batch.ledger_path, writer=False) as ledger:
         statements: list[str] = []
         await ledger.connection.set_trace_callback(statements.append)
-        await spent_uptc(ledger)
+        await ledger.spent_uptc()
     plans = _plans(batch.ledger_path, statements)
     assert all(not _FULL_SCAN.match(line) for plan in plans.values() for line in plan), plans

@@ -4,7 +4,8 @@ All SQL of pixrun lives in this package. The scheduler calls the methods of
 :class:`Ledger`; reports and status views call :mod:`runner.ledger.queries`.
 
 The package, by job: ``rows`` (what a row is), ``batcher`` (every write transaction),
-``lock`` and ``opening`` (the run lock, migrations), ``sync`` (manifest sync),
+``lock`` and ``opening`` (the run lock, migrations), ``sync`` (manifest sync) and
+``classify`` (its rule, shared with the run's preview and ``pixrun plan``),
 ``run_writes``, ``actions`` and ``reads`` (the parts of :class:`Ledger`), ``queries``
 (read-only views for status, report and plan).
 

@@ -26,6 +26,10 @@ from runner.ledger.rows import (
 from runner.ledger.rows import now as _now
 from runner.model import ShotState
 
+#: shot ids per ``IN (...)`` query: well under SQLite's bound-parameter limit (32,766
+#: since 3.32; 999 before)
+_IDS_PER_QUERY = 500
+
 
 class UserActions(LedgerBase):
     """The user's actions on a ledger (see :class:`runner.ledger.Ledger`)."""
@@ -52,16 +56,22 @@ class UserActions(LedgerBase):
             ShotState.ABANDONED.value,
             ShotState.PENDING.value,
         )
-        rows = []
-        for sid in shot_ids:
-            rows.extend(
-                await self._fetchall(
-                    "SELECT shot_id, state, task_id, error_kind FROM shots WHERE shot_id = ?",
-                    (sid,),
-                )
+        wanted = list(dict.fromkeys(shot_ids))
+        found: dict[str, tuple[str, str | None, str | None]] = {}
+        for start in range(0, len(wanted), _IDS_PER_QUERY):
+            chunk = wanted[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self._fetchall(
+                f"SELECT shot_id, state, task_id, error_kind FROM shots WHERE shot_id IN ({marks})",
+                chunk,
             )
+            found.update((r[0], (r[1], r[2], r[3])) for r in rows)
         moved = 0
-        for sid, state, task_id, error_kind in rows:
+        # in the caller's order, so the events read in the order the user named shots
+        for sid in wanted:
+            if sid not in found:
+                continue
+            state, task_id, error_kind = found[sid]
             if state not in movable:
                 continue
             moved += 1

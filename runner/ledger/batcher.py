@@ -71,7 +71,6 @@ class WriteBatcher:
         self._failed: LedgerError | None = None
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
-        self.writes = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="ledger-writer")
@@ -106,7 +105,6 @@ class WriteBatcher:
                 self._queue = []
                 return
             self.commits += 1
-            self.writes += len(batch)
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)

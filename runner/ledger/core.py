@@ -66,10 +66,7 @@ class LedgerBase:
         return self._trace_secret
 
     async def load_trace_secret(self) -> None:
-        rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (META_TRACE_SECRET,))
-        if not rows:
-            raise LedgerSchemaError(f"the ledger {self.path} has no trace secret")
-        self._trace_secret = bytes.fromhex(str(rows[0][0]))
+        self._trace_secret = bytes.fromhex(await self.meta_value(META_TRACE_SECRET, "trace secret"))
 
     @property
     def commit_count(self) -> int:
@@ -102,6 +99,13 @@ class LedgerBase:
         await transaction(self._conn, self.path, one_by_one(statements))
 
     # -- metadata --------------------------------------------------------------------
+
+    async def meta_value(self, key: str, what: str) -> str:
+        """One ``meta`` value a migration made (``what`` names it in the error if missing)."""
+        rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        if not rows:
+            raise LedgerSchemaError(f"the ledger {self.path} has no {what}")
+        return str(rows[0][0])
 
     async def get_meta(self) -> dict[str, str]:
         rows = await self._fetchall("SELECT key, value FROM meta")

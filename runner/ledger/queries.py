@@ -20,12 +20,12 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 from runner.errors import LedgerError
-from runner.ledger import SPENT_PARAMS, SPENT_SQL, AttemptOutcome, Ledger
+from runner.ledger import SPENT_PARAMS, Ledger
 from runner.ledger.query_rows import (
     EventRow,
     ReportRow,
@@ -38,25 +38,21 @@ from runner.model import FINAL_STATES, ShotState, duration_seconds
 
 __all__ = [
     "EventRow",
+    "Issues",
     "ReportRow",
     "RunInfo",
     "ShotIssue",
     "StatusSummary",
-    "failed_shots",
+    "failed_and_parked",
     "is_simulated",
     "last_run",
-    "parked_shots",
     "recent_events",
     "report_rows",
-    "spent_uptc",
     "status_summary",
 ]
 
 #: throughput of a run in progress is measured over this trailing window
 THROUGHPUT_WINDOW_S = 600.0
-
-#: attempts whose charge counts as spent (an ambiguous one may or may not have cost)
-_CHARGED = (AttemptOutcome.ACCEPTED.value, AttemptOutcome.RESOLVED.value)
 
 #: states that will still cost money if the run goes on: not yet charged
 _TO_CHARGE = (ShotState.PENDING.value, ShotState.SUBMITTING.value)
@@ -64,7 +60,11 @@ _TO_CHARGE = (ShotState.PENDING.value, ShotState.SUBMITTING.value)
 #: states a run still has to work through (parked shots wait for the user instead)
 _UNFINISHED = frozenset(ShotState) - FINAL_STATES - {ShotState.AMBIGUOUS}
 
-_FAILED_STATES = (ShotState.FAILED.value, ShotState.MODERATED.value)
+_FAILED_STATES = (ShotState.FAILED, ShotState.MODERATED)
+_PARKED_STATES = (ShotState.AMBIGUOUS,)
+
+#: (failed shots shown, failed in all, parked shots shown, parked in all)
+Issues = tuple[list[ShotIssue], int, list[ShotIssue], int]
 
 
 async def _fetchall(ledger: Ledger, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -83,13 +83,6 @@ def _marks(values: Sequence[object]) -> str:
 
 
 # -- pieces ------------------------------------------------------------------------------
-
-
-async def spent_uptc(ledger: Ledger) -> int:
-    """What the batch cost so far: accepted (or user-resolved) generate calls net of the
-    provider's refunds, plus uploads (see :data:`runner.ledger.SPENT_SQL`)."""
-    rows = await _fetchall(ledger, SPENT_SQL, SPENT_PARAMS)
-    return int(rows[0][0])
 
 
 async def uploaded_digests(ledger: Ledger) -> frozenset[str]:
@@ -122,17 +115,16 @@ async def last_run(ledger: Ledger) -> RunInfo | None:
     )
 
 
-async def _issues(
-    ledger: Ledger, states: Sequence[str], *, limit: int
-) -> tuple[list[ShotIssue], int]:
-    marks = _marks(states)
+async def _issues(ledger: Ledger, states: Sequence[ShotState], *, limit: int) -> list[ShotIssue]:
+    """The first ``limit`` shots of the manifest in ``states``, in manifest order."""
+    values = [s.value for s in states]
     rows = await _fetchall(
         ledger,
         "SELECT shot_id, state, attempts, task_id, error_kind, last_error, updated_at "
-        f"FROM shots WHERE state IN ({marks}) AND in_manifest = 1 ORDER BY seq LIMIT ?",
-        (*states, limit),
+        f"FROM shots WHERE state IN ({_marks(values)}) AND in_manifest = 1 ORDER BY seq LIMIT ?",
+        (*values, limit),
     )
-    issues = [
+    return [
         ShotIssue(
             shot_id=r[0],
             state=ShotState(r[1]),
@@ -144,24 +136,28 @@ async def _issues(
         )
         for r in rows
     ]
-    if len(issues) < limit:
-        return issues, len(issues)
-    total = await _fetchall(
-        ledger,
-        f"SELECT COUNT(*) FROM shots WHERE state IN ({marks}) AND in_manifest = 1",
-        states,
+
+
+async def _failed_and_parked(
+    ledger: Ledger, counts: Mapping[ShotState, int], *, limit: int
+) -> Issues:
+    # the totals come from _tally's counts, which count the same rows (state, and
+    # in_manifest = 1): no COUNT query of its own when a page is full
+    failures = await _issues(ledger, _FAILED_STATES, limit=limit)
+    parked = await _issues(ledger, _PARKED_STATES, limit=limit)
+    return (
+        failures,
+        sum(counts.get(s, 0) for s in _FAILED_STATES),
+        parked,
+        sum(counts.get(s, 0) for s in _PARKED_STATES),
     )
-    return issues, int(total[0][0])
 
 
-async def failed_shots(ledger: Ledger, *, limit: int = 20) -> tuple[list[ShotIssue], int]:
-    """The first ``limit`` failed or moderated shots (manifest order), and how many."""
-    return await _issues(ledger, _FAILED_STATES, limit=limit)
-
-
-async def parked_shots(ledger: Ledger, *, limit: int = 20) -> tuple[list[ShotIssue], int]:
-    """The first ``limit`` shots parked as ambiguous (manifest order), and how many."""
-    return await _issues(ledger, (ShotState.AMBIGUOUS.value,), limit=limit)
+async def failed_and_parked(ledger: Ledger, *, limit: int = 20) -> Issues:
+    """The first ``limit`` failed or moderated shots and the first ``limit`` parked as
+    ambiguous (manifest order), and how many of each there are."""
+    counts, _ = await _tally(ledger)
+    return await _failed_and_parked(ledger, counts, limit=limit)
 
 
 async def recent_events(ledger: Ledger, *, limit: int = 8) -> list[EventRow]:
@@ -245,7 +241,7 @@ async def status_summary(
     """Everything ``pixrun status`` shows, aggregated in SQL."""
     now = time.time() if now is None else now
     counts, sums = await _tally(ledger)
-    spent = await spent_uptc(ledger)
+    spent = await ledger.spent_uptc()
     run = await last_run(ledger)
     window = _throughput_window(run, now)
     done_in_window = 0
@@ -260,8 +256,9 @@ async def status_summary(
     eta_s: float | None = None
     if done_per_min and run is not None and run.active:
         eta_s = unfinished / done_per_min * 60.0
-    failures, failures_total = await failed_shots(ledger, limit=issue_limit)
-    parked, parked_total = await parked_shots(ledger, limit=issue_limit)
+    failures, failures_total, parked, parked_total = await _failed_and_parked(
+        ledger, counts, limit=issue_limit
+    )
     events = await recent_events(ledger, limit=event_limit)
     meta = await ledger.get_meta()
     return StatusSummary(
@@ -298,7 +295,7 @@ _REPORT_SELECT = (
     "seed, attempts, price_uptc, "
     "(SELECT COALESCE(SUM(a.charged_uptc), 0) - COALESCE(SUM(a.refunded_uptc), 0) "
     "FROM attempts a "
-    f" WHERE a.shot_id = shots.shot_id AND a.outcome IN ({_marks(_CHARGED)})), "
+    f" WHERE a.shot_id = shots.shot_id AND a.outcome IN ({_marks(SPENT_PARAMS)})), "
     "task_id, output_path, bytes, sha256, error_kind, last_error, poster_url, width, height, "
     "done_at FROM shots WHERE in_manifest = 1"
 )
@@ -322,7 +319,7 @@ async def report_rows(
     ledger: Ledger, *, states: Iterable[ShotState | str] | None = None
 ) -> list[ReportRow]:
     """One row per shot of the manifest, in manifest order; ``states`` filters."""
-    params: list[Any] = list(_CHARGED)
+    params: list[Any] = list(SPENT_PARAMS)
     sql = _REPORT_SELECT
     if states is not None:
         wanted = sorted({ShotState(s).value for s in states})
@@ -333,12 +330,3 @@ async def report_rows(
     sql += " ORDER BY seq"
     rows = await _fetchall(ledger, sql, params)
     return [_report_row(r) for r in rows]
-
-
-async def hashes_and_states(ledger: Ledger) -> dict[str, tuple[str, ShotState]]:
-    """Every shot's manifest request hash and state (for ``pixrun plan`` against a
-    ledger): a re-rolled shot counts by the manifest request it re-rolled."""
-    rows = await _fetchall(
-        ledger, "SELECT shot_id, COALESCE(override_base_hash, request_hash), state FROM shots"
-    )
-    return {sid: (digest, ShotState(state)) for sid, digest, state in rows}

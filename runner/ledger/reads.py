@@ -17,14 +17,6 @@ from runner.model import ShotState
 class LedgerReads(LedgerBase):
     """Reads of the ledger (see :class:`runner.ledger.Ledger`)."""
 
-    async def known_shots(self) -> dict[str, tuple[ShotState, str, str | None]]:
-        """Every shot the ledger knows: ``id -> (state, request hash, the manifest hash a
-        re-roll was made from)``, to preview what a sync of the manifest would do."""
-        rows = await self._fetchall(
-            "SELECT shot_id, state, request_hash, override_base_hash FROM shots"
-        )
-        return {r[0]: (ShotState(r[1]), r[2], r[3]) for r in rows}
-
     async def next_pending(self, *, after_seq: int, limit: int) -> list[ShotRow]:
         """Pending shots of the manifest in manifest order, after ``after_seq``."""
         rows = await self._fetchall(

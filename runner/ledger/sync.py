@@ -8,11 +8,12 @@ dispatched again, and one that comes back is pending again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from runner.ledger.batcher import Group, transaction
+from runner.ledger.classify import KnownShot, SyncAction, classify
 from runner.ledger.core import LedgerBase
 from runner.ledger.rows import (
     HAS_FILE,
@@ -26,19 +27,6 @@ from runner.ledger.rows import (
 )
 from runner.ledger.rows import now as _now
 from runner.model import Shot, ShotState
-
-
-class _Known(NamedTuple):
-    """A shot as the ledger has it, for comparing with its manifest entry."""
-
-    request_hash: str
-    version: int
-    state: ShotState
-    seq: int
-    in_manifest: int
-    output_path: str
-    #: the manifest request hash a re-roll was made from (None: not re-rolled)
-    rerolled_from: str | None
 
 
 @dataclass
@@ -84,22 +72,23 @@ class _SyncPlan:
 
     def add_new(self, shot: Shot, seq: int) -> None:
         cols = shot_columns(shot)
-        self.insert_columns = ["shot_id", "seq", *cols, "state", "created_at", "updated_at"]
+        if not self.insert_columns:  # every shot sets the same columns, in the same order
+            self.insert_columns = ["shot_id", "seq", *cols, "state", "created_at", "updated_at"]
         self.inserts.append(
             (shot.shot_id, seq, *cols.values(), ShotState.PENDING.value, self.now, self.now)
         )
 
-    def keep(self, shot: Shot, seq: int, old: _Known) -> None:
-        """An unchanged shot: follow the manifest's order, membership and output name."""
+    def keep(self, shot: Shot, seq: int, old: KnownShot, *, revive: bool) -> None:
+        """An unchanged shot: follow the manifest's order, membership and output name;
+        a revived (abandoned) one is pending again."""
         self.unchanged += 1
         # a file already written keeps its name; anything else follows the pattern
         output = old.output_path if old.state in HAS_FILE else shot.output_relpath
-        revived = old.state == ShotState.ABANDONED
-        if revived or old.seq != seq or not old.in_manifest or old.output_path != output:
-            new_state = ShotState.PENDING if revived else old.state
+        if revive or old.seq != seq or not old.in_manifest or old.output_path != output:
+            new_state = ShotState.PENDING if revive else old.state
             self.moved.append((seq, output, new_state.value, shot.shot_id))
 
-    def new_version(self, shot: Shot, seq: int, old: _Known) -> None:
+    def new_version(self, shot: Shot, seq: int, old: KnownShot) -> None:
         """A changed shot starts again as pending; its earlier version is archived."""
         cols = shot_columns(shot)
         sets = ", ".join(f"{k} = ?" for k in cols)
@@ -134,23 +123,23 @@ class _SyncPlan:
 
 
 def _plan_sync(
-    shots: Sequence[Shot], known: dict[str, _Known], hold: frozenset[str], now: float
+    shots: Sequence[Shot], known: Mapping[str, KnownShot], hold: frozenset[str], now: float
 ) -> _SyncPlan:
     plan = _SyncPlan(now=now)
     seen: set[str] = set()
     for seq, shot in enumerate(shots):
         seen.add(shot.shot_id)
         old = known.get(shot.shot_id)
-        if old is None:
+        action = classify(shot.request_hash, old)
+        if old is None:  # SyncAction.NEW
             plan.add_new(shot, seq)
-        # a re-rolled shot stays re-rolled while its manifest entry is what it re-rolled
-        elif shot.request_hash in (old.request_hash, old.rerolled_from):
-            plan.keep(shot, seq, old)
+        elif action in (SyncAction.KEEP, SyncAction.REVIVE):
+            plan.keep(shot, seq, old, revive=action is SyncAction.REVIVE)
         else:
             plan.changed.append(shot.shot_id)
-            if old.state.at_provider or old.state == ShotState.SUBMITTING:
+            if action is SyncAction.DEFERRED:
                 continue  # collect what is already paid for; the change applies later
-            if shot.shot_id in hold:
+            if action is SyncAction.RERENDER and shot.shot_id in hold:
                 continue  # a done shot the user did not agree to re-render (yet)
             plan.new_version(shot, seq, old)
     for shot_id in known:
@@ -163,7 +152,11 @@ class ManifestSync(LedgerBase):
     """The manifest sync of :class:`runner.ledger.Ledger`."""
 
     async def sync_manifest(
-        self, shots: Sequence[Shot], *, hold: frozenset[str] = frozenset()
+        self,
+        shots: Sequence[Shot],
+        *,
+        hold: frozenset[str] = frozenset(),
+        known: Mapping[str, KnownShot] | None = None,
     ) -> SyncResult:
         """Bring the shots table in line with the manifest, in one transaction.
 
@@ -176,16 +169,24 @@ class ManifestSync(LedgerBase):
         again); their task, if one is in flight, is still collected. A re-rolled shot
         (:meth:`reroll`) is unchanged while its manifest request is the one it re-rolled
         (``override_base_hash``); an edit of that request drops the re-roll's seed.
+        :func:`runner.ledger.classify.classify` says which of these each shot is.
+
+        ``known``: :meth:`known_shots` as the caller just read it (a run reads it once
+        for its preview and this sync; it holds the run lock, so no one else writes).
         """
-        plan = _plan_sync(shots, await self._known(), hold, _now())
+        if known is None:
+            known = await self.known_shots()
+        plan = _plan_sync(shots, known, hold, _now())
         await transaction(self._conn, self.path, plan.groups())
         return plan.result()
 
-    async def _known(self) -> dict[str, _Known]:
+    async def known_shots(self) -> dict[str, KnownShot]:
+        """Every shot the ledger has, as the sync compares it with the manifest (and as
+        the run's preview and ``pixrun plan`` predict the sync)."""
         rows = await self._fetchall(
             "SELECT shot_id, request_hash, version, state, seq, in_manifest, output_path, "
             "override_base_hash FROM shots"
         )
         return {
-            r[0]: _Known(r[1], int(r[2]), ShotState(r[3]), r[4], r[5], r[6], r[7]) for r in rows
+            r[0]: KnownShot(r[1], int(r[2]), ShotState(r[3]), r[4], r[5], r[6], r[7]) for r in rows
         }

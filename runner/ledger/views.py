@@ -14,18 +14,14 @@ from pathlib import Path
 
 from runner.ledger.opening import open_ledger
 from runner.ledger.queries import (
+    Issues,
     ReportRow,
-    ShotIssue,
     StatusSummary,
-    failed_shots,
-    parked_shots,
+    failed_and_parked,
     report_rows,
     status_summary,
 )
 from runner.model import ShotState
-
-#: (failed shots shown, failed in all, parked shots shown, parked in all)
-Issues = tuple[list[ShotIssue], int, list[ShotIssue], int]
 
 
 async def status_of(path: Path) -> StatusSummary:
@@ -56,6 +52,4 @@ async def report_of(
 async def issues_of(path: Path, *, limit: int = 10) -> Issues:
     """The first ``limit`` failed and parked shots, and how many of each there are."""
     async with await open_ledger(path, writer=False) as ledger:
-        failures, n_failed = await failed_shots(ledger, limit=limit)
-        parked, n_parked = await parked_shots(ledger, limit=limit)
-    return failures, n_failed, parked, n_parked
+        return await failed_and_parked(ledger, limit=limit)

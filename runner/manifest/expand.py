@@ -35,6 +35,7 @@ from runner.manifest.contract import (
     FIELDS_BY_NAME,
     INTEGER_AXES,
     MODE_FIELD,
+    REQUIRED_FIELDS,
     SEED_MAX,
     Kind,
     fields_for,
@@ -52,11 +53,10 @@ Path_ = tuple[PathPart, ...]
 
 #: any id, explicit or made here: file-name safe, never "..", never ending in "."
 SAFE_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?")
-MAX_ID_CHARS = 200
 #: a single entry may not stand for more shots than this (count x vary product)
 MAX_EXPANSION = 10_000
 #: the manifest requires these besides the mode's own image/fusion; quality sets the price
-REQUIRED = ("prompt", "model", "quality")
+REQUIRED = (*REQUIRED_FIELDS, "quality")
 
 _LABEL_MAX = 24
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9._]+")
@@ -251,7 +251,7 @@ class Expander:
             seen: set[str] = set()
             for i, value in enumerate(values):
                 item = self._normalise(name, value, (*origin[name], i))
-                key = _canonical(item)
+                key = canonical_json(item)
                 if key in seen:
                     self._report(
                         (*origin[name], i),
@@ -383,7 +383,7 @@ class Expander:
             },
             "count": takes,
         }
-        digest = hashlib.sha256(_canonical(basis).encode()).hexdigest()[:10]
+        digest = hashlib.sha256(canonical_json(basis).encode()).hexdigest()[:10]
         prompt = request.get("prompt")
         words = _WORD.findall(prompt.lower()) if isinstance(prompt, str) else []
         slug = "-".join(words[:5])[:32].strip("-") or "shot"
@@ -416,7 +416,8 @@ def take_seed(base_id: str, take: int) -> int:
     return int.from_bytes(digest[:4], "big") % (SEED_MAX + 1)
 
 
-def _canonical(value: Any) -> str:
+def canonical_json(value: Any) -> str:
+    """One text per value (sorted keys, no spaces): equal requests hash equal."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -12,22 +12,17 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from runner.manifest import output_names
 from runner.manifest.contract import DEFAULT_MOTION_MODE
-from runner.manifest.expand import SAFE_ID, Draft, with_local_images
+from runner.manifest.expand import SAFE_ID, Draft, canonical_json, with_local_images
 from runner.manifest.images import ImageChecker
 from runner.manifest.issues import Issues
 from runner.model import OutputSettings, Shot, SourceMark, duration_seconds
 from runner.pricing import PriceTable, price_of
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class Finisher:
@@ -201,10 +196,10 @@ class Finisher:
 
     def request_hash(self, request: dict[str, Any]) -> str:
         """sha256 of the canonical request, local images by content."""
-        text = _canonical(request)
+        text = canonical_json(request)
         if "file://" in text:
             by_content = {k: with_local_images(v, self._content_id) for k, v in request.items()}
-            text = _canonical(by_content)
+            text = canonical_json(by_content)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _content_id(self, uri: str) -> str:

@@ -59,9 +59,6 @@ PATTERN_HINTS: dict[str, tuple[str, str]] = {
 MAX_COUNT = 10_000
 MAX_ATTEMPTS = 100
 
-#: keys a shot may have besides the request fields
-SHOT_EXTRA_KEYS = ("id", "mode", "count", "vary", "max_attempts")
-
 
 def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, **schema}

@@ -147,7 +147,10 @@ async def run_batch(
             moved = check_ledger_owner(await ledger.get_meta(), manifest, path, force=force)
             if moved is not None:
                 observer.event(RunEvent(RunEventKind.INFO, f"warning: {moved}"))
-            preview = await preview_run(ledger, manifest, options.budget_uptc, simulated)
+            # one read of the shots for the preview and the sync: this run holds the
+            # lock, and nothing between the two writes a shot
+            known = await ledger.known_shots()
+            preview = await preview_run(ledger, manifest, known, options.budget_uptc, simulated)
             changed_done = preview.changed_done
             check_budget(preview, rerender=rerender_changed)
             decision = Decision(go=True, rerender_changed=rerender_changed)
@@ -166,10 +169,10 @@ async def run_batch(
                     META_PROVIDER: json.dumps(identity, sort_keys=True),
                 }
             )
-            sync = await ledger.sync_manifest(manifest.shots, hold=hold)
+            sync = await ledger.sync_manifest(manifest.shots, hold=hold, known=known)
             synced = True
             planned_uptc = sum(to_uptc_or_none(s.price_ptc) or 0 for s in manifest.shots)
-            del manifest  # the ledger holds every shot now; keep memory flat at scale
+            del manifest, known  # the ledger holds every shot now; keep memory flat at scale
             parked = await ledger.recover()
             checked = await run_preflight(
                 ledger, output_dir, simulated=simulated, check_space=check_space

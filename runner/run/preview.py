@@ -8,13 +8,14 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from runner.errors import (
     BudgetExceeded,
 )
 from runner.ledger import Ledger
+from runner.ledger.classify import KnownShot, SyncAction, classify, state_after_sync
 from runner.model import Manifest, ShotState
 from runner.money import to_uptc_or_none, uptc_text
 from runner.pricing import unpriced_under_budget
@@ -53,30 +54,26 @@ Confirm = Callable[[RunPreview], Decision]
 
 
 async def preview_run(
-    ledger: Ledger, manifest: Manifest, budget_uptc: int | None, simulated: bool
+    ledger: Ledger,
+    manifest: Manifest,
+    known: Mapping[str, KnownShot],
+    budget_uptc: int | None,
+    simulated: bool,
 ) -> RunPreview:
-    """What syncing the manifest and running would submit, before anything is written."""
-    known = await ledger.known_shots()
+    """What syncing the manifest and running would submit, before anything is written;
+    ``known`` is :meth:`Ledger.known_shots`, which the sync then works from too."""
     to_submit = to_submit_uptc = unpriced = 0
     changed_done: list[str] = []
     changed_done_uptc = 0
     for shot in manifest.shots:
         price = to_uptc_or_none(shot.price_ptc)
         entry = known.get(shot.shot_id)
-        if entry is None:
-            submits = True
-        else:
-            state, digest, rerolled_from = entry
-            same = shot.request_hash in (digest, rerolled_from)
-            if not same and state == ShotState.DONE:
-                changed_done.append(shot.shot_id)
-                changed_done_uptc += price or 0
-                continue
-            if same:
-                submits = state in (ShotState.PENDING, ShotState.ABANDONED)
-            else:
-                submits = not (state.at_provider or state == ShotState.SUBMITTING)
-        if submits:
+        action = classify(shot.request_hash, entry)
+        if action is SyncAction.RERENDER:
+            changed_done.append(shot.shot_id)
+            changed_done_uptc += price or 0
+            continue
+        if state_after_sync(action, entry) == ShotState.PENDING:
             to_submit += 1
             to_submit_uptc += price or 0
             unpriced += price is None
