@@ -190,10 +190,11 @@ def test_validate_and_plan_see_the_table_shots(tmp_path: Path) -> None:
 
 
 def test_validate_prints_table_places_and_json_names_the_column(tmp_path: Path) -> None:
-    manifest = setup(tmp_path, "shots_from: t.csv\n", {"t.csv": "id,prompt,seed\na,p,x\n"})
+    manifest = setup(tmp_path, "shots_from: t.csv\n", {"t.csv": "id,prompt, Seed\na,p,x\n"})
     result = CliRunner().invoke(cli, ["validate", str(manifest)])
     assert result.exit_code != 0
-    assert f"{tmp_path / 't.csv'}:2:seed:error shot a seed: 'x' is not a whole number" in (
+    # the column as its header is written; the field as pixrun names it
+    assert f"{tmp_path / 't.csv'}:2:Seed:error shot a seed: 'x' is not a whole number" in (
         " ".join(result.output.split())
     )
     as_json = CliRunner().invoke(cli, ["validate", str(manifest), "--format", "json"])
@@ -201,7 +202,7 @@ def test_validate_prints_table_places_and_json_names_the_column(tmp_path: Path) 
     assert (problem["file"], problem["line"], problem["column"], problem["field"]) == (
         str(tmp_path / "t.csv"),
         2,
-        "seed",
+        "Seed",
         "seed",
     )
 
@@ -296,7 +297,7 @@ def test_jsonl_problems_are_located_by_line_and_key(tmp_path: Path) -> None:
         '{"id": "b", "promt": "p"}\n'  # 2: unknown key (and then no prompt)
         '  {"id": "c", "prompt": "p", "id": "d"}\n'  # 3: a key twice
         "[1, 2]\n"  # 4: not an object
-        '{"id": "e", prompt}\n'  # 5: not JSON: line and character
+        '  {"id": "e", prompt}\n'  # 5: not JSON: line and character (spaces count)
     )
     manifest = setup(tmp_path, "shots_from: t.jsonl\n", {"t.jsonl": text})
     assert located(problems_of(manifest)) == [
@@ -305,7 +306,7 @@ def test_jsonl_problems_are_located_by_line_and_key(tmp_path: Path) -> None:
         ("t.jsonl:2", "prompt is required"),
         ("t.jsonl:3:id", "key 'id' appears twice on this line"),
         ("t.jsonl:4", "a line must hold a JSON object"),
-        ("t.jsonl:5:13", "not valid JSON: Expecting property name enclosed in double quotes"),
+        ("t.jsonl:5:15", "not valid JSON: Expecting property name enclosed in double quotes"),
     ]
 
 
@@ -374,3 +375,23 @@ def test_duplicate_ids_across_yaml_and_tables_name_both_places(tmp_path: Path) -
         ("t.jsonl:1:id", "error", f"id 'c' is already used by {t}:2"),
         ("y.png", "error", f"id 'y' is already used by shots[0] ({m}:4)"),
     ]
+
+
+def test_a_refused_cell_is_said_once(tmp_path: Path) -> None:
+    """The fusion cell is refused, so the row has no fusion: that is not said again as
+    "fusion is required", and the row gets no derived id of its own."""
+    manifest = setup(
+        tmp_path, "shots_from: t.csv\n", {"t.csv": "mode,prompt,fusion\nfusion,p,a.png||\n"}
+    )
+    problems = problems_of(manifest)
+    assert located(problems) == [("t.csv:2:fusion", "the list has an empty item")]
+    # an id-less row is named by its place alone (no "#N" counting YAML and tables)
+    assert problems[0].shot_id is None
+
+
+def test_tables_stop_at_the_shot_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("runner.manifest.loader.MAX_SHOTS", 2)
+    manifest = setup(tmp_path, "shots_from: t.csv\n", {"t.csv": "prompt\na\nb\nc\nd\n"})
+    problem = problems_of(manifest)[0]
+    assert (problem.line, problem.field_path) == (3, "shots_from")
+    assert problem.message == "the tables hold more than 2 shots"
