@@ -81,7 +81,8 @@ class Problem:
 
     file: str
     line: int | None
-    column: int | None
+    #: a number, or a table column's name (CSV header, JSONL key): file:row:column
+    column: int | str | None
     message: str
     shot_id: str | None = None
     field_path: str | None = None

@@ -52,8 +52,7 @@ class Finisher:
                 self._reused.add(index)
                 self.issues.report(
                     ("shots", index, "id"),
-                    f"id {given!r} is already used by shots[{earlier}] "
-                    f"(line {self.issues.line_of(earlier)})",
+                    f"id {given!r} is already used by {self.issues.place(earlier, index)}",
                     "give each shot its own id",
                     shot_id=given,
                 )
@@ -78,18 +77,17 @@ class Finisher:
                 continue
             if draft.index in self._reused:
                 continue
-            line = self.issues.line_of(earlier.index)
+            place = self.issues.place(earlier.index, draft.index)
             if draft.derived and earlier.derived:
                 self._warn(
                     draft,
-                    f"duplicate shot: identical to shots[{earlier.index}] (line {line}); "
-                    "it is generated once",
+                    f"duplicate shot: identical to {place}; it is generated once",
                     "remove it, or use count: N for several takes",
                 )
             else:
                 self.issues.report(
                     ("shots", draft.index, "id") if not draft.derived else ("shots", draft.index),
-                    f"id {draft.shot_id!r} is already used by shots[{earlier.index}] (line {line})",
+                    f"id {draft.shot_id!r} is already used by {place}",
                     "give each shot its own id",
                     shot_id=draft.shot_id,
                 )
@@ -139,8 +137,7 @@ class Finisher:
             folded.setdefault(low, rel)
             mark = marks.get(draft.index)
             if mark is None:
-                line, column = self.issues.shot_mark(draft.index) or (None, None)
-                mark = marks[draft.index] = SourceMark(self.issues.file, line, column)
+                mark = marks[draft.index] = self.issues.source_mark(draft.index)
             shots.append(
                 Shot(
                     shot_id=draft.shot_id,

@@ -2,8 +2,10 @@
 
 Steps, each reporting into one :class:`~runner.manifest.issues.Issues` so a single pass
 finds everything: safe YAML (``yaml_source``), shape (``validate``: jsonschema against
-``schema``), settings, shot expansion and contract rules (``expand``), local images
-(``images``), then ids, output names, hashes and prices (``finish``).
+``schema``), settings, the rows of ``shots_from`` tables (``tables``: read into shot
+entries after the YAML ones, shape-checked the same way), shot expansion and contract
+rules (``expand``), local images (``images``), then ids, output names, hashes and
+prices (``finish``).
 
 Invariants:
 - :func:`load_manifest` returns a :class:`~runner.model.Manifest` only when there is no
@@ -41,6 +43,7 @@ from runner.manifest.finish import Finisher
 from runner.manifest.images import ImageChecker
 from runner.manifest.issues import Issues
 from runner.manifest.rules import Rules
+from runner.manifest.tables import TableReader
 from runner.manifest.validate import schema_check
 from runner.manifest.yaml_source import SourceMap, parse
 from runner.model import (
@@ -204,6 +207,12 @@ class _Reader:
         if not isinstance(doc, dict):
             return None
         bad = {si.path for si in shape}
+        if "shots" not in doc and "shots_from" not in doc:
+            self.report(
+                (),
+                "shots is required",
+                "add a 'shots:' list with at least one shot, or 'shots_from: prompts.csv'",
+            )
         name = self._name(doc, bad)
         output = self._output(doc, name, bad)
         run = self._run(doc, bad)
@@ -319,6 +328,31 @@ class _Reader:
 
     # ---- shots --------------------------------------------------------------------
 
+    def _tables(
+        self, value: Any, entries: list[Any], bad: set[Path_]
+    ) -> tuple[list[Any], set[Path_]]:
+        """The YAML entries followed by the tables' rows, and the refused paths of both:
+        from here on a table row is a shot entry like any other."""
+        reader = TableReader(
+            self.path,
+            first=len(entries),
+            rules=self.rules,
+            issues=self.issues,
+            max_entries=MAX_SHOTS,
+        )
+        reader.read(value, bad)
+        self.issues.tables = reader.index
+        if not reader.entries:
+            return entries, bad
+        bad = bad | reader.bad
+        first = len(entries)
+        # the rows' shape, checked as the shots list is; paths moved to their place
+        for si in schema_check(self.rules).issues({"version": 1, "shots": reader.entries}):
+            path = ("shots", first + int(si.path[1]), *si.path[2:])
+            self.report(path, si.message, si.hint, at_key=si.at_key)
+            bad.add(path)
+        return entries + reader.entries, bad
+
     def _shots(
         self,
         doc: dict[str, Any],
@@ -329,7 +363,10 @@ class _Reader:
     ) -> list[Shot]:
         entries = doc.get("shots")
         if not isinstance(entries, list) or ("shots",) in bad:
-            return []
+            entries = []
+        if "shots_from" in doc and ("shots_from",) not in bad:
+            entries, bad = self._tables(doc["shots_from"], entries, bad)
+        self.issues.entries = entries
         bad_keys: dict[int, set[str]] = {}
         bad_vary: dict[int, set[str]] = {}
         whole: set[int] = set()

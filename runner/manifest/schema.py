@@ -15,7 +15,8 @@ Invariants:
 - Only this keyword subset is used, because runner/manifest/validate.py words exactly it:
   type, enum, const, minimum, maximum, exclusiveMinimum, minLength, maxLength,
   pattern, items, minItems, maxItems, properties, patternProperties,
-  additionalProperties, required.
+  additionalProperties, required; and ``$ref`` into ``$defs``, which only says where
+  keywords are written.
 - Rules across fields (models per mode, 1080p limits, duplicates, ...) are not here;
   the loader checks them with runner/manifest/contract.py after this shape check passes.
 """
@@ -35,6 +36,7 @@ from runner.manifest.contract import (
     Kind,
     choices_of,
     default_rules,
+    fields_for,
 )
 from runner.manifest.rules import Rules
 from runner.model import Mode
@@ -335,6 +337,57 @@ def _output_schema() -> dict[str, Any]:
     )
 
 
+#: where the images spec's keys are declared once, for both places it may appear
+IMAGES_SPEC_REF = "#/$defs/images_spec"
+
+
+def _images_spec_schema(rules: Rules) -> dict[str, Any]:
+    """The object form of a ``shots_from`` source (no ``type``: the places that refer to
+    it say which forms they allow)."""
+    accepted = fields_for(Mode.IMAGE) | {"mode", "count", "vary", "max_attempts"}
+    props: dict[str, dict[str, Any]] = {
+        "images": _described(
+            {"type": "string", "pattern": NOT_BLANK},
+            "Glob of image files, relative to the manifest (img/*.png, frames/**/*.jpg): "
+            "one image-to-video shot per file, in sorted order, its id from the file name "
+            "without extension.",
+        )
+    }
+    for name, prop in _shot_properties(rules, with_id=False).items():
+        if name in accepted and name != "image":
+            props[name] = prop
+    props["mode"] = {**props["mode"], "enum": [Mode.IMAGE.value]}
+    return {
+        "description": "A folder of images: {images: GLOB} and the fields every one of its "
+        "shots shares (prompt, model, ...).",
+        "properties": props,
+        "additionalProperties": False,
+        "required": ["images"],
+    }
+
+
+def _shots_from_schema() -> dict[str, Any]:
+    """``shots_from``: a table's path, an images spec, or a list of them. A list of types
+    (no oneOf): the spec's keywords apply to the object form only, ``items`` to the list
+    form only, ``pattern`` to the text form only."""
+    return {
+        "description": "More shots, from tables: a .csv/.tsv file (one shot per row, "
+        "columns named like shot fields), a .jsonl file (one JSON object per line), a "
+        "folder of images ({images: 'img/*.png', prompt: ...}), or a list of these. "
+        "Paths are relative to the manifest. Defaults apply as to the shots above.",
+        "type": ["string", "object", "array"],
+        "pattern": NOT_BLANK,
+        "$ref": IMAGES_SPEC_REF,
+        "minItems": 1,
+        "items": {
+            "description": "A table (.csv, .tsv or .jsonl file) or an images spec.",
+            "type": ["string", "object"],
+            "pattern": NOT_BLANK,
+            "$ref": IMAGES_SPEC_REF,
+        },
+    }
+
+
 @lru_cache(maxsize=8)
 def _schema(rules: Rules) -> dict[str, Any]:
     """Cached per Rules object (they compare by identity)."""
@@ -364,11 +417,12 @@ def _schema(rules: Rules) -> dict[str, Any]:
             "output": _output_schema(),
             "run": _run_schema(),
             "shots": {
-                "description": "The shots to generate.",
+                "description": "The shots to generate (shots or shots_from, or both).",
                 "type": "array",
                 "minItems": 1,
                 "items": shot,
             },
+            "shots_from": _shots_from_schema(),
         },
         "patternProperties": {
             "^x-": {
@@ -377,7 +431,9 @@ def _schema(rules: Rules) -> dict[str, Any]:
             }
         },
         "additionalProperties": False,
-        "required": ["version", "shots"],
+        # shots or shots_from: the loader says so when neither is there
+        "required": ["version"],
+        "$defs": {"images_spec": _images_spec_schema(rules)},
     }
 
 

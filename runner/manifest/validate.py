@@ -200,6 +200,9 @@ def _value_issue(path: Path_, error: ValidationError) -> SchemaIssue:
     value: Any = error.instance
     want: Any = error.validator_value
     if keyword == "type":
+        if isinstance(want, list):  # a value with several forms (shots_from)
+            words = " or ".join(_TYPE_WORDS[str(w)][0] for w in want)
+            return SchemaIssue(path, f"must be {words}, not {type_name(value)}", f"write {words}")
         word, hint = _TYPE_WORDS[str(want)]
         return SchemaIssue(path, f"must be {word}, not {type_name(value)}", hint)
     if keyword in ("const", "enum"):
