@@ -1,8 +1,9 @@
 """The simulator's videos: one tiny real MP4 shipped as package data, made unique per task.
 
 Invariant: a task's bytes are the packaged MP4 (or, for an untaggable task, a minimal
-box chain) followed by one top-level ``free`` box carrying the task id, so every task has distinct bytes that still play (players skip
-``free`` boxes) and the same task always serves the same bytes. No ffmpeg at run time.
+box chain) followed by one top-level ``free`` box carrying the task id, so every task
+has distinct bytes that still play (players skip ``free`` boxes) and the same task
+always serves the same bytes. No ffmpeg at run time.
 """
 
 from __future__ import annotations
