@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +295,33 @@ def test_embed_metadata_must_be_true_or_false(tmp_path: Path) -> None:
     result = pixrun(["validate", str(batch.manifest)], env_for(None), cwd=tmp_path)
     assert result.returncode == 2, explain(result)
     assert "embed_metadata" in result.stdout + result.stderr
+
+
+def test_a_crash_after_tagging_publishes_nothing_and_the_rerun_finishes(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    sim = sim_thread()
+    batch = embedding_batch(tmp_path, 2, concurrency=1, download_concurrency=1)
+    crashed = pixrun(
+        run_args(batch), env_for(sim.base_url, crash_at="after_tagged:2"), cwd=tmp_path
+    )
+    assert crashed.returncode == -signal.SIGKILL, explain(crashed)
+    # the second file was tagged in its temporary file only: nothing under its name
+    assert sorted(p.name for p in batch.out.iterdir()) == [
+        ".s01.mp4.part",
+        "s00.mp4",
+        "s00.mp4.json",
+    ]
+
+    run_ok(batch, sim.base_url)
+    assert sorted(p.name for p in batch.out.iterdir()) == [
+        "s00.mp4",
+        "s00.mp4.json",
+        "s01.mp4",
+        "s01.mp4.json",
+    ]
+    assert len(sim.stats()["tasks"]) == 2  # nothing rendered twice
+    for sid in ("s00", "s01"):
+        path = batch.out / f"{sid}.mp4"
+        assert read_values(path)["shot_id"] == sid
+        assert sha256_of(path) == sidecar_of(path)["sha256"]

@@ -44,6 +44,7 @@ from runner.model import ErrorKind, ShotState
 from runner.money import uptc_text
 from runner.mp4tags import Embedder, tag_values
 from runner.outputs import (
+    Prepare,
     archive_name,
     place_over,
     resolve_output,
@@ -212,7 +213,7 @@ class Collector:
                     staged or target,
                     then=sidecar if staged is None else None,
                     on_bytes=self._on_bytes,
-                    prepare=embedder,
+                    prepare=_tagging(embedder),
                 )
                 return result, staged
             except UrlExpired as exc:
@@ -376,6 +377,18 @@ class Collector:
                 last_error="the output file was missing or changed: downloading again",
             )
             spawn(Job(row))
+
+
+def _tagging(embedder: Embedder | None) -> Prepare | None:
+    if embedder is None:
+        return None
+
+    def prepare(part: Path, delivered: DownloadResult) -> DownloadResult:
+        tagged = embedder(part, delivered)
+        crashpoints.reached(CrashPoint.AFTER_TAGGED)
+        return tagged
+
+    return prepare
 
 
 def _embedder(row: ShotRow, batch_name: str | None) -> Embedder:
