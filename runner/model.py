@@ -133,6 +133,8 @@ class OutputSettings:
     dir: Path
     filename: str = "{shot_id}.mp4"
     sidecar: bool = True
+    #: write the prompt, seed, model, shot and task id into each file as MP4 tags
+    embed_metadata: bool = False
 
 
 @dataclass(frozen=True)

@@ -257,15 +257,22 @@ def write_out(file: BinaryIO | None, part: Path, chunks: list[bytes], void: bool
     return file
 
 
+#: a step between the durable temporary file and its publication (embedding tags): it
+#: may rewrite the file in place, and answers what the file then is
+Prepare = Callable[[Path, DownloadResult], DownloadResult]
+
+
 def finish_and_publish(
     work: tuple[BinaryIO | None, list[bytes], bool],
     part: Path,
     result: DownloadResult,
     then: Callable[[DownloadResult], None] | None,
-) -> None:
-    """Write what waits in memory, make the bytes durable, publish them under the final
-    name, run ``then`` (files it writes beside the video share the folder fsync), then
-    make the new names durable. One worker-thread trip for all of it."""
+    prepare: Prepare | None = None,
+) -> DownloadResult:
+    """Write what waits in memory, make the bytes durable, let ``prepare`` rework the
+    temporary file (it leaves it durable), publish it under the final name, run ``then``
+    (files it writes beside the video share the folder fsync), then make the new names
+    durable. One worker-thread trip for all of it; answers the published file."""
     file, chunks, void = work
     file = write_out(file, part, chunks, void)
     try:
@@ -273,6 +280,9 @@ def finish_and_publish(
         os.fsync(file.fileno())
     finally:
         file.close()  # here, not on the event loop: closing can wait on the disk too
+    if prepare is not None:
+        # before publication: a crash or a failure here leaves only the temporary file
+        result = prepare(part, result)
     linked = publish(part, result.path, result.bytes, result.sha256)
     try:
         if then is not None:
@@ -281,6 +291,7 @@ def finish_and_publish(
         # the video's name is made durable even when ``then`` failed: it is published
         if linked or then is not None:
             make_names_durable(result.path.parent)
+    return result
 
 
 def publish(part: Path, dest: Path, size: int, sha256: str) -> bool:

@@ -336,6 +336,7 @@ NOT_ON_THE_COMMAND_LINE = {
     "clock",
     "price_table",
     "moderated_words",
+    "untaggable_words",
 }
 
 
@@ -350,6 +351,7 @@ def test_sim_help_documents_every_knob() -> None:
         if f.name not in NOT_ON_THE_COMMAND_LINE:
             assert "--" + f.name.replace("_", "-") in result.output, f.name
     assert "--moderated-word" in result.output and "--prices" in result.output
+    assert "--untaggable-word" in result.output
 
 
 def test_pixrun_sim_runs_until_ctrl_c() -> None:

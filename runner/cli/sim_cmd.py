@@ -183,6 +183,13 @@ def _knob_options(func: Any) -> Any:
     "(status 7). Repeat for more words.",
 )
 @click.option(
+    "--untaggable-word",
+    "untaggable_words",
+    multiple=True,
+    help="A prompt containing this word (case-insensitive) renders a file that downloads "
+    "fine but cannot be tagged (output.embed_metadata). Repeat for more words.",
+)
+@click.option(
     "--not-found-status",
     type=click.IntRange(200, 599),
     default=200,

@@ -59,6 +59,7 @@ class EventKind(str, Enum):
     REROLLED = "rerolled"  #: the user asked for a new take with a fresh seed
     CALLBACK = "callback"  #: what a provider callback carried (size-capped), as a sample
     CALLBACKS_SILENT = "callbacks_silent"  #: callbacks stopped arriving: polling in full
+    UNTAGGED = "untagged"  #: output.embed_metadata: a file could not be tagged (kept as is)
 
 
 #: columns a caller may set through ``update_shot``; anything else is a bug

@@ -241,10 +241,12 @@ class _Reader:
                 self.report(("output", "filename"), *fault)
                 pattern = output_names.DEFAULT_FILENAME
         sidecar = section.get("sidecar")
+        embed = section.get("embed_metadata")
         return OutputSettings(
             dir=out_dir,
             filename=pattern,
             sidecar=sidecar if isinstance(sidecar, bool) else True,
+            embed_metadata=embed if isinstance(embed, bool) else False,
         )
 
     def _run(self, doc: dict[str, Any], bad: set[Path_]) -> RunSettings:

@@ -332,6 +332,11 @@ def _output_schema() -> dict[str, Any]:
                 "Write a .json sidecar with the request and provider answer next to each "
                 "video (default true).",
             ),
+            "embed_metadata": _described(
+                {"type": "boolean"},
+                "Write the prompt, seed, model, shot id and task id into each video as MP4 "
+                "tags, without re-encoding (default false).",
+            ),
         },
         "Where finished videos go.",
     )

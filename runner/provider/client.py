@@ -29,7 +29,7 @@ import aiohttp
 from yarl import URL
 
 from runner.errors import AmbiguousSubmit, InvalidRequest, TransientError, UsageError
-from runner.outputs import DownloadResult
+from runner.outputs import DownloadResult, Prepare
 from runner.provider.config import ProviderConfig
 from runner.provider.dialects import TaskState, parse_fetch, parse_generate, parse_upload
 from runner.provider.download import download_file
@@ -236,10 +236,12 @@ class Provider:
         *,
         then: Callable[[DownloadResult], None] | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        prepare: Prepare | None = None,
     ) -> DownloadResult:
-        """Fetch a finished video into ``dest``; ``then`` runs in the same worker-thread
-        trip, after the file is published (see runner/provider/download.py);
-        ``on_bytes`` hears of every chunk received (progress, for the run's watchdog)."""
+        """Fetch a finished video into ``dest``; ``prepare`` reworks the temporary file
+        before it is published (embedded tags) and ``then`` runs after, both in the same
+        worker-thread trip (see runner/provider/download.py); ``on_bytes`` hears of
+        every chunk received (progress, for the run's watchdog)."""
         pooled, _ = self._sessions()
 
         def count() -> None:
@@ -255,6 +257,7 @@ class Provider:
             on_request=count,
             then=then,
             on_bytes=on_bytes,
+            prepare=prepare,
         )
 
 

@@ -10,7 +10,9 @@ Invariants:
   atomically; the new name is durable (its folder fsynced, one fsync shared by
   concurrent downloads) before :func:`download_file` returns.
   A companion file written by the caller's ``then`` hook in the same worker-thread trip
-  (the sidecar) is covered by the same folder fsync.
+  (the sidecar) is covered by the same folder fsync. The caller's ``prepare`` hook
+  (embedded tags, runner/mp4tags.py) reworks the durable temporary file before it is
+  published, so a published file is never half-reworked.
 - Publishing never replaces an existing file: if the target appeared meanwhile it must
   hold the same bytes, else :class:`~runner.errors.OutputConflict`.
 - A cut transfer is resumed with ``Range`` when the server honours it, restarted from
@@ -47,6 +49,7 @@ from runner.errors import (
 )
 from runner.outputs import (
     DownloadResult,
+    Prepare,
     finish_and_publish,
     part_path,
     write_error,
@@ -280,9 +283,13 @@ async def download_file(
     on_request: Callable[[], None] = lambda: None,
     then: Callable[[DownloadResult], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    prepare: Prepare | None = None,
 ) -> DownloadResult:
-    """Fetch ``url`` into ``dest`` (see the module invariants).
+    """Fetch ``url`` into ``dest`` (see the module invariants); answers the published file.
 
+    ``prepare`` runs in the worker thread on the verified, fsynced temporary file before
+    it is published (it may rewrite it: embedded tags) and answers what the file then
+    is; its exceptions propagate as raised, with nothing published.
     ``then`` runs in the worker thread right after the file is published and before
     the folder fsync, so what it writes beside the file (a sidecar) shares that fsync;
     its exceptions propagate as raised, with the file left published.
@@ -303,7 +310,13 @@ async def download_file(
                 # one worker-thread trip: write what waits, fsync, publish, ``then``,
                 # folder fsync
                 work = transfer.drain()
-                await _in_worker(transfer, finish_and_publish, work, transfer.part, result, then)
+                delivered = result
+
+                def finish() -> None:  # None: the transfer's file is closed
+                    nonlocal result
+                    result = finish_and_publish(work, transfer.part, delivered, then, prepare)
+
+                await _in_worker(transfer, finish)
             except OSError as exc:
                 raise write_error(exc, dest) from exc
         finally:

@@ -12,6 +12,11 @@ Invariants:
   moved aside (with its sidecar), anything else fails the shot as an output conflict.
 - A shot is done only once its file (and sidecar) are published and durable; the
   sidecar and the ledger record the same done time.
+- With ``output.embed_metadata`` the file is tagged before it is published
+  (runner/mp4tags.py): the ledger's and the sidecar's size and sha256 are the tagged
+  file's, so every later check of the file on disk (a rerun, adoption) holds it to
+  those; the sidecar keeps the delivered ones too. A file that cannot be tagged is kept
+  as delivered, and the sidecar, a ledger event and a run event say why.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from runner.errors import (
 from runner.ledger import EventKind, ShotRow
 from runner.model import ErrorKind, ShotState
 from runner.money import uptc_text
+from runner.mp4tags import Embedder, tag_values
 from runner.outputs import (
+    Prepare,
     archive_name,
     place_over,
     resolve_output,
@@ -63,15 +70,23 @@ class _Sidecar:
     :func:`runner.outputs.place_over` for a video staged beside an existing file), so
     both names share one folder fsync."""
 
-    def __init__(self, target: Path, fields: dict[str, Any]) -> None:
+    def __init__(self, target: Path, fields: dict[str, Any], embedder: Embedder | None) -> None:
         self.target = target
         self.fields = fields
+        self.embedder = embedder
         #: set once written: the shot's done time, as the sidecar records it
         self.done_at: float | None = None
 
     def __call__(self, result: DownloadResult) -> None:
         done_at = time.time()
         data = {**self.fields, "sha256": result.sha256, "bytes": result.bytes, "done_at": done_at}
+        embedder = self.embedder
+        if embedder is not None and embedder.delivered is not None:
+            data["delivered_sha256"] = embedder.delivered.sha256
+            data["delivered_bytes"] = embedder.delivered.bytes
+            data["embedded_metadata"] = None if embedder.untagged else embedder.values
+            if embedder.untagged:
+                data["embed_error"] = embedder.untagged
         write_sidecar(self.target, data)
         self.done_at = done_at
 
@@ -139,10 +154,12 @@ class Collector:
             return
         if row.state != ShotState.DOWNLOADING:
             await self._tr.commit(row, ShotState.DOWNLOADING)
-        # the sidecar is written in the download's own worker-thread trip, and shares
-        # the folder fsync that makes the video's name durable
-        sidecar = _Sidecar(target, sidecar_fields(row)) if ctx.opt.sidecar else None
-        fetched = await self._fetch_file(job, target, sidecar)
+        # the file is tagged before it is published, and the sidecar is written in the
+        # download's own worker-thread trip, sharing the folder fsync that makes the
+        # video's name durable
+        embedder = _embedder(row, ctx.opt.batch_name) if ctx.opt.embed_metadata else None
+        sidecar = _Sidecar(target, sidecar_fields(row), embedder) if ctx.opt.sidecar else None
+        fetched = await self._fetch_file(job, target, sidecar, embedder)
         if fetched is None:
             return
         result, staged = fetched
@@ -153,20 +170,29 @@ class Collector:
         crashpoints.reached(CrashPoint.MID_DOWNLOAD)
         # the sidecar records the done time; the ledger records the same one
         done_at = sidecar.done_at if sidecar is not None and sidecar.done_at else time.time()
+        note = Note(RunEventKind.DONE, f"saved {row.output_path}")
+        if embedder is not None and embedder.untagged:
+            message = (
+                f"saved {row.output_path} without embedded metadata: {embedder.untagged}; "
+                "the file is kept as delivered"
+            )
+            note = Note(RunEventKind.DONE, message, EventKind.UNTAGGED)
         await self._tr.commit(
             row,
             ShotState.DONE,
-            Note(RunEventKind.DONE, f"saved {row.output_path}"),
+            note,
             bytes=result.bytes,
             sha256=result.sha256,
             done_at=done_at,
             error_kind=None,
             last_error=None,
         )
+        if note.ledger_kind == EventKind.UNTAGGED:
+            ctx.emit(RunEventKind.INFO, note.message, row)  # a done event is routine
         crashpoints.reached(CrashPoint.AFTER_DONE)
 
     async def _fetch_file(
-        self, job: Job, target: Path, sidecar: _Sidecar | None
+        self, job: Job, target: Path, sidecar: _Sidecar | None, embedder: Embedder | None
     ) -> tuple[DownloadResult, Path | None] | None:
         """Download with retries; ``(result, staging path or None)``, or None if given up."""
         ctx, row = self._ctx, job.row
@@ -187,6 +213,7 @@ class Collector:
                     staged or target,
                     then=sidecar if staged is None else None,
                     on_bytes=self._on_bytes,
+                    prepare=_tagging(embedder),
                 )
                 return result, staged
             except UrlExpired as exc:
@@ -350,6 +377,33 @@ class Collector:
                 last_error="the output file was missing or changed: downloading again",
             )
             spawn(Job(row))
+
+
+def _tagging(embedder: Embedder | None) -> Prepare | None:
+    if embedder is None:
+        return None
+
+    def prepare(part: Path, delivered: DownloadResult) -> DownloadResult:
+        tagged = embedder(part, delivered)
+        crashpoints.reached(CrashPoint.AFTER_TAGGED)
+        return tagged
+
+    return prepare
+
+
+def _embedder(row: ShotRow, batch_name: str | None) -> Embedder:
+    return Embedder(
+        tag_values(
+            shot_id=row.shot_id,
+            version=row.version,
+            task_id=row.task_id,
+            seed=row.seed,
+            mode=row.mode,
+            prompt=row.prompt,
+            request=row.request,
+            manifest=batch_name,
+        )
+    )
 
 
 def _parked(row: ShotRow) -> bool:

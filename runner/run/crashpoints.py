@@ -21,6 +21,7 @@ class CrashPoint(str, Enum):
     AFTER_TASK_COMMITTED = "after_task_committed"  #: task id durable
     AFTER_POLL = "after_poll"  #: a fetch answered, before its result is stored
     AFTER_RENDERED = "after_rendered"  #: rendered state durable, download not started
+    AFTER_TAGGED = "after_tagged"  #: embed_metadata: temporary file tagged, not published
     MID_DOWNLOAD = "mid_download"  #: file downloaded, not yet recorded as done
     AFTER_DONE = "after_done"  #: done committed
 

@@ -83,6 +83,10 @@ class SchedulerOptions:
     poll: PollSettings = field(default_factory=PollSettings)
     budget_uptc: int | None = None
     sidecar: bool = True
+    #: write the shot's metadata into each file as MP4 tags (runner/mp4tags.py), and
+    #: the batch name they carry
+    embed_metadata: bool = False
+    batch_name: str | None = None
     #: this many ambiguous submits in a row stop submitting
     ambiguous_streak_limit: int = 5
     #: consecutive transient submit failures (provider otherwise up) before giving up

@@ -164,6 +164,8 @@ def scheduler_options(
         poll=poll,
         budget_uptc=to_uptc_or_none(budget),
         sidecar=manifest.output.sidecar,
+        embed_metadata=manifest.output.embed_metadata,
+        batch_name=manifest.name,
         upload_price_uptc=to_uptc_or_none(table.upload_ptc) or 0,
         stall_timeout_s=settings.stall_timeout_s,
         outage_timeout_s=settings.outage_timeout_s,

@@ -27,7 +27,7 @@ from runner.money import from_uptc, to_uptc
 from runner.pricing import default_price_table
 from runner.sim.config import SimConfig
 from runner.sim.journal import Journal
-from runner.sim.media import task_mp4
+from runner.sim.media import task_mp4, untaggable_mp4
 
 #: the simulator's own status words (mapped to each dialect's codes by the server)
 QUEUED, RENDERING, SUCCEEDED, FAILED, MODERATED, DELETED = (
@@ -67,6 +67,8 @@ class SimTask:
     deleted: bool = False
     #: every fetch answers "no such task"
     forgotten: bool = False
+    #: serves a file mutagen cannot read (see media.untaggable_mp4)
+    untaggable: bool = False
     refunded: bool = False
     fetches: int = 0
     downloads: int = 0
@@ -85,7 +87,7 @@ class SimTask:
         return self.created_s + self.render_s
 
     def mp4(self) -> bytes:
-        return task_mp4(self.task_id)
+        return untaggable_mp4(self.task_id) if self.untaggable else task_mp4(self.task_id)
 
     @property
     def sha256(self) -> str:
@@ -221,6 +223,7 @@ class Books:
             truncate_next=self.chance(cfg.truncate_share),
             deleted=succeeded and self.chance(cfg.deleted_share),
             forgotten=self.chance(cfg.forget_share),
+            untaggable=any(word in prompt.lower() for word in cfg.untaggable_words),
         )
         self._remember(task)
         self._log({"t": "task", **_task_record(task)})

@@ -66,6 +66,9 @@ class SimConfig:
     balance_ptc: Decimal | None = None
     #: a prompt containing any of these (case-insensitive) ends moderated (status 7)
     moderated_words: tuple[str, ...] = ()
+    #: a prompt containing any of these (case-insensitive) renders a file whose box
+    #: chain is sound but whose moov mutagen cannot read (output.embed_metadata)
+    untaggable_words: tuple[str, ...] = ()
     #: share of shots whose first task fails to render (status 8); later attempts render
     fail_first_attempt_share: float = 0.0
     #: download URLs expire this many seconds after the fetch that issued them
@@ -150,6 +153,7 @@ class SimConfig:
         self.balance_ptc = _money(self.balance_ptc, "balance_ptc")
         self.unknown_price_ptc = _money(self.unknown_price_ptc, "unknown_price_ptc")
         self.moderated_words = tuple(w.lower() for w in self.moderated_words if w.strip())
+        self.untaggable_words = tuple(w.lower() for w in self.untaggable_words if w.strip())
         self._check_routes()
         self._check_provider_answers()
         if self.state_path is not None:
