@@ -107,21 +107,62 @@ def test_share_one_turns_the_brake_off(tmp_path: Path, sim_thread: SimThread) ->
     assert set(states(batch.ledger).values()) == {"moderated"}
 
 
+def test_failures_under_the_share_do_not_stop_the_run(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread(moderated_words=("forbidden",))
+    # every third shot is moderated; one at a time, so each window of 6 holds exactly 2
+    scenes = {f"s{i:02d}": BAD for i in range(0, 24, 3)}
+    batch = write_manifest(tmp_path, 24, concurrency=1, max_attempts=1, scenes=scenes)
+    _set_halt(batch, failure_share=0.5, window=6)
+    result = pixrun(run_args(batch, output="--json-logs"), env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == ExitCode.SHOTS_FAILED, explain(result)
+    assert _summary(result.stdout)["stop_reason"] is None
+    assert Counter(states(batch.ledger).values()) == {"done": 16, "moderated": 8}
+
+
+def test_requests_refused_before_rendering_do_not_count(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    # the provider refuses every request outright (pre-moderation): no render is made
+    sim = sim_thread(permanent_error_code=500063, permanent_error_share=1.0)
+    batch = write_manifest(tmp_path, 12, concurrency=2, max_attempts=1)
+    _set_halt(batch, failure_share=0.5, window=3)
+    result = pixrun(run_args(batch, output="--json-logs"), env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == ExitCode.SHOTS_FAILED, explain(result)
+    assert _summary(result.stdout)["stop_reason"] is None
+    assert set(states(batch.ledger).values()) == {"failed"}
+
+
+def test_the_brake_waits_for_a_full_window() -> None:
+    brake = FailureBrake(failure_share=0.5, window=4)
+    assert [brake.record("render failed") for _ in range(3)] == [None] * 3
+    message = brake.record(None)
+    assert message is not None and "3 of the last 4 finished renders" in message
+
+
 def test_the_window_slides_and_names_the_most_common_errors() -> None:
     brake = FailureBrake(failure_share=0.5, window=4)
-    # not before the window is full, however bad
-    assert brake.record("render failed (attempt 3 of 3)") is None
-    assert brake.record("render failed (attempt 1 of 1)") is None
-    assert brake.record(None) is None
-    # 2 of 4 is not more than half
-    assert brake.record(None) is None
-    assert brake.record("refused by content moderation") is None  # window: f, ok, ok, m
-    assert brake.record(None) is None  # ok, ok, m, ok
-    assert brake.record("refused by content moderation") is None  # ok, m, ok, m: 2 of 4
-    message = brake.record("render failed (attempt 2 of 2)")  # m, ok, m, f: 3 of 4
+    moderated = "refused by content moderation"
+    seen = [
+        brake.record(error)
+        for error in (
+            None,
+            None,
+            "render failed (attempt 1 of 1)",
+            "render failed (attempt 1 of 1)",  # 2 of 4: not more than half
+            None,
+            None,
+            None,  # the early failures have slid out
+            moderated,
+            moderated,  # 2 of 4 again
+        )
+    ]
+    assert seen == [None] * 9
+    message = brake.record("render failed (attempt 2 of 2)")  # 3 of the last 4
     assert message is not None
     assert "3 of the last 4 finished renders" in message
-    assert "2x 'refused by content moderation'; 1x 'render failed'" in message
+    assert f"2x {moderated!r}; 1x 'render failed'" in message
     assert brake.record("render failed") is None  # once per run
 
 

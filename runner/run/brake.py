@@ -37,14 +37,11 @@ class FailureBrake:
         self._recent: deque[str | None] = deque(maxlen=self.window)
         self.tripped = False
 
-    @property
-    def enabled(self) -> bool:
-        return self.failure_share < 1
-
     def record(self, error: str | None) -> str | None:
         """A render ended (``error`` None: it succeeded). The stop message when this
         one trips the brake, else None."""
-        if not self.enabled or self.tripped:
+        # failure_share 1 never trips: no share of a window is more than all of it
+        if self.tripped:
             return None
         self._recent.append(None if error is None else _ATTEMPT_SUFFIX.sub("", error))
         if len(self._recent) < self.window:
