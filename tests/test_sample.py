@@ -5,6 +5,7 @@ exactly that subset. Checked against a simulator thread's books."""
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ from runkit import (
     env_for,
     explain,
     flat,
+    in_state,
     pixrun,
     run_args,
     sim_tasks,
+    start,
     states,
+    wait_until,
     write_manifest,
 )
 
@@ -159,3 +163,27 @@ def test_a_changed_done_shot_outside_the_sample_is_left_as_it_is(
     assert _tasks_per_shot(sim) == Counter({"s00": 1, "s01": 1, "s03": 1})
     assert states(batch.ledger)["s00"] == "done"
     assert states(batch.ledger)["s02"] == "pending"
+
+
+def test_a_task_outside_the_sample_is_collected_but_never_sent_again(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    # every first render fails: a shot is sent again only by a run that may submit it
+    sim = sim_thread(render_time_s=(1.0, 1.5), fail_first_attempt_share=1.0)
+    batch = write_manifest(tmp_path, 6, concurrency=2)
+    env = env_for(sim.base_url)
+    first = start(run_args(batch, "--limit", "2"), env, cwd=tmp_path, tag="first")
+    wait_until(
+        lambda: batch.ledger.exists() and in_state(batch.ledger, "submitted") == {"s00", "s01"},
+        what="two tasks at the provider",
+    )
+    first.signal(signal.SIGINT)
+    assert first.wait(30) == 130, explain(first)
+
+    # s00 and s01 are collected (their renders failed: attempts left) but not this
+    # sample's to send again; s05 is, and renders on its second attempt
+    second = pixrun(run_args(batch, "--only", "s05"), env, cwd=tmp_path)
+    assert second.returncode == ExitCode.SHOTS_FAILED, explain(second)
+    assert _tasks_per_shot(sim) == Counter({"s00": 1, "s01": 1, "s05": 2})
+    after = states(batch.ledger)
+    assert (after["s00"], after["s01"], after["s05"]) == ("pending", "pending", "done")
