@@ -27,6 +27,8 @@ Invariants:
 - On stop (signal, refused key, contract mismatch, disk full, watchdog) nothing is lost:
   what is recorded is consistent at every commit, and tasks at the provider are
   collected by the next run.
+- A sample run (``SchedulerOptions.submit_only``) submits only its shots; the others
+  stay pending. Too many failures among the latest renders stop submitting (run.brake).
 """
 
 from __future__ import annotations
