@@ -93,6 +93,15 @@ FINAL_STATES = frozenset(
 
 
 @dataclass(frozen=True)
+class HaltSettings:
+    """The failure-rate brake: stop submitting when more than ``failure_share`` of the
+    last ``window`` finished renders failed or were moderated (1: never)."""
+
+    failure_share: float = 0.5
+    window: int = 20
+
+
+@dataclass(frozen=True)
 class PollSettings:
     """How tasks are polled. Fractions of seconds are allowed (compressed clocks)."""
 
@@ -117,6 +126,8 @@ class RunSettings:
     outage_timeout_s: float = 6 * 3600.0
     #: where the provider's callbacks are received; None: poll only
     callback: CallbackSettings | None = None
+    #: the failure-rate brake (``run.halt``)
+    halt: HaltSettings = field(default_factory=HaltSettings)
 
 
 @dataclass(frozen=True)

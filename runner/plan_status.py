@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runner.ledger import open_ledger
-from runner.ledger.classify import SyncAction, classify, state_after_sync
+from runner.ledger.classify import KnownShot, SyncAction, classify, state_after_sync
 from runner.ledger.queries import uploaded_digests
 from runner.model import Manifest, ShotState
 from runner.plan import TO_SUBMIT
+from runner.sample import Sample, SampleSpec, select_sample
 
 DONE = "done"
 IN_FLIGHT = "in_flight"
@@ -66,3 +67,13 @@ async def ledger_labels(
         else:
             labels[shot.shot_id] = _LABEL_OF[state_after_sync(action, entry)]
     return labels, spent, uploaded
+
+
+async def ledger_sample(manifest: Manifest, spec: SampleSpec, ledger_path: Path | None) -> Sample:
+    """The sample ``pixrun run`` with the same options would pick, given the ledger at
+    ``ledger_path`` (None: no ledger yet, every shot is new). Raises UsageError."""
+    known: Mapping[str, KnownShot] = {}
+    if ledger_path is not None:
+        async with await open_ledger(ledger_path, writer=False) as ledger:
+            known = await ledger.known_shots()
+    return select_sample(manifest.shots, spec, known, name=manifest.name)

@@ -11,7 +11,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from runner.cli.options import PTC, format_option, rules_option, simulate_option
+from runner.cli.options import (
+    PTC,
+    format_option,
+    rules_option,
+    sample_options,
+    simulate_option,
+)
 from runner.cli.render import print_plan, print_problems, print_validation
 from runner.cli.views import json_text
 from runner.errors import ExitCode, UsageError
@@ -22,6 +28,7 @@ from runner.manifest.schema import manifest_schema_json
 from runner.money import from_uptc
 from runner.plan import build_plan, check_plan_budget
 from runner.pricing import load_price_table
+from runner.sample import SampleSpec, cut
 from runner.text import printable
 
 COMMANDS: list[click.Command] = []
@@ -87,6 +94,7 @@ def validate_cmd(
 )
 @simulate_option
 @rules_option
+@sample_options("Price only")
 def plan_cmd(
     manifest: Path,
     fmt: str,
@@ -95,6 +103,8 @@ def plan_cmd(
     ledger: Path | None,
     simulate: bool,
     rules: Path | None,
+    only: tuple[str, ...],
+    limit: int | None,
 ) -> None:
     """Show what MANIFEST will cost, grouped by mode, model, quality, duration and motion.
 
@@ -107,6 +117,17 @@ def plan_cmd(
     ledger_path = (
         ledger if ledger is not None else default_ledger_path(manifest, simulated=simulate)
     )
+    if ledger is not None and not ledger_path.exists():
+        raise UsageError(f"no ledger at {ledger}", hint="drop --ledger to plan from scratch")
+    spec = SampleSpec(only=only, limit=limit)
+    if spec.active:
+        # the shots `pixrun run` with the same options would submit, and only those
+        from runner.plan_status import ledger_sample
+
+        known_at = ledger_path if ledger_path.exists() else None
+        picked = asyncio.run(ledger_sample(loaded, spec, known_at))
+        loaded = cut(loaded, picked)
+        _console(stderr=True).print(picked.describe(), soft_wrap=True)
     if ledger_path.exists():
         # earlier runs: plan only what remains, and show what is done, in flight, ...
         from runner.plan_status import SPEND_LABELS, ledger_labels
@@ -120,8 +141,6 @@ def plan_cmd(
             spent_ptc=from_uptc(spent_uptc),
             uploaded=uploaded,
         )
-    elif ledger is not None:
-        raise UsageError(f"no ledger at {ledger}", hint="drop --ledger to plan from scratch")
     else:
         plan = build_plan(loaded, max_cost_ptc=max_cost)
     if loaded.warnings:

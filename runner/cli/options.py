@@ -96,6 +96,29 @@ def simulate_option(func: F) -> F:
     )(func)
 
 
+def sample_options(verb: str) -> Callable[[F], F]:
+    """``--only PATTERN`` (repeatable) and ``--limit N``, as ``only`` and ``limit``: a
+    sample of the manifest (see runner/sample.py); ``verb`` starts their help."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--limit",
+            type=click.IntRange(0, None),
+            metavar="N",
+            help=f"{verb} the first N shots still to submit (in manifest order, after "
+            "--only); the rest stays pending for a later run.",
+        )(func)
+        return click.option(
+            "--only",
+            multiple=True,
+            metavar="PATTERN",
+            help=f"{verb} the shots whose id matches: an id or a glob such as 'hero*' "
+            "(repeatable; an id also matches its takes ID.t1, ID.t2, ...).",
+        )(func)
+
+    return decorate
+
+
 def provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``--provider-option KEY=VALUE`` pairs; numbers become numbers. The adapter
     checks the keys."""

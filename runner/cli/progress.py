@@ -403,6 +403,7 @@ def _summary_json(
         "simulated": outcome.simulated,
         "held_changed": list(outcome.held_changed),
         "adopted": len(outcome.adopted),
+        "sample": outcome.sample,
         "callbacks": dict(result.callbacks),
     }
     console.file.write(json_text(record, ensure_ascii=False) + "\n")
@@ -450,6 +451,8 @@ def _summary_lines(
     lines.append(Text.assemble(("  spent   ", "dim"), f"{format_ptc(result.spent_uptc)} PTC"))
     lines.append(Text.assemble(("  files   ", "dim"), str(outcome.output_dir)))
     lines.append(Text.assemble(("  ledger  ", "dim"), str(outcome.ledger_path)))
+    if outcome.sample:
+        lines.append(Text.assemble(("  ", "dim"), outcome.sample))
     if result.callbacks:
         seen = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result.callbacks.items()))
         lines.append(Text.assemble(("  callbacks  ", "dim"), seen))

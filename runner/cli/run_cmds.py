@@ -25,6 +25,7 @@ from runner.cli.options import (
     option_table,
     optional_manifest_argument,
     rules_option,
+    sample_options,
     simulate_option,
 )
 from runner.cli.options import provider_options as _provider_options
@@ -70,6 +71,8 @@ def _ask(preview: RunPreview) -> Decision:
     count = preview.to_submit + (len(preview.changed_done) if rerender else 0)
     cost = preview.to_submit_uptc + (preview.changed_done_uptc if rerender else 0)
     where = " with the simulator (nothing is spent)" if preview.simulated else ""
+    if preview.sample:
+        click.echo(preview.sample)
     go = click.confirm(
         f"Submit {plural(count, 'shot')} of {preview.name!r} for {format_ptc(cost)} PTC{where}?",
         default=True,
@@ -195,6 +198,7 @@ def _provider_settings(func: Any) -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
 @rules_option
+@sample_options("Submit only")
 def run_cmd(
     manifest: Path,
     ledger: Path | None,
@@ -223,15 +227,19 @@ def run_cmd(
     quiet: bool,
     json_logs: bool,
     rules: Path | None,
+    only: tuple[str, ...],
+    limit: int | None,
 ) -> None:
     """Run (or resume) the batch of MANIFEST: submit, poll, download, record everything.
 
     A rerun resumes: done shots are skipped, tasks at the provider are collected, and
-    nothing that may have been charged is sent again.
+    nothing that may have been charged is sent again. --only/--limit render a sample
+    first; the rest stays pending for a later run.
     """
     from runner.cli.progress import make_observer, render_summary
     from runner.run.batch import run_batch
     from runner.run.setup import RunOverrides, SimulatorSettings
+    from runner.sample import SampleSpec
 
     if not manifest.exists():
         raise UsageError(f"no manifest at {manifest}")
@@ -276,6 +284,7 @@ def run_cmd(
         switch_provider=switch_provider,
         check_space=not skip_space_check,
         force=force,
+        sample=SampleSpec(only=only, limit=limit),
     )
     # the run keeps the shots in the ledger, not in memory: drop our reference so the
     # manifest can be freed once it is synced (flat memory at 100,000 shots)

@@ -48,6 +48,7 @@ from runner.manifest.validate import schema_check
 from runner.manifest.yaml_source import SourceMap, parse
 from runner.model import (
     CallbackSettings,
+    HaltSettings,
     Manifest,
     OutputSettings,
     PollSettings,
@@ -295,6 +296,10 @@ class _Reader:
             stall_timeout_s=float(pick("stall_timeout_s", base.stall_timeout_s)),
             outage_timeout_s=float(pick("outage_timeout_s", base.outage_timeout_s)),
             callback=_callback_settings(pick("callback", None)),
+            halt=HaltSettings(
+                failure_share=float(pick("failure_share", base.halt.failure_share, "halt")),
+                window=int(pick("window", base.halt.window, "halt")),
+            ),
         )
 
     # ---- images -------------------------------------------------------------------

@@ -309,6 +309,24 @@ def _run_schema() -> dict[str, Any]:
                 "polling stays the safety net.",
                 required=("listen",),
             ),
+            "halt": _object(
+                {
+                    "failure_share": _described(
+                        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                        "Stop submitting when more than this share of the last `window` "
+                        "finished renders failed or were moderated; in-flight tasks are "
+                        "collected, then the run exits 1 naming the common errors (default "
+                        "0.5; 1 turns the brake off).",
+                    ),
+                    "window": _described(
+                        {"type": "integer", "minimum": 1},
+                        "How many of the latest finished renders the brake looks at "
+                        "(default 20); it acts only once that many have finished.",
+                    ),
+                },
+                "The failure-rate brake: a manifest whose renders keep failing stops "
+                "before it spends more. A rerun (after fixing the manifest) continues.",
+            ),
         },
         "How the batch runs.",
     )

@@ -58,6 +58,7 @@ from runner.run.setup import (
     real_config,
     scheduler_options,
 )
+from runner.sample import Sample, SampleSpec, cut, select_sample
 
 
 @dataclass
@@ -73,6 +74,8 @@ class BatchOutcome:
     held_changed: tuple[str, ...] = ()
     #: shots whose file was already on disk and was adopted, nothing sent
     adopted: tuple[str, ...] = ()
+    #: a sample run (--only/--limit): what it chose
+    sample: str | None = None
 
 
 def _install_signals(scheduler: Scheduler) -> Callable[[], None]:
@@ -113,6 +116,7 @@ async def run_batch(
     switch_provider: bool = False,
     force: bool = False,
     check_space: bool = True,
+    sample: SampleSpec | None = None,
 ) -> BatchOutcome:
     """Run (or resume) a batch. Raises the errors of :mod:`runner.errors`.
 
@@ -123,6 +127,8 @@ async def run_batch(
     over a ledger that records another batch (:func:`check_ledger_owner`).
     ``cpu``: the one CPU the caller keeps this process's threads on, for the ledger's
     record (:func:`runner.placement.keep_to_one_cpu`); None when it does not.
+    ``sample``: submit only these shots (``--only``/``--limit``, :mod:`runner.sample`);
+    the rest is synced and stays pending.
     """
     overrides = overrides or RunOverrides()
     simulated = simulate is not None
@@ -150,7 +156,16 @@ async def run_batch(
             # one read of the shots for the preview and the sync: this run holds the
             # lock, and nothing between the two writes a shot
             known = await ledger.known_shots()
-            preview = await preview_run(ledger, manifest, known, options.budget_uptc, simulated)
+            picked: Sample | None = None
+            if sample is not None and sample.active:
+                picked = select_sample(manifest.shots, sample, known, name=manifest.name)
+                options = replace(options, submit_only=picked.ids)
+                observer.event(RunEvent(RunEventKind.INFO, picked.describe()))
+            # a sample is priced, asked about and budgeted on its own shots only
+            chosen = manifest if picked is None else cut(manifest, picked)
+            preview = await preview_run(ledger, chosen, known, options.budget_uptc, simulated)
+            if picked is not None:
+                preview = replace(preview, sample=picked.describe())
             changed_done = preview.changed_done
             check_budget(preview, rerender=rerender_changed)
             decision = Decision(go=True, rerender_changed=rerender_changed)
@@ -160,7 +175,9 @@ async def run_batch(
                 raise Declined("declined: nothing was sent")
             rerender = decision.rerender_changed or rerender_changed
             check_budget(preview, rerender=rerender)
-            hold = frozenset() if rerender else frozenset(changed_done)
+            held = frozenset() if rerender else frozenset(changed_done)
+            # changed done shots outside a sample stay as they are, unasked and untold
+            hold = held | (picked.changed_done_outside if picked is not None else frozenset())
             await ledger.set_meta(
                 {
                     "manifest": str(manifest.path),
@@ -171,13 +188,13 @@ async def run_batch(
             )
             sync = await ledger.sync_manifest(manifest.shots, hold=hold, known=known)
             synced = True
-            planned_uptc = sum(to_uptc_or_none(s.price_ptc) or 0 for s in manifest.shots)
-            del manifest, known  # the ledger holds every shot now; keep memory flat at scale
+            planned_uptc = sum(to_uptc_or_none(s.price_ptc) or 0 for s in chosen.shots)
+            del manifest, known, chosen  # the ledger holds every shot now: flat memory at scale
             parked = await ledger.recover()
             checked = await run_preflight(
                 ledger, output_dir, simulated=simulated, check_space=check_space
             )
-            for shot_id in hold:
+            for shot_id in held:
                 observer.event(
                     RunEvent(
                         RunEventKind.CHANGED,
@@ -205,7 +222,10 @@ async def run_batch(
                         await ledger.set_meta({META_PROVIDER: json.dumps(identity, sort_keys=True)})
                 # held changes are work the person still has to agree to: not a clean run
                 result.exit_code = exit_code_for(
-                    result.stop_reason, result.counts, held_changed=len(hold)
+                    result.stop_reason,
+                    result.counts,
+                    held_changed=len(held),
+                    pending_later=0 if picked is None else picked.left_pending,
                 )
                 with contextlib.suppress(LedgerError):
                     await ledger.end_run(
@@ -216,7 +236,7 @@ async def run_batch(
                             "elapsed_s": round(result.elapsed_s, 3),
                             "calls": result.calls,
                             "stop_reason": result.stop_reason,
-                            "held_changed": len(hold),
+                            "held_changed": len(held),
                             **({"callbacks": result.callbacks} if hub is not None else {}),
                         },
                     )
@@ -234,8 +254,9 @@ async def run_batch(
         new_shots=sync.new,
         changed_shots=len(sync.changed),
         simulated=simulated,
-        held_changed=tuple(sorted(hold)),
+        held_changed=tuple(sorted(held)),
         adopted=checked.adopted,
+        sample=None if picked is None else picked.describe(),
     )
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from runner.ledger import EventKind, Ledger, ShotRow
 from runner.model import ShotState
 from runner.provider import Provider
+from runner.run.brake import FailureBrake
 from runner.run.events import RunEvent, RunEventKind, RunObserver, RunSnapshot
 from runner.run.flow import CallbackPolicy, CallGate, InFlightLimiter, PollPlanner
 from runner.run.options import HARD_STOPS, SchedulerOptions, StopReason
@@ -163,12 +164,25 @@ class RunContext:
         #: set by the scheduler: stop submitting (soft) or everything (hard stops)
         self.request_stop: Callable[[StopReason, str], None] = lambda reason, message: None
         self.stop_submitting: Callable[[StopReason, str], None] = lambda reason, message: None
+        self.brake = FailureBrake(options.halt_failure_share, options.halt_window)
 
     def stopped(self) -> bool:
         return self.stop is not None
 
     def hard_stopped(self) -> bool:
         return self.stop in HARD_STOPS
+
+    def render_ended(self, error: str | None) -> None:
+        """A render ended for good in this run (``error`` None: it succeeded): the
+        failure-rate brake stops submitting when too many of the latest failed."""
+        message = self.brake.record(error)
+        if message is not None:
+            self.stop_submitting(StopReason.BRAKE, message)
+
+    def may_submit(self, shot_id: str) -> bool:
+        """Whether this run submits the shot (a sample run submits only its subset)."""
+        only = self.opt.submit_only
+        return only is None or shot_id in only
 
     def first_poll_delay_s(self) -> float:
         policy = self.policy

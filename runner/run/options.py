@@ -32,6 +32,8 @@ class StopReason(str, Enum):
     OUTAGE = "outage"  #: the provider stayed unreachable past run.outage_timeout_s
     UNREACHABLE = "unreachable"  #: the provider never answered at all (a typo'd URL?)
     STALLED = "stalled"  #: nothing progressed for run.stall_timeout_s
+    #: too many of the latest finished renders failed (run.halt); in-flight ones collected
+    BRAKE = "brake"
 
 
 #: stop reasons after which nothing more may happen at all (not even collecting)
@@ -60,16 +62,24 @@ _EXIT_FOR_STOP = {
     StopReason.OUTAGE: ExitCode.SHOTS_FAILED,
     StopReason.UNREACHABLE: ExitCode.INVALID,
     StopReason.STALLED: ExitCode.SHOTS_FAILED,
+    StopReason.BRAKE: ExitCode.SHOTS_FAILED,
 }
 
 
 def exit_code_for(
-    stop: StopReason | None, counts: dict[ShotState, int], *, held_changed: int = 0
+    stop: StopReason | None,
+    counts: dict[ShotState, int],
+    *,
+    held_changed: int = 0,
+    pending_later: int = 0,
 ) -> int:
-    """The process exit code of a run that ended with ``stop`` and ``counts``."""
+    """The process exit code of a run that ended with ``stop`` and ``counts``;
+    ``pending_later`` pending shots were left for a later run on purpose (a sample)."""
     if stop is not None:
         return _EXIT_FOR_STOP[stop]
-    if held_changed or any(n for s, n in counts.items() if s != ShotState.DONE and n > 0):
+    left = dict(counts)
+    left[ShotState.PENDING] = left.get(ShotState.PENDING, 0) - pending_later
+    if held_changed or any(n for s, n in left.items() if s != ShotState.DONE and n > 0):
         return ExitCode.SHOTS_FAILED
     return ExitCode.OK
 
@@ -116,6 +126,13 @@ class SchedulerOptions:
     #: on a stop, how long generate calls already under way may take to answer; well
     #: under the 2 s in which Ctrl-C must end the process (shutdown needs the rest)
     stop_grace_s: float = 1.0
+    #: the failure-rate brake (run.halt): more than this share of the last ``halt_window``
+    #: finished renders failed or moderated stops submitting; 1 turns it off
+    halt_failure_share: float = _RUN.halt.failure_share
+    halt_window: int = _RUN.halt.window
+    #: sample first (--only/--limit): only these shots are submitted; None: every one.
+    #: The others stay pending in the ledger for a later run.
+    submit_only: frozenset[str] | None = None
 
 
 @dataclass

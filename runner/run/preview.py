@@ -38,6 +38,8 @@ class RunPreview:
     changed_done_uptc: int
     spent_uptc: int
     budget_uptc: int | None
+    #: a sample run (--only/--limit): what it chose (the figures above are its own)
+    sample: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ Invariants:
 - On stop (signal, refused key, contract mismatch, disk full, watchdog) nothing is lost:
   what is recorded is consistent at every commit, and tasks at the provider are
   collected by the next run.
+- A sample run (``SchedulerOptions.submit_only``) submits only its shots; the others
+  stay pending. Too many failures among the latest renders stop submitting (run.brake).
 """
 
 from __future__ import annotations
@@ -185,13 +187,16 @@ class Scheduler:
                     return
                 buffer.extend(rows)
                 cursor = rows[-1].seq
+            row = buffer.popleft()
+            if not ctx.may_submit(row.shot_id):
+                continue  # outside the sample (--only/--limit): pending for a later run
             # downloads first: finished renders are money already spent
             while collector.backlog > 2 * ctx.opt.download_concurrency:
                 collector.backlog_drained.clear()
                 await collector.backlog_drained.wait()
             await ctx.limiter.acquire()
             # the budget is checked where money is committed: before each generate call
-            self._spawn(Job(buffer.popleft(), holds_slot=True))
+            self._spawn(Job(row, holds_slot=True))
 
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self._lifecycle(job), name=f"shot:{job.row.shot_id}")
@@ -221,7 +226,7 @@ class Scheduler:
         while True:
             if _state(row) == ShotState.PENDING:
                 if not job.holds_slot:
-                    if ctx.stop is not None:
+                    if ctx.stop is not None or not ctx.may_submit(row.shot_id):
                         return
                     await ctx.limiter.acquire()
                     job.holds_slot = True

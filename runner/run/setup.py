@@ -169,6 +169,8 @@ def scheduler_options(
         upload_price_uptc=to_uptc_or_none(table.upload_ptc) or 0,
         stall_timeout_s=settings.stall_timeout_s,
         outage_timeout_s=settings.outage_timeout_s,
+        halt_failure_share=settings.halt.failure_share,
+        halt_window=settings.halt.window,
     )
     if simulate is not None:
         options = scaled_for_simulator(options, simulate.render_time_s)

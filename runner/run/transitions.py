@@ -64,8 +64,19 @@ class Transitions:
             if name in _ROW_FIELDS:
                 setattr(row, name, value.value if isinstance(value, ErrorKind) else value)
         if state is not None:
+            before = row.state
             self._ctx.tally.move(row, state)
+            if before == ShotState.SUBMITTED:
+                self._render_ended(row, state, fields)
         self._tell(row, note)
+
+    def _render_ended(self, row: ShotRow, state: ShotState, fields: dict[str, Any]) -> None:
+        """A task's render ended (for the failure-rate brake): a video to collect, or a
+        failure with no retry in this run. Retries and lost tasks are not counted."""
+        if state in (ShotState.RENDERED, ShotState.DOWNLOADING):
+            self._ctx.render_ended(None)
+        elif state in (ShotState.FAILED, ShotState.MODERATED):
+            self._ctx.render_ended(fields.get("last_error") or row.error_kind or state.value)
 
     def _tell(self, row: ShotRow, note: Note | None) -> None:
         if note is not None and note.run_kind is not None:
