@@ -117,6 +117,8 @@ class RunSettings:
     outage_timeout_s: float = 6 * 3600.0
     #: where the provider's callbacks are received; None: poll only
     callback: CallbackSettings | None = None
+    #: where a JSON summary is POSTed when the run ends (runner/notify.py)
+    notify: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

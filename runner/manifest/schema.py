@@ -307,6 +307,16 @@ def _run_schema() -> dict[str, Any]:
                 "polling stays the safety net.",
                 required=("listen",),
             ),
+            "notify": _described(
+                {
+                    "type": ["string", "array"],
+                    "pattern": URL_PATTERN,
+                    "items": {"type": "string", "pattern": URL_PATTERN},
+                    "minItems": 1,
+                },
+                "http(s) URL, or a list of them, that gets one JSON summary POSTed when the "
+                "run ends or stops early (with a 'text' field for chat webhooks).",
+            ),
         },
         "How the batch runs.",
     )

@@ -200,7 +200,9 @@ def _value_issue(path: Path_, error: ValidationError) -> SchemaIssue:
     value: Any = error.instance
     want: Any = error.validator_value
     if keyword == "type":
-        word, hint = _TYPE_WORDS[str(want)]
+        wants = [str(w) for w in want] if isinstance(want, list) else [str(want)]
+        word = " or ".join(_TYPE_WORDS[w][0] for w in wants)
+        hint = _TYPE_WORDS[wants[0]][1]
         return SchemaIssue(path, f"must be {word}, not {type_name(value)}", hint)
     if keyword in ("const", "enum"):
         return _choice_issue(path, value, [want] if keyword == "const" else list(want))
