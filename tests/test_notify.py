@@ -193,7 +193,7 @@ def test_a_finished_run_sends_one_summary_to_each_target(
     assert failure["shot_id"] == "s01" and failure["state"] == "moderated"
     assert failure["error"]
     text = summary["text"]
-    assert list(summary)[0] == "text"
+    assert next(iter(summary)) == "text"
     assert text.startswith("pixrun: 'batch' finished with problems, exit 1")
     assert "3/4 done, 1 failed, 0.40 PTC" in text
     assert "failed: s01 (" in text and "output: " in text
