@@ -34,6 +34,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -45,7 +46,7 @@ from urllib.parse import urlsplit
 from runner import __version__
 from runner.model import ShotState
 from runner.money import format_ptc
-from runner.text import SECRET_ENV, json_safe, plural, scrub
+from runner.text import SECRET_ENV, json_safe, scrub
 
 if TYPE_CHECKING:
     import aiohttp
@@ -201,8 +202,8 @@ def run_summary(
             "counts": counts,
             "spent_uptc": result.spent_uptc,
             "spent_ptc": format_ptc(result.spent_uptc),
-            "output_dir": str(outcome.output_dir),
-            "ledger": str(outcome.ledger_path),
+            "output_dir": os.path.abspath(outcome.output_dir),
+            "ledger": os.path.abspath(outcome.ledger_path),
             "failed_total": max(failed_total, len(failures)),
             "failed": [_failure(f) for f in failures[:MAX_FAILED_LISTED]],
             "parked_total": counts[ShotState.AMBIGUOUS.value],
@@ -265,11 +266,12 @@ def _envelope(
         "id": notification_id or uuid.uuid4().hex,
         "type": "pixrun.run_ended",
         "status": status,
-        "manifest": {"name": manifest_name, "path": str(manifest_path)},
+        "manifest": {"name": manifest_name, "path": os.path.abspath(manifest_path)},
         "exit_code": exit_code,
         "elapsed_s": round(elapsed_s, 3),
         "started_at": (ended - dt.timedelta(seconds=elapsed_s)).isoformat(timespec="seconds"),
         "ended_at": ended.isoformat(timespec="seconds"),
+        "host": socket.gethostname(),  # a studio may run several machines overnight
         "pixrun_version": __version__,
     }
 
@@ -340,7 +342,7 @@ def _text(summary: Mapping[str, Any]) -> str:
     if failed:
         shown = [f"{f['shot_id']} ({f['error'] or f['error_kind'] or f['state']})" for f in failed]
         more = summary["failed_total"] - min(len(shown), _FAILED_IN_TEXT)
-        tail = f", and {plural(more, 'more')}" if more > 0 else ""
+        tail = f", and {more} more" if more > 0 else ""
         lines.append("failed: " + "; ".join(shown[:_FAILED_IN_TEXT]) + tail)
     return "\n".join(lines)
 

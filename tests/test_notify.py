@@ -162,10 +162,11 @@ def test_a_finished_run_sends_one_summary_to_each_target(
     tmp_path: Path, sim_thread: SimThread, receiver: Any
 ) -> None:
     """From run.notify and --notify alike, and on --on-finish's stdin: the same summary,
-    counts, money, the failed shot with its error, a readable text, and no key."""
+    counts, money, the first 20 failed shots with their errors, a readable text, no key."""
     sim = sim_thread(moderated_words=("forbidden",))
     from_manifest, from_option = receiver(), receiver()
-    batch = _batch(tmp_path, 4, [from_manifest.url], scenes={"s01": "a forbidden scene"})
+    refused = {f"s{i:02d}": "a forbidden scene" for i in range(1, 22)}  # 21 of 24
+    batch = _batch(tmp_path, 24, [from_manifest.url], scenes=refused, concurrency=8)
     command, saved = _on_finish(tmp_path)
     args = run_args(batch, "--notify", from_option.url, "--on-finish", command, *FAST)
     done = pixrun(args, env_for(sim.base_url), cwd=batch.dir)
@@ -181,22 +182,25 @@ def test_a_finished_run_sends_one_summary_to_each_target(
     assert summary["exit_code"] == 1
     assert summary["manifest"]["name"] == "batch"
     assert summary["manifest"]["path"].endswith("batch.yaml")
-    assert summary["counts"]["done"] == 3 and summary["counts"]["moderated"] == 1
-    assert summary["total"] == 4
-    # what the ledger counts as spent (the moderated render's price included)
-    assert summary["spent_uptc"] == 400_000 and summary["spent_ptc"] == "0.40"
+    assert summary["counts"]["done"] == 3 and summary["counts"]["moderated"] == 21
+    assert summary["total"] == 24
+    # what the ledger counts as spent (the moderated renders' price included)
+    assert summary["spent_uptc"] == 2_400_000 and summary["spent_ptc"] == "2.40"
     assert summary["elapsed_s"] > 0
     assert summary["output_dir"].startswith(str(tmp_path)) and "***" in summary["output_dir"]
     assert summary["ledger"].endswith("batch.ledger.sqlite")
-    assert summary["failed_total"] == 1
-    (failure,) = summary["failed"]
-    assert failure["shot_id"] == "s01" and failure["state"] == "moderated"
-    assert failure["error"]
+    assert all(Path(summary[k]).is_absolute() for k in ("ledger", "output_dir"))
+    assert Path(summary["manifest"]["path"]).is_absolute()
+    assert summary["failed_total"] == 21
+    assert [f["shot_id"] for f in summary["failed"]] == sorted(refused)[:20]
+    for failure in summary["failed"]:
+        assert failure["state"] == "moderated" and failure["error"]
     text = summary["text"]
     assert next(iter(summary)) == "text"
     assert text.startswith("pixrun: 'batch' finished with problems, exit 1")
-    assert "3/4 done, 1 failed, 0.40 PTC" in text
-    assert "failed: s01 (" in text and "output: " in text
+    assert "3/24 done, 21 failed, 2.40 PTC" in text
+    assert "failed: s01 (" in text and "s05 (" in text and "s06" not in text
+    assert text.endswith(", and 16 more") and "output: " in text
 
 
 def test_a_run_stopped_by_an_empty_account_says_why(
@@ -322,11 +326,11 @@ def test_a_bad_notify_url_is_refused_before_anything_is_sent(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
     sim = sim_thread()
-    batch = _batch(tmp_path, 2, ["https://ok.example/hook", "ftp://files.example/x"])
+    batch = _batch(tmp_path, 2, ["https://ok.example/hook", "https://hooks.example/a b"])
     done = pixrun(run_args(batch), env_for(sim.base_url), cwd=batch.dir)
     said = flat(done.stderr)
     assert done.returncode == ExitCode.INVALID, explain(done)
-    assert "batch.yaml:" in said and "run.notify[1]" in said and "ftp://" in said, said
+    assert "batch.yaml:" in said and "run.notify[1]" in said and "contains a space" in said
 
     batch = _batch(tmp_path / "b", 2)
     bad = pixrun(run_args(batch, "--notify", "http://"), env_for(sim.base_url), cwd=batch.dir)
