@@ -457,6 +457,9 @@ async def _run_command(command: str, body: bytes, policy: NotifyPolicy) -> Deliv
         await proc.wait()
         error = f"still running after {policy.command_timeout_s:g} s: killed"
         return Delivery(target, False, 1, error, kind="command")
+    except asyncio.CancelledError:  # Ctrl-C while it runs: it is not left behind
+        _kill_group(proc)
+        raise
     if proc.returncode == 0:
         return Delivery(target, True, 1, kind="command")
     code = proc.returncode or 0

@@ -319,6 +319,36 @@ def test_dead_endpoints_and_a_failing_command_change_nothing(
     assert "exited with status 3" in flat(again.stderr), explain(again)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_while_notifying_keeps_the_exit_code_and_leaves_no_command(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    sim = sim_thread()
+    batch = _batch(tmp_path, 2)
+    pid_file = tmp_path / "hook.pid"
+    code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+    command = " ".join(shlex.quote(w) for w in (sys.executable, "-c", code, str(pid_file)))
+    running = start(
+        run_args(batch, "--on-finish", command), env_for(sim.base_url), cwd=batch.dir, tag="r"
+    )
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the command to start")
+    hook_pid = int(pid_file.read_text())
+    running.signal(signal.SIGINT)
+    code_, _ = exit_within(running, 10)
+    said = explain(running)
+    assert code_ == ExitCode.OK, said
+    assert "interrupted: the run's summary was not sent" in flat(running.output()[1]), said
+    wait_until(lambda: not _alive(hook_pid), timeout_s=5, what="the command to be ended")
+
+
 # -- checked before anything is sent ---------------------------------------------------
 
 
