@@ -392,11 +392,12 @@ async def _post(
 ) -> Delivery:
     target = urlsplit(url).hostname or "?"
     tries = 0
-    error = "not tried"
+    error = "no answer"
     try:
         async with asyncio.timeout(policy.total_timeout_s):
             while tries < policy.attempts:
                 tries += 1
+                error = "no answer"  # what is said if the bound ends this try
                 failure = await _post_once(session, url, body, policy)
                 if failure is None:
                     return Delivery(target, True, tries)
@@ -406,7 +407,18 @@ async def _post(
                 await asyncio.sleep(policy.backoff_base_s * 2 ** (tries - 1))
     except TimeoutError:
         error = f"gave up after {policy.total_timeout_s:g} s ({error})"
-    return Delivery(target, False, tries, scrub(error))
+    return Delivery(target, False, tries, scrub(_without_path(error, url)))
+
+
+def _without_path(text: str, url: str) -> str:
+    """``text`` (an aiohttp message may quote the URL) without the URL's path and query:
+    a webhook's path is often its password, and stderr ends up in logs."""
+    parts = urlsplit(url)
+    secret = parts.path + (f"?{parts.query}" if parts.query else "")
+    for piece in (secret, parts.path):
+        if len(piece) > 1:
+            text = text.replace(piece, "/...")
+    return text
 
 
 async def _post_once(

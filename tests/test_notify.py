@@ -52,11 +52,13 @@ FAST = ("--notify-backoff-s", "0.01")
 
 class Receiver:
     """A notify endpoint: records each body it accepts. The first ``fail_first`` tries
-    are answered 500; with ``hang`` no try is ever answered."""
+    are answered 500; with ``hang`` no try is ever answered, with ``loop`` every try is
+    redirected to the same address."""
 
-    def __init__(self, *, fail_first: int = 0, hang: bool = False) -> None:
+    def __init__(self, *, fail_first: int = 0, hang: bool = False, loop: bool = False) -> None:
         self.fail_first = fail_first
         self.hang = hang
+        self.loop = loop
         self.tries = 0
         self.bodies: list[bytes] = []
         self._closing = threading.Event()
@@ -84,6 +86,8 @@ class Receiver:
         body = await request.read()
         while self.hang and not self._closing.is_set():
             await asyncio.sleep(0.05)
+        if self.loop:
+            raise web.HTTPTemporaryRedirect(str(request.url))  # 307: POST again
         if self.tries <= self.fail_first:
             return web.Response(status=500, text="try again")
         assert request.content_type == "application/json"
@@ -281,8 +285,8 @@ def test_dead_endpoints_and_a_failing_command_change_nothing(
     """Refused, never answering, a 404, a command that fails and one that hangs: the run
     ends on time with its own exit code, and each target is reported once."""
     sim = sim_thread()
-    silent = receiver(hang=True)
-    batch = _batch(tmp_path, 2, [_dead_url(), silent.url])
+    silent, looping = receiver(hang=True), receiver(loop=True)
+    batch = _batch(tmp_path, 2, [_dead_url(), silent.url, looping.url])
     hanging = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(60)'"
     args = run_args(
         batch,
@@ -303,12 +307,13 @@ def test_dead_endpoints_and_a_failing_command_change_nothing(
     assert done.returncode == ExitCode.OK, said
     assert took_s < 15, said
     stderr = flat(done.stderr)
-    assert stderr.count("warning: notify to 127.0.0.1 failed") == 3, said
+    assert stderr.count("warning: notify to 127.0.0.1 failed") == 4, said
+    assert "TooManyRedirects" in stderr, said  # whose message quotes the URL...
     assert "failed after 4 tries: ClientConnectorError" in stderr, said
     assert "failed after 1 try: HTTP 404" in stderr, said
-    assert "gave up after 1 s" in stderr, said
+    assert "gave up after 1 s (no answer)" in stderr, said
     assert "--on-finish command" in stderr and "still running after 1 s: killed" in stderr
-    assert "secret-path" not in stderr  # a webhook's path is its password
+    assert "secret-path" not in stderr  # ...but a webhook's path is its password
     assert silent.tries >= 1 and not silent.bodies
 
     failing = f"{shlex.quote(sys.executable)} -c 'import sys; sys.exit(3)'"
