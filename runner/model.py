@@ -128,6 +128,8 @@ class RunSettings:
     callback: CallbackSettings | None = None
     #: the failure-rate brake (``run.halt``)
     halt: HaltSettings = field(default_factory=HaltSettings)
+    #: where a JSON summary is POSTed when the run ends (runner/notify.py)
+    notify: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,13 @@ A regular expression does this job; the libraries that strip "ANSI codes" (click
 
 from __future__ import annotations
 
+import os
 import re
 
-__all__ = ["json_safe", "plural", "printable"]
+__all__ = ["json_safe", "plural", "printable", "scrub"]
+
+#: environment variables whose values are secrets, never to be shown or sent
+SECRET_ENV = ("PIXRUN_API_KEY",)
 
 # ESC followed by a CSI (parameters, intermediates, final byte), an OSC/DCS/PM/APC/SOS
 # string (ended by BEL or ST, or running to the end), or a single character
@@ -60,3 +64,17 @@ def json_safe(document: str) -> str:
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 shot``, ``2 shots``, ``0 shots``; ``many`` for irregular words."""
     return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def scrub(text: str) -> str:
+    """``text`` without the API key, whatever echoed it (a provider error, a URL).
+
+    Keeps control characters: for whole JSON or CSV documents, whose encoders deal with
+    them. Anything shown on a terminal or written to a plain log goes through
+    :func:`printable` as well (``runner.cli.views.clean``).
+    """
+    for name in SECRET_ENV:
+        secret = os.environ.get(name, "")
+        if len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "***")
+    return text

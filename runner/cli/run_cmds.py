@@ -18,6 +18,7 @@ from rich.console import Console
 # runner.run.batch (and with it aiohttp) is imported inside the commands that need it,
 # so that `pixrun status` and friends start fast.
 from runner import loops
+from runner.cli.notice import Notice, notify_options
 from runner.cli.options import (
     PTC,
     existing_ledger,
@@ -194,6 +195,7 @@ def _provider_settings(func: Any) -> Any:
     help="The public address of the receiver, as the provider reaches it (a reverse "
     "proxy or tunnel; default http://HOST:PORT of --callback-listen).",
 )
+@notify_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
@@ -223,6 +225,11 @@ def run_cmd(
     force: bool,
     callback_listen: str | None,
     callback_url: str | None,
+    notify_urls: tuple[str, ...],
+    on_finish: str | None,
+    notify_backoff_s: float | None,
+    notify_timeout_s: float | None,
+    on_finish_timeout_s: float | None,
     yes: bool,
     quiet: bool,
     json_logs: bool,
@@ -241,13 +248,24 @@ def run_cmd(
     from runner.run.setup import RunOverrides, SimulatorSettings
     from runner.sample import SampleSpec
 
-    if not manifest.exists():
-        raise UsageError(f"no manifest at {manifest}")
-    loaded = load_manifest(
+    # told when the run ends, whichever way it ends (runner/cli/notice.py)
+    notice = Notice(
         manifest,
-        price_table=load_price_table(prices) if prices else None,
-        rules=load_rules(rules),
+        notify_urls,
+        on_finish,
+        backoff_base_s=notify_backoff_s,
+        total_timeout_s=notify_timeout_s,
+        command_timeout_s=on_finish_timeout_s,
     )
+    with notice.on_error():
+        if not manifest.exists():
+            raise UsageError(f"no manifest at {manifest}")
+        loaded = load_manifest(
+            manifest,
+            price_table=load_price_table(prices) if prices else None,
+            rules=load_rules(rules),
+        )
+    notice.add(loaded.name, loaded.run.notify)
     console = Console(highlight=False)
     # asked only on a terminal; the core asks after the budget check, before any write
     confirm = _ask if sys.stdin.isatty() and not yes and not json_logs else None
@@ -289,10 +307,11 @@ def run_cmd(
     # the run keeps the shots in the ledger, not in memory: drop our reference so the
     # manifest can be freed once it is synced (flat memory at 100,000 shots)
     del loaded
-    with observer:
+    with notice.on_error(), observer:
         outcome = loops.run(batch)
     # with --json-logs the summary is the last JSON line, so a log pipeline sees the end
     render_summary(outcome, console, manifest=manifest, mode="json" if json_logs else "text")
+    notice.send_outcome(outcome)
     sys.exit(outcome.result.exit_code)
 
 

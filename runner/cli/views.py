@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from runner.money import format_ptc
 from runner.report import STATE_LABELS
 from runner.run.events import RunEventKind
 from runner.text import json_safe, plural, printable
+from runner.text import scrub as scrub  # re-exported: the CLI modules import it from here
 
 #: the groups a person follows, in lifecycle order, with the ledger states in each
 STATE_GROUPS: tuple[tuple[str, tuple[ShotState, ...], str], ...] = (
@@ -71,22 +71,6 @@ EVENT_STYLES: dict[str, str] = {
     "run_started": "green",
     "run_ended": "green",
 }
-
-_SECRET_ENV = ("PIXRUN_API_KEY",)
-
-
-def scrub(text: str) -> str:
-    """``text`` without the API key, whatever echoed it (a provider error, a URL).
-
-    Keeps control characters: for whole JSON or CSV documents, whose encoders deal with
-    them. Anything shown on a terminal or written to a plain log goes through
-    :func:`clean`.
-    """
-    for name in _SECRET_ENV:
-        secret = os.environ.get(name, "")
-        if len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "***")
-    return text
 
 
 def json_text(data: object, **dumps: Any) -> str:

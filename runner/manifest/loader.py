@@ -55,6 +55,7 @@ from runner.model import (
     RunSettings,
     Shot,
 )
+from runner.notify import notify_url_fault
 from runner.pricing import PriceTable, default_price_table
 
 PathPart = str | int
@@ -300,7 +301,28 @@ class _Reader:
                 failure_share=float(pick("failure_share", base.halt.failure_share, "halt")),
                 window=int(pick("window", base.halt.window, "halt")),
             ),
+            notify=self._notify_urls(pick("notify", None), bad),
         )
+
+    def _notify_urls(self, value: Any, bad: set[Path_]) -> tuple[str, ...]:
+        """``run.notify``: one URL or a list (the schema has checked the shape), each a
+        usable http(s) address, in order, without repeats."""
+        listed = isinstance(value, list)
+        urls: list[str] = []
+        for index, url in enumerate(value if listed else [value]):
+            where: Path_ = ("run", "notify", index) if listed else ("run", "notify")
+            if not isinstance(url, str) or where in bad:
+                continue
+            fault = notify_url_fault(url)
+            if fault is not None:
+                self.report(
+                    where,
+                    f"{url[:60]!r} {fault}",
+                    "write a full http:// or https:// URL, e.g. https://hooks.example.com/pixrun",
+                )
+                continue
+            urls.append(url)
+        return tuple(dict.fromkeys(urls))
 
     # ---- images -------------------------------------------------------------------
 

@@ -327,6 +327,16 @@ def _run_schema() -> dict[str, Any]:
                 "The failure-rate brake: a manifest whose renders keep failing stops "
                 "before it spends more. A rerun (after fixing the manifest) continues.",
             ),
+            "notify": _described(
+                {
+                    "type": ["string", "array"],
+                    "pattern": URL_PATTERN,
+                    "items": {"type": "string", "pattern": URL_PATTERN},
+                    "minItems": 1,
+                },
+                "http(s) URL, or a list of them, that gets one JSON summary POSTed when the "
+                "run ends or stops early (with a 'text' field for chat webhooks).",
+            ),
         },
         "How the batch runs.",
     )
