@@ -37,13 +37,12 @@ def _folders(manifest: Path | None) -> tuple[Path, Path]:
     """(output folder, ledger folder): the manifest's, or the current folder."""
     if manifest is None:
         return Path.cwd(), Path.cwd()
+    from runner.cli.options import manifest_source
     from runner.ledger import default_ledger_path
     from runner.manifest import load_manifest
 
-    if not manifest.exists():
-        raise UsageError(f"no manifest at {manifest}")
-    loaded = load_manifest(manifest, check_images=False)
-    return loaded.output.dir, default_ledger_path(manifest).parent
+    loaded = load_manifest(manifest_source(manifest), check_images=False)
+    return loaded.output.dir, default_ledger_path(loaded.path).parent
 
 
 def _confirm_spend(yes: bool, console: Console) -> None:

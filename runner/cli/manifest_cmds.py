@@ -11,7 +11,14 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from runner.cli.options import PTC, format_option, rules_option, simulate_option
+from runner.cli.options import (
+    PTC,
+    format_option,
+    manifest_source,
+    manifest_sources,
+    rules_option,
+    simulate_option,
+)
 from runner.cli.render import print_plan, print_problems, print_validation
 from runner.cli.views import json_text
 from runner.errors import ExitCode, UsageError
@@ -54,9 +61,12 @@ def validate_cmd(
 ) -> None:
     """Check MANIFEST files without spending anything; every problem in one pass.
 
-    Exit 0 when all are valid (warnings do not fail), 2 when any is not.
+    '-' reads one manifest from standard input. Exit 0 when all are valid (warnings do
+    not fail), 2 when any is not.
     """
-    reports = validate_files(manifests, check_images=not no_image_check, rules=load_rules(rules))
+    reports = validate_files(
+        manifest_sources(manifests), check_images=not no_image_check, rules=load_rules(rules)
+    )
     if fmt == "json":
         problems = [p.to_dict() for r in reports for p in r.problems]
         click.echo(json_text(problems, indent=2, ensure_ascii=False))
@@ -101,11 +111,12 @@ def plan_cmd(
     Prices unknown to the price table (10 s) are shown as unknown, never as zero.
     Exit 4 when the plan is over the budget (run.budget_ptc or --max-cost), or when
     there is a budget and shots to submit have no price, as `pixrun run` would.
+    '-' reads the manifest from standard input.
     """
     table = load_price_table(prices)
-    loaded = load_manifest(manifest, price_table=table, rules=load_rules(rules))
+    loaded = load_manifest(manifest_source(manifest), price_table=table, rules=load_rules(rules))
     ledger_path = (
-        ledger if ledger is not None else default_ledger_path(manifest, simulated=simulate)
+        ledger if ledger is not None else default_ledger_path(loaded.path, simulated=simulate)
     )
     if ledger_path.exists():
         # earlier runs: plan only what remains, and show what is done, in flight, ...

@@ -117,7 +117,7 @@ def print_validation(reports: Sequence[FileReport], console: Console, err: Conso
         errors = sum(1 for p in report.problems if p.severity == "error")
         warnings = len(report.problems) - errors
         notes = f", {plural(warnings, 'warning')}" if warnings else ""
-        path = _safe(str(report.path))
+        path = _safe(report.label)
         if report.ok:
             console.print(f"[green]valid[/]: {path} ({plural(report.shot_count, 'shot')}{notes})")
         else:

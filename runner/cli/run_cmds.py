@@ -22,6 +22,7 @@ from runner.cli.options import (
     PTC,
     existing_ledger,
     ledger_option,
+    manifest_source,
     option_table,
     optional_manifest_argument,
     rules_option,
@@ -227,16 +228,15 @@ def run_cmd(
     """Run (or resume) the batch of MANIFEST: submit, poll, download, record everything.
 
     A rerun resumes: done shots are skipped, tasks at the provider are collected, and
-    nothing that may have been charged is sent again.
+    nothing that may have been charged is sent again. '-' reads the manifest from
+    standard input (piped in, nothing is asked: stdin is the manifest).
     """
     from runner.cli.progress import make_observer, render_summary
     from runner.run.batch import run_batch
     from runner.run.setup import RunOverrides, SimulatorSettings
 
-    if not manifest.exists():
-        raise UsageError(f"no manifest at {manifest}")
     loaded = load_manifest(
-        manifest,
+        manifest_source(manifest),
         price_table=load_price_table(prices) if prices else None,
         rules=load_rules(rules),
     )
