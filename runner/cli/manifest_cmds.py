@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from runner.cli.consoles import make_console
 from runner.cli.options import (
     PTC,
     format_option,
@@ -35,7 +36,7 @@ COMMANDS: list[click.Command] = []
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return make_console(stderr=stderr, soft_wrap=True)
 
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
