@@ -276,6 +276,19 @@ def test_piped_plan_is_not_cut_to_80_columns(tmp_path: Path) -> None:
     _one_line_with(plan.stdout, f"Plan: {name}")
 
 
+def test_piped_run_summary_lists_long_ids_whole(tmp_path: Path, sim_thread: SimThread) -> None:
+    sim = sim_thread(moderated_words=("forbidden",))
+    text = (
+        "version: 1\nname: long\ndefaults: {model: v4.5, quality: 360p, duration: 5}\n"
+        "run: {poll: {initial_delay_s: 0.02, min_interval_s: 0.01, max_interval_s: 0.2}}\n"
+        f"shots:\n  - {{id: {LONG_ID}, prompt: a forbidden scene}}\n  - {{id: ok, prompt: fine}}\n"
+    )
+    env = {**env_for(sim.base_url), "COLUMNS": "80"}
+    result = pixrun_io(run_fast(), env, cwd=tmp_path, stdin=text)
+    assert result.returncode == 1, result.stdout + result.stderr
+    _one_line_with(result.stdout, LONG_ID, "moderated")
+
+
 # -- retry and resolve as JSON ------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ edited file would. Problems in the text are located as ``<stdin>:line:column``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -44,7 +45,7 @@ class ManifestText:
         stem = slug(name, STDIN_STEM) if name and name.strip() else STDIN_STEM
         return self.folder / f"{stem}.yaml"
 
-    @property
+    @functools.cached_property
     def path(self) -> Path:
         """The file it stands for, from its ``name`` alone: for commands that only need
         the ledger's place, not the whole manifest checked."""
