@@ -367,7 +367,7 @@ def test_no_color_means_no_escape_even_with_force_color(long_batch: Path, how: s
         call("retry", long_batch, "--ambiguous"),  # a warning, on stderr
     ]
     assert [r.returncode for r in outputs] == [0, 0, 0, 0, 2, 0]
-    assert LONG_ID in outputs[0].stdout and "file / error" in outputs[1].stdout
+    assert "failed (1)" in outputs[0].stdout and "file / error" in outputs[1].stdout
     assert "error:" in outputs[-2].stderr and "warning:" in outputs[-1].stderr
     for result in outputs:
         assert ESC not in result.stdout + result.stderr, result.args
