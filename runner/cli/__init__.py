@@ -11,14 +11,31 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
 from runner import __version__
+from runner.cli.consoles import make_console, turn_colour_off
 from runner.errors import ExitCode, ManifestError, PixrunError
 
-#: errors go to stderr; command output goes to stdout
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: errors go to stderr; command output goes to stdout (remade by --no-color)
+err_console = make_console(stderr=True, soft_wrap=True)
+
+
+def _no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--no-color``: before anything prints, for every Console (runner.cli.consoles)."""
+    global err_console
+    if value:
+        turn_colour_off()
+        err_console = make_console(stderr=True, soft_wrap=True)
+
+
+_NO_COLOR: dict[str, Any] = {
+    "is_flag": True,
+    "is_eager": True,
+    "expose_value": False,
+    "callback": _no_color,
+    "help": "No colour or other styling in the output (as NO_COLOR=1 does).",
+}
 
 
 def print_error(exc: PixrunError) -> None:
@@ -62,9 +79,14 @@ class PixrunGroup(click.Group):
         module_name = _COMMAND_MODULES.get(cmd_name)
         if module_name is not None and cmd_name not in self.commands:
             module = importlib.import_module(module_name)
-            for command in module.COMMANDS:
-                self.commands.setdefault(command.name or "", command)
-        return self.commands.get(cmd_name)
+            for loaded in module.COMMANDS:
+                self.commands.setdefault(loaded.name or "", loaded)
+        command: click.Command | None = self.commands.get(cmd_name)
+        if command is not None and not any(p.name == "no_color" for p in command.params):
+            # after the command's name too (`pixrun status --no-color`), on every command,
+            # whichever module defines it
+            command.params.append(click.Option(["--no-color"], **_NO_COLOR))
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -79,6 +101,7 @@ class PixrunGroup(click.Group):
 
 @click.group(cls=PixrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pixrun")
+@click.option("--no-color", **_NO_COLOR)
 def cli() -> None:
     """Turn a YAML manifest of video shots into finished MP4 files through PixVerse.
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from runner.cli.consoles import make_console, print_full
 from runner.cli.options import format_option, provider_options
 from runner.cli.views import json_text
 from runner.doctor import DoctorReport, diagnose
@@ -37,13 +38,12 @@ def _folders(manifest: Path | None) -> tuple[Path, Path]:
     """(output folder, ledger folder): the manifest's, or the current folder."""
     if manifest is None:
         return Path.cwd(), Path.cwd()
+    from runner.cli.options import manifest_source
     from runner.ledger import default_ledger_path
     from runner.manifest import load_manifest
 
-    if not manifest.exists():
-        raise UsageError(f"no manifest at {manifest}")
-    loaded = load_manifest(manifest, check_images=False)
-    return loaded.output.dir, default_ledger_path(manifest).parent
+    loaded = load_manifest(manifest_source(manifest), check_images=False)
+    return loaded.output.dir, default_ledger_path(loaded.path).parent
 
 
 def _confirm_spend(yes: bool, console: Console) -> None:
@@ -140,8 +140,8 @@ def doctor_cmd(
     provider, 2 a machine-side problem or bad usage.
     """
     options = provider_options(provider_option_pairs)
-    out = Console(highlight=False)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = make_console()
+    err = make_console(stderr=True, soft_wrap=True)
     if not out.is_terminal:
         out.width = _PLAIN_WIDTH
     config = ProviderConfig.from_env(base_url, **options)
@@ -187,7 +187,7 @@ def doctor_cmd(
 
 def _print_report(out: Console, report: DoctorReport, saved_to: Path | None, save: bool) -> None:
     out.print(f"[bold]pixrun doctor[/] · {escape(report.base_url)}")
-    out.print(_table(report))
+    print_full(out, _table(report))
     if saved_to is not None:
         kept = ", ".join(f"{k}={v}" for k, v in report.working.items())
         out.print(f"saved {escape(kept)} to {escape(str(saved_to))}")

@@ -11,9 +11,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from runner.cli.consoles import make_console
 from runner.cli.options import (
     PTC,
     format_option,
+    manifest_source,
+    manifest_sources,
     rules_option,
     sample_options,
     simulate_option,
@@ -35,7 +38,7 @@ COMMANDS: list[click.Command] = []
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return make_console(stderr=stderr, soft_wrap=True)
 
 
 _PATH = click.Path(path_type=Path, dir_okay=False)
@@ -61,9 +64,12 @@ def validate_cmd(
 ) -> None:
     """Check MANIFEST files without spending anything; every problem in one pass.
 
-    Exit 0 when all are valid (warnings do not fail), 2 when any is not.
+    '-' reads one manifest from standard input. Exit 0 when all are valid (warnings do
+    not fail), 2 when any is not.
     """
-    reports = validate_files(manifests, check_images=not no_image_check, rules=load_rules(rules))
+    reports = validate_files(
+        manifest_sources(manifests), check_images=not no_image_check, rules=load_rules(rules)
+    )
     if fmt == "json":
         problems = [p.to_dict() for r in reports for p in r.problems]
         click.echo(json_text(problems, indent=2, ensure_ascii=False))
@@ -111,11 +117,12 @@ def plan_cmd(
     Prices unknown to the price table (10 s) are shown as unknown, never as zero.
     Exit 4 when the plan is over the budget (run.budget_ptc or --max-cost), or when
     there is a budget and shots to submit have no price, as `pixrun run` would.
+    '-' reads the manifest from standard input.
     """
     table = load_price_table(prices)
-    loaded = load_manifest(manifest, price_table=table, rules=load_rules(rules))
+    loaded = load_manifest(manifest_source(manifest), price_table=table, rules=load_rules(rules))
     ledger_path = (
-        ledger if ledger is not None else default_ledger_path(manifest, simulated=simulate)
+        ledger if ledger is not None else default_ledger_path(loaded.path, simulated=simulate)
     )
     if ledger is not None and not ledger_path.exists():
         raise UsageError(f"no ledger at {ledger}", hint="drop --ledger to plan from scratch")

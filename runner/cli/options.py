@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from runner.errors import UsageError
 from runner.ledger import default_ledger_path
+from runner.stdin import STDIN_LABEL, is_stdin
+
+if TYPE_CHECKING:
+    # runner.manifest (and the loader with it) is imported only where a command reads
+    # a manifest: `pixrun status` starts without it
+    from runner.manifest.source import ManifestText
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +34,9 @@ def _file_option(name: str, help_text: str) -> Callable[[F], F]:
 
 
 ledger_option = _file_option(
-    "--ledger", "Ledger file (default: beside the manifest, <name>.ledger.sqlite)."
+    "--ledger",
+    "Ledger file (default: beside the manifest, <name>.ledger.sqlite; for '-', in the "
+    "current folder).",
 )
 rules_option = _file_option(
     "--rules",
@@ -85,6 +95,48 @@ def option_table(helps: Mapping[str, str], **common: Any) -> Callable[[F], F]:
 def optional_manifest_argument(func: F) -> F:
     """MANIFEST, optional where --ledger alone says where the batch is."""
     return click.argument("manifest", required=False, type=FILE)(func)
+
+
+# -- '-': the manifest on standard input ---------------------------------------------------
+
+
+@functools.cache
+def _stdin_manifest() -> ManifestText:
+    """Standard input, read once per process however many times it is asked for."""
+    from runner.manifest.loader import MAX_FILE_BYTES
+    from runner.manifest.source import read_manifest_stream
+
+    stream = sys.stdin.buffer
+    if stream.isatty():
+        click.echo(f"reading the manifest from {STDIN_LABEL} (end it with Ctrl-D)", err=True)
+    return read_manifest_stream(stream, folder=Path.cwd(), max_bytes=MAX_FILE_BYTES)
+
+
+def manifest_source(path: Path) -> Path | ManifestText:
+    """A MANIFEST argument as the loader takes it: ``-`` is the text on standard input,
+    standing for a file in the current folder (runner.manifest.source)."""
+    return _stdin_manifest() if is_stdin(path) else path
+
+
+def manifest_sources(paths: Iterable[Path]) -> list[Path | ManifestText]:
+    """Several MANIFEST arguments; ``-`` at most once (standard input reads once)."""
+    paths = list(paths)
+    if sum(1 for p in paths if is_stdin(p)) > 1:
+        raise UsageError(
+            "'-' (the manifest on standard input) can be given only once",
+            hint="save the other manifests as files",
+        )
+    return [manifest_source(p) for p in paths]
+
+
+def manifest_label(path: Path) -> str:
+    """How messages name a MANIFEST argument: its path, or ``<stdin>``."""
+    return STDIN_LABEL if is_stdin(path) else str(path)
+
+
+def manifest_location(path: Path) -> Path:
+    """The file a MANIFEST argument is, or stands for (``-``): where its ledger is."""
+    return _stdin_manifest().path if is_stdin(path) else path
 
 
 def simulate_option(func: F) -> F:
@@ -149,10 +201,11 @@ def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bo
         return ledger
     if manifest is None:
         raise UsageError("give the manifest (or the ledger with --ledger PATH)")
-    path = default_ledger_path(manifest, simulated=simulated)
+    path = default_ledger_path(manifest_location(manifest), simulated=simulated)
     if not path.exists():
         raise UsageError(
-            f"no {'rehearsal ' if simulated else ''}ledger for {manifest}: expected {path}",
+            f"no {'rehearsal ' if simulated else ''}ledger for {manifest_label(manifest)}: "
+            f"expected {path}",
             hint=missing_ledger_hint(manifest, simulated=simulated),
         )
     return path
@@ -160,9 +213,10 @@ def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bo
 
 def missing_ledger_hint(manifest: Path, *, simulated: bool) -> str:
     """What to do when the ledger beside ``manifest`` is missing: the other one may exist."""
-    if not simulated and default_ledger_path(manifest, simulated=True).exists():
+    where = manifest_location(manifest)
+    if not simulated and default_ledger_path(where, simulated=True).exists():
         return "a rehearsal ledger exists: add --simulate"
-    if simulated and default_ledger_path(manifest).exists():
+    if simulated and default_ledger_path(where).exists():
         return "only the real ledger exists: drop --simulate"
     run = f"pixrun run {manifest}{' --simulate' if simulated else ''}"
     return f"'{run}' creates it; a ledger elsewhere: --ledger PATH"

@@ -58,6 +58,7 @@ from runner.model import ShotState
 from runner.money import format_ptc
 from runner.report import STATE_LABELS
 from runner.run.events import RunEvent, RunSnapshot
+from runner.stdin import is_stdin
 from runner.text import plural
 
 if TYPE_CHECKING:
@@ -433,7 +434,10 @@ def _summary_lines(
         extra += ["--ledger", outcome.ledger_path]
 
     def command(*words: str | Path) -> tuple[str, str]:
-        return _command("pixrun", *words, manifest, *extra), "bold"
+        # a manifest from stdin ('-') would have to be fed again: only a rerun needs it,
+        # the rest find the batch by --ledger (the default ledger differs from '-''s)
+        target = [] if is_stdin(manifest) and words[0] != "run" else [manifest]
+        return _command("pixrun", *words, *target, *extra), "bold"
 
     took = duration_text(result.elapsed_s)
     if result.stop_reason is None:

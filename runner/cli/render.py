@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from runner.cli.consoles import print_full
 from runner.cli.views import clean
 from runner.errors import Problem
 from runner.manifest import FileReport
@@ -63,7 +64,7 @@ def print_plan(plan: Plan, console: Console) -> None:
             ptc_text(g.unit_price_ptc) or unknown,
             ptc_text(g.subtotal_ptc) or unknown,
         )
-    console.print(table)
+    print_full(console, table)
     total = (
         f"[bold]total: {ptc_text(plan.total_ptc)} {plan.currency}[/] for "
         f"{plural(plan.shot_count, 'shot')}"
@@ -117,7 +118,7 @@ def print_validation(reports: Sequence[FileReport], console: Console, err: Conso
         errors = sum(1 for p in report.problems if p.severity == "error")
         warnings = len(report.problems) - errors
         notes = f", {plural(warnings, 'warning')}" if warnings else ""
-        path = _safe(str(report.path))
+        path = _safe(report.label)
         if report.ok:
             console.print(f"[green]valid[/]: {path} ({plural(report.shot_count, 'shot')}{notes})")
         else:

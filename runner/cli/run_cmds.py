@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 # runner.run.batch (and with it aiohttp) is imported inside the commands that need it,
 # so that `pixrun status` and friends start fast.
 from runner import loops
+from runner.cli.consoles import make_console
 from runner.cli.notice import Notice, notify_options
 from runner.cli.options import (
     PTC,
     existing_ledger,
+    format_option,
     ledger_option,
+    manifest_location,
+    manifest_source,
     option_table,
     optional_manifest_argument,
     rules_option,
@@ -30,12 +33,14 @@ from runner.cli.options import (
     simulate_option,
 )
 from runner.cli.options import provider_options as _provider_options
+from runner.cli.views import json_text
 from runner.errors import ExitCode, UsageError
 from runner.manifest import load_manifest
 from runner.manifest.contract import load_rules
 from runner.money import format_ptc
 from runner.placement import keep_to_one_cpu
 from runner.pricing import load_price_table
+from runner.stdin import is_stdin
 from runner.text import plural
 
 if TYPE_CHECKING:
@@ -241,7 +246,8 @@ def run_cmd(
 
     A rerun resumes: done shots are skipped, tasks at the provider are collected, and
     nothing that may have been charged is sent again. --only/--limit render a sample
-    first; the rest stays pending for a later run.
+    first; the rest stays pending for a later run. '-' reads the manifest from standard
+    input (piped in, nothing is asked: stdin is the manifest).
     """
     from runner.cli.progress import make_observer, render_summary
     from runner.run.batch import run_batch
@@ -250,7 +256,7 @@ def run_cmd(
 
     # told when the run ends, whichever way it ends (runner/cli/notice.py)
     notice = Notice(
-        manifest,
+        manifest_location(manifest),
         notify_urls,
         on_finish,
         backoff_base_s=notify_backoff_s,
@@ -258,15 +264,15 @@ def run_cmd(
         command_timeout_s=on_finish_timeout_s,
     )
     with notice.on_error():
-        if not manifest.exists():
+        if not is_stdin(manifest) and not manifest.exists():
             raise UsageError(f"no manifest at {manifest}")
         loaded = load_manifest(
-            manifest,
+            manifest_source(manifest),
             price_table=load_price_table(prices) if prices else None,
             rules=load_rules(rules),
         )
     notice.add(loaded.name, loaded.run.notify)
-    console = Console(highlight=False)
+    console = make_console()
     # asked only on a terminal; the core asks after the budget check, before any write
     confirm = _ask if sys.stdin.isatty() and not yes and not json_logs else None
     mode = "json" if json_logs else "quiet" if quiet else "live" if console.is_terminal else "plain"
@@ -345,6 +351,12 @@ def run_cmd(
     type=click.IntRange(1, 100),
     help="Render attempts granted to each re-queued failed shot.",
 )
+@format_option(
+    "text",
+    "json",
+    help_text="json: one object on stdout (action, ledger, simulated, counts or the "
+    "re-rolled shots, next); warnings still go to stderr.",
+)
 def retry_cmd(
     manifest: Path | None,
     ledger: Path | None,
@@ -355,17 +367,19 @@ def retry_cmd(
     new_seed: bool,
     attempts: int,
     simulate: bool,
+    fmt: str,
 ) -> None:
     """Re-queue failed, moderated, parked or named shots for the next `pixrun run`,
     or re-roll named shots with a fresh seed (--new-seed)."""
     path = existing_ledger(manifest, ledger, simulated=simulate)
+    again = "pixrun run --simulate" if simulate else "pixrun run"
     if new_seed:
         if not shots or failed or moderated or ambiguous:
             raise UsageError(
                 "--new-seed re-rolls the shots named with --shot ID, and only those",
                 hint="pixrun retry --shot ID --new-seed",
             )
-        _reroll(path, list(shots))
+        _reroll(path, list(shots), fmt=fmt, simulate=simulate, again=again)
         return
     if not (failed or moderated or ambiguous or shots):
         raise UsageError("say what to re-queue: --failed, --moderated, --ambiguous or --shot ID")
@@ -381,7 +395,7 @@ def retry_cmd(
             extra_attempts=attempts,
         )
     )
-    out = Console(stderr=True, highlight=False)
+    out = make_console(stderr=True)
     if parked:
         out.print(
             f"[yellow]warning:[/] {plural(parked, 're-queued shot')} "
@@ -391,29 +405,63 @@ def retry_cmd(
             "will not charge twice. If you find the task on the provider's side, use "
             "'pixrun resolve SHOT --task-id ID' instead."
         )
-    again = "pixrun run --simulate" if simulate else "pixrun run"
+    if fmt == "json":
+        _echo_json(
+            {
+                "action": "requeue",
+                "ledger": str(path),
+                "simulated": simulate,
+                "requeued": moved,
+                "parked_requeued": parked,
+                "next": again,
+            }
+        )
+        return
     click.echo(f"re-queued {plural(moved, 'shot')}; run '{again}' to submit them")
 
 
-def _reroll(path: Path, shots: list[str]) -> None:
+def _echo_json(data: dict[str, Any]) -> None:
+    """``--format json`` of retry and resolve: one document, scrubbed as all JSON output."""
+    click.echo(json_text(data, indent=2, ensure_ascii=False))
+
+
+def _reroll(path: Path, shots: list[str], *, fmt: str, simulate: bool, again: str) -> None:
     from runner.run.commands import reroll_shots
 
     made = asyncio.run(reroll_shots(path, shots))
-    total_uptc = 0
-    unpriced = 0
+    total_uptc = sum(r.price_uptc for r in made if r.price_uptc is not None)
+    unpriced = sum(1 for r in made if r.price_uptc is None)
+    if fmt == "json":
+        _echo_json(
+            {
+                "action": "reroll",
+                "ledger": str(path),
+                "simulated": simulate,
+                "rerolled": [
+                    {
+                        "shot_id": r.shot_id,
+                        "seed": r.seed,
+                        "version": r.version,
+                        "price_uptc": r.price_uptc,
+                        "price_ptc": None if r.price_uptc is None else format_ptc(r.price_uptc),
+                    }
+                    for r in made
+                ],
+                "total_uptc": total_uptc,
+                "total_ptc": format_ptc(total_uptc),
+                "unpriced": unpriced,
+                "next": again,
+            }
+        )
+        return
     for r in made:
-        if r.price_uptc is None:
-            unpriced += 1
-            cost = "an unpublished price"
-        else:
-            total_uptc += r.price_uptc
-            cost = f"{format_ptc(r.price_uptc)} PTC"
+        cost = "an unpublished price" if r.price_uptc is None else f"{format_ptc(r.price_uptc)} PTC"
         click.echo(f"{r.shot_id}: new seed {r.seed}, version {r.version}; re-render costs {cost}")
     total = f"{format_ptc(total_uptc)} PTC"
     if unpriced:
         total += f" plus {plural(unpriced, 'shot')} at an unpublished price"
     click.echo(
-        f"re-rolled {plural(len(made), 'shot')} for {total}; run 'pixrun run' to render them "
+        f"re-rolled {plural(len(made), 'shot')} for {total}; run '{again}' to render them "
         "(the current files are kept as older versions)"
     )
 
@@ -425,6 +473,11 @@ def _reroll(path: Path, shots: list[str]) -> None:
 @ledger_option
 @simulate_option
 @_provider_settings
+@format_option(
+    "text",
+    "json",
+    help_text="json: one object on stdout (shot_id, task_id, ledger, simulated, next).",
+)
 def resolve_cmd(
     shot_id: str,
     manifest: Path | None,
@@ -433,6 +486,7 @@ def resolve_cmd(
     simulate: bool,
     base_url: str | None,
     provider_options: tuple[str, ...],
+    fmt: str,
 ) -> None:
     """Tie a parked shot to a task id found on the provider's side (no new charge).
 
@@ -449,7 +503,19 @@ def resolve_cmd(
     )
     sim = SimulatorSettings() if simulate else None
     asyncio.run(resolve_shot(path, shot_id, task_id, overrides, simulate=sim))
-    click.echo(f"shot {shot_id} now follows task {task_id.strip()}; 'pixrun run' collects it")
+    again = "pixrun run --simulate" if simulate else "pixrun run"
+    if fmt == "json":
+        _echo_json(
+            {
+                "shot_id": shot_id,
+                "task_id": task_id.strip(),
+                "ledger": str(path),
+                "simulated": simulate,
+                "next": again,
+            }
+        )
+    else:
+        click.echo(f"shot {shot_id} now follows task {task_id.strip()}; '{again}' collects it")
     sys.exit(ExitCode.OK)
 
 

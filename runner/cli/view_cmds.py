@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.rule import Rule
 
+from runner.cli.consoles import make_console, print_full
 from runner.cli.options import (
     existing_ledger,
     format_option,
@@ -101,7 +102,7 @@ async def _watch(
                     click.echo(json_text(status_dict(summary), separators=(",", ":")))
                 else:
                     console.print(Rule(time.strftime("%H:%M:%S"), style="dim"))
-                    console.print(status_renderable(summary, title))
+                    print_full(console, status_renderable(summary, title, whole=True))
                 shown += 1
                 if iterations is not None and shown >= iterations:
                     return
@@ -138,7 +139,7 @@ def status_cmd(
     Read-only: safe while `pixrun run` works on the same ledger in another process.
     """
     path = existing_ledger(manifest, ledger, simulated=simulate)
-    console = Console(highlight=False)
+    console = make_console()
     if watch:
         with suppress(KeyboardInterrupt):  # Ctrl-C is the way to stop watching
             asyncio.run(_watch(path, console, fmt, interval_s, iterations))
@@ -148,7 +149,9 @@ def status_cmd(
     if fmt == "json":
         click.echo(json_text(status_dict(summary), indent=2))
     else:
-        console.print(status_renderable(summary, title))
+        # a pipe or a file gets every failure's shot id and reason whole
+        whole = not console.is_terminal
+        print_full(console, status_renderable(summary, title, whole=whole))
 
 
 # -- report ------------------------------------------------------------------------------
@@ -200,9 +203,13 @@ def report_cmd(
         click.echo(f"contact sheet of {plural(len(rows), 'shot')}: {target.resolve().as_uri()}")
         return
     if fmt == "table" and output is None:
-        console = Console(highlight=False)
+        console = make_console()
         if rows:
-            console.print(report_table(rows, width=console.width, simulated=summary.simulated))
+            whole = not console.is_terminal  # a pipe: every column, every value in full
+            table = report_table(
+                rows, width=console.width, simulated=summary.simulated, whole=whole
+            )
+            print_full(console, table)
         else:
             if summary.simulated:
                 console.print(REHEARSAL_NOTE)
@@ -221,9 +228,11 @@ def _report_text(rows: list[ReportRow], fmt: str, out_dir: Path | None, *, simul
         return to_csv(rows, output_dir=out_dir)
     if fmt == "json":
         return to_json(rows, output_dir=out_dir) + "\n"
-    console = Console(record=True, width=200, file=io.StringIO())  # a file: no colours
-    console.print(report_table(rows, simulated=simulated))
-    return console.export_text()
+    # a file: no colours, every value in full (never a terminal, whatever FORCE_COLOR says)
+    text = io.StringIO()
+    console = Console(file=text, force_terminal=False, color_system=None)
+    print_full(console, report_table(rows, simulated=simulated, whole=True))
+    return text.getvalue()
 
 
 def _write_sheet(

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Group, OverflowMethod, RenderableType
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
@@ -165,7 +165,9 @@ class Board:
     unknown_price: int = 0
 
 
-def board_renderable(board: Board) -> RenderableType:
+def board_renderable(board: Board, *, whole: bool = False) -> RenderableType:
+    """The board; ``whole``: event messages wrap rather than end in an ellipsis (for a
+    pipe or a file, where nobody can widen the window to read the rest)."""
     done = board.counts.get(ShotState.DONE, 0)
     total = max(board.total, 0)
     pct = 100.0 * done / total if total else 0.0
@@ -205,7 +207,9 @@ def board_renderable(board: Board) -> RenderableType:
             events.add_row(
                 ev.when,
                 Text(clean(ev.kind), style=EVENT_STYLES.get(ev.kind, "")),
-                Text(clean(ev.text), overflow="ellipsis", no_wrap=True),
+                Text(clean(ev.text), overflow="fold")
+                if whole
+                else Text(clean(ev.text), overflow="ellipsis", no_wrap=True),
             )
         parts.append(Text(""))
         parts.append(events)
@@ -305,11 +309,13 @@ def _issue_table(title: str, issues: Sequence[ShotIssue], total: int) -> Table:
 REHEARSAL_NOTE = "rehearsal: simulated provider, nothing was spent"
 
 
-def status_renderable(summary: StatusSummary, title: str) -> RenderableType:
+def status_renderable(summary: StatusSummary, title: str, *, whole: bool = False) -> Group:
+    """``pixrun status``; ``whole``: for a pipe or a file (see :func:`board_renderable`;
+    print it with :func:`runner.cli.consoles.print_full` for the tables)."""
     parts: list[RenderableType] = []
     if summary.simulated:
         parts.append(Text(REHEARSAL_NOTE, style="bold magenta"))
-    parts += [board_renderable(status_board(summary, title)), _run_line(summary)]
+    parts += [board_renderable(status_board(summary, title), whole=whole), _run_line(summary)]
     remaining = format_ptc(summary.remaining_uptc)
     unknown = (
         f" (+{summary.unknown_price_remaining} without a known price)"
@@ -400,14 +406,27 @@ def status_dict(summary: StatusSummary) -> dict[str, Any]:
 # -- report table --------------------------------------------------------------------------
 
 
-def report_table(rows: Sequence[ReportRow], *, width: int = 200, simulated: bool = False) -> Table:
+def report_table(
+    rows: Sequence[ReportRow],
+    *,
+    width: int = 200,
+    simulated: bool = False,
+    whole: bool = False,
+) -> Table:
     """A table for people: fewer columns on a narrow terminal; csv/json have them all.
 
     ``simulated``: the ledger's work went to the simulator; the title says so.
+    ``whole`` (a pipe or a file): every column, every value in full, whatever the
+    width; print it with :func:`runner.cli.consoles.print_full`.
     """
-    wide = width >= 120
+    wide = whole or width >= 120
     # rich shrinks only wrapping columns; the one-line prompt gets what the rest leave
     prompt_w = 48 if wide else max(10, min(48, (width - 45) // 2))
+    cut: OverflowMethod = "fold" if whole else "ellipsis"
+
+    def cap(limit: int) -> int | None:
+        return None if whole else limit
+
     table = Table(
         show_edge=False,
         pad_edge=False,
@@ -416,9 +435,9 @@ def report_table(rows: Sequence[ReportRow], *, width: int = 200, simulated: bool
         title_justify="left",
         title_style="bold magenta",
     )
-    table.add_column("shot", no_wrap=True, overflow="ellipsis", max_width=24 if wide else 16)
+    table.add_column("shot", no_wrap=True, overflow=cut, max_width=cap(24 if wide else 16))
     table.add_column("state", no_wrap=True, min_width=9)
-    table.add_column("prompt", overflow="ellipsis", no_wrap=True, max_width=prompt_w)
+    table.add_column("prompt", overflow=cut, no_wrap=True, max_width=cap(prompt_w))
     if wide:
         table.add_column("settings", overflow="fold", min_width=10)
         table.add_column("seed", justify="right", no_wrap=True)
@@ -426,8 +445,8 @@ def report_table(rows: Sequence[ReportRow], *, width: int = 200, simulated: bool
         table.add_column("tries", justify="right", no_wrap=True)
     table.add_column("price", justify="right", no_wrap=True)
     if wide:
-        table.add_column("task", no_wrap=True, overflow="ellipsis", max_width=14)
-    table.add_column("file / error", overflow="fold", min_width=16, max_width=48)
+        table.add_column("task", no_wrap=True, overflow=cut, max_width=cap(14))
+    table.add_column("file / error", overflow="fold", min_width=16, max_width=cap(48))
     for r in rows:
         if r.state == ShotState.DONE:
             result = Text(clean(r.output_path))

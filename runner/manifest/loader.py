@@ -43,6 +43,7 @@ from runner.manifest.finish import Finisher
 from runner.manifest.images import ImageChecker
 from runner.manifest.issues import Issues
 from runner.manifest.rules import Rules
+from runner.manifest.source import ManifestText
 from runner.manifest.tables import TableReader
 from runner.manifest.validate import schema_check
 from runner.manifest.yaml_source import SourceMap, parse
@@ -99,7 +100,7 @@ def read_manifest_bytes(path: Path) -> bytes:
 
 
 def load_manifest(
-    path: Path,
+    path: Path | ManifestText,
     *,
     check_images: bool = True,
     price_table: PriceTable | None = None,
@@ -110,8 +111,9 @@ def load_manifest(
     ``check_images=False`` skips opening local images (they are still hashed when
     readable). Warnings (duplicates and the like) are in ``Manifest.warnings``.
     ``rules`` are the provider's request rules (default: the packaged ones).
+    A :class:`ManifestText` (stdin) is read as the file it stands for (runner.manifest.source).
     """
-    data = read_manifest_bytes(path)
+    data = path.data if isinstance(path, ManifestText) else read_manifest_bytes(path)
     with _gc_paused():
         reader = _Reader(
             path,
@@ -134,6 +136,12 @@ class FileReport:
     path: Path
     problems: tuple[Problem, ...]
     shot_count: int
+    #: how to name it to a person: the path, or ``<stdin>``
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", str(self.path))
 
     @property
     def ok(self) -> bool:
@@ -141,20 +149,27 @@ class FileReport:
 
 
 def validate_file(
-    path: Path, *, check_images: bool = True, rules: Rules | None = None
+    path: Path | ManifestText, *, check_images: bool = True, rules: Rules | None = None
 ) -> FileReport:
     """Every problem in one manifest (a missing file is a problem here, not an error)."""
+    where, label = (
+        (path.path_for(None), path.label) if isinstance(path, ManifestText) else (path, str(path))
+    )
     try:
         manifest = load_manifest(path, check_images=check_images, rules=rules)
     except ManifestError as exc:
-        return FileReport(path, tuple(exc.problems), 0)
+        return FileReport(where, tuple(exc.problems), 0, label)
     except UsageError as exc:
-        return FileReport(path, (Problem(str(path), None, None, exc.message, hint=exc.hint),), 0)
-    return FileReport(path, tuple(manifest.warnings), len(manifest.shots))
+        problem = Problem(label, None, None, exc.message, hint=exc.hint)
+        return FileReport(where, (problem,), 0, label)
+    return FileReport(manifest.path, tuple(manifest.warnings), len(manifest.shots), label)
 
 
 def validate_files(
-    paths: Iterable[Path], *, check_images: bool = True, rules: Rules | None = None
+    paths: Iterable[Path | ManifestText],
+    *,
+    check_images: bool = True,
+    rules: Rules | None = None,
 ) -> list[FileReport]:
     return [validate_file(p, check_images=check_images, rules=rules) for p in paths]
 
@@ -172,15 +187,24 @@ class _Reader:
     """One read of one manifest file."""
 
     def __init__(
-        self, path: Path, data: bytes, check_images: bool, table: PriceTable, rules: Rules
+        self,
+        source: Path | ManifestText,
+        data: bytes,
+        check_images: bool,
+        table: PriceTable,
+        rules: Rules,
     ) -> None:
-        self.path = path
+        # text from stdin reads as the file it stands for (its name decides which)
+        self.text = source if isinstance(source, ManifestText) else None
+        self.path = source.path_for(None) if isinstance(source, ManifestText) else source
         self.rules = rules
-        self.base_dir = path.absolute().parent
+        self.base_dir = self.path.absolute().parent
         self.check_images = check_images
         self.table = table
         self.data = data
-        self.issues = Issues(str(path), SourceMap(data))
+        self.issues = Issues(
+            source.label if isinstance(source, ManifestText) else str(source), SourceMap(data)
+        )
         self.report = self.issues.report
         self.images = ImageChecker(rules.images)
         self.finisher = Finisher(self.issues, self.images, table)
@@ -219,7 +243,8 @@ class _Reader:
         output = self._output(doc, name, bad)
         run = self._run(doc, bad)
         shots = self._shots(doc, bad, run, output, name)
-        return Manifest(self.path, name, tuple(shots), output, run)
+        path = self.path if self.text is None else self.text.path_for(name)
+        return Manifest(path, name, tuple(shots), output, run)
 
     def _name(self, doc: dict[str, Any], bad: set[Path_]) -> str:
         name = doc.get("name")
