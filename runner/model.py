@@ -117,6 +117,8 @@ class RunSettings:
     outage_timeout_s: float = 6 * 3600.0
     #: where the provider's callbacks are received; None: poll only
     callback: CallbackSettings | None = None
+    #: with several manifests in one run: higher goes first for the shared slots
+    priority: int = 0
 
 
 @dataclass(frozen=True)

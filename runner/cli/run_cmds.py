@@ -93,7 +93,9 @@ def _provider_settings(func: Any) -> Any:
 
 
 @click.command("run")
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument(
+    "manifests", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)
+)
 @ledger_option
 @click.option(
     "--simulate",
@@ -196,7 +198,7 @@ def _provider_settings(func: Any) -> Any:
 @click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
 @rules_option
 def run_cmd(
-    manifest: Path,
+    manifests: tuple[Path, ...],
     ledger: Path | None,
     simulate: bool,
     sim_render_time: str,
@@ -228,18 +230,17 @@ def run_cmd(
 
     A rerun resumes: done shots are skipped, tasks at the provider are collected, and
     nothing that may have been charged is sent again.
+
+    Several manifests run together on one account: they share its in-flight slots
+    and request rate (run.priority higher first, then in the order given), each with
+    its own ledger, outputs and budget; --max-cost is then the cap over all of them.
     """
     from runner.cli.progress import make_observer, render_summary
     from runner.run.batch import run_batch
     from runner.run.setup import RunOverrides, SimulatorSettings
 
-    if not manifest.exists():
-        raise UsageError(f"no manifest at {manifest}")
-    loaded = load_manifest(
-        manifest,
-        price_table=load_price_table(prices) if prices else None,
-        rules=load_rules(rules),
-    )
+    if len(manifests) == 1 and not manifests[0].exists():
+        raise UsageError(f"no manifest at {manifests[0]}")
     console = Console(highlight=False)
     # asked only on a terminal; the core asks after the budget check, before any write
     confirm = _ask if sys.stdin.isatty() and not yes and not json_logs else None
@@ -259,10 +260,38 @@ def run_cmd(
         callback_url=callback_url,
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
+    del all_cpus
+    if len(manifests) > 1:
+        from runner.cli.multi_cmds import run_several
+
+        if ledger is not None or force or switch_provider:
+            raise UsageError(
+                "--ledger, --force and --switch-provider name one batch's ledger: "
+                "use them with one manifest"
+            )
+        code = run_several(
+            list(manifests),
+            overrides=overrides,
+            simulate=sim,
+            confirm=confirm,
+            mode=mode,
+            console=console,
+            prices=prices,
+            rules=rules,
+            rerender_changed=rerender_changed,
+            check_space=not skip_space_check,
+            cpu=keep_to_one_cpu() if pin_cpu else None,
+        )
+        sys.exit(code)
+    manifest = manifests[0]
+    loaded = load_manifest(
+        manifest,
+        price_table=load_price_table(prices) if prices else None,
+        rules=load_rules(rules),
+    )
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
     # opt-in, before the run starts its threads (they inherit it); see runner.placement.
     # --all-cpus (the old opt-out) is the default now and kept only for old scripts.
-    del all_cpus
     cpu = keep_to_one_cpu() if pin_cpu else None
     batch = run_batch(
         loaded,

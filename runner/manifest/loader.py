@@ -284,6 +284,7 @@ class _Reader:
             stall_timeout_s=float(pick("stall_timeout_s", base.stall_timeout_s)),
             outage_timeout_s=float(pick("outage_timeout_s", base.outage_timeout_s)),
             callback=_callback_settings(pick("callback", None)),
+            priority=int(pick("priority", base.priority)),
         )
 
     # ---- images -------------------------------------------------------------------

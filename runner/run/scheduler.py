@@ -41,7 +41,7 @@ from runner.model import ShotState
 from runner.provider import Provider
 from runner.run.callbacks import CallbackHub
 from runner.run.collect import Collector
-from runner.run.context import Job, RunContext
+from runner.run.context import Job, RunContext, SharedFlow
 from runner.run.events import RunEventKind, RunObserver, RunSnapshot
 from runner.run.flow import CallbackPolicy
 from runner.run.health import Health
@@ -70,8 +70,10 @@ class Scheduler:
         options: SchedulerOptions,
         observer: RunObserver,
         callbacks: CallbackHub | None = None,
+        shared: SharedFlow | None = None,
+        rank: tuple[int, int] = (0, 0),
     ) -> None:
-        ctx = self._ctx = RunContext(ledger, provider, options, observer)
+        ctx = self._ctx = RunContext(ledger, provider, options, observer, shared, rank)
         self._callbacks = callbacks
         if callbacks is not None:
             ctx.policy = callbacks.policy = CallbackPolicy(
@@ -147,7 +149,7 @@ class Scheduler:
                 job = Job(row)
                 if row.state == ShotState.SUBMITTED:
                     # already at the provider: counts against concurrency even if above it
-                    ctx.limiter.in_flight += 1
+                    ctx.limiter.adopt()
                     job.holds_slot = True
                 self._spawn(job)
             verify = asyncio.create_task(self._collector.verify_done(self._spawn))
