@@ -55,6 +55,9 @@ class InFlightLimiter:
         """Count a task already at the provider (a resumed run), even above the target."""
         self.in_flight += 1
 
+    def idle(self) -> None:
+        """The dispatcher has stopped asking (only a shared pool cares: SlotShare)."""
+
     def release(self) -> None:
         self.in_flight -= 1
         self._notify()
@@ -110,6 +113,9 @@ class SlotShare:
         self.in_flight = 0
         #: acquires of this batch under way (its dispatcher, retries re-acquiring)
         self.waiting = 0
+        #: until its dispatcher first asks (or finds no work), a batch counts as
+        #: waiting: one that starts up a little later still goes first
+        self.starting = True
 
     @property
     def target_slots(self) -> int:
@@ -117,11 +123,17 @@ class SlotShare:
 
     @property
     def eligible(self) -> bool:
-        return self.waiting > 0 and self.in_flight < self.ceiling
+        return (self.waiting > 0 or self.starting) and self.in_flight < self.ceiling
+
+    def idle(self) -> None:
+        """The batch's dispatcher has stopped asking (no work left, or stopped)."""
+        self.starting = False
+        self._pool.limiter.notify()
 
     async def acquire(self) -> None:
         limiter = self._pool.limiter
         self.waiting += 1
+        self.starting = False
         try:
             await limiter.acquire(lambda: self._pool.may_take(self))
             self.in_flight += 1

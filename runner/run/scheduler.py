@@ -154,8 +154,11 @@ class Scheduler:
                 self._spawn(job)
             verify = asyncio.create_task(self._collector.verify_done(self._spawn))
             self._dispatcher = asyncio.create_task(self._dispatch(), name="dispatch")
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._dispatcher
+            finally:
+                ctx.limiter.idle()  # a shared pool's slots move on to the next batch
             if ctx.hard_stopped():
                 verify.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,6 +168,7 @@ class Scheduler:
             ctx.stop, ctx.stop_message = StopReason.LEDGER, str(exc)
             await self._cancel_jobs()
         finally:
+            ctx.limiter.idle()  # on every way out, or the batches after it would wait
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
