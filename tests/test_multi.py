@@ -67,10 +67,9 @@ def _by_manifest(stats: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 def _peak_in_flight(tasks: list[dict[str, Any]]) -> int:
     """Most renders at the provider at once (created -> render ended)."""
-    edges = sorted(
-        [(t["created_s"], 1) for t in tasks] + [(t["created_s"] + t["render_s"], -1) for t in tasks],
-        key=lambda e: (e[0], e[1]),
-    )
+    starts = [(t["created_s"], 1) for t in tasks]
+    ends = [(t["created_s"] + t["render_s"], -1) for t in tasks]
+    edges = sorted(starts + ends)  # an end before a start at the same instant
     now = peak = 0
     for _, step in edges:
         now += step
@@ -141,9 +140,7 @@ def test_three_manifests_share_the_cap_in_priority_order(
     assert first["a"] < ends["c"] and first["b"] < ends["a"]
     for batch in (a, b, c):
         assert set(states(batch.ledger).values()) == {"done"}
-        assert sorted(p.name for p in batch.out.glob("*.mp4")) == [
-            f"{s}.mp4" for s in batch.ids
-        ]
+        assert sorted(p.name for p in batch.out.glob("*.mp4")) == [f"{s}.mp4" for s in batch.ids]
 
 
 def test_an_invalid_manifest_is_skipped_and_the_others_run(
@@ -182,8 +179,7 @@ def test_the_overall_cap_refuses_what_does_not_fit_after_the_others(
     sim = sim_thread()
     a, b = _batch(tmp_path, "a", 3), _batch(tmp_path, "b", 3)  # 0.1 PTC a shot
     result = pixrun(
-        ["run", str(a.manifest), str(b.manifest), "--yes", "--quiet", "--max-cost", "0.5"]
-        + FLAGS,
+        ["run", str(a.manifest), str(b.manifest), "--yes", "-q", "--max-cost", "0.5", *FLAGS],
         env_for(sim.base_url),
         cwd=tmp_path,
     )
@@ -292,8 +288,10 @@ def test_a_restarted_watch_resumes_what_was_in_flight(
     ledger = hot / "ledgers" / "a.ledger.sqlite"
     first = start(_watch_args(hot), env_for(sim.base_url), cwd=tmp_path, tag="first")
     wait_until(
-        lambda: ledger.exists()
-        and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] >= 2,
+        lambda: (
+            ledger.exists()
+            and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] >= 2
+        ),
         what="tasks in flight",
     )
     first.kill()  # no goodbye: the ledger alone says what is at the provider
