@@ -113,12 +113,23 @@ async def test_a_batch_at_its_own_ceiling_does_not_hold_the_others_back() -> Non
 # -- pixrun run a.yaml b.yaml c.yaml -----------------------------------------------------
 
 
+async def _last_shot_slow(body: Any, headers: Any) -> None:
+    """The last shot of ``a`` and ``c`` is answered late, so its render ends well after
+    the others: the slots the rest of its batch frees must go to the next batch."""
+    if str(body.get("prompt", "")).endswith("shot s08") and not body["prompt"].startswith("b"):
+        await asyncio.sleep(0.4)
+
+
+def _intents(ledger: Path) -> list[float]:
+    return sorted(r[0] for r in query(ledger, "SELECT sent_at FROM attempts"))
+
+
 def test_three_manifests_share_the_cap_in_priority_order(
     sim_thread: SimThread, tmp_path: Path
 ) -> None:
-    sim = sim_thread(concurrency_limit=CAP, render_time_s=(0.05, 0.15))
-    a, b = _batch(tmp_path, "a", 6), _batch(tmp_path, "b", 6)
-    c = _batch(tmp_path, "c", 6, priority=5)
+    sim = sim_thread(concurrency_limit=CAP, render_time_s=(0.1, 0.3), generate_hook=_last_shot_slow)
+    a, b = _batch(tmp_path, "a", 9), _batch(tmp_path, "b", 9)
+    c = _batch(tmp_path, "c", 9, priority=5)
     result = pixrun(
         ["run", str(a.manifest), str(b.manifest), str(c.manifest), "--yes", "--quiet", *FLAGS],
         env_for(sim.base_url),
@@ -129,15 +140,17 @@ def test_three_manifests_share_the_cap_in_priority_order(
     assert stats["refusals"].get("concurrency", 0) == 0, "more than the cap was sent"
     assert _peak_in_flight(stats["tasks"]) <= CAP
     tasks = _by_manifest(stats)
-    assert {k: len(v) for k, v in tasks.items()} == {"a": 6, "b": 6, "c": 6}
-    first = {k: min(t["created_s"] for t in v) for k, v in tasks.items()}
-    last = {k: max(t["created_s"] for t in v) for k, v in tasks.items()}
+    assert {k: len(v) for k, v in tasks.items()} == {"a": 9, "b": 9, "c": 9}
+    created = {k: min(t["created_s"] for t in v) for k, v in tasks.items()}
     ends = {k: max(t["created_s"] + t["render_s"] for t in v) for k, v in tasks.items()}
-    # priority 5 first, then in the order given; each submits only once the one before
-    # has nothing left to submit...
-    assert last["c"] <= first["a"] and last["a"] <= first["b"]
-    # ...and takes its slots while that one's last renders still run: no tail between
-    assert first["a"] < ends["c"] and first["b"] < ends["a"]
+    # priority 5 first, then in the order given: a batch takes a slot only once the one
+    # before has none to wait for (a last submit of that one may still be on its way)
+    intents = {batch.manifest.stem: _intents(batch.ledger) for batch in (a, b, c)}
+    for before, after in (("c", "a"), ("a", "b")):
+        early = [t for t in intents[after] if t < intents[before][-1]]
+        assert len(early) < CAP, f"{after} went before {before}: {intents}"
+    # ...and the slots the one before frees while its slow last render runs: no tail
+    assert created["a"] < ends["c"] and created["b"] < ends["a"]
     for batch in (a, b, c):
         assert set(states(batch.ledger).values()) == {"done"}
         assert sorted(p.name for p in batch.out.glob("*.mp4")) == [f"{s}.mp4" for s in batch.ids]
@@ -316,3 +329,31 @@ def test_watch_simulate_keeps_rehearsal_ledgers_apart(tmp_path: Path) -> None:
     assert (hot / "ledgers" / "a.sim.ledger.sqlite").exists()
     assert not (hot / "ledgers" / "a.ledger.sqlite").exists()
     assert len(list((hot / "out-a.sim").glob("*.mp4"))) == 2
+
+
+async def test_only_a_file_unchanged_for_a_moment_counts(tmp_path: Path) -> None:
+    from runner.run.context import SharedFlow
+    from runner.run.multi import BatchSettings
+    from runner.run.watch import HotFolder
+
+    found: list[str] = []
+    hot = HotFolder(
+        tmp_path,
+        SharedFlow(1, 1.0, None),
+        BatchSettings(),
+        lambda manifest: None,  # type: ignore[arg-type,return-value]
+        lambda path: None,  # type: ignore[arg-type,return-value]
+        lambda news: found.append(f"{news.kind} {news.path.name}"),
+        stable_s=3600.0,
+    )
+    dropped = tmp_path / "a.yaml"
+    dropped.write_text("version: 1\n")
+    (tmp_path / "a.yaml.part").write_text("x")
+    assert hot._stable(None) == [] and found == ["found a.yaml"]
+    assert hot._stable(None) == []  # unchanged, but not for long enough
+    hot.stable_s = 0.0
+    with dropped.open("a") as fh:
+        fh.write("name: still being written\n")
+    assert hot._stable(None) == []  # it changed: the clock starts again
+    assert hot._stable(None) == ["a.yaml"]
+    assert found == ["found a.yaml"]
