@@ -225,6 +225,33 @@ def test_status_of_several_manifests_gives_each_and_the_total(
     assert doc["total"]["counts"]["done"] == 5 and doc["total"]["total"] == 5
 
 
+def test_ctrl_c_stops_every_manifest_and_a_rerun_finishes_them(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    sim = sim_thread(render_time_s=(1.0, 1.5))
+    a, b = _batch(tmp_path, "a", 4), _batch(tmp_path, "b", 4)
+    args = ["run", str(a.manifest), str(b.manifest), "--yes", "--quiet", *FLAGS]
+    running = start(args, env_for(sim.base_url), cwd=tmp_path, tag="first")
+    wait_until(
+        lambda: (
+            a.ledger.exists()
+            and query(a.ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] >= 1
+        ),
+        what="a task in flight",
+    )
+    running.signal(signal.SIGINT)
+    assert running.wait(30) == 130, running.output()
+    again = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert again.returncode == 0, explain(again)
+    for batch in (a, b):
+        assert set(states(batch.ledger).values()) == {"done"}
+    charges = defaultdict(int)
+    for task in sim.stats()["tasks"]:
+        if not task["refunded"]:
+            charges[task["prompt"]] += 1
+    assert sorted(charges.values()) == [1] * 8  # nothing paid for twice
+
+
 # -- pixrun watch DIR ----------------------------------------------------------------------
 
 
