@@ -9,6 +9,7 @@ was valid and finished clean.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 COMMANDS: list[click.Command] = []
 
 
-def _loader(prices: Path | None, rules: Path | None):  # type: ignore[no-untyped-def]
+def _loader(prices: Path | None, rules: Path | None) -> Callable[[Path], Manifest]:
     table = load_price_table(prices) if prices else None
     loaded_rules = load_rules(rules)
 

@@ -38,6 +38,7 @@ from runner.cli.views import (
     json_text,
     scrub,
 )
+from runner.errors import Problem
 from runner.model import Manifest, ShotState
 from runner.money import format_ptc
 from runner.run.events import RunEvent, RunObserver, RunSnapshot
@@ -344,7 +345,7 @@ def render_summaries(
     )
 
 
-def _problem_record(problem: Any) -> dict[str, Any]:
+def _problem_record(problem: Problem) -> dict[str, Any]:
     return {
         "where": problem.location(),
         "severity": problem.severity,
