@@ -7,8 +7,10 @@ Targets (they live here, never in unit tests):
   >= 200 shots/s and <= 3 ms runner CPU per shot (5,000 shots, zero render time)
 - scale: 100,000-shot batch peak RSS < 500 MB; resume dispatch <= 1.5x plan time;
   status < 1 s
+- multi: three manifests in one run (3 x 700 shots, cap 50): slots held at the cap over
+  >= 95% of the makespan, never above it (no concurrency refusal)
 
-``python -m benchmarks.run_all [--quick] [--only plan,run,scale]``; ``--only status`` runs
+``python -m benchmarks.run_all [--quick] [--only plan,run,scale,multi]``; ``--only status`` runs
 benchmarks/bench_status.py (status and report queries on a ledger built in process; not
 in the default set).
 """
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("plan", "run", "scale")
+BENCHES = ("plan", "run", "scale", "multi")
 
 
 def main() -> None:

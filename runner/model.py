@@ -130,6 +130,8 @@ class RunSettings:
     halt: HaltSettings = field(default_factory=HaltSettings)
     #: where a JSON summary is POSTed when the run ends (runner/notify.py)
     notify: tuple[str, ...] = ()
+    #: with several manifests in one run: higher goes first for the shared slots
+    priority: int = 0
 
 
 @dataclass(frozen=True)

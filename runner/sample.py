@@ -8,9 +8,11 @@ Invariants:
   X --limit N`` prices exactly the shots ``pixrun run --only X --limit N`` submits.
 - ``--only`` patterns are shell globs over shot ids (an id is a glob that matches
   itself; ``hero`` also matches its takes ``hero.t1``, ``hero.t2``, ...); a shot in the
-  sample matches any of them. A pattern that matches no shot is a usage error.
+  sample matches any of them. A pattern that matches no shot is a usage error (with
+  several manifests in one run: no shot of any of them).
 - ``--limit N`` keeps the first N shots the run would submit (pending after the sync:
-  new, pending, changed, revived), in manifest order, among those ``--only`` matched.
+  new, pending, changed, revived), in manifest order, among those ``--only`` matched;
+  with several manifests in one run, N of each.
   Done, failed, parked and in-flight shots are never counted against N, and a done
   shot whose request changed is not picked either (it is re-rendered only on request).
 - Shots outside the sample are synced into the ledger as usual and stay pending for a
@@ -20,7 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
@@ -39,6 +41,9 @@ class SampleSpec:
 
     only: tuple[str, ...] = ()
     limit: int | None = None
+    #: several manifests in one run: a pattern need only match shots of one of them
+    #: (checked over all by :func:`unmatched`), so a manifest it misses has no sample
+    each_may_miss: bool = False
 
     @property
     def active(self) -> bool:
@@ -115,7 +120,7 @@ def select_sample(
         if hit:
             matched.append(shot)
     for pattern, n in hits.items():
-        if n == 0:
+        if n == 0 and not spec.each_may_miss:
             examples = ", ".join(s.shot_id for s in shots[:_SHOWN])
             where = f" of {name}" if name else ""
             raise UsageError(
@@ -143,6 +148,17 @@ def select_sample(
         left_pending=left,
         changed_done_outside=outside,
     )
+
+
+def unmatched(spec: SampleSpec, shot_ids: Iterable[str]) -> list[str]:
+    """The ``--only`` patterns that match none of ``shot_ids`` (all of several
+    manifests' shots: a pattern has to pick something somewhere)."""
+    left = list(spec.only)
+    for shot_id in shot_ids:
+        if not left:
+            break
+        left = [p for p in left if not _matches(shot_id, p)]
+    return left
 
 
 def cut(manifest: Manifest, sample: Sample) -> Manifest:

@@ -91,3 +91,19 @@ def _no_user_settings_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process code never reads the user's own settings file (an empty
     PIXRUN_CONFIG switches it off); a test that wants one points it at a tmp file."""
     monkeypatch.setenv("PIXRUN_CONFIG", "")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """``receiver(**knobs)``: a notify endpoint (tests/hookkit.py), closed afterwards."""
+    from hookkit import Receiver
+
+    made: list[Receiver] = []
+
+    def make(**knobs: Any) -> Receiver:
+        made.append(Receiver(**knobs))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()

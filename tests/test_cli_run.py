@@ -183,10 +183,13 @@ def test_a_second_runner_on_the_same_ledger_exits_at_once(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
     sim, batch, env, first = _run_with_tasks_in_flight(tmp_path, sim_thread, shots=4, tasks=4)
+    # frozen with its lock held, so it cannot finish before the second one starts, however
+    # slowly a loaded machine starts the second interpreter
+    first.signal(signal.SIGSTOP)
     runs = run_count(batch.ledger)
     generates = sim.stats()["calls"]["generate"]
 
-    second = pixrun(run_args(batch), env, cwd=tmp_path, timeout_s=10)
+    second = pixrun(run_args(batch), env, cwd=tmp_path, timeout_s=30)
     assert second.returncode == 2
     message = flat(second.stderr)
     assert "another pixrun run is using the ledger" in message

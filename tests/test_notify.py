@@ -7,22 +7,18 @@ as a subprocess against a simulator thread.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import shlex
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
+from hookkit import Receiver
 from runkit import (
     KEY,
     Batch,
@@ -48,75 +44,6 @@ from runner.run.options import RunResult, StopReason
 
 #: fast clocks for the notifier, so no test waits out the real back-off
 FAST = ("--notify-backoff-s", "0.01")
-
-
-class Receiver:
-    """A notify endpoint: records each body it accepts. The first ``fail_first`` tries
-    are answered 500; with ``hang`` no try is ever answered, with ``loop`` every try is
-    redirected to the same address."""
-
-    def __init__(self, *, fail_first: int = 0, hang: bool = False, loop: bool = False) -> None:
-        self.fail_first = fail_first
-        self.hang = hang
-        self.loop = loop
-        self.tries = 0
-        self.bodies: list[bytes] = []
-        self._closing = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/hooks/T0/B0/secret-path"
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._runner = self._call(self._start())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    async def _start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/hooks/T0/B0/secret-path", self._hook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.SockSite(runner, self._sock).start()
-        return runner
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        self.tries += 1
-        body = await request.read()
-        while self.hang and not self._closing.is_set():
-            await asyncio.sleep(0.05)
-        if self.loop:
-            raise web.HTTPTemporaryRedirect(str(request.url))  # 307: POST again
-        if self.tries <= self.fail_first:
-            return web.Response(status=500, text="try again")
-        assert request.content_type == "application/json"
-        self.bodies.append(body)
-        return web.Response(text="ok")
-
-    def summaries(self) -> list[dict[str, Any]]:
-        return [json.loads(b) for b in self.bodies]
-
-    def close(self) -> None:
-        self._closing.set()
-        self._call(self._runner.cleanup())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Any]:
-    """``receiver(**knobs)``: a :class:`Receiver`, closed afterwards."""
-    made: list[Receiver] = []
-
-    def make(**knobs: Any) -> Receiver:
-        made.append(Receiver(**knobs))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
 
 
 def _dead_url() -> str:

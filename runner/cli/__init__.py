@@ -65,6 +65,7 @@ _COMMAND_MODULES = {
     "report": "runner.cli.view_cmds",
     "sim": "runner.cli.sim_cmd",
     "doctor": "runner.cli.doctor_cmd",
+    "watch": "runner.cli.multi_cmds",
 }
 
 

@@ -8,6 +8,7 @@ could not be delivered. Nothing here changes an exit code.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from runner.text import plural
 if TYPE_CHECKING:
     from runner.notify import Delivery
     from runner.run.batch import BatchOutcome
+    from runner.run.multi import BatchEnd
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,6 +115,12 @@ class Notice:
         self.on_finish = on_finish
         self.started_s = time.monotonic()
 
+    def like(self, manifest: Path) -> Notice:
+        """The same command-line targets and clocks, for another manifest of the run."""
+        other = copy.copy(self)
+        other.manifest, other.name = manifest, manifest.stem
+        return other
+
     def add(self, name: str, urls: tuple[str, ...]) -> None:
         """The manifest's own name and ``run.notify`` URLs, once it is loaded."""
         self.name = name
@@ -148,15 +156,40 @@ class Notice:
         if self.wanted:
             self._send(None, outcome)
 
+    async def tell_end(self, end: BatchEnd) -> None:
+        """Tell of one manifest of several (``pixrun run a b``, ``pixrun watch``) that
+        ended, ran or refused; what could not be delivered is said on stderr."""
+        if not self.wanted:
+            return
+        summary = None
+        if end.outcome is None:
+            from runner.notify import error_summary
+
+            error = end.error or PixrunError("not run")
+            summary = error_summary(
+                error,
+                manifest_name=self.name,
+                manifest_path=self.manifest,
+                exit_code=end.exit_code,
+                elapsed_s=time.monotonic() - self.started_s,
+            )
+        self.report(await self._tell(summary, end.outcome))
+
     def _send(self, summary: dict[str, Any] | None, outcome: BatchOutcome | None) -> None:
         from runner.cli import err_console
-        from runner.cli.views import clean
 
         try:
             deliveries = loops.run(self._tell(summary, outcome))
         except KeyboardInterrupt:
             err_console.print("[yellow]warning:[/] interrupted: the run's summary was not sent")
             return
+        self.report(deliveries)
+
+    def report(self, deliveries: list[Delivery]) -> None:
+        """Say once per target what could not be delivered (the exit code stays)."""
+        from runner.cli import err_console
+        from runner.cli.views import clean
+
         for d in deliveries:
             if d.ok:
                 continue

@@ -358,6 +358,7 @@ def render_summary(
     manifest: Path,
     mode: str = "text",
     issues: tuple[list[ShotIssue], int, list[ShotIssue], int] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Print how the run ended: counts, money, time, where the files are, what to do next.
 
@@ -375,7 +376,7 @@ def render_summary(
             with contextlib.suppress(LedgerError):
                 issues = _load_issues(outcome.ledger_path)
     if mode == "json":
-        _summary_json(outcome, console, issues)
+        _summary_json(outcome, console, issues, extra or {})
         return
     for line in _summary_lines(outcome, manifest, issues):
         console.print(clean_text(line), soft_wrap=True)
@@ -385,11 +386,13 @@ def _summary_json(
     outcome: BatchOutcome,
     console: Console,
     issues: tuple[list[ShotIssue], int, list[ShotIssue], int],
+    extra: dict[str, Any],
 ) -> None:
     result = outcome.result
     record = {
         "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "type": "summary",
+        **extra,
         "exit_code": result.exit_code,
         "stop_reason": None if result.stop_reason is None else str(result.stop_reason.value),
         "message": None if result.message is None else scrub(result.message),

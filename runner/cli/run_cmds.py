@@ -102,7 +102,9 @@ def _provider_settings(func: Any) -> Any:
 
 
 @click.command("run")
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument(
+    "manifests", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)
+)
 @ledger_option
 @click.option(
     "--simulate",
@@ -207,7 +209,7 @@ def _provider_settings(func: Any) -> Any:
 @rules_option
 @sample_options("Submit only")
 def run_cmd(
-    manifest: Path,
+    manifests: tuple[Path, ...],
     ledger: Path | None,
     simulate: bool,
     sim_render_time: str,
@@ -248,6 +250,11 @@ def run_cmd(
     nothing that may have been charged is sent again. --only/--limit render a sample
     first; the rest stays pending for a later run. '-' reads the manifest from standard
     input (piped in, nothing is asked: stdin is the manifest).
+
+    Several manifests run together on one account: they share its in-flight slots
+    and request rate (run.priority higher first, then in the order given), each with
+    its own ledger, outputs, budget and notifications; --max-cost is then the cap over
+    all of them, and --limit N takes the first N pending shots of each.
     """
     from runner.cli.progress import make_observer, render_summary
     from runner.run.batch import run_batch
@@ -256,22 +263,13 @@ def run_cmd(
 
     # told when the run ends, whichever way it ends (runner/cli/notice.py)
     notice = Notice(
-        manifest_location(manifest),
+        manifest_location(manifests[0]) if len(manifests) == 1 else Path(),
         notify_urls,
         on_finish,
         backoff_base_s=notify_backoff_s,
         total_timeout_s=notify_timeout_s,
         command_timeout_s=on_finish_timeout_s,
     )
-    with notice.on_error():
-        if not is_stdin(manifest) and not manifest.exists():
-            raise UsageError(f"no manifest at {manifest}")
-        loaded = load_manifest(
-            manifest_source(manifest),
-            price_table=load_price_table(prices) if prices else None,
-            rules=load_rules(rules),
-        )
-    notice.add(loaded.name, loaded.run.notify)
     console = make_console()
     # asked only on a terminal; the core asks after the budget check, before any write
     confirm = _ask if sys.stdin.isatty() and not yes and not json_logs else None
@@ -291,10 +289,44 @@ def run_cmd(
         callback_url=callback_url,
     )
     sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
+    del all_cpus
+    if len(manifests) > 1:
+        from runner.cli.multi_cmds import run_several
+
+        if ledger is not None or force or switch_provider:
+            raise UsageError(
+                "--ledger, --force and --switch-provider name one batch's ledger: "
+                "use them with one manifest"
+            )
+        code = run_several(
+            list(manifests),
+            notice=notice,
+            sample=SampleSpec(only=only, limit=limit, each_may_miss=True),
+            overrides=overrides,
+            simulate=sim,
+            confirm=confirm,
+            mode=mode,
+            console=console,
+            prices=prices,
+            rules=rules,
+            rerender_changed=rerender_changed,
+            check_space=not skip_space_check,
+            cpu=keep_to_one_cpu() if pin_cpu else None,
+        )
+        sys.exit(code)
+    manifest = manifests[0]
+    with notice.on_error():
+        if not is_stdin(manifest) and not manifest.exists():
+            raise UsageError(f"no manifest at {manifest}")
+        loaded = load_manifest(
+            manifest_source(manifest),
+            price_table=load_price_table(prices) if prices else None,
+            rules=load_rules(rules),
+        )
+    notice.add(loaded.name, loaded.run.notify)
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
     # opt-in, before the run starts its threads (they inherit it); see runner.placement.
     # --all-cpus (the old opt-out) is the default now and kept only for old scripts.
-    del all_cpus
     cpu = keep_to_one_cpu() if pin_cpu else None
     batch = run_batch(
         loaded,

@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.live import Live
 from rich.rule import Rule
+from rich.text import Text
 
 from runner.cli.consoles import make_console, print_full
 from runner.cli.options import (
@@ -29,6 +30,7 @@ from runner.cli.options import (
 from runner.cli.views import (
     REHEARSAL_NOTE,
     clean,
+    counts_text,
     json_text,
     report_table,
     scrub,
@@ -40,6 +42,7 @@ from runner.fileio import PUBLIC_FILE_MODE, write_atomically
 from runner.ledger.queries import ReportRow, StatusSummary
 from runner.ledger.views import report_of, status_of, watch_status
 from runner.model import ShotState
+from runner.money import format_ptc
 from runner.report import ContactSheetInfo, render_contact_sheet, to_csv, to_json
 from runner.text import plural
 
@@ -110,7 +113,7 @@ async def _watch(
 
 
 @click.command("status")
-@optional_manifest_argument
+@click.argument("manifests", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 @ledger_option
 @simulate_option
 @format_option("table", "json")
@@ -126,7 +129,7 @@ async def _watch(
 )
 @click.option("--iterations", type=click.IntRange(1, None), hidden=True)
 def status_cmd(
-    manifest: Path | None,
+    manifests: tuple[Path, ...],
     ledger: Path | None,
     simulate: bool,
     fmt: str,
@@ -137,7 +140,14 @@ def status_cmd(
     """Where the batch stands: counts, money, throughput, failures and parked shots.
 
     Read-only: safe while `pixrun run` works on the same ledger in another process.
+    Several manifests: each one's status, then the total.
     """
+    if len(manifests) > 1:
+        if ledger is not None or watch:
+            raise UsageError("--ledger and --watch work on one manifest's ledger at a time")
+        _status_several(manifests, simulate, fmt)
+        return
+    manifest = manifests[0] if manifests else None
     path = existing_ledger(manifest, ledger, simulated=simulate)
     console = make_console()
     if watch:
@@ -152,6 +162,42 @@ def status_cmd(
         # a pipe or a file gets every failure's shot id and reason whole
         whole = not console.is_terminal
         print_full(console, status_renderable(summary, title, whole=whole))
+
+
+def _status_several(manifests: tuple[Path, ...], simulate: bool, fmt: str) -> None:
+    """``pixrun status a.yaml b.yaml``: each batch, then the total (counts and money)."""
+    from collections import Counter
+
+    paths = [existing_ledger(m, None, simulated=simulate) for m in manifests]
+    summaries = [asyncio.run(status_of(p)) for p in paths]
+    counts: Counter[ShotState] = Counter()
+    for summary in summaries:
+        counts.update(summary.counts)
+    spent = sum(s.spent_uptc for s in summaries)
+    total = sum(s.total for s in summaries)
+    if fmt == "json":
+        record = {
+            "manifests": [
+                {"manifest": str(m), **status_dict(s)}
+                for m, s in zip(manifests, summaries, strict=True)
+            ],
+            "total": {
+                "total": total,
+                "counts": {s.value: counts.get(s, 0) for s in ShotState},
+                "spent_uptc": spent,
+            },
+        }
+        click.echo(json_text(record, indent=2))
+        return
+    console = Console(highlight=False)
+    for path, summary in zip(paths, summaries, strict=True):
+        console.print(status_renderable(summary, _title(summary.meta, path)))
+    console.print(
+        Text.assemble(("total", "bold"), f" of {plural(len(manifests), 'manifest')}: ")
+        + counts_text(counts)
+        + Text(f"  of {plural(total, 'shot')}; spent {format_ptc(spent)} PTC"),
+        soft_wrap=True,
+    )
 
 
 # -- report ------------------------------------------------------------------------------

@@ -327,6 +327,7 @@ class _Reader:
                 window=int(pick("window", base.halt.window, "halt")),
             ),
             notify=self._notify_urls(pick("notify", None), bad),
+            priority=int(pick("priority", base.priority)),
         )
 
     def _notify_urls(self, value: Any, bad: set[Path_]) -> tuple[str, ...]:

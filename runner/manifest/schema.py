@@ -282,6 +282,12 @@ def _run_schema() -> dict[str, Any]:
                 "Provider calls per second, generate and fetch together (default 20).",
             ),
             "poll": poll,
+            "priority": _described(
+                {"type": "integer"},
+                "With several manifests in one run (pixrun run a.yaml b.yaml, pixrun watch): "
+                "higher goes first for the account's shared slots; equal priorities go in "
+                "the order given (default 0).",
+            ),
             "stall_timeout_s": _described(
                 seconds,
                 "Stop (exit 1, resumable) when nothing has progressed for this long: no "

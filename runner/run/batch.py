@@ -41,12 +41,14 @@ from runner.ledger import META_PROVIDER, Ledger, open_ledger
 from runner.ledger.callbacks import callback_secret
 from runner.model import Manifest
 from runner.money import to_uptc_or_none
+from runner.provider import Provider
 from runner.run.callbacks import CallbackEndpoint, CallbackHub, CallbackReceiver
+from runner.run.context import SharedFlow
 from runner.run.events import RunEvent, RunEventKind, RunObserver
 from runner.run.guard import check_identity, check_ledger_owner, provider_identity
 from runner.run.options import RunResult, StopReason, exit_code_for
 from runner.run.preflight import check_folders_writable, output_folders, run_preflight
-from runner.run.preview import Confirm, Decision, check_budget, preview_run
+from runner.run.preview import Confirm, Decision, RunPreview, check_budget, preview_run
 from runner.run.scheduler import Scheduler
 from runner.run.setup import (
     RunOverrides,
@@ -78,7 +80,11 @@ class BatchOutcome:
     sample: str | None = None
 
 
-def _install_signals(scheduler: Scheduler) -> Callable[[], None]:
+def _install_signals(
+    schedulers: list[Scheduler], on_stop: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """Ctrl-C (or SIGTERM) stops every scheduler given; a second one ends the process.
+    ``on_stop`` is called too (the hot folder stops watching)."""
     loop = asyncio.get_running_loop()
     hits = 0
 
@@ -87,7 +93,10 @@ def _install_signals(scheduler: Scheduler) -> Callable[[], None]:
         hits += 1
         if hits > 1:
             os._exit(ExitCode.INTERRUPTED)  # the ledger is consistent at every commit
-        scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
+        for scheduler in schedulers:
+            scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
+        if on_stop is not None:
+            on_stop()
 
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,6 +138,106 @@ async def run_batch(
     record (:func:`runner.placement.keep_to_one_cpu`); None when it does not.
     ``sample``: submit only these shots (``--only``/``--limit``, :mod:`runner.sample`);
     the rest is synced and stays pending.
+    """
+    async with prepared_batch(
+        manifest,
+        observer,
+        ledger_path=ledger_path,
+        overrides=overrides,
+        simulate=simulate,
+        cpu=cpu,
+        confirm=confirm,
+        rerender_changed=rerender_changed,
+        switch_provider=switch_provider,
+        force=force,
+        check_space=check_space,
+        sample=sample,
+    ) as ready:
+        remove = _install_signals([ready.scheduler]) if handle_signals else (lambda: None)
+        try:
+            return await ready.run()
+        finally:
+            remove()
+
+
+@dataclass
+class ReadyBatch:
+    """A batch with everything checked and its ledger synced: :meth:`run` sends."""
+
+    scheduler: Scheduler
+    ledger: Ledger
+    provider: Provider
+    identity: dict[str, str]
+    #: done shots whose request changed, held unasked (not the sample's outside ones)
+    held: frozenset[str]
+    #: shots a sample (--only/--limit) leaves pending for a later run
+    pending_later: int
+    has_callbacks: bool
+    planned_uptc: int
+    outcome: BatchOutcome
+
+    async def run(self) -> BatchOutcome:
+        """Run the scheduler and record how the run ended in the ledger."""
+        ledger, provider, held = self.ledger, self.provider, self.held
+        result = await self.scheduler.run(planned_uptc=self.planned_uptc)
+        identity = self.identity
+        if provider.dialect is not None and provider.dialect != identity["dialect"]:
+            # the response family the provider answered in, for `status` and for
+            # whoever compares ledgers (it is detected, never configured)
+            identity = {**identity, "dialect": provider.dialect}
+            with contextlib.suppress(LedgerError):  # a ledger that failed: told below
+                await ledger.set_meta({META_PROVIDER: json.dumps(identity, sort_keys=True)})
+        # held changes are work the person still has to agree to: not a clean run
+        result.exit_code = exit_code_for(
+            result.stop_reason,
+            result.counts,
+            held_changed=len(held),
+            pending_later=self.pending_later,
+        )
+        with contextlib.suppress(LedgerError):
+            await ledger.end_run(
+                result.exit_code,
+                {
+                    "counts": {k.value: v for k, v in result.counts.items()},
+                    "spent_uptc": result.spent_uptc,
+                    "elapsed_s": round(result.elapsed_s, 3),
+                    "calls": result.calls,
+                    "stop_reason": result.stop_reason,
+                    "held_changed": len(held),
+                    **({"callbacks": result.callbacks} if self.has_callbacks else {}),
+                },
+            )
+        self.outcome.result = result
+        return self.outcome
+
+
+@contextlib.asynccontextmanager
+async def prepared_batch(
+    manifest: Manifest,
+    observer: RunObserver,
+    *,
+    ledger_path: Path | None = None,
+    overrides: RunOverrides | None = None,
+    simulate: SimulatorSettings | None = None,
+    cpu: int | None = None,
+    confirm: Confirm | None = None,
+    rerender_changed: bool = False,
+    switch_provider: bool = False,
+    force: bool = False,
+    check_space: bool = True,
+    shared: SharedFlow | None = None,
+    rank: tuple[int, int] = (0, 0),
+    claim: Callable[[RunPreview, bool], None] | None = None,
+    sample: SampleSpec | None = None,
+) -> AsyncIterator[ReadyBatch]:
+    """Every check of :func:`run_batch` and the ledger's sync, then a batch ready to run
+    (its ledger locked, its provider open) until the block ends. Raises the errors of
+    :mod:`runner.errors`, before anything is written or sent.
+
+    ``shared``/``rank``: one batch of several in one run (:mod:`runner.run.multi`).
+    ``sample``: submit only these shots (``--only``/``--limit``, :mod:`runner.sample`).
+    ``claim(preview, rerender)``: called after the budget check, before the ledger is
+    written; it may refuse (raise) for the whole run's sake (the overall cost cap).
     """
     overrides = overrides or RunOverrides()
     simulated = simulate is not None
@@ -175,6 +284,8 @@ async def run_batch(
                 raise Declined("declined: nothing was sent")
             rerender = decision.rerender_changed or rerender_changed
             check_budget(preview, rerender=rerender)
+            if claim is not None:
+                claim(preview, rerender)
             held = frozenset() if rerender else frozenset(changed_done)
             # changed done shots outside a sample stay as they are, unasked and untold
             hold = held | (picked.changed_done_outside if picked is not None else frozenset())
@@ -208,56 +319,46 @@ async def run_batch(
                 _receiver(ledger, callback) as hub,
             ):
                 await ledger.start_run(cpu=cpu)
-                scheduler = Scheduler(ledger, provider, options, observer, hub)
-                remove = _install_signals(scheduler) if handle_signals else (lambda: None)
-                try:
-                    result = await scheduler.run(planned_uptc=planned_uptc)
-                finally:
-                    remove()
-                if provider.dialect is not None and provider.dialect != identity["dialect"]:
-                    # the response family the provider answered in, for `status` and for
-                    # whoever compares ledgers (it is detected, never configured)
-                    identity = {**identity, "dialect": provider.dialect}
-                    with contextlib.suppress(LedgerError):  # a ledger that failed: told below
-                        await ledger.set_meta({META_PROVIDER: json.dumps(identity, sort_keys=True)})
-                # held changes are work the person still has to agree to: not a clean run
-                result.exit_code = exit_code_for(
-                    result.stop_reason,
-                    result.counts,
-                    held_changed=len(held),
-                    pending_later=0 if picked is None else picked.left_pending,
+                scheduler = Scheduler(
+                    ledger, provider, options, observer, hub, shared=shared, rank=rank
                 )
-                with contextlib.suppress(LedgerError):
-                    await ledger.end_run(
-                        result.exit_code,
-                        {
-                            "counts": {k.value: v for k, v in result.counts.items()},
-                            "spent_uptc": result.spent_uptc,
-                            "elapsed_s": round(result.elapsed_s, 3),
-                            "calls": result.calls,
-                            "stop_reason": result.stop_reason,
-                            "held_changed": len(held),
-                            **({"callbacks": result.callbacks} if hub is not None else {}),
-                        },
-                    )
+                yield ReadyBatch(
+                    scheduler=scheduler,
+                    ledger=ledger,
+                    provider=provider,
+                    identity=identity,
+                    held=held,
+                    pending_later=0 if picked is None else picked.left_pending,
+                    has_callbacks=hub is not None,
+                    planned_uptc=planned_uptc,
+                    outcome=BatchOutcome(
+                        result=RunResult(
+                            exit_code=ExitCode.OK,
+                            stop_reason=None,
+                            message=None,
+                            counts={},
+                            spent_uptc=0,
+                            elapsed_s=0.0,
+                            calls={},
+                            ledger_commits=0,
+                        ),
+                        ledger_path=path,
+                        output_dir=output_dir,
+                        recovered_ambiguous=parked,
+                        new_shots=sync.new,
+                        changed_shots=len(sync.changed),
+                        simulated=simulated,
+                        held_changed=tuple(sorted(held)),
+                        adopted=checked.adopted,
+                        sample=None if picked is None else picked.describe(),
+                    ),
+                )
     except PixrunError:
         # refused before anything was written (declined, over budget, another provider):
         # a ledger this run created is removed again, so nothing is left behind
         if created and not synced:
             _remove_ledger_files(path)
         raise
-    return BatchOutcome(
-        result=result,
-        ledger_path=path,
-        output_dir=output_dir,
-        recovered_ambiguous=parked,
-        new_shots=sync.new,
-        changed_shots=len(sync.changed),
-        simulated=simulated,
-        held_changed=tuple(sorted(held)),
-        adopted=checked.adopted,
-        sample=None if picked is None else picked.describe(),
-    )
 
 
 @contextlib.asynccontextmanager

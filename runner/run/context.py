@@ -24,7 +24,14 @@ from runner.model import ShotState
 from runner.provider import Provider
 from runner.run.brake import FailureBrake
 from runner.run.events import RunEvent, RunEventKind, RunObserver, RunSnapshot
-from runner.run.flow import CallbackPolicy, CallGate, InFlightLimiter, PollPlanner
+from runner.run.flow import (
+    CallbackPolicy,
+    CallGate,
+    InFlightLimiter,
+    PollPlanner,
+    SharedSlots,
+    SlotShare,
+)
 from runner.run.options import HARD_STOPS, SchedulerOptions, StopReason
 
 #: the kinds of run event that are routine (not kept as "recent" on the board)
@@ -134,6 +141,40 @@ class Tally:
         )
 
 
+class SharedFlow:
+    """What the batches of one run (``pixrun run a.yaml b.yaml``) share: the account's
+    in-flight slots, its call gate, and an overall cost cap over all their ledgers."""
+
+    def __init__(
+        self,
+        concurrency: int,
+        requests_per_s: float,
+        budget_uptc: int | None,
+        *,
+        grow: bool = False,
+    ) -> None:
+        self.slots = SharedSlots(concurrency)
+        self.gate = CallGate(requests_per_s)
+        self.budget_uptc = budget_uptc
+        #: the pool's (slots, rate) grow to the largest of the batches that join
+        self.grow_slots = self.grow_rate = grow
+        self.tallies: list[Tally] = []
+
+    def admit(self, concurrency: int, requests_per_s: float) -> None:
+        """A batch joins with these figures: the pool grows to them where it may."""
+        if self.grow_slots:
+            self.slots.limiter.widen(concurrency)
+        if self.grow_rate:
+            self.gate.widen(requests_per_s)
+
+    def budget_allows(self, price_uptc: int) -> bool:
+        """Spent (earlier runs included) and reserved over every ledger, plus this."""
+        if self.budget_uptc is None:
+            return True
+        committed = sum(t.spent_uptc + t.reserved_uptc for t in self.tallies)
+        return committed + price_uptc <= self.budget_uptc
+
+
 class RunContext:
     """The ledger, the provider, the options and the flow controls of one run, the
     run's figures, and its stop state (set through the scheduler's ``request_stop``)."""
@@ -144,13 +185,21 @@ class RunContext:
         provider: Provider,
         options: SchedulerOptions,
         observer: RunObserver,
+        shared: SharedFlow | None = None,
+        rank: tuple[int, int] = (0, 0),
     ) -> None:
         self.ledger = ledger
         self.provider = provider
         self.opt = options
         self.observer = observer
-        self.limiter = InFlightLimiter(options.concurrency)
-        self.gate = CallGate(options.requests_per_s)
+        self.shared = shared
+        self.limiter: InFlightLimiter | SlotShare
+        if shared is None:
+            self.limiter = InFlightLimiter(options.concurrency)
+            self.gate = CallGate(options.requests_per_s)
+        else:  # one batch of several: the account's pool and gate, its own ceiling
+            self.limiter = shared.slots.share(rank, options.concurrency)
+            self.gate = shared.gate
         self.planner = PollPlanner(
             initial_delay_s=options.poll.initial_delay_s,
             min_interval_s=options.poll.min_interval_s,
@@ -159,6 +208,8 @@ class RunContext:
         #: with callbacks: when to poll while they arrive (None: the planner alone)
         self.policy: CallbackPolicy | None = None
         self.tally = Tally()
+        if shared is not None:
+            shared.tallies.append(self.tally)
         self.stop: StopReason | None = None
         self.stop_message: str | None = None
         #: set by the scheduler: stop submitting (soft) or everything (hard stops)

@@ -6,6 +6,8 @@ Invariants:
   ``target`` stays within ``[1, ceiling]``. It lowers the target multiplicatively when the
   provider says its concurrency cap is reached and raises it additively (about one slot
   per ``target`` accepted submissions), so a throttled run settles just under the cap.
+- :class:`SharedSlots` (several batches in one run) keeps the limiter's bound over all
+  of them and hands a free slot to the waiting batch ranked first (see its docstring).
 - :class:`CallGate` spaces calls to at most ``rate_per_s`` and holds every call while a
   pause (``Retry-After``, or an outage back-off) is in force.
 - :class:`PollPlanner` never proposes a delay below ``min_interval_s``, nor a gap
@@ -41,10 +43,20 @@ class InFlightLimiter:
     def target_slots(self) -> int:
         return max(1, int(self.target))
 
-    async def acquire(self) -> None:
+    async def acquire(self, may: Callable[[], bool] | None = None) -> None:
+        """Take a slot; with ``may``, only when it also says yes (see SlotShare)."""
         async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < self.target_slots)
+            await self._cond.wait_for(
+                lambda: self.in_flight < self.target_slots and (may is None or may())
+            )
             self.in_flight += 1
+
+    def adopt(self) -> None:
+        """Count a task already at the provider (a resumed run), even above the target."""
+        self.in_flight += 1
+
+    def idle(self) -> None:
+        """The dispatcher has stopped asking (only a shared pool cares: SlotShare)."""
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -52,6 +64,10 @@ class InFlightLimiter:
 
     def has_room(self) -> bool:
         return self.in_flight < self.target_slots
+
+    def notify(self) -> None:
+        """Have every waiter look again (what ``may`` says has changed)."""
+        self._notify()
 
     def _notify(self) -> None:
         async def wake() -> None:
@@ -70,10 +86,102 @@ class InFlightLimiter:
         self._last_decrease = now
         self.target = max(1.0, min(self.target, float(self.in_flight)) * 0.7)
 
+    def widen(self, ceiling: int) -> None:
+        """Raise the ceiling (a batch with a larger ``run.concurrency`` joined)."""
+        if ceiling > self.ceiling:
+            self.target += ceiling - self.ceiling
+            self.ceiling = ceiling
+            self._notify()
+
     def on_accepted(self) -> None:
         if self.target < self.ceiling:
             self.target = min(float(self.ceiling), self.target + 1.0 / self.target)
             self._notify()
+
+
+class SlotShare:
+    """One batch's view of an :class:`InFlightLimiter` shared by several batches.
+
+    It counts its own tasks in flight and takes a slot of the pool only when no batch
+    ranked before it (lower ``rank``) is waiting for one and below its own ceiling.
+    """
+
+    def __init__(self, pool: SharedSlots, rank: tuple[int, int], ceiling: int) -> None:
+        self._pool = pool
+        self.rank = rank
+        self.ceiling = max(1, ceiling)
+        self.in_flight = 0
+        #: acquires of this batch under way (its dispatcher, retries re-acquiring)
+        self.waiting = 0
+        #: until its dispatcher first asks (or finds no work), a batch counts as
+        #: waiting: one that starts up a little later still goes first
+        self.starting = True
+
+    @property
+    def target_slots(self) -> int:
+        return self._pool.limiter.target_slots
+
+    @property
+    def eligible(self) -> bool:
+        return (self.waiting > 0 or self.starting) and self.in_flight < self.ceiling
+
+    def idle(self) -> None:
+        """The batch's dispatcher has stopped asking (no work left, or stopped)."""
+        self.starting = False
+        self._pool.limiter.notify()
+
+    async def acquire(self) -> None:
+        limiter = self._pool.limiter
+        self.waiting += 1
+        self.starting = False
+        try:
+            await limiter.acquire(lambda: self._pool.may_take(self))
+            self.in_flight += 1
+        finally:
+            self.waiting -= 1
+            limiter.notify()  # one waiter fewer: a batch ranked after may be next
+
+    def adopt(self) -> None:
+        self.in_flight += 1
+        self._pool.limiter.adopt()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._pool.limiter.release()
+
+    def has_room(self) -> bool:
+        return self._pool.limiter.has_room() and self.in_flight < self.ceiling
+
+    def on_concurrency_limited(self) -> None:
+        self._pool.limiter.on_concurrency_limited()
+
+    def on_accepted(self) -> None:
+        self._pool.limiter.on_accepted()
+
+
+class SharedSlots:
+    """The in-flight pool of one account, shared by several batches in one run.
+
+    Invariants: the pool's ``in_flight`` never exceeds its target (the ceiling, AIMD
+    below it), a batch never has more than its own ceiling in flight, and a free slot
+    goes to the waiting batch of the lowest rank that is below its ceiling. A batch
+    whose dispatcher has run out of work waits for nothing, so its slots flow to the
+    next batch as they free up: no tail between batches.
+    """
+
+    def __init__(self, ceiling: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limiter = InFlightLimiter(ceiling, clock=clock)
+        self.shares: list[SlotShare] = []
+
+    def share(self, rank: tuple[int, int], ceiling: int) -> SlotShare:
+        share = SlotShare(self, rank, ceiling)
+        self.shares.append(share)
+        return share
+
+    def may_take(self, share: SlotShare) -> bool:
+        if share.in_flight >= share.ceiling:
+            return False
+        return not any(s.rank < share.rank and s.eligible for s in self.shares)
 
 
 class CallGate:
@@ -86,6 +194,11 @@ class CallGate:
         self.paused_until = 0.0
         #: consecutive transient failures across all calls (provider health)
         self.failures = 0
+
+    def widen(self, rate_per_s: float) -> None:
+        """Allow a higher rate (a batch with a larger ``run.requests_per_s`` joined)."""
+        if rate_per_s > 0 and 0.0 < 1.0 / rate_per_s < self._interval_s:
+            self._interval_s = 1.0 / rate_per_s
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)

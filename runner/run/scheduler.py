@@ -43,7 +43,7 @@ from runner.model import ShotState
 from runner.provider import Provider
 from runner.run.callbacks import CallbackHub
 from runner.run.collect import Collector
-from runner.run.context import Job, RunContext
+from runner.run.context import Job, RunContext, SharedFlow
 from runner.run.events import RunEventKind, RunObserver, RunSnapshot
 from runner.run.flow import CallbackPolicy
 from runner.run.health import Health
@@ -72,8 +72,10 @@ class Scheduler:
         options: SchedulerOptions,
         observer: RunObserver,
         callbacks: CallbackHub | None = None,
+        shared: SharedFlow | None = None,
+        rank: tuple[int, int] = (0, 0),
     ) -> None:
-        ctx = self._ctx = RunContext(ledger, provider, options, observer)
+        ctx = self._ctx = RunContext(ledger, provider, options, observer, shared, rank)
         self._callbacks = callbacks
         if callbacks is not None:
             ctx.policy = callbacks.policy = CallbackPolicy(
@@ -149,13 +151,16 @@ class Scheduler:
                 job = Job(row)
                 if row.state == ShotState.SUBMITTED:
                     # already at the provider: counts against concurrency even if above it
-                    ctx.limiter.in_flight += 1
+                    ctx.limiter.adopt()
                     job.holds_slot = True
                 self._spawn(job)
             verify = asyncio.create_task(self._collector.verify_done(self._spawn))
             self._dispatcher = asyncio.create_task(self._dispatch(), name="dispatch")
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._dispatcher
+            finally:
+                ctx.limiter.idle()  # a shared pool's slots move on to the next batch
             if ctx.hard_stopped():
                 verify.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,6 +170,7 @@ class Scheduler:
             ctx.stop, ctx.stop_message = StopReason.LEDGER, str(exc)
             await self._cancel_jobs()
         finally:
+            ctx.limiter.idle()  # on every way out, or the batches after it would wait
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker

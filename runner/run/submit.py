@@ -196,6 +196,16 @@ class Submitter:
                     f"the budget cap of {cap} PTC would be passed: no more submissions",
                 )
                 return
+            shared = ctx.shared
+            if shared is not None and not shared.budget_allows(row.price_uptc or 0):
+                ctx.release(job)
+                cap = uptc_text(shared.budget_uptc or 0)
+                ctx.stop_submitting(
+                    StopReason.BUDGET,
+                    f"the overall cap of {cap} PTC (--max-cost, all manifests together) "
+                    "would be passed: no more submissions",
+                )
+                return
             sent = await self._call(job, attempt_no, trace_id, new=not same)
             if sent is None:
                 return  # not sent: the run was stopping

@@ -1,0 +1,319 @@
+"""``pixrun run a.yaml b.yaml ...`` (called by ``run``) and ``pixrun watch DIR``:
+parse, call runner.run.multi / runner.run.watch, print, exit.
+
+Exit codes of several manifests: 130 when interrupted, else the highest of theirs
+(an invalid manifest counts 2, and the others still run); 0 only when every manifest
+was valid and finished clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from runner import loops
+from runner.cli.consoles import make_console
+from runner.cli.multi_progress import MultiDisplay, render_summaries
+from runner.cli.notice import Notice, notify_options
+from runner.cli.options import (
+    PTC,
+    manifest_label,
+    manifest_location,
+    manifest_source,
+    rules_option,
+)
+from runner.cli.views import clean
+from runner.errors import ExitCode, ManifestError, PixrunError, UsageError
+from runner.manifest import load_manifest
+from runner.manifest.contract import load_rules
+from runner.model import Manifest
+from runner.pricing import load_price_table
+from runner.stdin import is_stdin
+
+if TYPE_CHECKING:
+    from runner.run.multi import BatchEnd, OnEnd
+    from runner.run.preview import Confirm
+    from runner.run.setup import RunOverrides, SimulatorSettings
+    from runner.run.watch import News
+    from runner.sample import SampleSpec
+
+COMMANDS: list[click.Command] = []
+
+
+def _loader(prices: Path | None, rules: Path | None) -> Callable[[Path], Manifest]:
+    table = load_price_table(prices) if prices else None
+    loaded_rules = load_rules(rules)
+
+    def load(path: Path) -> Manifest:
+        if is_stdin(path):
+            return load_manifest(manifest_source(path), price_table=table, rules=loaded_rules)
+        if not path.exists():
+            raise UsageError(f"no manifest at {path}")
+        return load_manifest(path, price_table=table, rules=loaded_rules)
+
+    return load
+
+
+def _teller(notice: Notice) -> OnEnd:
+    """Tells of each manifest's end: its own run.notify, plus --notify/--on-finish."""
+
+    async def tell(end: BatchEnd) -> None:
+        one = notice.like(manifest_location(end.path))
+        one.add(end.name or one.name, end.notify)
+        await one.tell_end(end)
+
+    return tell
+
+
+def run_several(
+    paths: list[Path],
+    *,
+    notice: Notice,
+    sample: SampleSpec,
+    overrides: RunOverrides,
+    simulate: SimulatorSettings | None,
+    confirm: Confirm | None,
+    mode: str,
+    console: Console,
+    prices: Path | None,
+    rules: Path | None,
+    rerender_changed: bool,
+    check_space: bool,
+    cpu: int | None,
+) -> int:
+    """Validate every manifest, run the valid ones together, print; the exit code.
+    Each manifest's end is told (``notice``) as soon as it comes."""
+    from runner.run.multi import BatchEnd, BatchSettings, overall_exit_code, run_batches
+    from runner.sample import unmatched
+
+    err = make_console(stderr=True, soft_wrap=True)
+    if sum(1 for p in paths if is_stdin(p)) > 1:
+        raise UsageError(
+            "'-' (the manifest on standard input) can be given only once",
+            hint="save the other manifests as files",
+        )
+    load = _loader(prices, rules)
+    manifests: list[Manifest] = []
+    ends: dict[int, BatchEnd] = {}
+    for i, path in enumerate(paths):
+        try:
+            manifests.append(load(path))
+        except ManifestError as exc:
+            ends[i] = BatchEnd(path, error=exc, problems=tuple(exc.problems))
+        except PixrunError as exc:
+            ends[i] = BatchEnd(path, error=exc)
+    if len({m.path.resolve() for m in manifests}) < len(manifests):
+        raise UsageError("a manifest is given twice: give each once")
+    missed = unmatched(sample, (s.shot_id for m in manifests for s in m.shots))
+    if missed and manifests:
+        raise UsageError(
+            f"--only {missed[0]!r} matches no shot of any manifest given",
+            hint="give a shot id or a glob over ids (e.g. 's0*')",
+        )
+    for _, end in sorted(ends.items()):
+        if mode != "json":
+            err.print(
+                Text.assemble(
+                    ("skipped", "bold red"),
+                    f": {clean(manifest_label(end.path))}: "
+                    f"{clean(end.error.message if end.error else '')}"
+                    " (the others run; see the summary)",
+                ),
+            )
+    settings = BatchSettings(
+        overrides=overrides,
+        simulate=simulate,
+        cpu=cpu,
+        confirm=confirm,
+        rerender_changed=rerender_changed,
+        check_space=check_space,
+        sample=sample if sample.active else None,
+    )
+    display = MultiDisplay(mode, console)
+
+    tell = _teller(notice)
+
+    async def main(valid: list[Manifest]) -> list[BatchEnd]:
+        # the invalid ones are told at once, while the others run
+        told = [asyncio.create_task(tell(ends[i])) for i in sorted(ends)]
+        try:
+            if not valid:
+                return []
+            return await run_batches(valid, settings, display.observer_for, on_end=tell)
+        finally:
+            await asyncio.gather(*told, return_exceptions=True)
+
+    with display:
+        ran = loops.run(main(manifests))
+    del manifests
+    by_path = iter(ran)
+    all_ends = [ends[i] if i in ends else next(by_path) for i in range(len(paths))]
+    code = overall_exit_code(all_ends)
+    render_summaries(all_ends, console, err, json_mode=mode == "json", exit_code=code)
+    return code
+
+
+@click.command("watch")
+@click.argument(
+    "folder", type=click.Path(path_type=Path, file_okay=False, exists=True, writable=True)
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Run the manifests in the folder now, then exit (for cron) instead of watching.",
+)
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Rehearse every manifest against the built-in simulator: nothing is spent.",
+)
+@click.option(
+    "--sim-render-time",
+    default="1,3",
+    show_default=True,
+    metavar="MIN,MAX",
+    help="With --simulate: render time in seconds, uniform between MIN and MAX.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    help="The account's tasks in flight, over all manifests (default: the largest "
+    "run.concurrency of the manifests found).",
+)
+@click.option(
+    "--rate",
+    "requests_per_s",
+    type=click.FloatRange(0.01, None),
+    help="Provider calls per second, over all manifests (default: the largest "
+    "run.requests_per_s found).",
+)
+@click.option(
+    "--max-cost",
+    metavar="PTC",
+    type=PTC,
+    help="Cap over all the manifests' ledgers together (each keeps its run.budget_ptc).",
+)
+@click.option(
+    "--stable-s",
+    type=click.FloatRange(0.0, None),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="A dropped file counts once its size and time have not changed for this long.",
+)
+@click.option("--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai).")
+@click.option(
+    "--prices",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Price table JSON (default: the packaged 302.AI rule).",
+)
+@notify_options
+@click.option("--quiet", "-q", is_flag=True, help="Print only what the folder does.")
+@click.option("--json-logs", is_flag=True, help="One JSON object per event on stdout.")
+@rules_option
+def watch_cmd(
+    folder: Path,
+    once: bool,
+    simulate: bool,
+    sim_render_time: str,
+    concurrency: int | None,
+    requests_per_s: float | None,
+    max_cost: Decimal | None,
+    stable_s: float,
+    base_url: str | None,
+    prices: Path | None,
+    notify_urls: tuple[str, ...],
+    on_finish: str | None,
+    notify_backoff_s: float | None,
+    notify_timeout_s: float | None,
+    on_finish_timeout_s: float | None,
+    quiet: bool,
+    json_logs: bool,
+    rules: Path | None,
+) -> None:
+    """Run every manifest dropped into FOLDER, together, until Ctrl-C.
+
+    Finished manifests move to FOLDER/done/, invalid ones to FOLDER/rejected/ with
+    NAME.errors.txt beside them. Ledgers live in FOLDER/ledgers/, so a restart resumes
+    whatever was in flight and a manifest dropped again finds its ledger. Each
+    manifest's end is told to its run.notify URLs and to --notify/--on-finish.
+    """
+    from runner.cli.run_cmds import _render_range
+    from runner.money import to_uptc_or_none
+    from runner.run.context import SharedFlow
+    from runner.run.multi import BatchSettings, overall_exit_code
+    from runner.run.setup import RunOverrides, SimulatorSettings
+    from runner.run.watch import HotFolder
+
+    console = make_console()
+    err = make_console(stderr=True, soft_wrap=True)
+    notice = Notice(
+        folder,
+        notify_urls,
+        on_finish,
+        backoff_base_s=notify_backoff_s,
+        total_timeout_s=notify_timeout_s,
+        command_timeout_s=on_finish_timeout_s,
+    )
+    mode = "json" if json_logs else "quiet" if quiet else "live" if console.is_terminal else "plain"
+    overrides = RunOverrides(
+        concurrency=concurrency, requests_per_s=requests_per_s, base_url=base_url
+    )
+    sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
+    settings = BatchSettings(overrides=overrides, simulate=sim)
+    display = MultiDisplay(mode, console)
+
+    def on_news(news: News) -> None:
+        if mode == "json":
+            display.guarded(
+                lambda key, n: display.json_record(
+                    str(n.path), {"type": "folder", "kind": n.kind, "message": n.message}
+                ),
+                "",
+                news,
+            )
+            return
+        detail = f" ({clean(news.message)})" if news.message else ""
+        err.print(f"{news.kind}: {clean(str(news.path))}{detail}")
+
+    async def main() -> tuple[list[BatchEnd], bool]:
+        # the pool grows to the largest figures of the manifests found, unless given
+        flow = SharedFlow(concurrency or 1, requests_per_s or 0.01, to_uptc_or_none(max_cost))
+        flow.grow_slots, flow.grow_rate = concurrency is None, requests_per_s is None
+        hot = HotFolder(
+            folder,
+            flow,
+            replace(settings),
+            display.observer_for,
+            _loader(prices, rules),
+            on_news,
+            stable_s=stable_s,
+            on_end=_teller(notice),
+        )
+        remove = hot.batches.install_signals(hot.stop)
+        try:
+            return await hot.run(once=once), hot.interrupted
+        finally:
+            remove()
+
+    if not once and mode != "json":
+        err.print(f"watching {clean(str(folder))} for manifests (Ctrl-C stops)")
+    with display:
+        ends, interrupted = loops.run(main())
+    if ends:
+        render_summaries(
+            ends, console, err, json_mode=mode == "json", exit_code=overall_exit_code(ends)
+        )
+    sys.exit(ExitCode.INTERRUPTED if interrupted else overall_exit_code(ends))
+
+
+COMMANDS.append(watch_cmd)

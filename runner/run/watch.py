@@ -1,0 +1,289 @@
+"""``pixrun watch DIR``: a hot folder. Manifests dropped into DIR run together, as
+several manifests of one run do (:mod:`runner.run.multi`), until Ctrl-C.
+
+Layout of the folder::
+
+    DIR/shots.yaml                   waiting or running (only files directly in DIR)
+    DIR/done/shots.yaml              finished (every shot ended, or was held)
+    DIR/rejected/shots.yaml          invalid, or refused before anything was sent
+    DIR/rejected/shots.errors.txt    every problem, one per line
+    DIR/ledgers/shots.ledger.sqlite  the batch's ledger (``shots.sim.ledger.sqlite``)
+
+Invariants:
+- A manifest's ledger lives in ``DIR/ledgers/`` under the manifest's file name, never
+  beside the manifest: it stays put when the manifest moves to ``done/``, so a restart
+  (the manifest still in DIR) resumes it, and the same file dropped again later finds
+  it (its done shots are not paid for twice). Relative output folders are resolved
+  against DIR, where the manifest is while it runs.
+- Only files directly in DIR whose name ends in ``.yaml`` or ``.yml`` count, never a
+  hidden one or an editor's temp file (``.#x.yaml``, ``x.yaml~``, ``x.yaml.swp``, ...),
+  and only once their size and mtime have not changed for ``stable_s``: a manifest
+  still being written is never read.
+- A manifest moves to ``done/`` only when its run ended without a stop (every shot
+  reached a final state, or was held); one that stopped (Ctrl-C, budget, empty
+  account, outage, ...) stays in DIR, and the next ``watch`` resumes it through its
+  ledger.
+- Each manifest's end (done, stopped, rejected) is told to ``on_end`` (its
+  notifications) as it comes, and every telling has returned before :meth:`run` does.
+- A rejected manifest's ``.errors.txt`` lists every problem found (file:line, shot,
+  field, message, fix), and nothing was sent for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from watchfiles import awatch
+
+from runner.errors import ManifestError, PixrunError, Problem
+from runner.ledger import default_ledger_path
+from runner.model import Manifest
+from runner.run.batch import BatchOutcome
+from runner.run.context import SharedFlow
+from runner.run.multi import BatchEnd, BatchSet, BatchSettings, ObserverFor, OnEnd, rank_of
+
+#: manifests are YAML files; anything else in DIR is left alone
+SUFFIXES = (".yaml", ".yml")
+
+DONE, REJECTED, LEDGERS = "done", "rejected", "ledgers"
+
+
+def is_candidate(name: str) -> bool:
+    """A manifest's file name, not a hidden file or an editor's temp file."""
+    if name.startswith((".", "#", "~")):
+        return False  # hidden, emacs lock (.#x) and autosave (#x#), office lock (~$x)
+    return name.endswith(SUFFIXES)
+
+
+@dataclass(frozen=True)
+class News:
+    """Something the hot folder did, for whoever watches it (the CLI prints it)."""
+
+    #: "found", "started", "done", "stopped", "rejected"
+    kind: str
+    path: Path
+    message: str = ""
+
+
+def ledger_in(folder: Path, *, simulated: bool) -> Callable[[Path], Path]:
+    """Where a manifest's ledger lives in the hot folder (see the module docstring)."""
+    ledgers = folder / LEDGERS
+
+    def ledger_for(manifest_path: Path) -> Path:
+        return ledgers / default_ledger_path(manifest_path, simulated=simulated).name
+
+    return ledger_for
+
+
+class HotFolder:
+    """Watches one folder and runs what is dropped into it (see the module docstring)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        flow: SharedFlow,
+        settings: BatchSettings,
+        observer_for: ObserverFor,
+        load: Callable[[Path], Manifest],
+        on_news: Callable[[News], None],
+        *,
+        stable_s: float = 1.0,
+        on_end: OnEnd | None = None,
+    ) -> None:
+        self.folder = folder
+        self.flow = flow
+        settings = replace(
+            settings, ledger_for=ledger_in(folder, simulated=settings.simulate is not None)
+        )
+        self.batches = BatchSet(flow, settings, observer_for)
+        self.batches.go()
+        self._load = load
+        self._news = on_news
+        self.stable_s = stable_s
+        #: name -> (size, mtime_ns) and when that was first seen
+        self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+        self._running: dict[asyncio.Task[BatchOutcome], Path] = {}
+        #: what each running batch is told with when it ends: its name, run.notify
+        self._told_as: dict[asyncio.Task[BatchOutcome], tuple[str, tuple[str, ...]]] = {}
+        self._on_end = on_end
+        self._telling: set[asyncio.Task[None]] = set()
+        self._order = 0
+        self._changed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.interrupted = False
+        self.ends: list[BatchEnd] = []
+
+    def stop(self) -> None:
+        """Ctrl-C: stop watching and stop every batch (each resumes at the next start)."""
+        self.interrupted = True
+        self._stop.set()
+        self._changed.set()
+        self.batches.stop()
+
+    async def run(self, *, once: bool = False) -> list[BatchEnd]:
+        """Watch until :meth:`stop`; with ``once``, run what is in the folder now and
+        return when it has ended."""
+        for sub in (DONE, REJECTED, LEDGERS):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        watcher = asyncio.create_task(self._watch())
+        wanted = set(self._names()) if once else None
+        try:
+            while not self._stop.is_set():
+                for name in self._stable(wanted):
+                    await self._start(self.folder / name)
+                    if wanted is not None:
+                        wanted.discard(name)
+                if once and not wanted and not self._running:
+                    break
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=self.stable_s / 2)
+        finally:
+            self._stop.set()
+            for task in list(self._running):
+                with contextlib.suppress(BaseException):
+                    await task
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+            # every end is told before watch returns (--once under cron: before it exits)
+            while self._telling:
+                await asyncio.gather(*self._telling, return_exceptions=True)
+        return self.ends
+
+    def _end(self, end: BatchEnd) -> None:
+        self.ends.append(end)
+        if self._on_end is not None:
+            telling = asyncio.create_task(self._on_end(end))
+            self._telling.add(telling)
+            telling.add_done_callback(self._telling.discard)
+
+    async def _watch(self) -> None:
+        """Wake the loop on every change in the folder (the scan decides what counts)."""
+        async for _ in awatch(
+            self.folder,
+            stop_event=self._stop,
+            recursive=False,
+            debounce=50,
+            step=20,
+            rust_timeout=1000,
+            watch_filter=lambda change, path: is_candidate(Path(path).name),
+        ):
+            self._changed.set()
+
+    def _names(self) -> list[str]:
+        try:
+            entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
+        except OSError:
+            return []
+        return [e.name for e in entries if is_candidate(e.name) and e.is_file()]
+
+    def _stable(self, wanted: set[str] | None) -> list[str]:
+        """Names unchanged for ``stable_s`` and not running, in name order."""
+        now = asyncio.get_running_loop().time()
+        running = {p.name for p in self._running.values()}
+        ready = []
+        names = self._names()
+        for name in names:
+            if name in running or (wanted is not None and name not in wanted):
+                continue
+            try:
+                st = (self.folder / name).stat()
+            except OSError:
+                continue
+            mark = (st.st_size, st.st_mtime_ns)
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != mark:
+                if seen is None:
+                    self._news(News("found", self.folder / name))
+                self._seen[name] = (mark, now)
+                continue
+            if now - seen[1] >= self.stable_s:
+                ready.append(name)
+        for gone in set(self._seen) - set(names):
+            del self._seen[gone]
+        return ready
+
+    async def _start(self, path: Path) -> None:
+        self._seen.pop(path.name, None)
+        told_as: tuple[str | None, tuple[str, ...]] = (None, ())
+        try:
+            manifest = self._load(path)
+            told_as = (manifest.name, manifest.run.notify)
+            self.flow.admit(manifest.run.concurrency, manifest.run.requests_per_s)
+            self._order += 1
+            task = await self.batches.prepare(manifest, rank_of(manifest, self._order))
+        except ManifestError as exc:
+            self._reject(path, exc, exc.problems)
+            return
+        except PixrunError as exc:
+            self._reject(path, exc, (), told_as)
+            return
+        self._running[task] = path
+        self._told_as[task] = (manifest.name, manifest.run.notify)
+        task.add_done_callback(self._ended)
+        self._news(News("started", path, manifest.name))
+
+    def _ended(self, task: asyncio.Task[BatchOutcome]) -> None:
+        path = self._running.pop(task)
+        name, notify = self._told_as.pop(task)
+        self._changed.set()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, PixrunError):
+            self._end(BatchEnd(path, name, error=exc, notify=notify))
+            self._news(News("stopped", path, exc.message))
+            return
+        if exc is not None:
+            raise exc
+        outcome = task.result()
+        end = BatchEnd(path, name, outcome=outcome, notify=notify)
+        result = outcome.result
+        if result.stop_reason is not None:
+            self._news(News("stopped", path, f"{result.stop_reason.value}: stays to resume"))
+        else:
+            end.path = _move(path, self.folder / DONE)
+            self._news(News("done", end.path, f"exit {result.exit_code}"))
+        self._end(end)
+
+    def _reject(
+        self,
+        path: Path,
+        exc: PixrunError,
+        problems: list[Problem] | tuple[()],
+        told_as: tuple[str | None, tuple[str, ...]] = (None, ()),
+    ) -> None:
+        name, notify = told_as
+        end = BatchEnd(path, name, error=exc, problems=tuple(problems), notify=notify)
+        target = self.folder / REJECTED
+        lines = problem_lines(problems) if problems else []
+        lines.append(f"{exc.message}" + (f" (fix: {exc.hint})" if exc.hint else ""))
+        (target / f"{path.stem}.errors.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        end.path = _move(path, target)
+        self._news(News("rejected", end.path, exc.message))
+        self._end(end)
+
+
+def problem_lines(problems: list[Problem] | tuple[Problem, ...]) -> list[str]:
+    """Each problem on one line, as ``pixrun validate`` shows it (plus its fix)."""
+    lines = []
+    for p in problems:
+        who = f" shot {p.shot_id}" if p.shot_id else ""
+        fld = f" {p.field_path}:" if p.field_path else ""
+        fix = f" (fix: {p.hint})" if p.hint else ""
+        lines.append(f"{p.location()}:{p.severity}{who}{fld} {p.message}{fix}")
+    return lines
+
+
+def _move(path: Path, folder: Path) -> Path:
+    """Move ``path`` into ``folder`` (an earlier file of that name is replaced)."""
+    target = folder / path.name
+    with contextlib.suppress(FileNotFoundError):  # removed by hand meanwhile
+        os.replace(path, target)
+    return target
