@@ -159,10 +159,11 @@ def test_provider_outage_is_waited_out_and_nothing_fails(
         # the one outage is logged once each way, not once per failed call
         assert _outage_events(ledger) == ["provider_down", "provider_back"], said
 
-    if parked:  # re-queue the lost answers: the same trace id is sent, deduplicated
-        _retry_ambiguous(batch)
-        rerun = run_pixrun(batch, sim.base_url)
-        assert rerun.returncode == 0, explain(rerun)
+        if parked:  # re-queue the lost answers: the same trace id is sent, deduplicated
+            _retry_ambiguous(batch)
+            # through the same proxy: the ledger knows its provider by its address
+            rerun = run_pixrun(batch, proxy.base_url)
+            assert rerun.returncode == 0, explain(rerun)
 
     stats = _assert_complete(batch, sim)
     assert net_charges(stats) == {sid: 1 for sid in batch.ids}  # none refunded either
