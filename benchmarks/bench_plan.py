@@ -11,6 +11,8 @@ local PNG), then times, each in a fresh subprocess (so peak RSS is per measureme
   stricter comparison;
 - ``validate + plan``: ``load_manifest`` (YAML, shape, rules, ids, image checks,
   hashes, prices) then ``build_plan``;
+- ``validate + plan, from a CSV``: the same shots as rows of ``shots_from: bench.csv``
+  (issue 16), so a table's cost is read against the YAML's;
 - ``jsonschema alone`` (once, for reference): ``Draft202012Validator.is_valid`` over
   the loaded document, the check runner/manifest/validate.py runs (its messages aside).
 
@@ -80,6 +82,35 @@ def write_manifest(folder: Path, shots: int) -> Path:
             lines.append("    motion_mode: fast")
     path = folder / "bench.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_table(folder: Path, shots: int) -> Path:
+    """The same shots as :func:`write_manifest`, as the rows of a CSV table that a
+    short manifest names in ``shots_from`` (the image is the one written there)."""
+    rows = ["id,prompt,image,model,quality,duration,seed,motion_mode"]
+    for i in range(shots):
+        quality = _QUALITIES[i % 4]
+        duration = 5 if quality == "1080p" or i % 3 else 8
+        if i % IMAGE_EVERY == 0:
+            prompt, image, model = (
+                f"The reference image comes alive, variation {i}",
+                "images/ref.png",
+                "v4",
+            )
+        else:
+            prompt = f"A lighthouse in a storm at night, waves crashing, take {i}"
+            image, model = "", _MODELS[i % 4]
+        motion = "fast" if quality in ("360p", "540p") and i % 7 == 0 else ""
+        rows.append(f'shot-{i:06d},"{prompt}",{image},{model},{quality},{duration},{i},{motion}')
+    (folder / "bench.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    path = folder / "bench-table.yaml"
+    path.write_text(
+        "version: 1\nname: bench\ndefaults:\n  model: v4.5\n  motion_mode: normal\n"
+        "run:\n  concurrency: 50\n  budget_ptc: 1000000\n"
+        'output:\n  filename: "{mode}/{shot_id}.mp4"\nshots_from: bench.csv\n',
+        encoding="utf-8",
+    )
     return path
 
 
@@ -166,7 +197,9 @@ def main(quick: bool = False) -> dict[str, Any]:
         bare_off = best_of("bare_gc_off", path, repeat)
         plan = best_of("plan", path, repeat)
         schema = measure("jsonschema", path)
+        table = best_of("plan", write_table(Path(tmp), shots), repeat)
     assert plan["shots"] == shots, plan
+    assert (table["shots"], table["total_ptc"]) == (shots, plan["total_ptc"]), table
     ratio = plan["seconds"] / bare["seconds"]
     ratio_off = plan["seconds"] / bare_off["seconds"]
     result = {
@@ -177,6 +210,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         "bare_load_gc_off_s": round(bare_off["seconds"], 3),
         "validate_plan_s": round(plan["seconds"], 3),
         "jsonschema_alone_s": round(schema["seconds"], 3),
+        "table_validate_plan_s": round(table["seconds"], 3),
+        "peak_mb_table": round(table["peak_mb"], 1),
         "ratio": round(ratio, 2),
         "ratio_vs_gc_off": round(ratio_off, 2),
         "peak_mb_bare": round(bare["peak_mb"], 1),
@@ -190,6 +225,7 @@ def main(quick: bool = False) -> dict[str, Any]:
             "bare": bare["all_seconds"],
             "bare_gc_off": bare_off["all_seconds"],
             "validate_plan": plan["all_seconds"],
+            "table_validate_plan": table["all_seconds"],
         },
     }
     print_table(result)
@@ -203,6 +239,12 @@ def print_table(r: dict[str, Any]) -> None:
         ("bare load, GC off", r["bare_load_gc_off_s"], None, ""),
         ("validate + plan", r["validate_plan_s"], r["peak_mb_plan"], f"{r['ratio']:.2f}x"),
         ("jsonschema alone (ref.)", r["jsonschema_alone_s"], None, ""),
+        (
+            "validate + plan, CSV",
+            r["table_validate_plan_s"],
+            r["peak_mb_table"],
+            f"{r['table_validate_plan_s'] / r['bare_load_s']:.2f}x",
+        ),
     ]
     print(f"  {'measurement':<26}{'seconds':>9}{'peak MB':>10}{'vs bare':>9}")
     for name, seconds, peak, vs in rows:
