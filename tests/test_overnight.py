@@ -10,6 +10,8 @@ real HTTP servers (tests/hookkit.py).
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -24,7 +26,9 @@ from runkit import (
     env_for,
     explain,
     pixrun,
+    start,
     states,
+    wait_until,
     write_manifest,
 )
 
@@ -204,4 +208,37 @@ def test_one_of_several_manifests_can_come_from_stdin(
     # the text stands for ./a.yaml: its ledger and outputs are found from there
     assert set(states(tmp_path / "a.ledger.sqlite").values()) == {"done"}
     assert sorted(p.name for p in (tmp_path / "out-a").glob("*.mp4")) == ["s00.mp4", "s01.mp4"]
+    assert _charged(sim.stats()) == {"a": 2, "b": 2}
+
+
+def test_a_manifest_dropped_again_counts_once_under_the_overall_cap(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """--max-cost over a watched folder counts each ledger once: ``a`` done and dropped
+    again (nothing left to send) still holds its 0.2 PTC, not 0.4, so ``b`` fits."""
+    sim = sim_thread()
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    args = ["watch", str(hot), "-q", "--stable-s", "0.2", "--max-cost", "0.45"]
+    watching = start(args, env_for(sim.base_url), cwd=tmp_path, tag="watch")
+    try:
+        wait_until(lambda: (hot / "done").is_dir(), what="the watch to start")
+        a = _batch(tmp_path / "stage", "a", 2)  # 0.1 PTC a shot
+        os.replace(a.manifest, hot / "a.yaml")
+        wait_until(lambda: (hot / "done" / "a.yaml").exists(), what="a done")
+        shutil.copy(hot / "done" / "a.yaml", hot / "a.yaml")  # the same file, again
+        wait_until(lambda: not (hot / "a.yaml").exists(), what="a done again")
+        b = _batch(tmp_path / "stage", "b", 2)
+        os.replace(b.manifest, hot / "b.yaml")
+        wait_until(
+            lambda: (hot / "done" / "b.yaml").exists() or (hot / "rejected" / "b.yaml").exists(),
+            what="b done or refused",
+        )
+    finally:
+        watching.signal(signal.SIGINT)
+        code = watching.wait(30)
+    said = explain(watching)
+    assert code == 130, said
+    assert (hot / "done" / "b.yaml").exists(), said
+    assert set(states(hot / "ledgers" / "b.ledger.sqlite").values()) == {"done"}, said
     assert _charged(sim.stats()) == {"a": 2, "b": 2}

@@ -18,6 +18,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from runner.ledger import EventKind, Ledger, ShotRow
 from runner.model import ShotState
@@ -158,7 +159,10 @@ class SharedFlow:
         self.budget_uptc = budget_uptc
         #: the pool's (slots, rate) grow to the largest of the batches that join
         self.grow_slots = self.grow_rate = grow
-        self.tallies: list[Tally] = []
+        #: each ledger's latest tally: one that runs again (a manifest dropped again
+        #: into a watched folder) starts from what its ledger spent, and replaces the
+        #: tally of its earlier run rather than counting that twice
+        self.tallies: dict[Path, Tally] = {}
 
     def admit(self, concurrency: int, requests_per_s: float) -> None:
         """A batch joins with these figures: the pool grows to them where it may."""
@@ -171,7 +175,7 @@ class SharedFlow:
         """Spent (earlier runs included) and reserved over every ledger, plus this."""
         if self.budget_uptc is None:
             return True
-        committed = sum(t.spent_uptc + t.reserved_uptc for t in self.tallies)
+        committed = sum(t.spent_uptc + t.reserved_uptc for t in self.tallies.values())
         return committed + price_uptc <= self.budget_uptc
 
 
@@ -209,7 +213,7 @@ class RunContext:
         self.policy: CallbackPolicy | None = None
         self.tally = Tally()
         if shared is not None:
-            shared.tallies.append(self.tally)
+            shared.tallies[ledger.path.resolve()] = self.tally
         self.stop: StopReason | None = None
         self.stop_message: str | None = None
         #: set by the scheduler: stop submitting (soft) or everything (hard stops)

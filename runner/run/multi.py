@@ -15,7 +15,9 @@ Invariants:
 - Each batch keeps its own ledger, lock, outputs and ``run.budget_ptc``; the overall
   ``--max-cost`` caps what all their ledgers have spent together, earlier runs
   included, checked before the ledger is written (batches in rank order claim their
-  plans) and again before every generate call.
+  plans) and again before every generate call. Each ledger counts once: a manifest
+  that runs again in the same run (dropped again into a watched folder) replaces its
+  earlier claim and tally, whose spending its ledger already holds.
 - Ctrl-C stops every batch (a second one ends the process, as for one batch).
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +41,7 @@ from runner.run.events import RunObserver
 from runner.run.options import StopReason
 from runner.run.preview import Confirm, RunPreview
 from runner.run.scheduler import Scheduler
-from runner.run.setup import RunOverrides, SimulatorSettings
+from runner.run.setup import RunOverrides, SimulatorSettings, ledger_path_for
 from runner.sample import SampleSpec
 
 #: makes a batch's observer from its manifest (the CLI tags each line with the name)
@@ -122,7 +125,8 @@ class BatchSet:
         self.schedulers: list[Scheduler] = []
         self._go = asyncio.Event()
         self._stopping = False
-        self._claimed_uptc = 0
+        #: the plans claimed under the overall cap, per ledger (see :meth:`_claim`)
+        self._claims: dict[Path, int] = {}
 
     def go(self) -> None:
         self._go.set()
@@ -179,7 +183,12 @@ class BatchSet:
                 check_space=s.check_space,
                 shared=self.flow,
                 rank=rank,
-                claim=self._claim,
+                claim=functools.partial(
+                    self._claim,
+                    ledger_path_for(
+                        manifest.path, s.ledger_for(manifest.path), simulated=s.simulate is not None
+                    ).resolve(),
+                ),
                 sample=s.sample,
             ) as batch:
                 ready.set_result(None)
@@ -199,8 +208,10 @@ class BatchSet:
                     ready.cancel()
             raise
 
-    def _claim(self, preview: RunPreview, rerender: bool) -> None:
-        """The overall cap: this batch's plan after those prepared before it."""
+    def _claim(self, ledger: Path, preview: RunPreview, rerender: bool) -> None:
+        """The overall cap: this batch's plan after those prepared before it. A ledger
+        that runs again (a manifest dropped again) replaces its earlier claim: its
+        preview counts what it spent before."""
         cap = self.flow.budget_uptc
         if cap is None:
             return
@@ -208,14 +219,15 @@ class BatchSet:
             raise unpriced_under_budget(preview.unpriced)
         need = preview.spent_uptc + preview.to_submit_uptc
         need += preview.changed_done_uptc if rerender else 0
-        if self._claimed_uptc + need > cap:
+        before = sum(n for path, n in self._claims.items() if path != ledger)
+        if before + need > cap:
             raise BudgetExceeded(
                 f"{preview.name!r} does not fit the overall cap: {uptc_text(need)} PTC spent "
-                f"and to submit, after {uptc_text(self._claimed_uptc)} PTC of the manifests "
+                f"and to submit, after {uptc_text(before)} PTC of the manifests "
                 f"before it, passes {uptc_text(cap)} PTC",
                 hint="raise --max-cost, or run this manifest later",
             )
-        self._claimed_uptc += need
+        self._claims[ledger] = need
 
 
 async def run_batches(
