@@ -213,21 +213,23 @@ def test_a_simulated_run_renders_table_shots_and_a_changed_row_is_a_changed_shot
     sim = sim_thread(render_time_s=(0.02, 0.05))
     batch = write_sim_manifest(tmp_path, 1)
     doc = yaml.safe_load(batch.manifest.read_text())
-    doc["shots_from"] = ["rows.csv", "rows.jsonl"]
+    doc["shots_from"] = ["rows.csv", "rows.jsonl", {"images": "img/*.png", "prompt": "a lake"}]
+    image(tmp_path / "img" / "i1.png")
     batch.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
     (tmp_path / "rows.csv").write_text("id,prompt\nc1,a lake shot c1\nc2,a lake shot c2\n")
     (tmp_path / "rows.jsonl").write_text('{"id": "j1", "prompt": "a lake shot j1"}\n')
     env = env_for(sim.base_url)
     result = pixrun(run_args(batch), env, cwd=tmp_path)
     assert result.returncode == 0, explain(result)
-    assert states(batch.ledger) == {s: "done" for s in ("s00", "c1", "c2", "j1")}
-    assert {p.name for p in batch.out.glob("*.mp4")} == {"s00.mp4", "c1.mp4", "c2.mp4", "j1.mp4"}
+    ids = ("s00", "c1", "c2", "j1", "i1")
+    assert states(batch.ledger) == {s: "done" for s in ids}
+    assert {p.name for p in batch.out.glob("*.mp4")} == {f"{s}.mp4" for s in ids}
     # edit one row, as one would edit a YAML shot: the plan sees a changed shot
     (tmp_path / "rows.csv").write_text("id,prompt\nc1,a lake shot c1\nc2,a river shot c2\n")
     plan = pixrun(["plan", str(batch.manifest), "--format", "json"], env, cwd=tmp_path)
     assert plan.returncode == 0, explain(plan)
-    (group,) = json.loads(plan.stdout)["groups"]
-    assert group["by_status"] == {"done": 3, "changed": 1}
+    text_group = next(g for g in json.loads(plan.stdout)["groups"] if g["mode"] == "text")
+    assert text_group["by_status"] == {"done": 3, "changed": 1}
 
 
 # ---- problems, each located -------------------------------------------------------------

@@ -12,6 +12,8 @@ per step:
   provider rules data file (runner/data/rules.json or ``--rules``).
 - ``expand``: defaults, takes and variations into concrete shots.
 - ``images``: local image checks; ``output_names``: output file name patterns.
+- ``tables``: ``shots_from`` (CSV/TSV/JSONL rows, folders of images) into shot entries,
+  and where each came from (file:row:column).
 - ``loader``: the one read that runs these steps and collects every problem.
 
 Why ``yaml_source`` builds plain data from libyaml's events instead of calling PyYAML's

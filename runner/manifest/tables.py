@@ -286,7 +286,6 @@ class TableReader:
         self.entries: list[dict[str, Any]] = []
         #: ("shots", i, field) of every cell left out because it could not be read
         self.bad: set[Path_] = set()
-        self._manifest = manifest
         self._base_dir = manifest.absolute().parent
         self._shown_dir = manifest.parent
         self._issues = issues
