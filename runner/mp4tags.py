@@ -101,16 +101,6 @@ def mp4_tags(values: Mapping[str, str]) -> dict[str, list[Any]]:
     return atoms
 
 
-def read_values(path: Path) -> dict[str, str]:
-    """The freeform pixrun fields of a tagged file (empty when it has none)."""
-    tags = MP4(path).tags or {}
-    return {
-        key.removeprefix(FREEFORM): bytes(value[0]).decode("utf-8")
-        for key, value in tags.items()
-        if key.startswith(FREEFORM)
-    }
-
-
 class Embedder:
     """Tags one shot's downloads (a :data:`runner.outputs.Prepare` hook, for worker
     threads) and remembers how the last one went, for the sidecar and the ledger."""

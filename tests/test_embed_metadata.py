@@ -29,7 +29,7 @@ from runkit import (
 )
 
 from runner.errors import DiskFull, DownloadCorrupt
-from runner.mp4tags import Embedder, read_values, tag_values
+from runner.mp4tags import FREEFORM, Embedder, tag_values
 from runner.outputs import DownloadResult
 from runner.provider import mp4_problem
 from runner.sim import task_mp4
@@ -59,6 +59,16 @@ def done_rows(batch: Batch) -> dict[str, tuple[Any, ...]]:
         batch.ledger, "SELECT shot_id, task_id, seed, output_path, sha256, bytes FROM shots"
     )
     return {r[0]: r[1:] for r in rows}
+
+
+def read_values(path: Path) -> dict[str, str]:
+    """The freeform pixrun fields of a tagged file."""
+    tags = MP4(path).tags or {}
+    return {
+        key.removeprefix(FREEFORM): bytes(value[0]).decode("utf-8")
+        for key, value in tags.items()
+        if key.startswith(FREEFORM)
+    }
 
 
 def top_boxes(data: bytes) -> dict[bytes, bytes]:
