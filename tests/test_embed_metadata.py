@@ -335,3 +335,20 @@ def test_a_crash_after_tagging_publishes_nothing_and_the_rerun_finishes(
         path = batch.out / f"{sid}.mp4"
         assert read_values(path)["shot_id"] == sid
         assert sha256_of(path) == sidecar_of(path)["sha256"]
+
+
+def test_a_parser_slip_keeps_the_file_untagged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only mutagen's own errors: a bug of the parser on a provider's file never
+    costs the video."""
+    part, delivered = delivered_file(tmp_path)
+
+    def slip(self: MP4, *args: Any, **kwargs: Any) -> None:
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(MP4, "load", slip)
+    embedder = Embedder({"shot_id": "s1"})
+    assert embedder(part, delivered) == delivered
+    assert embedder.untagged is not None and "list index out of range" in embedder.untagged
+    assert sha256_of(part) == delivered.sha256
