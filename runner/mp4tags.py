@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mutagen import MutagenError
 from mutagen.mp4 import MP4, MP4FreeForm
 
 from runner import __version__
@@ -101,16 +100,6 @@ def mp4_tags(values: Mapping[str, str]) -> dict[str, list[Any]]:
     return atoms
 
 
-def read_values(path: Path) -> dict[str, str]:
-    """The freeform pixrun fields of a tagged file (empty when it has none)."""
-    tags = MP4(path).tags or {}
-    return {
-        key.removeprefix(FREEFORM): bytes(value[0]).decode("utf-8")
-        for key, value in tags.items()
-        if key.startswith(FREEFORM)
-    }
-
-
 class Embedder:
     """Tags one shot's downloads (a :data:`runner.outputs.Prepare` hook, for worker
     threads) and remembers how the last one went, for the sidecar and the ledger."""
@@ -130,9 +119,11 @@ class Embedder:
         self.delivered, self.untagged = delivered, self._refused
         if self._refused is not None:
             return delivered
+        # Exception, not only mutagen's own errors: a parser's slip on a provider's file
+        # (IndexError, struct.error, ...) must not cost the paid video
         try:
             video = MP4(part)
-        except MutagenError as exc:
+        except Exception as exc:
             _raise_disk_error(exc, delivered.path)
             self.untagged = f"mutagen cannot read it ({_reason(exc)})"
             return delivered
@@ -142,7 +133,7 @@ class Embedder:
             tags = video.tags
             tags.update(self.atoms)
             video.save()
-        except MutagenError as exc:
+        except Exception as exc:
             _raise_disk_error(exc, delivered.path)
             self.untagged = f"mutagen cannot tag it ({_reason(exc)})"
             return self._after_failed_write(part, delivered)
@@ -185,12 +176,12 @@ def _scan(path: Path) -> tuple[int, str, str | None]:
     return size, digest.hexdigest(), walk.problem(size)
 
 
-def _raise_disk_error(exc: MutagenError, path: Path) -> None:
+def _raise_disk_error(exc: Exception, path: Path) -> None:
     """mutagen reports an OS error (a full disk) as its own: raise it as pixrun's."""
-    cause = exc.__cause__ or exc.__context__
+    cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
     if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES):
         raise write_error(cause, path) from exc
 
 
-def _reason(exc: MutagenError) -> str:
+def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__

@@ -29,7 +29,7 @@ from runkit import (
 )
 
 from runner.errors import DiskFull, DownloadCorrupt
-from runner.mp4tags import Embedder, read_values, tag_values
+from runner.mp4tags import FREEFORM, Embedder, tag_values
 from runner.outputs import DownloadResult
 from runner.provider import mp4_problem
 from runner.sim import task_mp4
@@ -59,6 +59,16 @@ def done_rows(batch: Batch) -> dict[str, tuple[Any, ...]]:
         batch.ledger, "SELECT shot_id, task_id, seed, output_path, sha256, bytes FROM shots"
     )
     return {r[0]: r[1:] for r in rows}
+
+
+def read_values(path: Path) -> dict[str, str]:
+    """The freeform pixrun fields of a tagged file."""
+    tags = MP4(path).tags or {}
+    return {
+        key.removeprefix(FREEFORM): bytes(value[0]).decode("utf-8")
+        for key, value in tags.items()
+        if key.startswith(FREEFORM)
+    }
 
 
 def top_boxes(data: bytes) -> dict[bytes, bytes]:
@@ -325,3 +335,20 @@ def test_a_crash_after_tagging_publishes_nothing_and_the_rerun_finishes(
         path = batch.out / f"{sid}.mp4"
         assert read_values(path)["shot_id"] == sid
         assert sha256_of(path) == sidecar_of(path)["sha256"]
+
+
+def test_a_parser_slip_keeps_the_file_untagged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only mutagen's own errors: a bug of the parser on a provider's file never
+    costs the video."""
+    part, delivered = delivered_file(tmp_path)
+
+    def slip(self: MP4, *args: Any, **kwargs: Any) -> None:
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(MP4, "load", slip)
+    embedder = Embedder({"shot_id": "s1"})
+    assert embedder(part, delivered) == delivered
+    assert embedder.untagged is not None and "list index out of range" in embedder.untagged
+    assert sha256_of(part) == delivered.sha256
