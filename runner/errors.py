@@ -31,6 +31,8 @@ with ``raise ... from exc``; only the CLI prints errors.
     │       └── DownloadTooLarge   the body is larger than the configured cap
     ├── OutputConflict             a different file already exists at an output path
     ├── DiskFull                   ENOSPC while writing an output
+    ├── BatchDefect                an unexpected exception ended one batch of several;
+    │                              the others go on (1)
     └── Interrupted                Ctrl-C or SIGTERM (130)
 
 Control-flow signals are not errors and do not live here.
@@ -237,6 +239,23 @@ class DiskFull(PixrunError):
     """The disk filled while writing an output; free space and rerun."""
 
     exit_code = ExitCode.SHOTS_FAILED
+
+
+class BatchDefect(PixrunError):
+    """An unexpected exception (a defect) ended one batch of several (``pixrun run a b``,
+    ``pixrun watch``): that batch is told and reported as ended, and the others go on.
+    Its ledger is consistent at every commit, so a rerun resumes it."""
+
+    exit_code = ExitCode.SHOTS_FAILED
+
+    @classmethod
+    def of(cls, exc: BaseException) -> BatchDefect:
+        defect = cls(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="a rerun resumes it from its ledger; please report this with the message",
+        )
+        defect.__cause__ = exc
+        return defect
 
 
 class Interrupted(PixrunError):

@@ -9,15 +9,19 @@ real HTTP servers (tests/hookkit.py).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import yaml
 from hookkit import Receiver
 from runkit import (
@@ -32,7 +36,13 @@ from runkit import (
     write_manifest,
 )
 
-from runner.errors import ExitCode
+from runner.errors import BatchDefect, ExitCode
+from runner.model import ShotState
+from runner.run.batch import BatchOutcome
+from runner.run.context import SharedFlow
+from runner.run.multi import BatchEnd, BatchSet, BatchSettings, run_batches
+from runner.run.options import RunResult, StopReason
+from runner.run.watch import HotFolder
 
 FAST = ["--notify-backoff-s", "0.01"]
 FLAGS = ["--backoff-base-s", "0.01", *FAST]
@@ -242,3 +252,190 @@ def test_a_manifest_dropped_again_counts_once_under_the_overall_cap(
     assert (hot / "done" / "b.yaml").exists(), said
     assert set(states(hot / "ledgers" / "b.ledger.sqlite").values()) == {"done"}, said
     assert _charged(sim.stats()) == {"a": 2, "b": 2}
+
+
+def test_a_manifest_refused_after_its_claim_gives_the_claim_back(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """b passes the overall cap, then is refused (a foreign file at one of its outputs)
+    with nothing sent: its 0.2 PTC go back to the cap, so c still fits."""
+    sim = sim_thread()
+    a, b, c = (_batch(tmp_path, name, 2) for name in ("a", "b", "c"))  # 0.2 PTC each
+    (tmp_path / "out-b").mkdir()
+    (tmp_path / "out-b" / "s00.mp4").write_bytes(b"someone else's video")
+    result = pixrun(
+        [
+            "run",
+            str(a.manifest),
+            str(b.manifest),
+            str(c.manifest),
+            "-yq",
+            "--max-cost",
+            "0.45",
+            *FLAGS,
+        ],
+        env_for(sim.base_url),
+        cwd=tmp_path,
+    )
+    said = explain(result)
+    assert result.returncode == ExitCode.INVALID, said  # b's refusal
+    assert "s00.mp4" in said and "overall cap" not in said, said
+    assert _charged(sim.stats()) == {"a": 2, "c": 2}
+    assert set(states(c.ledger).values()) == {"done"}
+
+
+# -- ends that are not ordinary, in process ---------------------------------------------
+# A batch is replaced by a stand-in task (BatchSet.prepare patched): what is checked is
+# how the run of several and the hot folder deal with its end, not the batch itself.
+
+
+def _outcome(tmp_path: Path, stop: StopReason | None = None) -> BatchOutcome:
+    return BatchOutcome(
+        result=RunResult(
+            exit_code=1 if stop else 0,
+            stop_reason=stop,
+            message=None,
+            counts={ShotState.DONE: 1},
+            spent_uptc=0,
+            elapsed_s=0.1,
+            calls={},
+            ledger_commits=0,
+        ),
+        ledger_path=tmp_path / "x.ledger.sqlite",
+        output_dir=tmp_path / "out",
+        recovered_ambiguous=[],
+        new_shots=1,
+        changed_shots=0,
+    )
+
+
+def _stand_in(name: str) -> Any:
+    """What the hot folder and the run read of a manifest."""
+    run = SimpleNamespace(notify=(), concurrency=2, requests_per_s=10.0, priority=0)
+    return SimpleNamespace(name=name, path=Path(f"{name}.yaml"), run=run)
+
+
+def _patch_batches(
+    monkeypatch: pytest.MonkeyPatch, body: Callable[[Any], Coroutine[Any, Any, BatchOutcome]]
+) -> list[str]:
+    """Every prepared batch runs ``body(manifest)``; returns the names prepared."""
+    prepared: list[str] = []
+
+    async def prepare(self: BatchSet, manifest: Any, rank: Any) -> asyncio.Task[BatchOutcome]:
+        prepared.append(manifest.name)
+        return asyncio.create_task(body(manifest))
+
+    monkeypatch.setattr(BatchSet, "prepare", prepare)
+    return prepared
+
+
+async def test_a_defect_in_one_batch_of_several_ends_it_alone_and_every_end_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(manifest: Any) -> BatchOutcome:
+        await asyncio.sleep(0.01 if manifest.name == "bad" else 0.2)
+        if manifest.name == "bad":
+            raise RuntimeError("a defect")
+        return _outcome(tmp_path)
+
+    _patch_batches(monkeypatch, body)
+    told: list[BatchEnd] = []
+
+    async def on_end(end: BatchEnd) -> None:
+        told.append(end)
+
+    manifests = [_stand_in("bad"), _stand_in("good")]
+    ends = await run_batches(
+        manifests, BatchSettings(), lambda m: None, handle_signals=False, on_end=on_end
+    )
+    assert [e.name for e in told] == ["bad", "good"]  # each as it ended, the good one too
+    assert isinstance(ends[0].error, BatchDefect) and "RuntimeError: a defect" in str(ends[0].error)
+    assert ends[0].exit_code == ExitCode.SHOTS_FAILED
+    assert ends[1].outcome is not None and ends[1].exit_code == 0
+
+
+def _hot(tmp_path: Path, ends: list[BatchEnd], news: list[str], stable_s: float) -> HotFolder:
+    async def on_end(end: BatchEnd) -> None:
+        ends.append(end)
+
+    return HotFolder(
+        tmp_path,
+        SharedFlow(2, 10.0, None),
+        BatchSettings(),
+        lambda manifest: None,  # type: ignore[arg-type,return-value]
+        lambda path: _stand_in(path.stem),
+        lambda n: news.append(f"{n.kind} {n.path.name}"),
+        stable_s=stable_s,
+        on_end=on_end,
+    )
+
+
+async def test_a_stopped_manifest_is_not_restarted_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The brake (or an empty account, a defect...) leaves the manifest in the folder:
+    the running watch must not start it again every moment, paying and telling anew."""
+    fixed = asyncio.Event()
+
+    async def body(manifest: Any) -> BatchOutcome:
+        return _outcome(tmp_path, None if fixed.is_set() else StopReason.BRAKE)
+
+    prepared = _patch_batches(monkeypatch, body)
+    ends: list[BatchEnd] = []
+    news: list[str] = []
+    hot = _hot(tmp_path, ends, news, stable_s=0.02)
+    (tmp_path / "a.yaml").write_text("version: 1\n")
+    watching = asyncio.create_task(hot.run())
+    try:
+        await _until(lambda: len(ends) == 1)
+        await asyncio.sleep(0.5)  # 25 times the stable time: long enough to loop
+        assert prepared == ["a"] and len(ends) == 1, news
+        assert (tmp_path / "a.yaml").exists() and "stopped a.yaml" in news
+        fixed.set()
+        (tmp_path / "a.yaml").write_text("version: 1\nname: fixed\n")  # saved over it
+        await _until(lambda: len(ends) == 2)
+        assert prepared == ["a", "a"] and (tmp_path / "done" / "a.yaml").exists()
+    finally:
+        hot.stop()
+        await watching
+
+
+async def test_a_defect_in_a_watched_batch_is_told_and_the_folder_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(manifest: Any) -> BatchOutcome:
+        if manifest.name == "bad":
+            raise RuntimeError("a defect")
+        return _outcome(tmp_path)
+
+    _patch_batches(monkeypatch, body)
+    ends: list[BatchEnd] = []
+    news: list[str] = []
+    hot = _hot(tmp_path, ends, news, stable_s=0.0)
+    for name in ("bad", "good"):
+        (tmp_path / f"{name}.yaml").write_text("version: 1\n")
+    result = await asyncio.wait_for(hot.run(once=True), 10)
+    assert sorted(e.name or "" for e in result) == ["bad", "good"]
+    assert sorted(e.name or "" for e in ends) == ["bad", "good"]  # both told
+    bad = next(e for e in ends if e.name == "bad")
+    assert isinstance(bad.error, BatchDefect)
+    assert (tmp_path / "bad.yaml").exists() and (tmp_path / "done" / "good.yaml").exists()
+
+
+async def test_watch_once_does_not_wait_for_a_file_that_went_away(tmp_path: Path) -> None:
+    ends: list[BatchEnd] = []
+    hot = _hot(tmp_path, ends, [], stable_s=3600.0)  # never stable while it is there
+    (tmp_path / "a.yaml").write_text("version: 1\n")
+    watching = asyncio.create_task(hot.run(once=True))
+    await asyncio.sleep(0.3)
+    assert not watching.done()
+    (tmp_path / "a.yaml").unlink()
+    assert await asyncio.wait_for(watching, 10) == []
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async def wait() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), timeout_s)

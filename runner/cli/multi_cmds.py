@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from runner import loops
@@ -67,9 +68,17 @@ def _teller(notice: Notice) -> OnEnd:
     """Tells of each manifest's end: its own run.notify, plus --notify/--on-finish."""
 
     async def tell(end: BatchEnd) -> None:
-        one = notice.like(manifest_location(end.path))
-        one.add(end.name or one.name, end.notify)
-        await one.tell_end(end)
+        try:
+            one = notice.like(manifest_location(end.path))
+            one.add(end.name or one.name, end.notify)
+            await one.tell_end(end)
+        except Exception as exc:  # never silent, never fatal: the run's outcome stands
+            from runner.cli import err_console  # late: --no-color remakes it
+
+            err_console.print(
+                f"[yellow]warning:[/] {escape(clean(str(end.path)))}: its summary was not "
+                f"sent ({escape(clean(type(exc).__name__ + ': ' + str(exc)))})"
+            )
 
     return tell
 
@@ -111,14 +120,25 @@ def run_several(
             ends[i] = BatchEnd(path, error=exc, problems=tuple(exc.problems))
         except PixrunError as exc:
             ends[i] = BatchEnd(path, error=exc)
+    refusal: UsageError | None = None
     if len({m.path.resolve() for m in manifests}) < len(manifests):
-        raise UsageError("a manifest is given twice: give each once")
+        refusal = UsageError("a manifest is given twice: give each once")
     missed = unmatched(sample, (s.shot_id for m in manifests for s in m.shots))
     if missed and manifests:
-        raise UsageError(
+        refusal = UsageError(
             f"--only {missed[0]!r} matches no shot of any manifest given",
             hint="give a shot id or a glob over ids (e.g. 's0*')",
         )
+    if refusal is not None:
+        # nothing runs: each manifest is told so, as one refused on its own would be
+        refused = [BatchEnd(m.path, m.name, error=refusal, notify=m.run.notify) for m in manifests]
+        told = [*ends.values(), *refused]
+
+        async def tell_all() -> None:
+            await asyncio.gather(*(_teller(notice)(end) for end in told))
+
+        loops.run(tell_all())
+        raise refusal
     for _, end in sorted(ends.items()):
         if mode != "json":
             err.print(

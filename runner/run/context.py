@@ -212,14 +212,20 @@ class RunContext:
         #: with callbacks: when to poll while they arrive (None: the planner alone)
         self.policy: CallbackPolicy | None = None
         self.tally = Tally()
-        if shared is not None:
-            shared.tallies[ledger.path.resolve()] = self.tally
         self.stop: StopReason | None = None
         self.stop_message: str | None = None
         #: set by the scheduler: stop submitting (soft) or everything (hard stops)
         self.request_stop: Callable[[StopReason, str], None] = lambda reason, message: None
         self.stop_submitting: Callable[[StopReason, str], None] = lambda reason, message: None
         self.brake = FailureBrake(options.halt_failure_share, options.halt_window)
+
+    def start_tally(self, counts: dict[ShotState, int], spent_uptc: int, planned_uptc: int) -> None:
+        """The run's figures from its ledger; with several batches, this tally now
+        stands for its ledger under the overall cap (replacing an earlier run's, only
+        once it holds what that ledger spent)."""
+        self.tally.start(counts, spent_uptc, planned_uptc)
+        if self.shared is not None:
+            self.shared.tallies[self.ledger.path.resolve()] = self.tally
 
     def stopped(self) -> bool:
         return self.stop is not None

@@ -18,7 +18,12 @@ Invariants:
   plans) and again before every generate call. Each ledger counts once: a manifest
   that runs again in the same run (dropped again into a watched folder) replaces its
   earlier claim and tally, whose spending its ledger already holds.
-- Ctrl-C stops every batch (a second one ends the process, as for one batch).
+- Ctrl-C stops every batch, those still to be prepared included (a second one ends
+  the process, as for one batch). Every manifest's end is told exactly once (``on_end``),
+  whatever ended it: finished, stopped, refused, or a defect in that batch alone
+  (:class:`~runner.errors.BatchDefect`), which never stops the others.
+- A claim under the overall cap is given back when its batch is refused after claiming
+  (nothing was sent), and shrinks to what its ledger spent when the batch ends.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.errors import BudgetExceeded, ExitCode, PixrunError, Problem
+from runner.errors import BatchDefect, BudgetExceeded, ExitCode, PixrunError, Problem
 from runner.model import Manifest
 from runner.money import to_uptc_or_none, uptc_text
 from runner.pricing import unpriced_under_budget
@@ -169,6 +174,10 @@ class BatchSet:
         self, manifest: Manifest, rank: tuple[int, int], ready: asyncio.Future[None]
     ) -> BatchOutcome:
         s = self.settings
+        ledger = ledger_path_for(
+            manifest.path, s.ledger_for(manifest.path), simulated=s.simulate is not None
+        ).resolve()
+        claimed_before = self._claims.get(ledger)
         try:
             async with prepared_batch(
                 manifest,
@@ -183,12 +192,7 @@ class BatchSet:
                 check_space=s.check_space,
                 shared=self.flow,
                 rank=rank,
-                claim=functools.partial(
-                    self._claim,
-                    ledger_path_for(
-                        manifest.path, s.ledger_for(manifest.path), simulated=s.simulate is not None
-                    ).resolve(),
-                ),
+                claim=functools.partial(self._claim, ledger),
                 sample=s.sample,
             ) as batch:
                 ready.set_result(None)
@@ -197,11 +201,21 @@ class BatchSet:
                 if self._stopping:
                     batch.scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
                 try:
-                    return await batch.run()
+                    outcome = await batch.run()
                 finally:
                     self.schedulers.remove(batch.scheduler)
+                if ledger in self._claims:
+                    # what it did not spend (failures, a stop) is free for later drops
+                    self._claims[ledger] = outcome.result.spent_uptc
+                return outcome
         except BaseException as exc:
             if not ready.done():
+                # refused after its claim (preflight, a callback port, ...): nothing was
+                # sent for it, so its claim goes back to what it was
+                if claimed_before is None:
+                    self._claims.pop(ledger, None)
+                else:
+                    self._claims[ledger] = claimed_before
                 if isinstance(exc, Exception):
                     ready.set_exception(exc)
                 else:
@@ -253,27 +267,36 @@ async def run_batches(
             told.append(asyncio.create_task(on_end(end)))
 
     order = sorted(range(len(manifests)), key=lambda i: rank_of(manifests[i], i))
-    for i in order:
-        try:
-            tasks[i] = await batches.prepare(manifests[i], rank_of(manifests[i], i))
-        except PixrunError as exc:
-            ends[i].error = exc
-            tell(ends[i])
 
     async def finish(i: int, task: asyncio.Task[BatchOutcome]) -> None:
         try:
             ends[i].outcome = await task
         except PixrunError as exc:
             ends[i].error = exc
+        except Exception as exc:  # a defect in one batch: told, and the others go on
+            ends[i].error = BatchDefect.of(exc)
         tell(ends[i])
 
+    # Ctrl-C from the first prepare on: a batch prepared after it is stopped at once,
+    # and every manifest is still told how it ended
     remove = batches.install_signals() if handle_signals else (lambda: None)
     try:
+        for i in order:
+            try:
+                tasks[i] = await batches.prepare(manifests[i], rank_of(manifests[i], i))
+            except PixrunError as exc:
+                ends[i].error = exc
+                tell(ends[i])
+            except Exception as exc:  # a defect while preparing one: the others go on
+                ends[i].error = BatchDefect.of(exc)
+                tell(ends[i])
         batches.go()
         # awaited together, so each batch's end is told as soon as it comes
         await asyncio.gather(*(finish(i, task) for i, task in tasks.items()))
     finally:
-        remove()
-        if told:
-            await asyncio.gather(*told, return_exceptions=True)
+        try:
+            if told:
+                await asyncio.gather(*told, return_exceptions=True)
+        finally:
+            remove()
     return ends

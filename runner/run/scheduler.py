@@ -144,7 +144,7 @@ class Scheduler:
     async def run(self, *, planned_uptc: int = 0) -> RunResult:
         ctx = self._ctx
         ledger = ctx.ledger
-        ctx.tally.start(await ledger.counts_by_state(), await ledger.spent_uptc(), planned_uptc)
+        ctx.start_tally(await ledger.counts_by_state(), await ledger.spent_uptc(), planned_uptc)
         ticker = asyncio.create_task(self._ticker(), name="snapshots")
         try:
             for row in await ledger.shots_in([ShotState.SUBMITTED, ShotState.RENDERED]):

@@ -21,8 +21,10 @@ Invariants:
   still being written is never read.
 - A manifest moves to ``done/`` only when its run ended without a stop (every shot
   reached a final state, or was held); one that stopped (Ctrl-C, budget, empty
-  account, outage, ...) stays in DIR, and the next ``watch`` resumes it through its
-  ledger.
+  account, outage, the brake, a defect, ...) stays in DIR, and the next ``watch``
+  resumes it through its ledger. The running ``watch`` does not start it again unless
+  the file changes (a fixed manifest saved over it): a stop never turns into a loop of
+  restarts, summaries and charges.
 - Each manifest's end (done, stopped, rejected) is told to ``on_end`` (its
   notifications) as it comes, and every telling has returned before :meth:`run` does.
 - A rejected manifest's ``.errors.txt`` lists every problem found (file:line, shot,
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from runner.errors import ManifestError, PixrunError, Problem
+from runner.errors import BatchDefect, ManifestError, PixrunError, Problem
 from runner.ledger import default_ledger_path
 from runner.model import Manifest
 from runner.run.batch import BatchOutcome
@@ -107,9 +109,11 @@ class HotFolder:
         self.stable_s = stable_s
         #: name -> (size, mtime_ns) and when that was first seen
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
-        self._running: dict[asyncio.Task[BatchOutcome], Path] = {}
-        #: what each running batch is told with when it ends: its name, run.notify
-        self._told_as: dict[asyncio.Task[BatchOutcome], tuple[str, tuple[str, ...]]] = {}
+        #: each running batch's follower (see :meth:`_follow`) -> its manifest
+        self._running: dict[asyncio.Task[None], Path] = {}
+        #: stopped manifests left in the folder -> their (size, mtime_ns) then: not
+        #: started again until the file changes (or the next ``watch``)
+        self._held: dict[str, tuple[int, int]] = {}
         self._on_end = on_end
         self._telling: set[asyncio.Task[None]] = set()
         self._order = 0
@@ -134,7 +138,11 @@ class HotFolder:
         wanted = set(self._names()) if once else None
         try:
             while not self._stop.is_set():
+                if wanted is not None:  # one removed or renamed meanwhile is not waited for
+                    wanted &= set(self._names())
                 for name in self._stable(wanted):
+                    if self._stop.is_set():  # Ctrl-C: start nothing more
+                        break
                     await self._start(self.folder / name)
                     if wanted is not None:
                         wanted.discard(name)
@@ -197,6 +205,10 @@ class HotFolder:
             except OSError:
                 continue
             mark = (st.st_size, st.st_mtime_ns)
+            if name in self._held:
+                if self._held[name] == mark:
+                    continue  # stopped and not changed since: left to resume later
+                del self._held[name]  # edited (a fixed manifest): it counts again
             seen = self._seen.get(name)
             if seen is None or seen[0] != mark:
                 if seen is None:
@@ -207,6 +219,8 @@ class HotFolder:
                 ready.append(name)
         for gone in set(self._seen) - set(names):
             del self._seen[gone]
+        for gone in set(self._held) - set(names):
+            del self._held[gone]
         return ready
 
     async def _start(self, path: Path) -> None:
@@ -224,33 +238,49 @@ class HotFolder:
         except PixrunError as exc:
             self._reject(path, exc, (), told_as)
             return
-        self._running[task] = path
-        self._told_as[task] = (manifest.name, manifest.run.notify)
-        task.add_done_callback(self._ended)
+        name, notify = manifest.name, manifest.run.notify
+        follower = asyncio.create_task(self._follow(task, path, name, notify), name=name)
+        self._running[follower] = path
         self._news(News("started", path, manifest.name))
 
-    def _ended(self, task: asyncio.Task[BatchOutcome]) -> None:
-        path = self._running.pop(task)
-        name, notify = self._told_as.pop(task)
-        self._changed.set()
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if isinstance(exc, PixrunError):
-            self._end(BatchEnd(path, name, error=exc, notify=notify))
-            self._news(News("stopped", path, exc.message))
-            return
-        if exc is not None:
-            raise exc
-        outcome = task.result()
-        end = BatchEnd(path, name, outcome=outcome, notify=notify)
-        result = outcome.result
-        if result.stop_reason is not None:
-            self._news(News("stopped", path, f"{result.stop_reason.value}: stays to resume"))
-        else:
-            end.path = _move(path, self.folder / DONE)
-            self._news(News("done", end.path, f"exit {result.exit_code}"))
-        self._end(end)
+    async def _follow(
+        self, task: asyncio.Task[BatchOutcome], path: Path, name: str, notify: tuple[str, ...]
+    ) -> None:
+        """Wait for one batch and deal with its end: moved to ``done/``, or left in the
+        folder (held) when it stopped, and told either way. A defect in one batch ends
+        that batch only: the folder goes on."""
+        try:
+            try:
+                outcome = await task
+            except PixrunError as exc:
+                end = BatchEnd(path, name, error=exc, notify=notify)
+            except Exception as exc:  # a defect: told and reported, the others go on
+                end = BatchEnd(path, name, error=BatchDefect.of(exc), notify=notify)
+            else:
+                end = BatchEnd(path, name, outcome=outcome, notify=notify)
+            stop = None if end.outcome is None else end.outcome.result.stop_reason
+            if end.error is not None or stop is not None:
+                self._hold(path)
+                why = (
+                    end.error.message
+                    if end.error is not None
+                    else f"{stop.value if stop else ''}: stays to resume"
+                )
+                self._news(News("stopped", path, why))
+            else:
+                end.path = _move(path, self.folder / DONE)
+                self._news(News("done", end.path, f"exit {end.exit_code}"))
+            self._end(end)
+        finally:
+            self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._changed.set()
+
+    def _hold(self, path: Path) -> None:
+        """A stopped manifest stays in the folder for the next ``watch`` (or until it is
+        edited); this one does not start it again and again."""
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            self._held[path.name] = (st.st_size, st.st_mtime_ns)
 
     def _reject(
         self,
