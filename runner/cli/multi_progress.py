@@ -14,7 +14,6 @@ text printed went through :func:`runner.cli.views.clean` or :func:`scrub`.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from collections import Counter, deque
@@ -26,7 +25,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from runner.cli.progress import DEFAULT_INTERVAL_S, Display, progress_line, render_summary
+from runner.cli.progress import (
+    DEFAULT_INTERVAL_S,
+    Display,
+    progress_line,
+    render_summary,
+    start_live,
+    stop_live,
+)
 from runner.cli.render import print_problems
 from runner.cli.views import (
     NOTABLE,
@@ -126,22 +132,12 @@ class MultiDisplay(Display):
 
     def __enter__(self) -> MultiDisplay:
         if self.mode == "live":
-            self._live = Live(
-                self.renderable(),
-                console=self.console,
-                auto_refresh=False,
-                redirect_stdout=True,
-                redirect_stderr=True,
-            )
-            self._live.start()
+            self._live = start_live(self.console, self.renderable())
         return self
 
     def close(self) -> None:
-        if self._live is not None:
-            with contextlib.suppress(Exception):  # the terminal may already be gone
-                self._live.update(self.renderable(), refresh=True)
-                self._live.stop()
-            self._live = None
+        stop_live(self._live, self.renderable)
+        self._live = None
 
     # -- events and snapshots -------------------------------------------------------------
 

@@ -93,6 +93,29 @@ def _event_text(event: RunEvent) -> str:
     return clean(who + event.message)
 
 
+def start_live(console: Console, renderable: RenderableType) -> Live:
+    """A live board, redrawn only when told (no refresh thread), with stray prints
+    routed above it."""
+    live = Live(
+        renderable,
+        console=console,
+        auto_refresh=False,
+        transient=False,
+        redirect_stdout=True,
+        redirect_stderr=True,
+    )
+    live.start()
+    return live
+
+
+def stop_live(live: Live | None, renderable: Callable[[], RenderableType]) -> None:
+    """Draw the board one last time and stop it (``None``: nothing to stop)."""
+    if live is not None:
+        with contextlib.suppress(Exception):  # the terminal may already be gone
+            live.update(renderable(), refresh=True)
+            live.stop()
+
+
 class Display:
     """A :class:`RunObserver` that is also a context manager (start/stop drawing).
 
@@ -238,23 +261,12 @@ class LiveObserver(Display):
         self._last_draw = 0.0
 
     def __enter__(self) -> LiveObserver:
-        self._live = Live(
-            self.renderable(),
-            console=self.console,
-            auto_refresh=False,
-            transient=False,
-            redirect_stdout=True,
-            redirect_stderr=True,
-        )
-        self._live.start()
+        self._live = start_live(self.console, self.renderable())
         return self
 
     def close(self) -> None:
-        if self._live is not None:
-            with contextlib.suppress(Exception):  # the terminal may already be gone
-                self._live.update(self.renderable(), refresh=True)
-                self._live.stop()
-            self._live = None
+        stop_live(self._live, self.renderable)
+        self._live = None
 
     def board(self) -> Board:
         snap = self._snap
