@@ -30,13 +30,13 @@ from runner.cli.progress import (
     Display,
     progress_line,
     render_summary,
+    snapshot_board,
     start_live,
     stop_live,
 )
 from runner.cli.render import print_problems
 from runner.cli.views import (
     NOTABLE,
-    Board,
     BoardEvent,
     board_renderable,
     clean,
@@ -229,19 +229,8 @@ class MultiDisplay(Display):
                 counts_text(snap.counts),
             )
         total = self.total()
-        board = Board(
-            title=f"pixrun run · {plural(len(self.names), 'manifest')}",
-            total=total.total,
-            counts=total.counts,
-            in_flight=total.in_flight,
-            target_concurrency=total.target_concurrency,
-            spent_uptc=total.spent_uptc,
-            planned_uptc=total.planned_uptc,
-            done_per_min=total.done_per_s * 60,
-            eta_s=total.eta_s,
-            elapsed_s=total.elapsed_s,
-            events=tuple(self._events),
-        )
+        title = f"pixrun run · {plural(len(self.names), 'manifest')}"
+        board = snapshot_board(title, total, self._events)
         return Group(table, board_renderable(board))
 
     def _draw(self) -> None:

@@ -93,6 +93,23 @@ def _event_text(event: RunEvent) -> str:
     return clean(who + event.message)
 
 
+def snapshot_board(title: str, snap: RunSnapshot, events: Sequence[BoardEvent]) -> Board:
+    """The live board's figures from a run's snapshot (one run, or the total of many)."""
+    return Board(
+        title=title,
+        total=snap.total,
+        counts=snap.counts,
+        in_flight=snap.in_flight,
+        target_concurrency=snap.target_concurrency,
+        spent_uptc=snap.spent_uptc,
+        planned_uptc=snap.planned_uptc,
+        done_per_min=snap.done_per_s * 60,
+        eta_s=snap.eta_s,
+        elapsed_s=snap.elapsed_s,
+        events=tuple(events),
+    )
+
+
 def start_live(console: Console, renderable: RenderableType) -> Live:
     """A live board, redrawn only when told (no refresh thread), with stray prints
     routed above it."""
@@ -272,19 +289,7 @@ class LiveObserver(Display):
         snap = self._snap
         if snap is None:
             return Board(self.title, 0, {}, 0, None, 0, 0, None, None, 0.0, tuple(self._events))
-        return Board(
-            title=self.title,
-            total=snap.total,
-            counts=snap.counts,
-            in_flight=snap.in_flight,
-            target_concurrency=snap.target_concurrency,
-            spent_uptc=snap.spent_uptc,
-            planned_uptc=snap.planned_uptc,
-            done_per_min=snap.done_per_s * 60,
-            eta_s=snap.eta_s,
-            elapsed_s=snap.elapsed_s,
-            events=tuple(self._events),
-        )
+        return snapshot_board(self.title, snap, self._events)
 
     def renderable(self) -> RenderableType:
         return board_renderable(self.board())
