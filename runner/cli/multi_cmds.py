@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -27,18 +26,16 @@ from runner.cli.multi_progress import MultiDisplay, render_summaries
 from runner.cli.notice import Notice, notify_options
 from runner.cli.options import (
     PTC,
+    check_one_stdin,
     manifest_label,
+    manifest_loader,
     manifest_location,
-    manifest_source,
     rules_option,
+    sim_render_time_option,
 )
 from runner.cli.views import clean
 from runner.errors import ExitCode, ManifestError, PixrunError, UsageError
-from runner.manifest import load_manifest
-from runner.manifest.contract import load_rules
 from runner.model import Manifest
-from runner.pricing import load_price_table
-from runner.stdin import is_stdin
 
 if TYPE_CHECKING:
     from runner.run.multi import BatchEnd, OnEnd
@@ -48,20 +45,6 @@ if TYPE_CHECKING:
     from runner.sample import SampleSpec
 
 COMMANDS: list[click.Command] = []
-
-
-def _loader(prices: Path | None, rules: Path | None) -> Callable[[Path], Manifest]:
-    table = load_price_table(prices) if prices else None
-    loaded_rules = load_rules(rules)
-
-    def load(path: Path) -> Manifest:
-        if is_stdin(path):
-            return load_manifest(manifest_source(path), price_table=table, rules=loaded_rules)
-        if not path.exists():
-            raise UsageError(f"no manifest at {path}")
-        return load_manifest(path, price_table=table, rules=loaded_rules)
-
-    return load
 
 
 def _teller(notice: Notice) -> OnEnd:
@@ -105,12 +88,8 @@ def run_several(
     from runner.sample import unmatched
 
     err = make_console(stderr=True, soft_wrap=True)
-    if sum(1 for p in paths if is_stdin(p)) > 1:
-        raise UsageError(
-            "'-' (the manifest on standard input) can be given only once",
-            hint="save the other manifests as files",
-        )
-    load = _loader(prices, rules)
+    check_one_stdin(paths)
+    load = manifest_loader(prices, rules)
     manifests: list[Manifest] = []
     ends: dict[int, BatchEnd] = {}
     for i, path in enumerate(paths):
@@ -196,13 +175,7 @@ def run_several(
     is_flag=True,
     help="Rehearse every manifest against the built-in simulator: nothing is spent.",
 )
-@click.option(
-    "--sim-render-time",
-    default="1,3",
-    show_default=True,
-    metavar="MIN,MAX",
-    help="With --simulate: render time in seconds, uniform between MIN and MAX.",
-)
+@sim_render_time_option
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 10_000),
@@ -244,7 +217,7 @@ def watch_cmd(
     folder: Path,
     once: bool,
     simulate: bool,
-    sim_render_time: str,
+    sim_render_time: tuple[float, float],
     concurrency: int | None,
     requests_per_s: float | None,
     max_cost: Decimal | None,
@@ -267,7 +240,6 @@ def watch_cmd(
     whatever was in flight and a manifest dropped again finds its ledger. Each
     manifest's end is told to its run.notify URLs and to --notify/--on-finish.
     """
-    from runner.cli.run_cmds import _render_range
     from runner.money import to_uptc_or_none
     from runner.run.context import SharedFlow
     from runner.run.multi import BatchSettings, overall_exit_code
@@ -288,7 +260,7 @@ def watch_cmd(
     overrides = RunOverrides(
         concurrency=concurrency, requests_per_s=requests_per_s, base_url=base_url
     )
-    sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
+    sim = SimulatorSettings(render_time_s=sim_render_time) if simulate else None
     settings = BatchSettings(overrides=overrides, simulate=sim)
     display = MultiDisplay(mode, console)
 
@@ -314,7 +286,7 @@ def watch_cmd(
             flow,
             replace(settings),
             display.observer_for,
-            _loader(prices, rules),
+            manifest_loader(prices, rules),
             on_news,
             stable_s=stable_s,
             on_end=_teller(notice),

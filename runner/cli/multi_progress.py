@@ -29,6 +29,7 @@ from runner.cli.progress import (
     DEFAULT_INTERVAL_S,
     Display,
     progress_line,
+    progress_record,
     render_summary,
     snapshot_board,
     start_live,
@@ -190,7 +191,7 @@ class MultiDisplay(Display):
                     f"[{clean(label)}] {progress_line(shown)}"
                 )
             else:
-                self.json_record(who, _progress_record(shown))
+                self.json_record(who, progress_record(shown))
 
     def total(self) -> RunSnapshot:
         return total_snapshot(list(self.snaps.values()))
@@ -237,21 +238,6 @@ class MultiDisplay(Display):
         self._last_draw = time.monotonic()
         if self._live is not None:
             self._live.update(self.renderable(), refresh=True)
-
-
-def _progress_record(snap: RunSnapshot) -> dict[str, Any]:
-    return {
-        "type": "progress",
-        "elapsed_s": round(snap.elapsed_s, 3),
-        "total": snap.total,
-        "counts": {s.value: n for s, n in snap.counts.items() if n},
-        "in_flight": snap.in_flight,
-        "target_concurrency": snap.target_concurrency,
-        "spent_uptc": snap.spent_uptc,
-        "planned_uptc": snap.planned_uptc,
-        "done_per_min": round(snap.done_per_s * 60, 3),
-        "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1),
-    }
 
 
 # -- the summaries -------------------------------------------------------------------------

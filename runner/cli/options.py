@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     # runner.manifest (and the loader with it) is imported only where a command reads
     # a manifest: `pixrun status` starts without it
     from runner.manifest.source import ManifestText
+    from runner.model import Manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,6 +93,29 @@ def option_table(helps: Mapping[str, str], **common: Any) -> Callable[[F], F]:
     return decorate
 
 
+def _render_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float]:
+    try:
+        low, _, high = value.partition(",")
+        pair = (float(low), float(high or low))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: expected MIN,MAX seconds, e.g. 1,3") from exc
+    if pair[0] < 0 or pair[1] < pair[0]:
+        raise click.BadParameter(f"{value!r}: need 0 <= MIN <= MAX")
+    return pair
+
+
+def sim_render_time_option(func: F) -> F:
+    """``--sim-render-time MIN,MAX``, given to the command as ``(min_s, max_s)``."""
+    return click.option(
+        "--sim-render-time",
+        default="1,3",
+        show_default=True,
+        metavar="MIN,MAX",
+        callback=_render_range,
+        help="With --simulate: render time in seconds, uniform between MIN and MAX.",
+    )(func)
+
+
 def optional_manifest_argument(func: F) -> F:
     """MANIFEST, optional where --ledger alone says where the batch is."""
     return click.argument("manifest", required=False, type=FILE)(func)
@@ -118,15 +142,38 @@ def manifest_source(path: Path) -> Path | ManifestText:
     return _stdin_manifest() if is_stdin(path) else path
 
 
-def manifest_sources(paths: Iterable[Path]) -> list[Path | ManifestText]:
-    """Several MANIFEST arguments; ``-`` at most once (standard input reads once)."""
-    paths = list(paths)
+def check_one_stdin(paths: Iterable[Path]) -> None:
+    """Several MANIFEST arguments: ``-`` at most once (standard input reads once)."""
     if sum(1 for p in paths if is_stdin(p)) > 1:
         raise UsageError(
             "'-' (the manifest on standard input) can be given only once",
             hint="save the other manifests as files",
         )
+
+
+def manifest_sources(paths: Iterable[Path]) -> list[Path | ManifestText]:
+    """Several MANIFEST arguments as the loader takes them (see :func:`check_one_stdin`)."""
+    paths = list(paths)
+    check_one_stdin(paths)
     return [manifest_source(p) for p in paths]
+
+
+def manifest_loader(prices: Path | None, rules: Path | None) -> Callable[[Path], Manifest]:
+    """Loads MANIFEST arguments (``-`` included) under one price table and rules file,
+    each read once; a file that is not there is a usage error naming it."""
+    from runner.manifest import load_manifest
+    from runner.manifest.contract import load_rules
+    from runner.pricing import load_price_table
+
+    table = load_price_table(prices) if prices else None
+    loaded_rules = load_rules(rules)
+
+    def load(path: Path) -> Manifest:
+        if not is_stdin(path) and not path.exists():
+            raise UsageError(f"no manifest at {path}")
+        return load_manifest(manifest_source(path), price_table=table, rules=loaded_rules)
+
+    return load
 
 
 def manifest_label(path: Path) -> str:

@@ -93,6 +93,22 @@ def _event_text(event: RunEvent) -> str:
     return clean(who + event.message)
 
 
+def progress_record(snap: RunSnapshot) -> dict[str, Any]:
+    """A ``--json-logs`` progress record (one run's, or the total of many)."""
+    return {
+        "type": "progress",
+        "elapsed_s": round(snap.elapsed_s, 3),
+        "total": snap.total,
+        "counts": {s.value: n for s, n in snap.counts.items() if n},
+        "in_flight": snap.in_flight,
+        "target_concurrency": snap.target_concurrency,
+        "spent_uptc": snap.spent_uptc,
+        "planned_uptc": snap.planned_uptc,
+        "done_per_min": round(snap.done_per_s * 60, 3),
+        "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1),
+    }
+
+
 def snapshot_board(title: str, snap: RunSnapshot, events: Sequence[BoardEvent]) -> Board:
     """The live board's figures from a run's snapshot (one run, or the total of many)."""
     return Board(
@@ -250,20 +266,7 @@ class JsonObserver(_PeriodicDisplay):
     def _snapshot(self, snap: RunSnapshot) -> None:
         if not self._progress_due(snap):
             return
-        self._emit(
-            {
-                "type": "progress",
-                "elapsed_s": round(snap.elapsed_s, 3),
-                "total": snap.total,
-                "counts": {s.value: n for s, n in snap.counts.items() if n},
-                "in_flight": snap.in_flight,
-                "target_concurrency": snap.target_concurrency,
-                "spent_uptc": snap.spent_uptc,
-                "planned_uptc": snap.planned_uptc,
-                "done_per_min": round(snap.done_per_s * 60, 3),
-                "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1),
-            }
-        )
+        self._emit(progress_record(snap))
 
 
 class LiveObserver(Display):

@@ -24,40 +24,26 @@ from runner.cli.options import (
     existing_ledger,
     format_option,
     ledger_option,
+    manifest_loader,
     manifest_location,
-    manifest_source,
     option_table,
     optional_manifest_argument,
     rules_option,
     sample_options,
+    sim_render_time_option,
     simulate_option,
 )
 from runner.cli.options import provider_options as _provider_options
 from runner.cli.views import json_text
 from runner.errors import ExitCode, UsageError
-from runner.manifest import load_manifest
-from runner.manifest.contract import load_rules
 from runner.money import format_ptc
 from runner.placement import keep_to_one_cpu
-from runner.pricing import load_price_table
-from runner.stdin import is_stdin
 from runner.text import plural
 
 if TYPE_CHECKING:
     from runner.run.preview import Decision, RunPreview
 
 COMMANDS: list[click.Command] = []
-
-
-def _render_range(value: str) -> tuple[float, float]:
-    try:
-        low, _, high = value.partition(",")
-        pair = (float(low), float(high or low))
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r}: expected MIN,MAX seconds, e.g. 1,3") from exc
-    if pair[0] < 0 or pair[1] < pair[0]:
-        raise click.BadParameter(f"{value!r}: need 0 <= MIN <= MAX")
-    return pair
 
 
 def _ask(preview: RunPreview) -> Decision:
@@ -112,13 +98,7 @@ def _provider_settings(func: Any) -> Any:
     help="Rehearse against the built-in simulator on 127.0.0.1: nothing is spent. A "
     "rehearsal has its own ledger (NAME.sim.ledger.sqlite) and output folder (out/NAME.sim).",
 )
-@click.option(
-    "--sim-render-time",
-    default="1,3",
-    show_default=True,
-    metavar="MIN,MAX",
-    help="With --simulate: render time in seconds, uniform between MIN and MAX.",
-)
+@sim_render_time_option
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 10_000),
@@ -212,7 +192,7 @@ def run_cmd(
     manifests: tuple[Path, ...],
     ledger: Path | None,
     simulate: bool,
-    sim_render_time: str,
+    sim_render_time: tuple[float, float],
     concurrency: int | None,
     download_concurrency: int | None,
     requests_per_s: float | None,
@@ -288,7 +268,7 @@ def run_cmd(
         callback_listen=callback_listen,
         callback_url=callback_url,
     )
-    sim = SimulatorSettings(render_time_s=_render_range(sim_render_time)) if simulate else None
+    sim = SimulatorSettings(render_time_s=sim_render_time) if simulate else None
     del all_cpus
     if len(manifests) > 1:
         from runner.cli.multi_cmds import run_several
@@ -316,13 +296,7 @@ def run_cmd(
         sys.exit(code)
     manifest = manifests[0]
     with notice.on_error():
-        if not is_stdin(manifest) and not manifest.exists():
-            raise UsageError(f"no manifest at {manifest}")
-        loaded = load_manifest(
-            manifest_source(manifest),
-            price_table=load_price_table(prices) if prices else None,
-            rules=load_rules(rules),
-        )
+        loaded = manifest_loader(prices, rules)(manifest)
     notice.add(loaded.name, loaded.run.notify)
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
     # opt-in, before the run starts its threads (they inherit it); see runner.placement.
