@@ -171,6 +171,37 @@ def test_each_manifest_of_several_is_told_once(
     assert len({s["id"] for s in every.summaries()}) == 3
 
 
+def test_a_refused_command_line_tells_every_manifest(
+    sim_thread: SimThread, tmp_path: Path, receiver: Any
+) -> None:
+    """--only matching no shot of any manifest refuses the whole run before anything is
+    sent; each manifest's summary says so (status error), as one run alone would."""
+    sim = sim_thread()
+    every = receiver()
+    a, b = _batch(tmp_path, "a", 2), _batch(tmp_path, "b", 2)
+    result = pixrun(
+        [
+            "run",
+            str(a.manifest),
+            str(b.manifest),
+            "-yq",
+            "--only",
+            "hero*",
+            "--notify",
+            every.url,
+            *FLAGS,
+        ],
+        env_for(sim.base_url),
+        cwd=tmp_path,
+    )
+    said = explain(result)
+    assert result.returncode == ExitCode.INVALID, said
+    assert _charged(sim.stats()) == {}
+    assert _names(every) == ["a", "b"], said
+    assert {s["status"] for s in every.summaries()} == {"error"}
+    assert all("--only 'hero*'" in s["message"] for s in every.summaries())
+
+
 def test_a_watched_folder_tells_each_manifest_that_ends(
     sim_thread: SimThread, tmp_path: Path, receiver: Any
 ) -> None:
