@@ -37,7 +37,15 @@ FLAGS = ["--backoff-base-s", "0.01", "--provider-option", "read_timeout_s=1"]
 CAP = 3
 
 
-def _batch(folder: Path, name: str, n: int, *, priority: int | None = None, **kw: Any) -> Batch:
+def _batch(
+    folder: Path,
+    name: str,
+    n: int,
+    *,
+    priority: int | None = None,
+    concurrency: int = CAP,
+    **kw: Any,
+) -> Batch:
     """A manifest whose prompts start with its name (``a scene, shot s00``), writing to
     its own output folder."""
     ids = [f"s{i:02d}" for i in range(n)]
@@ -45,7 +53,7 @@ def _batch(folder: Path, name: str, n: int, *, priority: int | None = None, **kw
         folder,
         n,
         name=name,
-        concurrency=CAP,
+        concurrency=concurrency,
         output_dir=Path(f"out-{name}"),  # beside the manifest, wherever it goes
         scenes={sid: f"{name} scene" for sid in ids},
         **kw,
@@ -320,21 +328,30 @@ def test_watch_once_runs_what_is_there_rejects_the_invalid_and_skips_temp_files(
 def test_a_restarted_watch_resumes_what_was_in_flight(
     sim_thread: SimThread, tmp_path: Path
 ) -> None:
-    sim = sim_thread(render_time_s=(1.0, 1.5))
+    sim = sim_thread(render_time_s=(2.0, 3.0))
     hot = tmp_path / "hot"
     hot.mkdir()
-    batch = _batch(tmp_path / "stage", "a", 6)
+    # Room for every shot at once: once all six have task ids, the killed runner cannot
+    # have an intent on the wire, which a restart would rightly park as ambiguous.
+    batch = _batch(tmp_path / "stage", "a", 6, concurrency=6)
     _drop(batch, hot)
     ledger = hot / "ledgers" / "a.ledger.sqlite"
     first = start(_watch_args(hot), env_for(sim.base_url), cwd=tmp_path, tag="first")
     wait_until(
         lambda: (
             ledger.exists()
-            and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] >= 2
+            and query(
+                ledger,
+                "SELECT COUNT(*) FROM shots WHERE state IN ('submitted', 'rendered',"
+                " 'downloading', 'done')",
+            )[0][0]
+            == 6
         ),
-        what="tasks in flight",
+        what="every shot at the provider",
     )
     first.kill()  # no goodbye: the ledger alone says what is at the provider
+    in_flight = query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0]
+    assert in_flight >= 1  # else this proves nothing about resuming
     assert (hot / "a.yaml").exists()
     result = pixrun(_watch_args(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
     assert result.returncode == 0, explain(result)
