@@ -17,7 +17,7 @@ from runkit import write_manifest as write_sim_manifest
 from runner.cli import cli
 from runner.errors import ManifestError, Problem
 from runner.manifest import load_manifest
-from runner.manifest.tables import column_letters, image_id
+from runner.manifest.table_cells import column_letters, image_id
 from runner.model import Manifest, Mode
 
 HEAD = "version: 1\ndefaults: {model: v4.5, quality: 360p, duration: 5}\n"

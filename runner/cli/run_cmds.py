@@ -1,6 +1,6 @@
 """``pixrun run``, ``pixrun retry`` and ``pixrun resolve``: parse, call runner.run.batch, exit.
 
-Size: about 400 lines, most of them option declarations of three commands that share
+Size: about 530 lines, most of them option declarations of three commands that share
 the provider settings; the work is in runner/run/.
 """
 

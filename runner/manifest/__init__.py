@@ -13,7 +13,8 @@ per step:
 - ``expand``: defaults, takes and variations into concrete shots.
 - ``images``: local image checks; ``output_names``: output file name patterns.
 - ``tables``: ``shots_from`` (CSV/TSV/JSONL rows, folders of images) into shot entries,
-  and where each came from (file:row:column).
+  and where each came from (file:row:column); ``table_cells``: how a cell becomes a
+  field's value.
 - ``loader``: the one read that runs these steps and collects every problem.
 
 Why ``yaml_source`` builds plain data from libyaml's events instead of calling PyYAML's

@@ -16,6 +16,9 @@ Invariants:
   manifest pays nothing for them.
 - A value the shape check refused is left out before expansion (defaults and shot
   keys alike), so one mistake is reported once, where it was written.
+
+Size: about 480 lines, one module: ``_Reader`` is the single pass that carries one
+``Issues`` through every step; the steps themselves live in their own modules.
 """
 
 from __future__ import annotations

@@ -6,16 +6,10 @@ YAML ones, so defaults, derived ids, duplicate checks, prices and output names f
 one code path. This module only reads the files and remembers where each entry came
 from (:class:`TableIndex`).
 
-Cell syntax (CSV/TSV cells are text; JSONL values are already typed):
-
-- an empty cell (or one of only spaces) means "not set"; other cells are stripped;
-- whole numbers, numbers and true/false (also yes/no, 1/0) by the field's type;
-- a list (``fusion``, ``image_list``): items separated by ``|`` (``a.png | b.png``),
-  or a JSON list when the cell starts with ``[``;
-- an object (``motion_scale``, ``vary``): a JSON object (``{"x": 2}``);
-- headers name shot fields (case and surrounding spaces ignored); a column whose
-  header starts with ``x-`` is ignored (notes); the delimiter (comma, semicolon or tab)
-  is the one the header line uses most (``.tsv``: tab).
+Headers name shot fields (case and surrounding spaces ignored); a column whose header
+starts with ``x-`` is ignored (notes); the delimiter (comma, semicolon or tab) is the
+one the header line uses most (``.tsv``: tab). How a cell becomes a value (its syntax)
+is in :mod:`runner.manifest.table_cells`.
 
 Invariants:
 - Positions are two integers per entry (source, row); a problem's file:row:column is
@@ -27,6 +21,9 @@ Invariants:
 - A file whose header is wrong gives header problems only: its rows are not read.
 - Nothing raises for anything in a table; a missing or unreadable file is a problem at
   the ``shots_from`` entry that names it.
+
+Size: about 500 lines, mostly :class:`TableReader`: its CSV, JSONL and image readers share
+the index and the problem reporting; cell conversion is in ``table_cells``.
 """
 
 from __future__ import annotations
@@ -36,16 +33,22 @@ import glob
 import io
 import json
 import os
-import re
 from array import array
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.manifest.contract import did_you_mean
 from runner.manifest.rules import Rules
 from runner.manifest.schema import schema_of
+from runner.manifest.table_cells import (
+    CellError,
+    Convert,
+    as_text,
+    column_letters,
+    converter,
+    image_id,
+)
 
 if TYPE_CHECKING:
     from runner.manifest.issues import Issues
@@ -59,21 +62,6 @@ CSV_DELIMITERS = {".csv": None, ".tsv": "\t"}
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 #: columns and keys starting with this are the user's own (notes): ignored
 IGNORED_PREFIX = "x-"
-LIST_SEPARATOR = "|"
-
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
-_NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
-_DOTS = re.compile(r"\.{2,}")
-
-
-class _CellError(Exception):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
 
 # ---- where entries came from ---------------------------------------------------------
 
@@ -144,127 +132,6 @@ class TableIndex:
         place = self.place(index, ())
         assert isinstance(place, Place)
         return place.file if place.line is None else f"{place.file}:{place.line}"
-
-
-# ---- cells ------------------------------------------------------------------------
-
-Convert = Callable[[str], Any]
-
-
-def _text(cell: str) -> str:
-    return cell
-
-
-def _integer(cell: str) -> int:
-    if not _INTEGER.fullmatch(cell):
-        raise _CellError(f"{cell[:40]!r} is not a whole number", "write a whole number, e.g. 3")
-    return int(cell)
-
-
-def _number(cell: str) -> int | float:
-    if _INTEGER.fullmatch(cell):
-        return int(cell)
-    if not _NUMBER.fullmatch(cell):
-        raise _CellError(f"{cell[:40]!r} is not a number", "write a number, e.g. 0.5")
-    return float(cell)
-
-
-def _boolean(cell: str) -> bool:
-    flag = _BOOLEANS.get(cell.lower())
-    if flag is None:
-        raise _CellError(f"{cell[:40]!r} is not true or false", "write true or false")
-    return flag
-
-
-def _json(cell: str, kind: type, example: str) -> Any:
-    what = "a JSON list" if kind is list else "a JSON object"
-    try:
-        value = json.loads(cell)
-    except json.JSONDecodeError as exc:
-        raise _CellError(
-            f"not {what}: {exc.msg} (character {exc.pos + 1})", f"write {what}, e.g. {example}"
-        ) from exc
-    except RecursionError as exc:
-        raise _CellError(f"{what} nested too deeply", "flatten it") from exc
-    if not isinstance(value, kind):
-        raise _CellError(f"must be {what}", f"write {what}, e.g. {example}")
-    return value
-
-
-def _json_object(cell: str) -> Any:
-    return _json(cell, dict, '{"x": 2}')
-
-
-def _list_of(item: Convert) -> Convert:
-    def convert(cell: str) -> list[Any]:
-        if cell.startswith("["):
-            return [item(v) if isinstance(v, str) else v for v in _json(cell, list, '["a.png"]')]
-        parts = [part.strip() for part in cell.split(LIST_SEPARATOR)]
-        if "" in parts:
-            raise _CellError(
-                "the list has an empty item",
-                f"separate items with {LIST_SEPARATOR!r}: a.png {LIST_SEPARATOR} b.png",
-            )
-        return [item(part) for part in parts]
-
-    return convert
-
-
-def _spelling(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _choice_of(values: list[Any]) -> Convert:
-    """A field whose values mix kinds (duration: 5 or "5s"): the value a cell spells;
-    anything else is left as text for the shape check to refuse with the choices."""
-    spelled = {_spelling(v).lower(): v for v in values}
-
-    def convert(cell: str) -> Any:
-        return spelled.get(cell.lower(), cell)
-
-    return convert
-
-
-def converter(prop: Mapping[str, Any]) -> Convert:
-    """How a cell becomes the value of a shot field with the schema ``prop``."""
-    kind = prop.get("type")
-    if kind == "string":
-        choices = prop.get("enum")
-        if choices:
-            # the schema's own string objects: one for every row that uses a choice
-            known = {c: c for c in choices}
-            return lambda cell: known.get(cell, cell)
-        return _text
-    if kind == "integer":
-        return _integer
-    if kind == "number":
-        return _number
-    if kind == "boolean":
-        return _boolean
-    if kind == "array":
-        return _list_of(converter(prop.get("items", {})))
-    if kind == "object":
-        return _json_object
-    if "enum" in prop:
-        return _choice_of(list(prop["enum"]))
-    return _text
-
-
-def column_letters(position: int) -> str:
-    """A spreadsheet's name for the column at 0-based ``position``: A, B, ..., AA."""
-    out = ""
-    n = position + 1
-    while n:
-        n, rest = divmod(n - 1, 26)
-        out = chr(ord("A") + rest) + out
-    return out
-
-
-def image_id(path: str) -> str:
-    """A shot id from an image file's name: its stem, with anything an id cannot hold
-    (spaces, accents, ...) as '-'; '' when nothing is left."""
-    stem = PurePath(path).stem
-    return _DOTS.sub(".", _NOT_ID.sub("-", stem)).strip("-.")
 
 
 # ---- reading ------------------------------------------------------------------------
@@ -449,7 +316,7 @@ class TableReader:
             name = label.lower()
             if not label:
                 # values under a nameless column are refused row by row
-                out.append(("", column_letters(position), _text))
+                out.append(("", column_letters(position), as_text))
                 continue
             if name.startswith(IGNORED_PREFIX):
                 out.append(None)
@@ -517,7 +384,7 @@ class TableReader:
                 continue
             try:
                 entry[name] = convert(text)
-            except _CellError as exc:
+            except CellError as exc:
                 self._issues.report(("shots", index, name), exc.message, exc.hint)
                 self.bad.add(("shots", index, name))
 
