@@ -50,6 +50,11 @@ HARD_STOPS = frozenset(
     }
 )
 
+#: hard stops about the account or the provider, not one manifest: a refused key or an
+#: answer pixrun does not recognise holds for every batch on the same provider, so with
+#: several manifests one batch's stop stops them all before they pay for more tasks
+ACCOUNT_STOPS = frozenset({StopReason.AUTH, StopReason.CONTRACT})
+
 _EXIT_FOR_STOP = {
     StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
     StopReason.AUTH: ExitCode.AUTH,
