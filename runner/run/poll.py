@@ -3,6 +3,8 @@ shot.
 
 Invariants:
 - Fetching is free and authoritative; a transient failure of it never fails a shot.
+  A fetch refused for good (the account cannot pay, the request is invalid) stops the
+  run at once (exit 4, exit 5): it is no outage to wait out, and no shot's failure.
 - A shot is generated again only when the provider positively says its render failed,
   with attempts left. A recognised "no such task" for a task accepted in an earlier run
   parks the shot (never paid for twice); for one accepted in this run, when no fetch
@@ -18,7 +20,15 @@ import asyncio
 import contextlib
 import time
 
-from runner.errors import AuthRefused, ContractMismatch, ProviderError, RateLimited, TaskNotFound
+from runner.errors import (
+    AuthRefused,
+    ContractMismatch,
+    InvalidRequest,
+    OutOfCredit,
+    ProviderError,
+    RateLimited,
+    TaskNotFound,
+)
 from runner.ledger import EventKind
 from runner.model import ErrorKind, ShotState
 from runner.provider import TaskState, TaskStatus
@@ -152,8 +162,10 @@ class Poller:
 
     async def fetch(self, task_id: str) -> TaskState | None:
         """The task's state; None after a passing failure (the caller waits and asks
-        again); raises TaskNotFound. A refused key or an unrecognised answer stops
-        everything (this call's caller is cancelled with the rest)."""
+        again); raises TaskNotFound. A refused key, an account that cannot pay, a fetch
+        refused as invalid or an unrecognised answer stops everything (this call's
+        caller is cancelled with the rest): asking again would not help, and waiting
+        it out as an outage would hang the run for hours."""
         ctx = self._ctx
         await ctx.gate.wait()
         try:
@@ -170,6 +182,30 @@ class Poller:
         except ContractMismatch as exc:
             ctx.ledger_event(EventKind.CONTRACT_MISMATCH, exc.message)
             ctx.request_stop(StopReason.CONTRACT, with_hint(exc))
+            return None
+        except OutOfCredit as exc:
+            # not an outage: asking again will not help until the account is topped up
+            ctx.request_stop(
+                StopReason.LOCKED_OUT,
+                f"the provider refuses even to say how tasks are doing: {exc.message}. "
+                "Nothing was marked failed and every task id is kept. What to do: "
+                f"{exc.hint or 'top up the account, then rerun'}; the rerun collects "
+                "every task at no new charge",
+            )
+            return None
+        except InvalidRequest as exc:
+            # a fetch carries nothing of the shot's but the task id the provider gave:
+            # a refusal means pixrun's fetch request is not the one the provider expects
+            ctx.ledger_event(EventKind.CONTRACT_MISMATCH, exc.message)
+            ctx.request_stop(
+                StopReason.CONTRACT,
+                f"GET {ctx.provider.config.fetch_url(task_id)}: {exc.message}: a fetch of a "
+                "task the provider accepted was refused as invalid, so the fetch route or "
+                "its form is probably not the provider's. Nothing was marked failed and "
+                "every task id is kept. What to do: run 'pixrun doctor', then set "
+                "--provider-option fetch_path=... (or keep it with 'pixrun doctor --save'); "
+                "a rerun collects every task at no new charge",
+            )
             return None
         except ProviderError as exc:
             self._health.failed(exc)
