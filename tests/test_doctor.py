@@ -405,6 +405,23 @@ async def test_a_provider_that_answers_every_route_proves_no_route(
     assert found["generate route"].outcome is Outcome.OK
 
 
+async def test_a_gateway_that_says_not_found_everywhere_is_a_route_mismatch(
+    fake_api: Any, tmp_path: Path
+) -> None:
+    """Every path answers ``{"code": 404, "msg": "not found"}`` with HTTP 200: no route is
+    proven, and a run would stop on the first generate (exit 5), so doctor says so."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"code": 404, "msg": "not found", "data": None})
+
+    found = await run_doctor(await fake_api(handler), tmp_path)
+    assert found["generate route"].outcome is Outcome.FAIL
+    assert "generate_path" in found["generate route"].fix
+    assert found["upload route"].outcome is Outcome.WARN
+    assert found["report"].exit_code == ExitCode.CONTRACT
+    assert "generate_path" not in found["report"].working
+
+
 async def test_a_generate_route_that_accepts_the_probe_fails_loudly(
     fake_api: Any, tmp_path: Path
 ) -> None:
