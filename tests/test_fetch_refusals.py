@@ -1,8 +1,9 @@
-"""A fetch the provider refuses in a recognised envelope, against a real gateway stand-in
-(the simulator never refuses a fetch this way): asking again will not help, so the run
-stops at once with the right exit code instead of waiting it out as an outage for
-hours; nothing is failed, every task id is kept, and a rerun once the gateway answers
-collects every task without a new generate.
+"""Refusals the provider sends in a recognised envelope, against a real gateway stand-in
+(the simulator never answers this way): a fetch refused for good, an error code pixrun
+does not know. Asking again will not help, so the run stops within seconds with the
+right exit code instead of waiting it out as an outage for hours; nothing is failed,
+every task id is kept, and a rerun once the gateway answers collects every task
+without a new generate.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ TINY_MP4 = Path(__file__).resolve().parents[1] / "runner" / "data" / "tiny.mp4"
 
 
 class Gateway:
-    """A gateway-dialect API in a thread: generate accepts, fetch answers ``refusal``
-    (a JSON body sent with HTTP 200) until it is set to None, then "succeeded"."""
+    """A gateway-dialect API in a thread: generate answers ``generate_refusal`` (a JSON
+    body sent with HTTP 200) while it is set, else accepts; fetch answers ``refusal``
+    while it is set, else "succeeded"."""
 
     def __init__(self) -> None:
         self.refusal: dict[str, Any] | None = None
+        self.generate_refusal: dict[str, Any] | None = None
         self.generates = 0
         self._ids = itertools.count(1)
         self._loop = asyncio.new_event_loop()
@@ -52,6 +55,8 @@ class Gateway:
     async def _generate(self, request: web.Request) -> web.Response:
         assert request.headers["Authorization"] == f"Bearer {KEY}"
         self.generates += 1
+        if self.generate_refusal is not None:
+            return web.json_response(self.generate_refusal)
         task_id = f"t{next(self._ids)}"
         return web.json_response({"code": 200, "msg": "success", "data": {"task_id": task_id}})
 
@@ -83,6 +88,18 @@ def gateway() -> Iterator[Gateway]:
     gw.close()
 
 
+UNKNOWN = {"ErrCode": 999999, "ErrMsg": "something new"}
+
+
+def _batch(tmp_path: Path) -> Any:
+    batch = write_manifest(tmp_path, 3, concurrency=3)
+    doc = yaml.safe_load(batch.manifest.read_text())
+    # an outage would end after 3 s here (exit 1): these answers must not be taken for one
+    doc["run"]["outage_timeout_s"] = 3
+    batch.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return batch
+
+
 @pytest.mark.parametrize(
     ("refusal", "exit_code", "words"),
     [
@@ -95,11 +112,7 @@ def gateway() -> Iterator[Gateway]:
 def test_a_refused_fetch_stops_at_once_and_a_rerun_collects_for_free(
     tmp_path: Path, gateway: Gateway, refusal: dict[str, Any], exit_code: int, words: str
 ) -> None:
-    batch = write_manifest(tmp_path, 3, concurrency=3)
-    doc = yaml.safe_load(batch.manifest.read_text())
-    # an outage would end after 3 s here (exit 1): the refusal must not be taken for one
-    doc["run"]["outage_timeout_s"] = 3
-    batch.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    batch = _batch(tmp_path)
     gateway.refusal = refusal
     first = run_pixrun(batch, gateway.base_url)
     said = explain(first)
@@ -113,4 +126,39 @@ def test_a_refused_fetch_stops_at_once_and_a_rerun_collects_for_free(
     rerun = run_pixrun(batch, gateway.base_url)
     assert rerun.returncode == 0, explain(rerun)
     assert gateway.generates == 3, "a task was generated again"
+    assert set(states(batch.ledger).values()) == {"done"}
+
+
+def test_fetches_answered_with_an_unknown_error_code_stop_the_run(
+    tmp_path: Path, gateway: Gateway
+) -> None:
+    batch = _batch(tmp_path)
+    gateway.refusal = UNKNOWN
+    first = run_pixrun(batch, gateway.base_url)
+    said = explain(first)
+    assert first.returncode == 5, said
+    assert "something new" in flat(first.stdout), said
+    assert set(states(batch.ledger).values()) == {"submitted"}, said
+    gateway.refusal = None
+    rerun = run_pixrun(batch, gateway.base_url)
+    assert rerun.returncode == 0, explain(rerun)
+    assert gateway.generates == 3, "a task was generated again"
+
+
+def test_generates_answered_with_an_unknown_error_code_stop_the_run_uncharged(
+    tmp_path: Path, gateway: Gateway
+) -> None:
+    """Every generate gets an error code pixrun does not know: a few tries, then a stop
+    (exit 5) with every shot pending, not an outage waited out for hours."""
+    batch = _batch(tmp_path)
+    gateway.generate_refusal = UNKNOWN
+    first = run_pixrun(batch, gateway.base_url)
+    said = explain(first)
+    assert first.returncode == 5, said
+    assert "something new" in flat(first.stdout), said
+    assert set(states(batch.ledger).values()) == {"pending"}, said
+    assert gateway.generates <= 8 + 3, "tried on well past the limit"
+    gateway.generate_refusal = None
+    rerun = run_pixrun(batch, gateway.base_url)
+    assert rerun.returncode == 0, explain(rerun)
     assert set(states(batch.ledger).values()) == {"done"}

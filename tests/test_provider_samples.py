@@ -25,6 +25,7 @@ from runner.errors import (
     RateLimited,
     TaskNotFound,
     TransientError,
+    UnknownProviderError,
     UsageError,
 )
 from runner.provider import (
@@ -278,7 +279,7 @@ def test_success_without_a_url_is_not_collectable_yet() -> None:
         (200, {"ErrCode": 500060, "ErrMsg": "Monthly effects activation limit"}, OutOfCredit),
         (200, {"ErrCode": 500069, "ErrMsg": "high load"}, TransientError),
         (200, {"code": 401, "msg": "token is invalid"}, AuthRefused),
-        (200, {"ErrCode": 999999, "ErrMsg": "something new"}, TransientError),
+        (200, {"ErrCode": 999999, "ErrMsg": "something new"}, UnknownProviderError),
         (200, {"ErrCode": 500063, "ErrMsg": "input contains sensitive content"}, InvalidRequest),
         # a "not found" names no task on generate: the route is missing, no shot's fault
         (200, {"code": 404, "msg": "not found", "data": None}, ContractMismatch),

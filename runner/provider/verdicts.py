@@ -432,6 +432,6 @@ def _request_level(said: _Said, meaning: Meaning | None, provider: bool) -> erro
     # A provider envelope with an error code pixrun does not know, on HTTP 2xx: the
     # provider said it made nothing. Retried a bounded number of times (the shot is
     # left pending after that), never counted as a render failure.
-    return errors.TransientError(
+    return errors.UnknownProviderError(
         f"the provider answered with an unknown error: {shown} ({where})", **kw
     )

@@ -28,6 +28,7 @@ from runner.errors import (
     ProviderError,
     RateLimited,
     TaskNotFound,
+    UnknownProviderError,
 )
 from runner.ledger import EventKind
 from runner.model import ErrorKind, ShotState
@@ -60,6 +61,8 @@ class Poller:
         self._tr = transitions
         self._health = health
         self._callbacks = callbacks
+        #: fetch answers in a row with an error code pixrun does not know
+        self._unknown_streak = 0
 
     async def await_render(self, job: Job, *, downloads_busy: bool) -> None:
         hub = self._callbacks
@@ -207,9 +210,25 @@ class Poller:
                 "a rerun collects every task at no new charge",
             )
             return None
+        except UnknownProviderError as exc:
+            # the provider answers, so it is no outage to wait out for hours; many in a
+            # row (over every task) mean pixrun cannot read this fetch route: stop
+            self._unknown_streak += 1
+            if self._unknown_streak >= ctx.opt.max_transient_tries:
+                ctx.ledger_event(EventKind.CONTRACT_MISMATCH, exc.message)
+                ctx.request_stop(
+                    StopReason.CONTRACT,
+                    f"{self._unknown_streak} fetches in a row were answered with an error "
+                    f"pixrun does not know (the last: {exc.message}). Nothing was marked "
+                    "failed and every task id is kept. What to do: run 'pixrun doctor', "
+                    "check fetch_path, and report this answer; a rerun collects every task "
+                    "at no new charge",
+                )
+            return None
         except ProviderError as exc:
             self._health.failed(exc)
             return None
+        self._unknown_streak = 0
         self._health.ok()
         self._health.found_a_task()
         return state
