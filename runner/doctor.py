@@ -230,7 +230,7 @@ async def diagnose(config: ProviderConfig, *, output_dir: Path, ledger_dir: Path
             answers = [configured, generate, upload, control, *alternatives]
             provider_checks = [
                 check_key(configured, answers),
-                check_dialect(generate, configured),
+                check_dialect(generate, _speaking(fetch_answers, configured)),
                 check_generate(config, generate),
                 check_fetch(config, fetch_answers, control),
                 check_upload(upload),
@@ -247,6 +247,14 @@ async def diagnose(config: ProviderConfig, *, output_dir: Path, ledger_dir: Path
         working=_working(checks, config),
         answers=tuple(answers),
     )
+
+
+def _speaking(answers: Mapping[str, ProbeAnswer], configured: ProbeAnswer) -> ProbeAnswer:
+    """The fetch answer that tells the dialect: the configured route's, else the first
+    other route's in a provider envelope (a wrong fetch_path says nothing about it)."""
+    if dialect_of(configured) is not None:
+        return configured
+    return next((a for a in answers.values() if dialect_of(a) is not None), configured)
 
 
 def _working(checks: Iterable[Check], config: ProviderConfig) -> dict[str, str]:

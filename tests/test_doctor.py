@@ -405,6 +405,25 @@ async def test_a_provider_that_answers_every_route_proves_no_route(
     assert found["generate route"].outcome is Outcome.OK
 
 
+async def test_the_dialect_is_read_from_the_fetch_route_found(
+    fake_api: Any, tmp_path: Path
+) -> None:
+    """Generate and the configured fetch route are wrong, another fetch route answers in
+    the PixVerse envelope: the dialect is known, and the fix names the routes, not "the
+    base URL is not the 302.AI API"."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/pix/feed/"):
+            return web.json_response({"ErrCode": 500008, "ErrMsg": "Requested data not found"})
+        return web.Response(status=404, text="<html>nginx</html>", content_type="text/html")
+
+    found = await run_doctor(await fake_api(handler), tmp_path)
+    assert found["dialect"].outcome is Outcome.OK, found["dialect"]
+    assert "pixverse" in found["dialect"].found
+    assert found["fetch route"].remedy == {"fetch_path": "/pix/feed/{task_id}"}
+    assert found["report"].exit_code == ExitCode.CONTRACT
+
+
 async def test_a_gateway_that_says_not_found_everywhere_is_a_route_mismatch(
     fake_api: Any, tmp_path: Path
 ) -> None:
