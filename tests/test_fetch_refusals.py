@@ -162,3 +162,25 @@ def test_generates_answered_with_an_unknown_error_code_stop_the_run_uncharged(
     rerun = run_pixrun(batch, gateway.base_url)
     assert rerun.returncode == 0, explain(rerun)
     assert set(states(batch.ledger).values()) == {"done"}
+
+
+def test_a_rerun_on_a_route_that_knows_no_task_stops_again_never_parks(
+    tmp_path: Path, gateway: Gateway
+) -> None:
+    """The fetch route answers a well-formed "no such task" for everything: the first run
+    stops (exit 5). A hurried rerun without the fix must stop the same way, not park
+    every task as lost (a parked shot is collected only by hand, or paid for again);
+    once the route answers, a rerun collects every task without a new generate."""
+    batch = _batch(tmp_path)
+    gateway.refusal = {"code": 404, "msg": "task not found", "data": None}
+    for _ in range(2):
+        stopped = run_pixrun(batch, gateway.base_url)
+        said = explain(stopped)
+        assert stopped.returncode == 5, said
+        assert "fetch_path" in flat(stopped.stdout), said
+        assert set(states(batch.ledger).values()) == {"submitted"}, said
+    gateway.refusal = None
+    rerun = run_pixrun(batch, gateway.base_url)
+    assert rerun.returncode == 0, explain(rerun)
+    assert gateway.generates == 3, "a task was generated again"
+    assert set(states(batch.ledger).values()) == {"done"}

@@ -9,6 +9,8 @@ Invariants:
   with attempts left. A recognised "no such task" for a task accepted in an earlier run
   parks the shot (never paid for twice); for one accepted in this run, when no fetch
   has found any task yet, it means the fetch route is wrong: the run stops (exit 5).
+  The ledger remembers that route (``route_unproven``): a rerun on the same route stops
+  the same way until a fetch on it finds a task, instead of parking every task.
 - A deleted video, moderation and a render past ``poll.timeout_s`` end the shot; only
   a person re-renders it (it costs again).
 - A callback only brings the next fetch forward; what the fetch says is what counts.
@@ -63,6 +65,9 @@ class Poller:
         self._callbacks = callbacks
         #: fetch answers in a row with an error code pixrun does not know
         self._unknown_streak = 0
+        #: whether the configured fetch route is one an earlier run caught saying "no
+        #: such task" for a task it had just accepted (None: not read yet)
+        self._unproven: bool | None = None
 
     async def await_render(self, job: Job, *, downloads_busy: bool) -> None:
         hub = self._callbacks
@@ -103,9 +108,12 @@ class Poller:
                 state = await self.fetch(row.task_id)
             except TaskNotFound as exc:
                 ctx.release(job)
-                if job.accepted_mono is not None and self._health.tasks_found == 0:
-                    # a task accepted seconds ago, and no fetch of this run has ever found
-                    # one: the fetch route answers "no such task" for everything
+                if self._health.tasks_found == 0 and (
+                    job.accepted_mono is not None or await self._route_unproven()
+                ):
+                    # a task accepted seconds ago (or a route an earlier run caught doing
+                    # so, still configured), and no fetch of this run has found one: the
+                    # fetch route answers "no such task" for everything
                     ctx.request_stop(StopReason.CONTRACT, self._route_says_unknown(job, exc))
                     return
                 await self.task_lost(job, exc)
@@ -231,13 +239,30 @@ class Poller:
         self._unknown_streak = 0
         self._health.ok()
         self._health.found_a_task()
+        if self._health.tasks_found == 1 and await self._route_unproven():
+            self._unproven = False  # the route is proven: its "no such task" counts again
+            ctx.ledger_event(EventKind.ROUTE_PROVEN, self._route())
         return state
+
+    def _route(self) -> str:
+        config = self._ctx.provider.config
+        return f"{config.base_url} {config.fetch_path}"
+
+    async def _route_unproven(self) -> bool:
+        """An earlier run caught the configured fetch route saying "no such task" for a
+        task it had just accepted, and no fetch has found a task on it since: a rerun
+        without the fix must stop again, not park every task as lost."""
+        if self._unproven is None:
+            self._unproven = await self._ctx.ledger.unproven_fetch_route() == self._route()
+        return self._unproven
 
     def _route_says_unknown(self, job: Job, exc: TaskNotFound) -> str:
         row = job.row
         self._ctx.ledger_event(EventKind.CONTRACT_MISMATCH, exc.message, row.shot_id)
+        self._ctx.ledger_event(EventKind.ROUTE_UNPROVEN, self._route())
+        when = "accepted moments ago" if job.accepted_mono is not None else "accepted earlier"
         return (
-            f"the fetch route says task {row.task_id}, accepted moments ago, does not exist "
+            f"the fetch route says task {row.task_id}, {when}, does not exist "
             f"({exc.message}), and no fetch of this run has found a task: the route is "
             "probably not the provider's fetch route. Nothing was marked failed and every "
             "task id is kept. What to do: run 'pixrun doctor', then set --provider-option "
