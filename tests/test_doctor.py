@@ -35,8 +35,8 @@ from runner.doctor import (
     check_ledger_folder,
     diagnose,
 )
-from runner.doctor_spend import _task_id_of
-from runner.errors import AmbiguousSubmit, ExitCode, TransientError, UsageError
+from runner.doctor_spend import _read_fetch, _task_id_of
+from runner.errors import AmbiguousSubmit, ContractMismatch, ExitCode, TransientError, UsageError
 from runner.provider import ProviderConfig, mp4_problem
 from runner.provider.probe import ProbeAnswer, Verdict, classify
 from runner.provider.settings_file import save_settings, saved_settings
@@ -198,6 +198,21 @@ def test_spend_reads_a_generate_error_as_a_run_would(
     with pytest.raises(expected) as caught:
         _task_id_of(answer, config, "trace-1", tmp_path)
     assert str(tmp_path) in (caught.value.hint or "")
+
+
+def test_a_spend_fetch_in_no_known_status_names_the_paid_task_not_a_rerun() -> None:
+    """doctor --spend keeps no ledger: a status no dialect defines ends the test naming
+    the task that was paid for, never promising that a rerun collects it."""
+    config = ProviderConfig(base_url="http://127.0.0.1:9", api_key=KEY)
+    body = {"code": 200, "msg": "success", "data": {"task_id": "77", "state": "archived"}}
+    answer = ProbeAnswer(
+        request={"method": "GET", "url": config.fetch_url("77")}, status=200, body=body
+    )
+    with pytest.raises(ContractMismatch) as caught:
+        _read_fetch(answer, classify(answer), config, "77")
+    said = f"{caught.value.message} {caught.value.hint}"
+    assert "Task 77 was created and charged" in said
+    assert "rerun" not in said
 
 
 def test_spend_without_a_terminal_needs_yes(sim_thread: SimThread, tmp_path: Path) -> None:
