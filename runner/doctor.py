@@ -230,7 +230,7 @@ async def diagnose(config: ProviderConfig, *, output_dir: Path, ledger_dir: Path
             answers = [configured, generate, upload, control, *alternatives]
             provider_checks = [
                 check_key(configured, answers),
-                check_dialect(generate, configured),
+                check_dialect(generate, _speaking(fetch_answers, configured)),
                 check_generate(config, generate),
                 check_fetch(config, fetch_answers, control),
                 check_upload(upload),
@@ -247,6 +247,14 @@ async def diagnose(config: ProviderConfig, *, output_dir: Path, ledger_dir: Path
         working=_working(checks, config),
         answers=tuple(answers),
     )
+
+
+def _speaking(answers: Mapping[str, ProbeAnswer], configured: ProbeAnswer) -> ProbeAnswer:
+    """The fetch answer that tells the dialect: the configured route's, else the first
+    other route's in a provider envelope (a wrong fetch_path says nothing about it)."""
+    if dialect_of(configured) is not None:
+        return configured
+    return next((a for a in answers.values() if dialect_of(a) is not None), configured)
 
 
 def _working(checks: Iterable[Check], config: ProviderConfig) -> dict[str, str]:
@@ -390,6 +398,11 @@ def check_generate(config: ProviderConfig, answer: ProbeAnswer) -> Check:
     if verdict in (Verdict.INCONCLUSIVE, Verdict.NO_ANSWER):
         return _no_verdict(name, _where(answer), answer)
     err = error_for(Op.GENERATE, answer.status or 0, answer.headers, answer.body)
+    if isinstance(err, ContractMismatch):
+        # read as a run reads it: a "not found" names no task here, the route is missing
+        found, fix, code = _GENERATE_FAILS[Verdict.ROUTE_LEVEL]
+        text = found.format(where=_where(answer), summary=answer.summary())
+        return Check(name, Outcome.FAIL, text, fix, exit_code=code)
     if isinstance(err, OutOfCredit):
         return Check(
             name,
@@ -460,11 +473,16 @@ def check_upload(answer: ProbeAnswer) -> Check:
     """The upload route refuses an empty form in an envelope: it exists."""
     name = UPLOAD
     verdict = classify(answer)
-    if verdict in _ROUTE_EXISTS:
+    fix = "--provider-option image_encoding=data_uri sends local images inside the request"
+    missing = isinstance(
+        error_for(Op.UPLOAD, answer.status or 0, answer.headers, answer.body), ContractMismatch
+    )
+    if verdict in _ROUTE_EXISTS and not missing:
         return Check(
             name, Outcome.OK, f"{_where(answer)} refused an empty form: {answer.summary()}"
         )
-    fix = "--provider-option image_encoding=data_uri sends local images inside the request"
+    if missing:
+        verdict = Verdict.ROUTE_LEVEL
     if verdict is Verdict.ROUTE_LEVEL:
         return Check(name, Outcome.WARN, f"{_where(answer)} is missing: {answer.summary()}", fix)
     return Check(

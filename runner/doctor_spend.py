@@ -279,3 +279,13 @@ def _read_fetch(
     except (TaskNotFound, TransientError, RateLimited):
         # a fresh task may take a moment to be visible; the timeout decides
         return None
+    except ContractMismatch as exc:
+        # doctor keeps no ledger: the run's "a rerun collects every task" would not
+        # hold here; name the task that was paid for instead
+        raise ContractMismatch(
+            f"{exc.message} Task {task_id} was created and charged; doctor keeps no "
+            "ledger, so note its id to find it in the 302.AI dashboard",
+            status=exc.status,
+            hint="report the raw answers kept in the --spend folder; 'pixrun doctor' "
+            "(without --spend) checks the fetch route",
+        ) from None

@@ -20,6 +20,7 @@ with ``raise ... from exc``; only the CLI prints errors.
     │   ├── RateLimited            429 with Retry-After; wait, never a shot failure
     │   │   └── ConcurrencyLimited the account's concurrent-generation cap was hit
     │   ├── TransientError         5xx, refused/reset before the request was written
+    │   │   └── UnknownProviderError an error code pixrun does not know, on HTTP 2xx
     │   ├── AmbiguousSubmit        timeout/reset AFTER a generate request was written
     │   ├── InvalidRequest         400/422 or a parameter ErrCode; the shot is invalid
     │   ├── TaskNotFound           a recognised envelope says: no such task
@@ -185,6 +186,12 @@ class ConcurrencyLimited(RateLimited):
 
 class TransientError(ProviderError):
     """Safe to retry: 5xx, or a connection that failed before the request was written."""
+
+
+class UnknownProviderError(TransientError):
+    """A provider envelope on HTTP 2xx with an error code pixrun does not know. The
+    provider answered (no outage to wait out) and made nothing: a bounded number of
+    tries, never an hours-long back-off."""
 
 
 class AmbiguousSubmit(ProviderError):

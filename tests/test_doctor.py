@@ -35,8 +35,8 @@ from runner.doctor import (
     check_ledger_folder,
     diagnose,
 )
-from runner.doctor_spend import _task_id_of
-from runner.errors import AmbiguousSubmit, ExitCode, TransientError, UsageError
+from runner.doctor_spend import _read_fetch, _task_id_of
+from runner.errors import AmbiguousSubmit, ContractMismatch, ExitCode, TransientError, UsageError
 from runner.provider import ProviderConfig, mp4_problem
 from runner.provider.probe import ProbeAnswer, Verdict, classify
 from runner.provider.settings_file import save_settings, saved_settings
@@ -198,6 +198,21 @@ def test_spend_reads_a_generate_error_as_a_run_would(
     with pytest.raises(expected) as caught:
         _task_id_of(answer, config, "trace-1", tmp_path)
     assert str(tmp_path) in (caught.value.hint or "")
+
+
+def test_a_spend_fetch_in_no_known_status_names_the_paid_task_not_a_rerun() -> None:
+    """doctor --spend keeps no ledger: a status no dialect defines ends the test naming
+    the task that was paid for, never promising that a rerun collects it."""
+    config = ProviderConfig(base_url="http://127.0.0.1:9", api_key=KEY)
+    body = {"code": 200, "msg": "success", "data": {"task_id": "77", "state": "archived"}}
+    answer = ProbeAnswer(
+        request={"method": "GET", "url": config.fetch_url("77")}, status=200, body=body
+    )
+    with pytest.raises(ContractMismatch) as caught:
+        _read_fetch(answer, classify(answer), config, "77")
+    said = f"{caught.value.message} {caught.value.hint}"
+    assert "Task 77 was created and charged" in said
+    assert "rerun" not in said
 
 
 def test_spend_without_a_terminal_needs_yes(sim_thread: SimThread, tmp_path: Path) -> None:
@@ -403,6 +418,42 @@ async def test_a_provider_that_answers_every_route_proves_no_route(
     assert "--spend" in found["fetch route"].fix
     assert "fetch_path" not in found["report"].working
     assert found["generate route"].outcome is Outcome.OK
+
+
+async def test_the_dialect_is_read_from_the_fetch_route_found(
+    fake_api: Any, tmp_path: Path
+) -> None:
+    """Generate and the configured fetch route are wrong, another fetch route answers in
+    the PixVerse envelope: the dialect is known, and the fix names the routes, not "the
+    base URL is not the 302.AI API"."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/pix/feed/"):
+            return web.json_response({"ErrCode": 500008, "ErrMsg": "Requested data not found"})
+        return web.Response(status=404, text="<html>nginx</html>", content_type="text/html")
+
+    found = await run_doctor(await fake_api(handler), tmp_path)
+    assert found["dialect"].outcome is Outcome.OK, found["dialect"]
+    assert "pixverse" in found["dialect"].found
+    assert found["fetch route"].remedy == {"fetch_path": "/pix/feed/{task_id}"}
+    assert found["report"].exit_code == ExitCode.CONTRACT
+
+
+async def test_a_gateway_that_says_not_found_everywhere_is_a_route_mismatch(
+    fake_api: Any, tmp_path: Path
+) -> None:
+    """Every path answers ``{"code": 404, "msg": "not found"}`` with HTTP 200: no route is
+    proven, and a run would stop on the first generate (exit 5), so doctor says so."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"code": 404, "msg": "not found", "data": None})
+
+    found = await run_doctor(await fake_api(handler), tmp_path)
+    assert found["generate route"].outcome is Outcome.FAIL
+    assert "generate_path" in found["generate route"].fix
+    assert found["upload route"].outcome is Outcome.WARN
+    assert found["report"].exit_code == ExitCode.CONTRACT
+    assert "generate_path" not in found["report"].working
 
 
 async def test_a_generate_route_that_accepts_the_probe_fails_loudly(

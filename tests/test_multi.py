@@ -401,3 +401,35 @@ async def test_only_a_file_unchanged_for_a_moment_counts(tmp_path: Path) -> None
     assert hot._stable(None) == []  # it changed: the clock starts again
     assert hot._stable(None) == ["a.yaml"]
     assert found == ["found a.yaml"]
+
+
+def test_a_contract_mismatch_in_one_manifest_stops_the_others_before_they_pay(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """The fetch route is served elsewhere: the first manifest's first fetch proves it.
+    The second manifest, on the same provider, must stop then too (exit 5), not take the
+    freed slots and pay for tasks it cannot collect either; a rerun with the right
+    fetch_path finishes both, each shot generated once."""
+    elsewhere = "/pix/fetch/{task_id}"
+    sim = sim_thread(fetch_path=elsewhere, render_time_s=(0.05, 0.1))
+    a, b = _batch(tmp_path, "a", 9, priority=5), _batch(tmp_path, "b", 9)
+    args = ["run", str(a.manifest), str(b.manifest), "--yes", "--quiet", *FLAGS]
+    first = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert first.returncode == 5, explain(first)
+    tasks = _by_manifest(sim.stats())
+    assert tasks["a"], "the first manifest submitted nothing before its first fetch"
+    assert not tasks.get("b"), f"b paid for {len(tasks['b'])} tasks after the mismatch"
+    for batch in (a, b):
+        assert set(states(batch.ledger).values()) <= {"pending", "submitted"}, explain(first)
+    ids = {
+        str(r[0]) for r in query(a.ledger, "SELECT task_id FROM shots WHERE task_id IS NOT NULL")
+    }
+    assert {t["task_id"] for t in tasks["a"]} <= ids
+
+    fixed = pixrun(
+        [*args, "--provider-option", f"fetch_path={elsewhere}"], env_for(sim.base_url), cwd=tmp_path
+    )
+    assert fixed.returncode == 0, explain(fixed)
+    final = _by_manifest(sim.stats())
+    assert {k: len(v) for k, v in final.items()} == {"a": 9, "b": 9}
+    assert {t["task_id"] for t in tasks["a"]} <= {t["task_id"] for t in final["a"]}

@@ -25,6 +25,7 @@ from runner.errors import (
     RateLimited,
     TaskNotFound,
     TransientError,
+    UnknownProviderError,
     UsageError,
 )
 from runner.provider import (
@@ -278,14 +279,24 @@ def test_success_without_a_url_is_not_collectable_yet() -> None:
         (200, {"ErrCode": 500060, "ErrMsg": "Monthly effects activation limit"}, OutOfCredit),
         (200, {"ErrCode": 500069, "ErrMsg": "high load"}, TransientError),
         (200, {"code": 401, "msg": "token is invalid"}, AuthRefused),
-        (200, {"ErrCode": 999999, "ErrMsg": "something new"}, TransientError),
+        (200, {"ErrCode": 999999, "ErrMsg": "something new"}, UnknownProviderError),
         (200, {"ErrCode": 500063, "ErrMsg": "input contains sensitive content"}, InvalidRequest),
+        # a "not found" names no task on generate: the route is missing, no shot's fault
+        (200, {"code": 404, "msg": "not found", "data": None}, ContractMismatch),
+        (404, {"code": 404, "msg": "route not found", "data": None}, ContractMismatch),
+        (404, {"ErrCode": 400017, "ErrMsg": "Invalid parameter"}, ContractMismatch),
+        (400, {"code": 400, "msg": "model not found", "data": None}, InvalidRequest),
     ],
 )
 def test_generate_answers_that_are_not_a_task(status: int, body: Any, error: type) -> None:
     with pytest.raises(error) as info:
         parse_generate(status, {}, body)
     assert type(info.value) is error
+
+
+def test_an_upload_route_that_says_not_found_is_a_contract_mismatch() -> None:
+    with pytest.raises(ContractMismatch):
+        parse_upload(200, {}, {"code": 404, "msg": "not found", "data": None})
 
 
 def test_fetch_not_found_in_both_dialects() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from runner.ledger.core import LedgerBase
-from runner.ledger.rows import ROW_SELECT, SPENT_PARAMS, SPENT_SQL, ShotRow
+from runner.ledger.rows import ROW_SELECT, SPENT_PARAMS, SPENT_SQL, EventKind, ShotRow
 from runner.model import ShotState
 
 
@@ -37,6 +37,17 @@ class LedgerReads(LedgerBase):
     async def get_shot(self, shot_id: str) -> ShotRow | None:
         rows = await self._fetchall(f"{ROW_SELECT} WHERE shot_id = ?", (shot_id,))
         return ShotRow.from_tuple(rows[0]) if rows else None
+
+    async def unproven_fetch_route(self) -> str | None:
+        """The fetch route an earlier run caught saying "no such task" for a task it
+        had just accepted, unless a fetch found a task after that (None)."""
+        rows = await self._fetchall(
+            "SELECT kind, message FROM events WHERE kind IN (?, ?) ORDER BY event_id DESC LIMIT 1",
+            (EventKind.ROUTE_UNPROVEN.value, EventKind.ROUTE_PROVEN.value),
+        )
+        if rows and rows[0][0] == EventKind.ROUTE_UNPROVEN.value:
+            return str(rows[0][1])
+        return None
 
     async def counts_by_state(self) -> dict[ShotState, int]:
         rows = await self._fetchall("SELECT state, COUNT(*) FROM shots GROUP BY state")

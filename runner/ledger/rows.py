@@ -51,6 +51,10 @@ class EventKind(str, Enum):
     REQUEUED = "requeued"  #: the user re-queued a shot
     RESOLVED = "resolved"  #: the user tied a parked shot to a task id
     CONTRACT_MISMATCH = "contract_mismatch"  #: the provider answered unrecognisably: stopped
+    #: the fetch route said "no such task" for a task accepted moments ago (message: the
+    #: route): until a fetch on it finds a task, its "no such task" proves nothing
+    ROUTE_UNPROVEN = "route_unproven"
+    ROUTE_PROVEN = "route_proven"  #: a fetch on that route found a task after all
     PROVIDER_DOWN = "provider_down"  #: the provider stopped answering (once per outage)
     PROVIDER_BACK = "provider_back"  #: the provider answers again after an outage
     STALLED = "stalled"  #: nothing progressed for run.stall_timeout_s: stopped

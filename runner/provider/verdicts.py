@@ -9,7 +9,8 @@ Invariants (fail closed: pixrun acts only on answers it recognises):
   envelope, HTML or other non-JSON, JSON in no known envelope) is a
   :class:`~runner.errors.ContractMismatch`, never "task gone" and never a shot failure.
 - :class:`~runner.errors.TaskNotFound` comes only from a provider envelope (PixVerse or
-  gateway) that says the task is unknown.
+  gateway) that says the task is unknown. A 404 (HTTP status or gateway code) on
+  generate or upload names no task: it is a contract mismatch, never a shot failure.
 - Error codes are read before HTTP statuses and message words; the order of meanings
   is auth, money, concurrency, rate, not-found, invalid, server-side (a 429 that says
   "concurrent" is a concurrency limit).
@@ -359,7 +360,17 @@ def error_for(
         return mismatch(
             call, status, headers, body, why, shot_charged=charged, redact=redact, op=op
         )
+    if op is not Op.FETCH and (status == 404 or _gateway_404(env)):
+        # "not found" from generate or upload names no task: the route is not there
+        # (gateways answer unknown paths in their envelope). Stopping costs nothing;
+        # failing every shot for it would fail a whole batch for a setting
+        why = "no such route, a 'not found' answer to a request that names no task"
+        return mismatch(call, status, headers, body, why, redact=redact, op=op)
     return _request_level(said, meaning, env.provider)
+
+
+def _gateway_404(env: Envelope) -> bool:
+    return env.dialect == "gateway" and code_int(env.code) == 404
 
 
 @dataclass(frozen=True)
@@ -421,6 +432,6 @@ def _request_level(said: _Said, meaning: Meaning | None, provider: bool) -> erro
     # A provider envelope with an error code pixrun does not know, on HTTP 2xx: the
     # provider said it made nothing. Retried a bounded number of times (the shot is
     # left pending after that), never counted as a render failure.
-    return errors.TransientError(
+    return errors.UnknownProviderError(
         f"the provider answered with an unknown error: {shown} ({where})", **kw
     )

@@ -163,6 +163,27 @@ class SharedFlow:
         #: into a watched folder) starts from what its ledger spent, and replaces the
         #: tally of its earlier run rather than counting that twice
         self.tallies: dict[Path, Tally] = {}
+        #: the hard-stop hooks of the batches running now (see :meth:`stop_all`)
+        self._stoppers: list[Callable[[StopReason, str], None]] = []
+        self._stopping_all = False
+
+    def join_stops(self, stop: Callable[[StopReason, str], None]) -> Callable[[], None]:
+        """A running batch's hard stop, for :meth:`stop_all`; returns the remover."""
+        self._stoppers.append(stop)
+        return lambda: self._stoppers.remove(stop)
+
+    def stop_all(self, reason: StopReason, message: str) -> None:
+        """An account-wide stop (a refused key, a contract mismatch) seen by one batch
+        stops every running batch at once: the others would hit it too, after paying
+        for the tasks they submit meanwhile."""
+        if self._stopping_all:
+            return  # the batches stopped here call back in
+        self._stopping_all = True
+        try:
+            for stop in list(self._stoppers):
+                stop(reason, message)
+        finally:
+            self._stopping_all = False
 
     def admit(self, concurrency: int, requests_per_s: float) -> None:
         """A batch joins with these figures: the pool grows to them where it may."""

@@ -24,6 +24,9 @@ class StopReason(str, Enum):
     INTERRUPTED = "interrupted"  #: Ctrl-C or SIGTERM
     AUTH = "auth"  #: the provider refused the key
     OUT_OF_CREDIT = "out_of_credit"  #: the account is empty
+    #: the account cannot pay, and the provider refuses even the free fetches: nothing
+    #: in flight can be collected until it is topped up
+    LOCKED_OUT = "locked_out"
     BUDGET = "budget"  #: the cost cap would be passed
     AMBIGUOUS_STREAK = "ambiguous_streak"  #: too many ambiguous submits in a row
     DISK_FULL = "disk_full"  #: the disk is full
@@ -41,6 +44,7 @@ HARD_STOPS = frozenset(
     {
         StopReason.INTERRUPTED,
         StopReason.AUTH,
+        StopReason.LOCKED_OUT,
         StopReason.DISK_FULL,
         StopReason.LEDGER,
         StopReason.CONTRACT,
@@ -50,10 +54,16 @@ HARD_STOPS = frozenset(
     }
 )
 
+#: hard stops about the account or the provider, not one manifest: a refused key or an
+#: answer pixrun does not recognise holds for every batch on the same provider, so with
+#: several manifests one batch's stop stops them all before they pay for more tasks
+ACCOUNT_STOPS = frozenset({StopReason.AUTH, StopReason.LOCKED_OUT, StopReason.CONTRACT})
+
 _EXIT_FOR_STOP = {
     StopReason.INTERRUPTED: ExitCode.INTERRUPTED,
     StopReason.AUTH: ExitCode.AUTH,
     StopReason.OUT_OF_CREDIT: ExitCode.MONEY,
+    StopReason.LOCKED_OUT: ExitCode.MONEY,
     StopReason.BUDGET: ExitCode.MONEY,
     StopReason.AMBIGUOUS_STREAK: ExitCode.SHOTS_FAILED,
     StopReason.DISK_FULL: ExitCode.SHOTS_FAILED,

@@ -3,10 +3,14 @@ shot.
 
 Invariants:
 - Fetching is free and authoritative; a transient failure of it never fails a shot.
+  A fetch refused for good (the account cannot pay, the request is invalid) stops the
+  run at once (exit 4, exit 5): it is no outage to wait out, and no shot's failure.
 - A shot is generated again only when the provider positively says its render failed,
   with attempts left. A recognised "no such task" for a task accepted in an earlier run
   parks the shot (never paid for twice); for one accepted in this run, when no fetch
   has found any task yet, it means the fetch route is wrong: the run stops (exit 5).
+  The ledger remembers that route (``route_unproven``): a rerun on the same route stops
+  the same way until a fetch on it finds a task, instead of parking every task.
 - A deleted video, moderation and a render past ``poll.timeout_s`` end the shot; only
   a person re-renders it (it costs again).
 - A callback only brings the next fetch forward; what the fetch says is what counts.
@@ -18,7 +22,16 @@ import asyncio
 import contextlib
 import time
 
-from runner.errors import AuthRefused, ContractMismatch, ProviderError, RateLimited, TaskNotFound
+from runner.errors import (
+    AuthRefused,
+    ContractMismatch,
+    InvalidRequest,
+    OutOfCredit,
+    ProviderError,
+    RateLimited,
+    TaskNotFound,
+    UnknownProviderError,
+)
 from runner.ledger import EventKind
 from runner.model import ErrorKind, ShotState
 from runner.provider import TaskState, TaskStatus
@@ -50,6 +63,11 @@ class Poller:
         self._tr = transitions
         self._health = health
         self._callbacks = callbacks
+        #: fetch answers in a row with an error code pixrun does not know
+        self._unknown_streak = 0
+        #: whether the configured fetch route is one an earlier run caught saying "no
+        #: such task" for a task it had just accepted (None: not read yet)
+        self._unproven: bool | None = None
 
     async def await_render(self, job: Job, *, downloads_busy: bool) -> None:
         hub = self._callbacks
@@ -90,9 +108,12 @@ class Poller:
                 state = await self.fetch(row.task_id)
             except TaskNotFound as exc:
                 ctx.release(job)
-                if job.accepted_mono is not None and self._health.tasks_found == 0:
-                    # a task accepted seconds ago, and no fetch of this run has ever found
-                    # one: the fetch route answers "no such task" for everything
+                if self._health.tasks_found == 0 and (
+                    job.accepted_mono is not None or await self._route_unproven()
+                ):
+                    # a task accepted seconds ago (or a route an earlier run caught doing
+                    # so, still configured), and no fetch of this run has found one: the
+                    # fetch route answers "no such task" for everything
                     ctx.request_stop(StopReason.CONTRACT, self._route_says_unknown(job, exc))
                     return
                 await self.task_lost(job, exc)
@@ -152,8 +173,10 @@ class Poller:
 
     async def fetch(self, task_id: str) -> TaskState | None:
         """The task's state; None after a passing failure (the caller waits and asks
-        again); raises TaskNotFound. A refused key or an unrecognised answer stops
-        everything (this call's caller is cancelled with the rest)."""
+        again); raises TaskNotFound. A refused key, an account that cannot pay, a fetch
+        refused as invalid or an unrecognised answer stops everything (this call's
+        caller is cancelled with the rest): asking again would not help, and waiting
+        it out as an outage would hang the run for hours."""
         ctx = self._ctx
         await ctx.gate.wait()
         try:
@@ -171,18 +194,75 @@ class Poller:
             ctx.ledger_event(EventKind.CONTRACT_MISMATCH, exc.message)
             ctx.request_stop(StopReason.CONTRACT, with_hint(exc))
             return None
+        except OutOfCredit as exc:
+            # not an outage: asking again will not help until the account is topped up
+            ctx.request_stop(
+                StopReason.LOCKED_OUT,
+                f"the provider refuses even to say how tasks are doing: {exc.message}. "
+                "Nothing was marked failed and every task id is kept. What to do: "
+                f"{exc.hint or 'top up the account, then rerun'}; the rerun collects "
+                "every task at no new charge",
+            )
+            return None
+        except InvalidRequest as exc:
+            # a fetch carries nothing of the shot's but the task id the provider gave:
+            # a refusal means pixrun's fetch request is not the one the provider expects
+            ctx.ledger_event(EventKind.CONTRACT_MISMATCH, exc.message)
+            ctx.request_stop(
+                StopReason.CONTRACT,
+                f"GET {ctx.provider.config.fetch_url(task_id)}: {exc.message}: a fetch of a "
+                "task the provider accepted was refused as invalid, so the fetch route or "
+                "its form is probably not the provider's. Nothing was marked failed and "
+                "every task id is kept. What to do: run 'pixrun doctor', then set "
+                "--provider-option fetch_path=... (or keep it with 'pixrun doctor --save'); "
+                "a rerun collects every task at no new charge",
+            )
+            return None
+        except UnknownProviderError as exc:
+            # the provider answers, so it is no outage to wait out for hours; many in a
+            # row (over every task) mean pixrun cannot read this fetch route: stop
+            self._unknown_streak += 1
+            if self._unknown_streak >= ctx.opt.max_transient_tries:
+                ctx.ledger_event(EventKind.CONTRACT_MISMATCH, exc.message)
+                ctx.request_stop(
+                    StopReason.CONTRACT,
+                    f"{self._unknown_streak} fetches in a row were answered with an error "
+                    f"pixrun does not know (the last: {exc.message}). Nothing was marked "
+                    "failed and every task id is kept. What to do: run 'pixrun doctor', "
+                    "check fetch_path, and report this answer; a rerun collects every task "
+                    "at no new charge",
+                )
+            return None
         except ProviderError as exc:
             self._health.failed(exc)
             return None
+        self._unknown_streak = 0
         self._health.ok()
         self._health.found_a_task()
+        if self._health.tasks_found == 1 and await self._route_unproven():
+            self._unproven = False  # the route is proven: its "no such task" counts again
+            ctx.ledger_event(EventKind.ROUTE_PROVEN, self._route())
         return state
+
+    def _route(self) -> str:
+        config = self._ctx.provider.config
+        return f"{config.base_url} {config.fetch_path}"
+
+    async def _route_unproven(self) -> bool:
+        """An earlier run caught the configured fetch route saying "no such task" for a
+        task it had just accepted, and no fetch has found a task on it since: a rerun
+        without the fix must stop again, not park every task as lost."""
+        if self._unproven is None:
+            self._unproven = await self._ctx.ledger.unproven_fetch_route() == self._route()
+        return self._unproven
 
     def _route_says_unknown(self, job: Job, exc: TaskNotFound) -> str:
         row = job.row
         self._ctx.ledger_event(EventKind.CONTRACT_MISMATCH, exc.message, row.shot_id)
+        self._ctx.ledger_event(EventKind.ROUTE_UNPROVEN, self._route())
+        when = "accepted moments ago" if job.accepted_mono is not None else "accepted earlier"
         return (
-            f"the fetch route says task {row.task_id}, accepted moments ago, does not exist "
+            f"the fetch route says task {row.task_id}, {when}, does not exist "
             f"({exc.message}), and no fetch of this run has found a task: the route is "
             "probably not the provider's fetch route. Nothing was marked failed and every "
             "task id is kept. What to do: run 'pixrun doctor', then set --provider-option "

@@ -47,7 +47,14 @@ from runner.run.context import Job, RunContext, SharedFlow
 from runner.run.events import RunEventKind, RunObserver, RunSnapshot
 from runner.run.flow import CallbackPolicy
 from runner.run.health import Health
-from runner.run.options import HARD_STOPS, RunResult, SchedulerOptions, StopReason, exit_code_for
+from runner.run.options import (
+    ACCOUNT_STOPS,
+    HARD_STOPS,
+    RunResult,
+    SchedulerOptions,
+    StopReason,
+    exit_code_for,
+)
 from runner.run.poll import Poller
 from runner.run.submit import Submitter
 from runner.run.transitions import Transitions
@@ -115,6 +122,8 @@ class Scheduler:
         self._cancel_dispatch()
         ctx.emit(RunEventKind.STOPPING, message)
         asyncio.get_running_loop().create_task(self._cancel_jobs())
+        if reason in ACCOUNT_STOPS and ctx.shared is not None:
+            ctx.shared.stop_all(reason, message)
 
     def _stop_submitting(self, reason: StopReason, message: str) -> None:
         ctx = self._ctx
@@ -146,6 +155,7 @@ class Scheduler:
         ledger = ctx.ledger
         ctx.start_tally(await ledger.counts_by_state(), await ledger.spent_uptc(), planned_uptc)
         ticker = asyncio.create_task(self._ticker(), name="snapshots")
+        leave = ctx.shared.join_stops(self.request_stop) if ctx.shared is not None else None
         try:
             for row in await ledger.shots_in([ShotState.SUBMITTED, ShotState.RENDERED]):
                 job = Job(row)
@@ -170,6 +180,8 @@ class Scheduler:
             ctx.stop, ctx.stop_message = StopReason.LEDGER, str(exc)
             await self._cancel_jobs()
         finally:
+            if leave is not None:
+                leave()
             ctx.limiter.idle()  # on every way out, or the batches after it would wait
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

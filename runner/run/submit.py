@@ -162,6 +162,8 @@ class Submitter:
         self._health = health
         self._uploads = uploads
         self._ambiguous_streak = 0
+        #: generate answers in a row with an error code pixrun does not know
+        self._unknown_streak = 0
 
     async def submit(self, job: Job) -> None:
         """Submit until accepted, given up for this run, or stopped."""
@@ -220,7 +222,9 @@ class Submitter:
                 return
             # an outage (every call failing) is waited out; only a shot that fails
             # while the provider otherwise answers uses up its tries
-            counts = isinstance(exc, errors.TransientError) and not ctx.gate.provider_down
+            counts = isinstance(exc, errors.UnknownProviderError) or (
+                isinstance(exc, errors.TransientError) and not ctx.gate.provider_down
+            )
             transient_tries += 1 if counts else 0
             if transient_tries >= ctx.opt.max_transient_tries:
                 job.give_up = True  # the provider answers others but not this shot
@@ -290,7 +294,7 @@ class Submitter:
         ctx, row = self._ctx, job.row
         ctx.limiter.on_accepted()
         self._health.ok()
-        self._ambiguous_streak = 0
+        self._ambiguous_streak = self._unknown_streak = 0
         ctx.tally.charge(row.price_uptc or 0)
         await self._tr.accepted(row, attempt_id, task_id, time.time() + ctx.first_poll_delay_s())
         job.accepted_mono = time.monotonic()
@@ -333,6 +337,23 @@ class Submitter:
         if outcome.attempt is AttemptOutcome.AMBIGUOUS and outcome.stop is None:
             self._ambiguous_streak += 1
             return None
+        if isinstance(exc, errors.UnknownProviderError):
+            # the provider answers, so it is no outage to wait out for hours: this shot
+            # backs off on its own and uses up its tries; many in a row stop the run
+            self._unknown_streak += 1
+            if self._unknown_streak >= ctx.opt.max_transient_tries:
+                ctx.request_stop(
+                    StopReason.CONTRACT,
+                    f"{self._unknown_streak} generate calls in a row were answered with an "
+                    f"error pixrun does not know (the last: {exc.message}). Nothing was "
+                    "charged or marked failed. What to do: check the provider's status and "
+                    "the base URL (pixrun doctor), and report this answer; a rerun resumes",
+                )
+                return None
+            job.retry_delay_s = backoff_s(
+                2, base_s=ctx.opt.backoff_base_s, cap_s=ctx.opt.backoff_cap_s
+            )
+            return time.time() + job.retry_delay_s
         if outcome.retry:  # transient: back off (an outage holds every call)
             job.retry_delay_s = self._health.failed(exc)
             return time.time() + job.retry_delay_s
