@@ -22,6 +22,9 @@ Invariants:
   the process, as for one batch). Every manifest's end is told exactly once (``on_end``),
   whatever ended it: finished, stopped, refused, or a defect in that batch alone
   (:class:`~runner.errors.BatchDefect`), which never stops the others.
+- Batches that listen for callbacks on the same HOST:PORT (``--callback-listen`` or
+  ``run.callback.listen``) share one receiver: a fixed port serves them all, each
+  ledger on its own secret path.
 - A claim under the overall cap is given back when its batch is refused after claiming
   (nothing was sent), and shrinks to what its ledger spent when the batch ends.
 """
@@ -41,6 +44,7 @@ from runner.model import Manifest
 from runner.money import to_uptc_or_none, uptc_text
 from runner.pricing import unpriced_under_budget
 from runner.run.batch import BatchOutcome, _install_signals, prepared_batch
+from runner.run.callbacks import ReceiverPool
 from runner.run.context import SharedFlow
 from runner.run.events import RunObserver
 from runner.run.options import StopReason
@@ -132,6 +136,8 @@ class BatchSet:
         self._stopping = False
         #: the plans claimed under the overall cap, per ledger (see :meth:`_claim`)
         self._claims: dict[Path, int] = {}
+        #: one callback receiver per HOST:PORT, shared by the batches listening there
+        self.receivers = ReceiverPool()
 
     def go(self) -> None:
         self._go.set()
@@ -194,6 +200,7 @@ class BatchSet:
                 rank=rank,
                 claim=functools.partial(self._claim, ledger),
                 sample=s.sample,
+                receivers=self.receivers,
             ) as batch:
                 ready.set_result(None)
                 await self._go.wait()
