@@ -218,23 +218,53 @@ def sample_options(verb: str) -> Callable[[F], F]:
     return decorate
 
 
+def provider_settings(func: F) -> F:
+    """``--base-url`` and ``--provider-option``: run, watch and resolve reach the provider
+    alike (as ``base_url`` and ``provider_options``; see :func:`provider_options`)."""
+    func = click.option(
+        "--provider-option",
+        "provider_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Provider adapter setting, e.g. read_timeout_s=30 or "
+        "max_download_bytes=1000000000 (repeatable; wins over what 'pixrun doctor --save' "
+        "kept).",
+    )(func)
+    return click.option(
+        "--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai)."
+    )(func)
+
+
+def callback_options(func: F) -> F:
+    """``--callback-listen`` and ``--callback-url`` (run and watch), as ``callback_listen``
+    and ``callback_url``."""
+    func = click.option(
+        "--callback-url",
+        metavar="URL",
+        help="The public address of the receiver, as the provider reaches it (a reverse "
+        "proxy or tunnel; default http://HOST:PORT of --callback-listen).",
+    )(func)
+    return click.option(
+        "--callback-listen",
+        metavar="HOST:PORT",
+        help="Receive the provider's callbacks here (overrides run.callback.listen): a "
+        "finished render is then collected at once and polled only as a safety net. "
+        "Several manifests share the one receiver (one port to open).",
+    )(func)
+
+
 def provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``--provider-option KEY=VALUE`` pairs; numbers become numbers. The adapter
-    checks the keys."""
+    """``--provider-option KEY=VALUE`` pairs, checked by the adapter (names, and each
+    value made its setting's type). Raises UsageError."""
+    from runner.provider.config import checked_settings
+
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{pair!r}: expected KEY=VALUE")
-        number: Any = value
-        for cast in (int, float):
-            try:
-                number = cast(value)
-                break
-            except ValueError:
-                continue
-        options[key.strip()] = number
-    return options
+        options[key.strip()] = value
+    return checked_settings(options)
 
 
 def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bool = False) -> Path:

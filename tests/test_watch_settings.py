@@ -1,0 +1,113 @@
+"""``pixrun watch`` reaches the provider as ``pixrun run`` does: ``--provider-option``
+(a gateway on another route), ``--callback-listen`` (one port for every manifest), and
+a command line that cannot work is refused before any manifest is touched."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from runkit import (
+    SimThread,
+    env_for,
+    explain,
+    flat,
+    free_port,
+    generate_calls,
+    net_charges,
+    pixrun,
+    query,
+    state_counts,
+    write_manifest,
+)
+
+from runner.errors import UsageError
+from runner.provider.config import checked_settings
+
+ALT_FETCH = "/pix/fetch/{task_id}"
+
+
+def _hot_with(tmp_path: Path, *names: str) -> Path:
+    """A watched folder holding one 2-shot manifest per name, fully written."""
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    for name in names:
+        batch = write_manifest(tmp_path / "stage", 2, name=name, output_dir=Path(f"out-{name}"))
+        os.replace(batch.manifest, hot / f"{name}.yaml")
+    return hot
+
+
+def test_watch_takes_a_fetch_route_and_one_callback_port_for_every_manifest(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    sim = sim_thread(fetch_path=ALT_FETCH, callback=True, render_time_s=(0.2, 0.4))
+    hot = _hot_with(tmp_path, "a", "b")
+    args = ["watch", str(hot), "--once", "-q", "--stable-s", "0.1"]
+    args += ["--provider-option", f"fetch_path={ALT_FETCH}"]
+    args += ["--callback-listen", f"127.0.0.1:{free_port()}"]
+    result = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    assert sorted(p.name for p in (hot / "done").iterdir()) == ["a.yaml", "b.yaml"]
+    stats = sim.stats()
+    assert stats["accepted_tasks"] == 4 and sum(net_charges(stats).values()) == 4
+    for name in ("a", "b"):
+        ledger = hot / "ledgers" / f"{name}.ledger.sqlite"
+        assert state_counts(ledger) == {"done": 2}
+        summary = json.loads(query(ledger, "SELECT summary FROM runs")[-1][0])
+        assert summary["callbacks"]["valid"] > 0, summary
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "phrase"),
+    [
+        ({"key": None}, (), "no API key"),
+        ({}, ("--provider-option", "bogus=1"), "unknown provider setting"),
+        ({}, ("--callback-listen", "nowhere"), "is not HOST:PORT"),
+    ],
+    ids=["no-key", "bad-option", "bad-listen"],
+)
+def test_a_watch_that_cannot_work_refuses_at_once_and_moves_no_manifest(
+    sim_thread: SimThread,
+    tmp_path: Path,
+    env: dict[str, None],
+    flags: tuple[str, ...],
+    phrase: str,
+) -> None:
+    sim = sim_thread()
+    hot = _hot_with(tmp_path, "a")
+    args = ["watch", str(hot), "--once", "-q", "--stable-s", "0.1", *flags]
+    result = pixrun(args, env_for(sim.base_url, **env), cwd=tmp_path)
+    assert result.returncode == 2, explain(result)
+    assert phrase in flat(result.stderr) and "Traceback" not in result.stderr
+    assert (hot / "a.yaml").exists(), "the manifest is not to blame: it stays queued"
+    assert not (hot / "rejected").exists() or not any((hot / "rejected").iterdir())
+    assert generate_calls(sim) == 0
+
+
+def test_a_bad_provider_option_value_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    batch = write_manifest(tmp_path, 1)
+    for option in ("read_timeout_s=abc", "max_connections=1.5", "trust_env=maybe"):
+        args = ["run", str(batch.manifest), "--simulate", "-q", "--provider-option", option]
+        result = pixrun(args, env_for(None), cwd=tmp_path)
+        assert result.returncode == 2, explain(result)
+        assert option.split("=")[0] in result.stderr and "Traceback" not in result.stderr
+    assert not batch.ledger.with_name("batch.sim.ledger.sqlite").exists()
+
+
+def test_provider_settings_take_their_types() -> None:
+    settings = checked_settings(
+        {"trust_env": "false", "read_timeout_s": "30", "max_connections": "8", "fetch_path": 7}
+    )
+    assert settings == {
+        "trust_env": False,  # never the truthy text "false"
+        "read_timeout_s": 30.0,
+        "max_connections": 8,
+        "fetch_path": "7",
+    }
+    assert checked_settings({"ambiguous_generate_statuses": "504,502"}) == {
+        "ambiguous_generate_statuses": (504, 502)
+    }
+    with pytest.raises(UsageError, match="read_timeout_s"):
+        checked_settings({"read_timeout_s": "nan"})
