@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
+import yaml
 from runkit import (
     SimThread,
     env_for,
@@ -18,8 +20,11 @@ from runkit import (
     generate_calls,
     net_charges,
     pixrun,
+    prompt_of,
     query,
+    start,
     state_counts,
+    wait_until,
     write_manifest,
 )
 
@@ -111,3 +116,68 @@ def test_provider_settings_take_their_types() -> None:
     }
     with pytest.raises(UsageError, match="read_timeout_s"):
         checked_settings({"read_timeout_s": "nan"})
+
+
+# -- the folder's manifests are never lost or moved under a run --------------------------
+
+
+def _watch(hot: Path, *extra: str) -> list[str]:
+    return ["watch", str(hot), "-q", "--stable-s", "0.2", *extra]
+
+
+def test_a_manifest_written_to_while_it_runs_runs_again_before_done(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """A writer that pauses longer than --stable-s: the first half runs; the rest, written
+    while it renders, is rendered too before the manifest counts as done (it used to
+    move to done/ with half its shots never sent)."""
+    sim = sim_thread(render_time_s=(2.0, 3.0))
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    batch = write_manifest(tmp_path / "stage", 2, name="a", output_dir=Path("out-a"))
+    os.replace(batch.manifest, hot / "a.yaml")
+    ledger = hot / "ledgers" / "a.ledger.sqlite"
+    watching = start(_watch(hot), env_for(sim.base_url), cwd=tmp_path, tag="watch")
+    try:
+        wait_until(
+            lambda: (
+                ledger.exists()
+                and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
+            ),
+            what="the first half at the provider",
+        )
+        with (hot / "a.yaml").open("a", encoding="utf-8") as fh:  # the writer goes on
+            more = [{"id": sid, "prompt": prompt_of(sid)} for sid in ("s02", "s03")]
+            fh.write(yaml.safe_dump(more, sort_keys=False))
+        wait_until(lambda: (hot / "done" / "a.yaml").exists(), what="a done", timeout_s=60)
+        assert state_counts(ledger) == {"done": 4}, watching.output()
+        assert sum(net_charges(sim.stats()).values()) == 4
+    finally:
+        watching.signal(signal.SIGINT)
+        watching.wait(30)
+
+
+def test_a_second_watch_on_the_folder_exits_2_and_touches_nothing(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    sim = sim_thread(render_time_s=(2.0, 3.0))
+    hot = _hot_with(tmp_path, "a")
+    ledger = hot / "ledgers" / "a.ledger.sqlite"
+    first = start(_watch(hot), env_for(sim.base_url), cwd=tmp_path, tag="first")
+    try:
+        wait_until(
+            lambda: (
+                ledger.exists()
+                and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] > 0
+            ),
+            what="a rendering",
+        )
+        second = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+        assert second.returncode == 2, explain(second)
+        assert "another pixrun watch is watching" in flat(second.stderr)
+        assert (hot / "a.yaml").exists() and not any((hot / "rejected").iterdir())
+        wait_until(lambda: (hot / "done" / "a.yaml").exists(), what="a done")
+        assert state_counts(ledger) == {"done": 2}
+    finally:
+        first.signal(signal.SIGINT)
+        first.wait(30)

@@ -20,13 +20,17 @@ Invariants:
   and only once their size and mtime have not changed for ``stable_s``: a manifest
   still being written is never read.
 - A manifest moves to ``done/`` only when its run ended without a stop (every shot
-  reached a final state, or was held); one that stopped (Ctrl-C, budget, empty
+  reached a final state, or was held) and its file is as it was read: one written to
+  while it ran (a writer that paused longer than ``stable_s``, an edit) stays in DIR
+  and runs again with its new text once stable. One that stopped (Ctrl-C, budget, empty
   account, outage, the brake, a defect, ...) stays in DIR, and the next ``watch``
   resumes it through its ledger. The running ``watch`` does not start it again unless
   the file changes (a fixed manifest saved over it): a stop never turns into a loop of
   restarts, summaries and charges.
 - Each manifest's end (done, stopped, rejected) is told to ``on_end`` (its
   notifications) as it comes, and every telling has returned before :meth:`run` does.
+- One ``watch`` per folder (an OS lock on ``ledgers/.watch.lock``): a second exits at
+  once, touching nothing.
 - A rejected manifest's ``.errors.txt`` lists every problem found (file:line, shot,
   field, message, fix), and nothing was sent for it.
 """
@@ -42,8 +46,9 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from runner.errors import BatchDefect, ManifestError, PixrunError, Problem
+from runner.errors import BatchDefect, LedgerLocked, ManifestError, PixrunError, Problem
 from runner.ledger import default_ledger_path
+from runner.ledger.lock import RunLock
 from runner.model import Manifest
 from runner.run.batch import BatchOutcome
 from runner.run.context import SharedFlow
@@ -66,7 +71,7 @@ def is_candidate(name: str) -> bool:
 class News:
     """Something the hot folder did, for whoever watches it (the CLI prints it)."""
 
-    #: "found", "started", "done", "stopped", "rejected"
+    #: "found", "started", "done", "stopped", "changed", "rejected"
     kind: str
     path: Path
     message: str = ""
@@ -117,6 +122,8 @@ class HotFolder:
         self._on_end = on_end
         self._telling: set[asyncio.Task[None]] = set()
         self._order = 0
+        #: with --once: the manifests still to run before returning
+        self._wanted: set[str] | None = None
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self.interrupted = False
@@ -134,8 +141,20 @@ class HotFolder:
         return when it has ended."""
         for sub in (DONE, REJECTED, LEDGERS):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        # one watch per folder: a second one would move the first one's manifests to
+        # rejected/ (their ledgers locked) while they render
+        lock = RunLock.take(
+            self.folder / LEDGERS / ".watch",
+            held_by=f"another pixrun watch is watching {self.folder}",
+        )
+        try:
+            return await self._run(once=once)
+        finally:
+            lock.release()
+
+    async def _run(self, *, once: bool) -> list[BatchEnd]:
         watcher = asyncio.create_task(self._watch())
-        wanted = set(self._names()) if once else None
+        self._wanted = wanted = set(self._names()) if once else None
         try:
             while not self._stop.is_set():
                 if wanted is not None:  # one removed or renamed meanwhile is not waited for
@@ -143,9 +162,9 @@ class HotFolder:
                 for name in self._stable(wanted):
                     if self._stop.is_set():  # Ctrl-C: start nothing more
                         break
-                    await self._start(self.folder / name)
-                    if wanted is not None:
+                    if wanted is not None:  # before it runs: a change puts it back
                         wanted.discard(name)
+                    await self._start(self.folder / name)
                 if once and not wanted and not self._running:
                     break
                 self._changed.clear()
@@ -226,6 +245,9 @@ class HotFolder:
     async def _start(self, path: Path) -> None:
         self._seen.pop(path.name, None)
         told_as: tuple[str | None, tuple[str, ...]] = (None, ())
+        # the file as it is read: taken before reading, so a write during the read (a
+        # writer that paused longer than stable_s) shows as a change when it ends
+        loaded = _mark(path)
         try:
             manifest = self._load(path)
             told_as = (manifest.name, manifest.run.notify)
@@ -233,22 +255,38 @@ class HotFolder:
             self._order += 1
             task = await self.batches.prepare(manifest, rank_of(manifest, self._order))
         except ManifestError as exc:
+            if _mark(path) != loaded:
+                return  # written to as it was read: read again once it is stable
             self._reject(path, exc, exc.problems)
+            return
+        except LedgerLocked as exc:
+            # another process renders it (`pixrun run --ledger`): not the manifest's
+            # fault, and never moved away under that run's feet
+            self._hold(path)
+            self._news(News("stopped", path, f"{exc.message}: stays until it is saved again"))
+            self._end(BatchEnd(path, told_as[0], error=exc, notify=told_as[1]))
             return
         except PixrunError as exc:
             self._reject(path, exc, (), told_as)
             return
         name, notify = manifest.name, manifest.run.notify
-        follower = asyncio.create_task(self._follow(task, path, name, notify), name=name)
+        follower = asyncio.create_task(self._follow(task, path, name, notify, loaded), name=name)
         self._running[follower] = path
         self._news(News("started", path, manifest.name))
 
     async def _follow(
-        self, task: asyncio.Task[BatchOutcome], path: Path, name: str, notify: tuple[str, ...]
+        self,
+        task: asyncio.Task[BatchOutcome],
+        path: Path,
+        name: str,
+        notify: tuple[str, ...],
+        loaded: tuple[int, int] | None,
     ) -> None:
         """Wait for one batch and deal with its end: moved to ``done/``, or left in the
-        folder (held) when it stopped, and told either way. A defect in one batch ends
-        that batch only: the folder goes on."""
+        folder (held) when it stopped, and told either way. A manifest whose file
+        changed while it ran (``loaded`` is its mark when read) is left to run again
+        with its new text: it was not all done. A defect in one batch ends that batch
+        only: the folder goes on."""
         try:
             try:
                 outcome = await task
@@ -259,7 +297,17 @@ class HotFolder:
             else:
                 end = BatchEnd(path, name, outcome=outcome, notify=notify)
             stop = None if end.outcome is None else end.outcome.result.stop_reason
-            if end.error is not None or stop is not None:
+            now = _mark(path)
+            if now is not None and now != loaded:
+                # written to while it ran (a slow writer, an edit): what ran may be only
+                # part of it, so it stays and runs again once stable; its ledger keeps
+                # what is done, and nothing is paid for twice
+                self._news(News("changed", path, "changed while it ran: it runs again"))
+                if self._wanted is not None:  # --once: its new text too, before exiting
+                    self._wanted.add(path.name)
+            elif now is None and end.error is None and stop is None:
+                self._news(News("done", path, f"exit {end.exit_code}; its file was removed"))
+            elif end.error is not None or stop is not None:
                 self._hold(path)
                 why = (
                     end.error.message
@@ -309,6 +357,15 @@ def problem_lines(problems: list[Problem] | tuple[Problem, ...]) -> list[str]:
         fix = f" (fix: {p.hint})" if p.hint else ""
         lines.append(f"{p.location()}:{p.severity}{who}{fld} {p.message}{fix}")
     return lines
+
+
+def _mark(path: Path) -> tuple[int, int] | None:
+    """A file's (size, mtime_ns), None when it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def _move(path: Path, folder: Path) -> Path:
