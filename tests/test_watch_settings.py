@@ -181,3 +181,22 @@ def test_a_second_watch_on_the_folder_exits_2_and_touches_nothing(
     finally:
         first.signal(signal.SIGINT)
         first.wait(30)
+
+
+def test_two_manifests_writing_the_same_files_refuse_the_second_before_paying(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """Same output folder, same shot ids: the second used to render (paid) and then fail
+    every shot as an output conflict."""
+    sim = sim_thread()
+    a = write_manifest(tmp_path, 2, name="a", output_dir=Path("shared"))
+    b = write_manifest(tmp_path, 2, name="b", output_dir=Path("shared"))
+    c = write_manifest(tmp_path, 2, name="c", output_dir=Path("shared/c"))  # inside: fine
+    args = ["run", str(a.manifest), str(b.manifest), str(c.manifest), "-q", "--yes"]
+    result = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == 2, explain(result)
+    said = flat(result.stdout + result.stderr)
+    assert "'b' would write 2 file(s) that 'a' writes" in said, said
+    assert generate_calls(sim) == 4  # a's and c's, none of b's
+    assert not b.ledger.exists()
+    assert state_counts(a.ledger) == {"done": 2} and state_counts(c.ledger) == {"done": 2}
