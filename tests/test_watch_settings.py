@@ -200,3 +200,31 @@ def test_two_manifests_writing_the_same_files_refuse_the_second_before_paying(
     assert generate_calls(sim) == 4  # a's and c's, none of b's
     assert not b.ledger.exists()
     assert state_counts(a.ledger) == {"done": 2} and state_counts(c.ledger) == {"done": 2}
+
+
+def test_a_manifest_removed_while_it_runs_is_not_said_to_be_in_done(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    sim = sim_thread(render_time_s=(1.0, 1.5))
+    hot = _hot_with(tmp_path, "a")
+    ledger = hot / "ledgers" / "a.ledger.sqlite"
+    args = ["watch", str(hot), "--stable-s", "0.1", "--no-color"]
+    watching = start(args, env_for(sim.base_url), cwd=tmp_path, tag="watch")
+    try:
+        wait_until(
+            lambda: (
+                ledger.exists()
+                and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
+            ),
+            what="a at the provider",
+        )
+        (hot / "a.yaml").unlink()
+        wait_until(lambda: state_counts(ledger) == {"done": 2}, what="a done")
+        wait_until(lambda: "removed" in watching.output()[1], what="its end said")
+    finally:
+        watching.signal(signal.SIGINT)
+        watching.wait(30)
+    said = flat(watching.output()[1])
+    assert f"done: {hot / 'a.yaml'} (exit 0; its file was removed)" in said, said
+    assert not (hot / "done" / "a.yaml").exists()
+    assert f"done: {hot / 'done' / 'a.yaml'}" not in said
