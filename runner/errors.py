@@ -114,6 +114,10 @@ class Problem:
         }
 
 
+class OutputsBusy(UsageError):
+    """A batch would write files another batch of the same run is writing (exit 2)."""
+
+
 class ManifestError(PixrunError):
     """The manifest cannot be used; ``problems`` lists every error found in one pass."""
 

@@ -46,9 +46,9 @@ from runner.errors import (
     BatchDefect,
     BudgetExceeded,
     ExitCode,
+    OutputsBusy,
     PixrunError,
     Problem,
-    UsageError,
 )
 from runner.model import Manifest
 from runner.money import to_uptc_or_none, uptc_text
@@ -148,6 +148,8 @@ class BatchSet:
         self._claims: dict[Path, int] = {}
         #: one callback receiver per HOST:PORT, shared by the batches listening there
         self.receivers = ReceiverPool()
+        #: each running batch's scheduler, by its manifest's path (see :meth:`withdraw`)
+        self._running: dict[Path, Scheduler] = {}
         #: the files each prepared batch writes: its output folder and the names in it
         self._outputs: dict[Path, tuple[str, Path, frozenset[str]]] = {}
 
@@ -160,6 +162,13 @@ class BatchSet:
         self._go.set()
         for scheduler in self.schedulers:
             scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
+
+    def withdraw(self, path: Path, message: str) -> None:
+        """Stop submitting for the batch of the manifest at ``path`` (the tasks in
+        flight are collected); nothing when it is not running."""
+        scheduler = self._running.get(path)
+        if scheduler is not None:
+            scheduler.withdraw(message)
 
     def install_signals(self, on_stop: Callable[[], None] | None = None) -> Callable[[], None]:
         """Ctrl-C stops every batch, now and later; returns the remover."""
@@ -219,12 +228,14 @@ class BatchSet:
                 self._outputs[ledger] = _outputs_of(manifest, s.simulate is not None)
                 await self._go.wait()
                 self.schedulers.append(batch.scheduler)
+                self._running[manifest.path] = batch.scheduler
                 if self._stopping:
                     batch.scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
                 try:
                     outcome = await batch.run()
                 finally:
                     self.schedulers.remove(batch.scheduler)
+                    self._running.pop(manifest.path, None)
                 if ledger in self._claims:
                     # what it did not spend (failures, a stop) is free for later drops
                     self._claims[ledger] = outcome.result.spent_uptc
@@ -264,9 +275,9 @@ class BatchSet:
             else:
                 continue
             if both:
-                raise UsageError(
-                    f"{name!r} would write {len(both)} file(s) that {other!r} writes in "
-                    f"this run (such as {folder / sorted(both)[0]})",
+                raise OutputsBusy(
+                    f"{name} would write {len(both)} file(s) that {other} writes in this "
+                    f"run (such as {folder / sorted(both)[0]})",
                     hint="give it another output.dir or output.filename (e.g. "
                     "'{name}/{shot_id}.mp4'), or run it after the other",
                 )
@@ -294,9 +305,11 @@ class BatchSet:
 
 
 def _outputs_of(manifest: Manifest, simulated: bool) -> tuple[str, Path, frozenset[str]]:
-    """A batch's name, its output folder (resolved) and its files' names in it."""
+    """How messages name a batch (its file), its output folder (resolved) and its
+    files' names in it."""
     folder = output_dir_for(manifest.output.dir, simulated=simulated).resolve()
-    return manifest.name, folder, frozenset(s.output_relpath for s in manifest.shots)
+    files = frozenset(s.output_relpath for s in manifest.shots)
+    return manifest.path.name, folder, files
 
 
 async def run_batches(

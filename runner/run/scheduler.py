@@ -116,6 +116,11 @@ class Scheduler:
         ctx.emit(RunEventKind.STOPPING, message)
         asyncio.get_running_loop().create_task(self._cancel_jobs())
 
+    def withdraw(self, message: str) -> None:
+        """A soft stop from outside (its manifest left a watched folder): no more
+        submissions; the tasks in flight are collected (they are paid for)."""
+        self._stop_submitting(StopReason.WITHDRAWN, message)
+
     def _stop_submitting(self, reason: StopReason, message: str) -> None:
         ctx = self._ctx
         if ctx.stop is None:

@@ -29,6 +29,11 @@ Invariants:
   restarts, summaries and charges.
 - Each manifest's end (done, stopped, rejected) is told to ``on_end`` (its
   notifications) as it comes, and every telling has returned before :meth:`run` does.
+- A running manifest removed or moved out of DIR is withdrawn: its batch submits
+  nothing more, collects the renders in flight (they are paid for) and ends; its
+  ledger stays, so the file dropped again resumes it.
+- A manifest that would write files a running one writes waits (in DIR) for that
+  one to end, then starts: never rejected for it, never paid for twice.
 - One ``watch`` per folder (an OS lock on ``ledgers/.watch.lock``): a second exits at
   once, touching nothing.
 - A rejected manifest's ``.errors.txt`` lists every problem found (file:line, shot,
@@ -46,7 +51,14 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from runner.errors import BatchDefect, LedgerLocked, ManifestError, PixrunError, Problem
+from runner.errors import (
+    BatchDefect,
+    LedgerLocked,
+    ManifestError,
+    OutputsBusy,
+    PixrunError,
+    Problem,
+)
 from runner.ledger import default_ledger_path
 from runner.ledger.lock import RunLock
 from runner.model import Manifest
@@ -71,7 +83,8 @@ def is_candidate(name: str) -> bool:
 class News:
     """Something the hot folder did, for whoever watches it (the CLI prints it)."""
 
-    #: "found", "started", "done", "stopped", "changed", "rejected"
+    #: "found", "started", "done", "stopped", "changed", "withdrawn", "waiting",
+    #: "rejected"
     kind: str
     path: Path
     message: str = ""
@@ -124,6 +137,10 @@ class HotFolder:
         self._order = 0
         #: with --once: the manifests still to run before returning
         self._wanted: set[str] | None = None
+        #: manifests waiting for a running one that writes the same files to end
+        self._waiting: set[str] = set()
+        #: running manifests whose file left the folder (withdrawn once)
+        self._withdrawn: set[Path] = set()
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self.interrupted = False
@@ -159,6 +176,7 @@ class HotFolder:
             while not self._stop.is_set():
                 if wanted is not None:  # one removed or renamed meanwhile is not waited for
                     wanted &= set(self._names())
+                self._withdraw_gone()
                 for name in self._stable(wanted):
                     if self._stop.is_set():  # Ctrl-C: start nothing more
                         break
@@ -182,6 +200,17 @@ class HotFolder:
             while self._telling:
                 await asyncio.gather(*self._telling, return_exceptions=True)
         return self.ends
+
+    def _withdraw_gone(self) -> None:
+        """A running manifest removed (or moved out) of the folder is withdrawn: its
+        batch submits nothing more and collects what is in flight."""
+        names = set(self._names())
+        for path in self._running.values():
+            if path.name not in names and path not in self._withdrawn:
+                self._withdrawn.add(path)
+                self.batches.withdraw(
+                    path, "its manifest left the watched folder: no more submissions"
+                )
 
     def _end(self, end: BatchEnd) -> None:
         self.ends.append(end)
@@ -259,6 +288,13 @@ class HotFolder:
                 return  # written to as it was read: read again once it is stable
             self._reject(path, exc, exc.problems)
             return
+        except OutputsBusy as exc:
+            # a running manifest writes the same files (one renamed in the folder, a
+            # copy): it waits for that one to end, then counts again (no rejection)
+            self._hold(path)
+            self._waiting.add(path.name)
+            self._news(News("waiting", path, exc.message))
+            return
         except LedgerLocked as exc:
             # another process renders it (`pixrun run --ledger`): not the manifest's
             # fault, and never moved away under that run's feet
@@ -305,8 +341,9 @@ class HotFolder:
                 self._news(News("changed", path, "changed while it ran: it runs again"))
                 if self._wanted is not None:  # --once: its new text too, before exiting
                     self._wanted.add(path.name)
-            elif now is None and end.error is None and stop is None:
-                self._news(News("done", path, f"exit {end.exit_code}; its file was removed"))
+            elif now is None:
+                # removed or moved out while it ran: withdrawn (see _withdraw_gone)
+                self._news(News("withdrawn", path, f"exit {end.exit_code}; its file left"))
             elif end.error is not None or stop is not None:
                 self._hold(path)
                 why = (
@@ -320,6 +357,10 @@ class HotFolder:
                 self._news(News("done", end.path, f"exit {end.exit_code}"))
             self._end(end)
         finally:
+            for name in self._waiting:  # those waiting for a batch to end: try again
+                self._held.pop(name, None)
+            self._waiting.clear()
+            self._withdrawn.discard(path)
             self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._changed.set()
 

@@ -196,17 +196,22 @@ def test_two_manifests_writing_the_same_files_refuse_the_second_before_paying(
     result = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
     assert result.returncode == 2, explain(result)
     said = flat(result.stdout + result.stderr)
-    assert "'b' would write 2 file(s) that 'a' writes" in said, said
+    assert "b.yaml would write 2 file(s) that a.yaml writes" in said, said
     assert generate_calls(sim) == 4  # a's and c's, none of b's
     assert not b.ledger.exists()
     assert state_counts(a.ledger) == {"done": 2} and state_counts(c.ledger) == {"done": 2}
 
 
-def test_a_manifest_removed_while_it_runs_is_not_said_to_be_in_done(
+def test_a_manifest_removed_while_it_runs_is_withdrawn_and_sends_no_more(
     sim_thread: SimThread, tmp_path: Path
 ) -> None:
-    sim = sim_thread(render_time_s=(1.0, 1.5))
-    hot = _hot_with(tmp_path, "a")
+    """Dropped by mistake and removed: it used to render all its shots anyway (and was
+    said to be in done/, where it never was)."""
+    sim = sim_thread(render_time_s=(2.0, 3.0))
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    batch = write_manifest(tmp_path / "stage", 6, name="a", concurrency=2)
+    os.replace(batch.manifest, hot / "a.yaml")
     ledger = hot / "ledgers" / "a.ledger.sqlite"
     args = ["watch", str(hot), "--stable-s", "0.1", "--no-color"]
     watching = start(args, env_for(sim.base_url), cwd=tmp_path, tag="watch")
@@ -216,15 +221,50 @@ def test_a_manifest_removed_while_it_runs_is_not_said_to_be_in_done(
                 ledger.exists()
                 and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
             ),
-            what="a at the provider",
+            what="two at the provider",
         )
         (hot / "a.yaml").unlink()
-        wait_until(lambda: state_counts(ledger) == {"done": 2}, what="a done")
-        wait_until(lambda: "removed" in watching.output()[1], what="its end said")
+        wait_until(lambda: "withdrawn:" in watching.output()[1], what="its end said", timeout_s=60)
     finally:
         watching.signal(signal.SIGINT)
         watching.wait(30)
     said = flat(watching.output()[1])
-    assert f"done: {hot / 'a.yaml'} (exit 0; its file was removed)" in said, said
+    assert f"withdrawn: {hot / 'a.yaml'} (exit 1; its file left)" in said, said
     assert not (hot / "done" / "a.yaml").exists()
-    assert f"done: {hot / 'done' / 'a.yaml'}" not in said
+    counts = state_counts(ledger)
+    assert counts["pending"] >= 1 and counts["done"] + counts["pending"] == 6, counts
+    assert generate_calls(sim) == counts["done"]  # what was in flight was collected
+    assert set(net_charges(sim.stats()).values()) == {1}
+
+
+def test_a_manifest_renamed_in_the_folder_waits_and_pays_nothing_twice(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """Renamed mid-run, it is another file (another ledger) writing the same outputs:
+    it used to render every shot again (each paid twice, then refused as conflicts)."""
+    sim = sim_thread(render_time_s=(2.0, 3.0))
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    batch = write_manifest(tmp_path / "stage", 4, name="a", concurrency=2)
+    os.replace(batch.manifest, hot / "a.yaml")
+    ledger = hot / "ledgers" / "a.ledger.sqlite"
+    args = ["watch", str(hot), "--stable-s", "0.1", "--no-color"]
+    watching = start(args, env_for(sim.base_url), cwd=tmp_path, tag="watch")
+    try:
+        wait_until(
+            lambda: (
+                ledger.exists()
+                and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
+            ),
+            what="two at the provider",
+        )
+        os.replace(hot / "a.yaml", hot / "b.yaml")
+        wait_until(lambda: (hot / "done" / "b.yaml").exists(), what="b done", timeout_s=60)
+    finally:
+        watching.signal(signal.SIGINT)
+        watching.wait(30)
+    said = flat(watching.output()[1])
+    assert "waiting: " in said and not any((hot / "rejected").iterdir()), said
+    assert sorted(p.name for p in (hot / "out").glob("*.mp4")) == [f"s0{i}.mp4" for i in range(4)]
+    stats = sim.stats()
+    assert stats["accepted_tasks"] == 4 and set(net_charges(stats).values()) == {1}, said
