@@ -268,3 +268,23 @@ def test_a_manifest_renamed_in_the_folder_waits_and_pays_nothing_twice(
     assert sorted(p.name for p in (hot / "out").glob("*.mp4")) == [f"s0{i}.mp4" for i in range(4)]
     stats = sim.stats()
     assert stats["accepted_tasks"] == 4 and set(net_charges(stats).values()) == {1}, said
+
+
+def test_a_manifest_of_a_watched_folder_is_read_from_done_and_never_run_twice(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """``pixrun status DIR/done/a.yaml`` used to find no ledger and advise ``pixrun run
+    DIR/done/a.yaml``, which started a new ledger (outputs beside it) and paid again."""
+    sim = sim_thread()
+    hot = _hot_with(tmp_path, "a")
+    result = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    done = hot / "done" / "a.yaml"
+    status = pixrun(["status", str(done), "--format", "json"], env_for(None), cwd=tmp_path)
+    assert status.returncode == 0, explain(status)
+    assert json.loads(status.stdout)["counts"]["done"] == 2
+    again = pixrun(["run", str(done), "-q", "--yes"], env_for(sim.base_url), cwd=tmp_path)
+    assert again.returncode == 2, explain(again)
+    assert "belongs to the watched folder" in flat(again.stderr)
+    assert generate_calls(sim) == 2  # nothing sent again
+    assert not (hot / "done" / "a.ledger.sqlite").exists()

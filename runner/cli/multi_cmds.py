@@ -32,6 +32,7 @@ from runner.cli.options import (
     manifest_loader,
     manifest_location,
     provider_settings,
+    refuse_a_watched_manifest,
     rules_option,
     sim_render_time_option,
 )
@@ -96,6 +97,7 @@ def run_several(
     ends: dict[int, BatchEnd] = {}
     for i, path in enumerate(paths):
         try:
+            refuse_a_watched_manifest(path, simulated=simulate is not None)
             manifests.append(load(path))
         except ManifestError as exc:
             ends[i] = BatchEnd(path, error=exc, problems=tuple(exc.problems))

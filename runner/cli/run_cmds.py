@@ -30,6 +30,7 @@ from runner.cli.options import (
     option_table,
     optional_manifest_argument,
     provider_settings,
+    refuse_a_watched_manifest,
     rules_option,
     sample_options,
     sim_render_time_option,
@@ -272,6 +273,8 @@ def run_cmd(
         sys.exit(code)
     manifest = manifests[0]
     with notice.on_error():
+        if ledger is None:
+            refuse_a_watched_manifest(manifest, simulated=simulate)
         loaded = manifest_loader(prices, rules)(manifest)
     notice.add(loaded.name, loaded.run.notify)
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")

@@ -59,17 +59,15 @@ from runner.errors import (
     PixrunError,
     Problem,
 )
-from runner.ledger import default_ledger_path
 from runner.ledger.lock import RunLock
 from runner.model import Manifest
 from runner.run.batch import BatchOutcome
 from runner.run.context import SharedFlow
+from runner.run.folder import DONE, LEDGERS, REJECTED, ledger_in
 from runner.run.multi import BatchEnd, BatchSet, BatchSettings, ObserverFor, OnEnd, rank_of
 
 #: manifests are YAML files; anything else in DIR is left alone
 SUFFIXES = (".yaml", ".yml")
-
-DONE, REJECTED, LEDGERS = "done", "rejected", "ledgers"
 
 
 def is_candidate(name: str) -> bool:
@@ -88,16 +86,6 @@ class News:
     kind: str
     path: Path
     message: str = ""
-
-
-def ledger_in(folder: Path, *, simulated: bool) -> Callable[[Path], Path]:
-    """Where a manifest's ledger lives in the hot folder (see the module docstring)."""
-    ledgers = folder / LEDGERS
-
-    def ledger_for(manifest_path: Path) -> Path:
-        return ledgers / default_ledger_path(manifest_path, simulated=simulated).name
-
-    return ledger_for
 
 
 class HotFolder:
