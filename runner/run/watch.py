@@ -192,9 +192,8 @@ class HotFolder:
     def _withdraw_gone(self) -> None:
         """A running manifest removed (or moved out) of the folder is withdrawn: its
         batch submits nothing more and collects what is in flight."""
-        names = set(self._names())
         for path in self._running.values():
-            if path.name not in names and path not in self._withdrawn:
+            if path not in self._withdrawn and _gone(path):
                 self._withdrawn.add(path)
                 self.batches.withdraw(
                     path, "its manifest left the watched folder: no more submissions"
@@ -386,6 +385,17 @@ def problem_lines(problems: list[Problem] | tuple[Problem, ...]) -> list[str]:
         fix = f" (fix: {p.hint})" if p.hint else ""
         lines.append(f"{p.location()}:{p.severity}{who}{fld} {p.message}{fix}")
     return lines
+
+
+def _gone(path: Path) -> bool:
+    """The file is not there (a transient error reading the folder is not "gone": it
+    must never withdraw a batch)."""
+    try:
+        return not path.is_file()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _mark(path: Path) -> tuple[int, int] | None:
