@@ -288,3 +288,35 @@ def test_a_manifest_of_a_watched_folder_is_read_from_done_and_never_run_twice(
     assert "belongs to the watched folder" in flat(again.stderr)
     assert generate_calls(sim) == 2  # nothing sent again
     assert not (hot / "done" / "a.ledger.sqlite").exists()
+
+
+async def test_a_folder_that_cannot_be_read_for_a_moment_forgets_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hiccup listing the folder (a network mount) used to read as "every file gone":
+    a stopped manifest lost its hold and ran again (the brake's failures paid again)."""
+    from runner.run.context import SharedFlow
+    from runner.run.multi import BatchSettings
+    from runner.run.watch import HotFolder
+
+    hot = HotFolder(
+        tmp_path,
+        SharedFlow(1, 1.0, None),
+        BatchSettings(),
+        lambda manifest: None,  # type: ignore[arg-type,return-value]
+        lambda path: None,  # type: ignore[arg-type,return-value]
+        lambda news: None,
+        stable_s=0.0,
+    )
+    stopped = tmp_path / "a.yaml"
+    stopped.write_text("version: 1\n")
+    hot._hold(stopped)
+
+    def unreadable(path: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "scandir", unreadable)
+        assert hot._stable(None) == []
+    for _ in range(3):  # seen, then stable: it would start here if it had lost its hold
+        assert hot._stable(None) == [], "still held: it stopped, and nothing changed it"

@@ -159,11 +159,12 @@ class HotFolder:
 
     async def _run(self, *, once: bool) -> list[BatchEnd]:
         watcher = asyncio.create_task(self._watch())
-        self._wanted = wanted = set(self._names()) if once else None
+        self._wanted = wanted = set(self._names() or ()) if once else None
         try:
             while not self._stop.is_set():
-                if wanted is not None:  # one removed or renamed meanwhile is not waited for
-                    wanted &= set(self._names())
+                listed = self._names()
+                if wanted is not None and listed is not None:
+                    wanted &= set(listed)  # one removed or renamed meanwhile: not waited for
                 self._withdraw_gone()
                 for name in self._stable(wanted):
                     if self._stop.is_set():  # Ctrl-C: start nothing more
@@ -219,11 +220,13 @@ class HotFolder:
         ):
             self._changed.set()
 
-    def _names(self) -> list[str]:
+    def _names(self) -> list[str] | None:
+        """The candidates in the folder, by name; None when it cannot be read now (a
+        hiccup forgets nothing: not what was seen, held or wanted)."""
         try:
             entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
         except OSError:
-            return []
+            return None
         return [e.name for e in entries if is_candidate(e.name) and e.is_file()]
 
     def _stable(self, wanted: set[str] | None) -> list[str]:
@@ -232,6 +235,8 @@ class HotFolder:
         running = {p.name for p in self._running.values()}
         ready = []
         names = self._names()
+        if names is None:
+            return []
         for name in names:
             if name in running or (wanted is not None and name not in wanted):
                 continue
