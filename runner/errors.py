@@ -114,6 +114,10 @@ class Problem:
         }
 
 
+class CallbackPortBusy(UsageError):
+    """The callback receiver cannot bind its HOST:PORT (another program holds it)."""
+
+
 class OutputsBusy(UsageError):
     """A batch would write files another batch of the same run is writing (exit 2)."""
 

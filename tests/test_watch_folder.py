@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,27 @@ async def test_a_folder_that_cannot_be_read_for_a_moment_forgets_nothing(
         assert hot._stable(None) == []
     for _ in range(3):  # seen, then stable: it would start here if it had lost its hold
         assert hot._stable(None) == [], "still held: it stopped, and nothing changed it"
+
+
+def test_a_callback_port_held_by_another_program_rejects_no_manifest(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    sim = sim_thread()
+    hot = _hot_with(tmp_path, "a")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = f"127.0.0.1:{holder.getsockname()[1]}"
+        # given to watch: refused at once
+        args = _watch(hot, "--once", "--callback-listen", busy)
+        flag = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+        assert flag.returncode == 2 and "cannot listen" in flag.stderr, explain(flag)
+        # the manifest's own run.callback: it stays queued, never moved to rejected/
+        doc = yaml.safe_load((hot / "a.yaml").read_text())
+        doc["run"]["callback"] = {"listen": busy}
+        (hot / "a.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+        own = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+    assert own.returncode == 2, explain(own)
+    assert "cannot listen" in flat(own.stderr)
+    assert (hot / "a.yaml").exists() and not any((hot / "rejected").iterdir())
+    assert generate_calls(sim) == 0

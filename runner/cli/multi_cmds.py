@@ -250,7 +250,7 @@ def watch_cmd(
     """
     from runner.cli.options import provider_options as parse_provider_options
     from runner.money import to_uptc_or_none
-    from runner.run.callbacks import callback_endpoint
+    from runner.run.callbacks import callback_endpoint, check_can_listen
     from runner.run.context import SharedFlow
     from runner.run.multi import BatchSettings, overall_exit_code
     from runner.run.setup import RunOverrides, SimulatorSettings, real_config
@@ -279,7 +279,11 @@ def watch_cmd(
     # callback address) is refused now: never blamed on each manifest dropped, which
     # would move them all to rejected/
     if callback_listen is not None or callback_url is not None:
-        callback_endpoint(callback_listen, callback_url, hint="add --callback-listen HOST:PORT")
+        endpoint = callback_endpoint(
+            callback_listen, callback_url, hint="add --callback-listen HOST:PORT"
+        )
+        if endpoint is not None:
+            check_can_listen(endpoint)
     if not simulate:
         real_config(overrides)
     sim = SimulatorSettings(render_time_s=sim_render_time) if simulate else None

@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp import web
 
-from runner.errors import UsageError
+from runner.errors import CallbackPortBusy, UsageError
 
 if TYPE_CHECKING:
     from runner.run.context import Job
@@ -246,6 +247,26 @@ def callback_endpoint(listen: str | None, url: str | None, *, hint: str) -> Call
     return CallbackEndpoint(host, port, check_public_url(url) if url else None)
 
 
+def check_can_listen(endpoint: CallbackEndpoint) -> None:
+    """Bind the receiver's HOST:PORT once and let it go: a port another program holds
+    is refused when a long-running command starts (``pixrun watch``), not at each
+    batch. Raises CallbackPortBusy. Port 0 always can."""
+    if endpoint.port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise CallbackPortBusy(
+            f"the callback receiver cannot listen on {endpoint.host}:{endpoint.port}: "
+            f"{exc.strerror or exc}",
+            hint="choose another --callback-listen port (0 picks a free one)",
+        ) from exc
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); port 0 picks a free one."""
     host, sep, port_text = listen.strip().rpartition(":")
@@ -292,7 +313,7 @@ class CallbackReceiver:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise UsageError(
+            raise CallbackPortBusy(
                 f"the callback receiver cannot listen on {self._host}:{self._port}: "
                 f"{exc.strerror or exc}",
                 hint="choose another --callback-listen port (0 picks a free one)",

@@ -53,6 +53,7 @@ from watchfiles import awatch
 
 from runner.errors import (
     BatchDefect,
+    CallbackPortBusy,
     LedgerLocked,
     ManifestError,
     OutputsBusy,
@@ -287,9 +288,9 @@ class HotFolder:
             self._waiting.add(path.name)
             self._news(News("waiting", path, exc.message))
             return
-        except LedgerLocked as exc:
-            # another process renders it (`pixrun run --ledger`): not the manifest's
-            # fault, and never moved away under that run's feet
+        except (LedgerLocked, CallbackPortBusy) as exc:
+            # another process renders it (`pixrun run --ledger`), or holds the callback
+            # port: not the manifest's fault, and never moved away to rejected/
             self._hold(path)
             self._news(News("stopped", path, f"{exc.message}: stays until it is saved again"))
             self._end(BatchEnd(path, told_as[0], error=exc, notify=told_as[1]))
