@@ -118,6 +118,10 @@ class CallbackPortBusy(UsageError):
     """The callback receiver cannot bind its HOST:PORT (another program holds it)."""
 
 
+class LedgerOfAnotherBatch(UsageError):
+    """The ledger found for a manifest records another batch (another ``name``)."""
+
+
 class OutputsBusy(UsageError):
     """A batch would write files another batch of the same run is writing (exit 2)."""
 

@@ -345,3 +345,19 @@ def test_a_callback_port_held_by_another_program_rejects_no_manifest(
     assert "cannot listen" in flat(own.stderr)
     assert (hot / "a.yaml").exists() and not any((hot / "rejected").iterdir())
     assert generate_calls(sim) == 0
+
+
+def test_a_new_batch_under_an_old_file_name_is_told_what_watch_can_do(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """The hint named --ledger and --force, which watch does not take."""
+    sim = sim_thread()
+    hot = _hot_with(tmp_path, "tonight")
+    first = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+    assert first.returncode == 0, explain(first)
+    batch = write_manifest(tmp_path / "next", 1, name="tuesday", output_dir=Path("out-tue"))
+    os.replace(batch.manifest, hot / "tonight.yaml")
+    second = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+    assert second.returncode == 2, explain(second)
+    errors = (hot / "rejected" / "tonight.errors.txt").read_text(encoding="utf-8")
+    assert "give the file another name" in errors and "--force" not in errors, errors

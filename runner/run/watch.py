@@ -55,6 +55,7 @@ from runner.errors import (
     BatchDefect,
     CallbackPortBusy,
     LedgerLocked,
+    LedgerOfAnotherBatch,
     ManifestError,
     OutputsBusy,
     PixrunError,
@@ -294,6 +295,15 @@ class HotFolder:
             self._hold(path)
             self._news(News("stopped", path, f"{exc.message}: stays until it is saved again"))
             self._end(BatchEnd(path, told_as[0], error=exc, notify=told_as[1]))
+            return
+        except LedgerOfAnotherBatch as exc:
+            # a file name keeps its ledger here: a new batch under an old file name
+            # (tonight.yaml each night) needs a new file name; --force is not offered
+            exc.hint = (
+                f"give the file another name (the ledger of {path.name} in "
+                f"{LEDGERS}/ is the earlier batch's), or keep that batch's name"
+            )
+            self._reject(path, exc, (), told_as)
             return
         except PixrunError as exc:
             self._reject(path, exc, (), told_as)
