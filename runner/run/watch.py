@@ -344,7 +344,7 @@ class HotFolder:
                 self._news(News("changed", path, "changed while it ran: it runs again"))
                 if self._wanted is not None:  # --once: its new text too, before exiting
                     self._wanted.add(path.name)
-            elif now is None:
+            elif now is None and _gone(path):
                 # removed or moved out while it ran: withdrawn (see _withdraw_gone)
                 self._news(News("withdrawn", path, f"exit {end.exit_code}; its file left"))
             elif end.error is not None or stop is not None:
