@@ -114,6 +114,13 @@ class Problem:
         }
 
 
+class BrakeHeld(PixrunError):
+    """A watched manifest stopped by the failure-rate brake and not saved since: not
+    run again as it is (exit 1)."""
+
+    exit_code = ExitCode.SHOTS_FAILED
+
+
 class CallbackPortBusy(UsageError):
     """The callback receiver cannot bind its HOST:PORT (another program holds it)."""
 

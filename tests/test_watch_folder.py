@@ -361,3 +361,34 @@ def test_a_new_batch_under_an_old_file_name_is_told_what_watch_can_do(
     assert second.returncode == 2, explain(second)
     errors = (hot / "rejected" / "tonight.errors.txt").read_text(encoding="utf-8")
     assert "give the file another name" in errors and "--force" not in errors, errors
+
+
+def test_a_braked_manifest_is_not_run_again_as_it_is_by_a_later_watch(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """``watch --once`` under cron, the brake stopped a manifest: every later cron run
+    used to restart it and pay for another window of failing renders."""
+    sim = sim_thread(moderated_words=("forbidden",))
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    scenes = {f"s{i:02d}": "forbidden scene" for i in range(30)}
+    batch = write_manifest(tmp_path / "stage", 30, name="a", concurrency=2, scenes=scenes)
+    doc = yaml.safe_load(batch.manifest.read_text(encoding="utf-8"))
+    doc["run"]["halt"] = {"failure_share": 0.5, "window": 4}
+    doc["run"]["max_attempts"] = 1
+    (hot / "a.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    first = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+    assert first.returncode == 1 and "brake" in first.stdout + first.stderr, explain(first)
+    sent = generate_calls(sim)
+    assert sent < 30
+
+    again = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+    assert again.returncode == 1, explain(again)
+    assert "stopped by the failure-rate brake" in flat(again.stderr), explain(again)
+    assert generate_calls(sim) == sent, "nothing more paid for while it is unchanged"
+    assert (hot / "a.yaml").exists()
+
+    os.utime(hot / "a.yaml")  # saved (touched): tried again as it is
+    third = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+    assert third.returncode == 1, explain(third)
+    assert generate_calls(sim) > sent

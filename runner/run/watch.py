@@ -34,6 +34,9 @@ Invariants:
   ledger stays, so the file dropped again resumes it.
 - A manifest that would write files a running one writes waits (in DIR) for that
   one to end, then starts: never rejected for it, never paid for twice.
+- A manifest whose last run the failure-rate brake stopped is not started again as
+  it is, by this ``watch`` or a later one (``--once`` under cron): only once its file
+  is saved after that stop. A restart would pay for another window of failures.
 - One ``watch`` per folder (an OS lock on ``ledgers/.watch.lock``): a second exits at
   once, touching nothing.
 - A rejected manifest's ``.errors.txt`` lists every problem found (file:line, shot,
@@ -53,6 +56,7 @@ from watchfiles import awatch
 
 from runner.errors import (
     BatchDefect,
+    BrakeHeld,
     CallbackPortBusy,
     LedgerLocked,
     LedgerOfAnotherBatch,
@@ -62,11 +66,13 @@ from runner.errors import (
     Problem,
 )
 from runner.ledger.lock import RunLock
+from runner.ledger.views import last_stop_of
 from runner.model import Manifest
 from runner.run.batch import BatchOutcome
 from runner.run.context import SharedFlow
 from runner.run.folder import DONE, LEDGERS, REJECTED, ledger_in
 from runner.run.multi import BatchEnd, BatchSet, BatchSettings, ObserverFor, OnEnd, rank_of
+from runner.run.options import StopReason
 
 #: manifests are YAML files; anything else in DIR is left alone
 SUFFIXES = (".yaml", ".yml")
@@ -271,6 +277,12 @@ class HotFolder:
         # the file as it is read: taken before reading, so a write during the read (a
         # writer that paused longer than stable_s) shows as a change when it ends
         loaded = _mark(path)
+        braked = await self._braked(path, loaded)
+        if braked is not None:
+            self._hold(path)
+            self._news(News("stopped", path, braked.message))
+            self.ends.append(BatchEnd(path, error=braked))  # exit 1; told when it stopped
+            return
         try:
             manifest = self._load(path)
             told_as = (manifest.name, manifest.run.notify)
@@ -312,6 +324,26 @@ class HotFolder:
         follower = asyncio.create_task(self._follow(task, path, name, notify, loaded), name=name)
         self._running[follower] = path
         self._news(News("started", path, manifest.name))
+
+    async def _braked(self, path: Path, loaded: tuple[int, int] | None) -> PixrunError | None:
+        """Its last run was stopped by the failure-rate brake and the file has not been
+        saved since: running it as it is would pay for another window of failing
+        renders (a cron'd ``watch --once`` would, every time). None otherwise."""
+        ledger = self.batches.settings.ledger_for(path)
+        if loaded is None or ledger is None or not ledger.is_file():
+            return None
+        try:
+            stop = await last_stop_of(ledger)
+        except PixrunError:
+            return None  # the run itself says what is wrong with its ledger
+        if stop is None or stop[0] != StopReason.BRAKE.value or loaded[1] / 1e9 > stop[1]:
+            return None
+        return BrakeHeld(
+            "its last run was stopped by the failure-rate brake, and it has not been saved "
+            "since: not started again as it is",
+            hint=f"fix the manifest and save it (or 'touch {path}' to try it as it is); "
+            "'pixrun status --ledger " + str(ledger) + "' shows the common error",
+        )
 
     async def _follow(
         self,
