@@ -392,3 +392,16 @@ def test_a_braked_manifest_is_not_run_again_as_it_is_by_a_later_watch(
     third = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
     assert third.returncode == 1, explain(third)
     assert generate_calls(sim) > sent
+
+
+def test_watch_once_runs_a_copy_after_the_manifest_whose_files_it_shares(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """A copy waits for the original (same outputs); --once used to exit without it."""
+    sim = sim_thread()
+    hot = _hot_with(tmp_path, "a")
+    (hot / "b.yaml").write_bytes((hot / "a.yaml").read_bytes())
+    result = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    assert sorted(p.name for p in (hot / "done").iterdir()) == ["a.yaml", "b.yaml"]
+    assert generate_calls(sim) == 2  # the copy adopted the files: nothing paid twice

@@ -299,6 +299,8 @@ class HotFolder:
             # copy): it waits for that one to end, then counts again (no rejection)
             self._hold(path)
             self._waiting.add(path.name)
+            if self._wanted is not None:  # --once: it runs before the watch exits
+                self._wanted.add(path.name)
             self._news(News("waiting", path, exc.message))
             return
         except (LedgerLocked, CallbackPortBusy) as exc:
