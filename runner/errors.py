@@ -115,6 +115,25 @@ class Problem:
         }
 
 
+class BrakeHeld(PixrunError):
+    """A watched manifest stopped by the failure-rate brake and not saved since: not
+    run again as it is (exit 1)."""
+
+    exit_code = ExitCode.SHOTS_FAILED
+
+
+class CallbackPortBusy(UsageError):
+    """The callback receiver cannot bind its HOST:PORT (another program holds it)."""
+
+
+class LedgerOfAnotherBatch(UsageError):
+    """The ledger found for a manifest records another batch (another ``name``)."""
+
+
+class OutputsBusy(UsageError):
+    """A batch would write files another batch of the same run is writing (exit 2)."""
+
+
 class ManifestError(PixrunError):
     """The manifest cannot be used; ``problems`` lists every error found in one pass."""
 

@@ -20,6 +20,7 @@ from runkit import (
     env_for,
     explain,
     flat,
+    free_port,
     generate_calls,
     ledger_task_ids,
     net_charges,
@@ -35,7 +36,7 @@ from runkit import (
 
 from runner.ledger import ShotRow
 from runner.model import ShotState
-from runner.run.callbacks import BODY_CAP_BYTES, CallbackHub, CallbackReceiver
+from runner.run.callbacks import BODY_CAP_BYTES, CallbackHub, CallbackReceiver, ReceiverPool
 from runner.run.context import Job
 from runner.run.flow import CallbackPolicy, PollPlanner
 
@@ -201,13 +202,40 @@ async def test_refused_requests_are_rate_limited(receiver: tuple[CallbackHub, st
     assert hub.counts["rate_limited"] == statuses.count(429)
 
 
+async def test_batches_on_one_port_share_one_receiver_each_on_its_secret() -> None:
+    pool = ReceiverPool()
+    first, second = CallbackHub(SECRET), CallbackHub("cd" * 32)
+    port = free_port()
+    async with pool.serving(first, "127.0.0.1", port), pool.serving(second, "127.0.0.1", port):
+        job_a, job_b = job_for("a"), job_for("b")
+        url_a, url_b = first.url_for(job_a, 1), second.url_for(job_b, 1)
+        assert url_a.startswith(f"http://127.0.0.1:{port}/{SECRET}/")
+        assert url_b.startswith(f"http://127.0.0.1:{port}/{'cd' * 32}/")
+        assert await post(url_b) == 200
+        assert job_b.wake is not None and job_b.wake.is_set()
+        assert job_a.wake is not None and not job_a.wake.is_set()
+        assert await post(url_a) == 200 and job_a.wake.is_set()
+        assert first.counts["valid"] == second.counts["valid"] == 1
+        # a path under neither secret: refused, and each batch's summary says so
+        assert await post(f"http://127.0.0.1:{port}/{'ef' * 32}/{'0' * 32}") == 404
+        assert first.counts["wrong_secret"] == second.counts["wrong_secret"] == 1
+    # the last batch out closes the port: it can be bound again
+    async with pool.serving(CallbackHub(SECRET), "127.0.0.1", port):
+        pass
+
+
 # -- whole runs against the simulator ----------------------------------------------------
 
 
 def batch_with(
-    folder: Path, n_shots: int, *, callback: dict[str, str] | None = None, concurrency: int = 8
+    folder: Path,
+    n_shots: int,
+    *,
+    callback: dict[str, str] | None = None,
+    concurrency: int = 8,
+    name: str = "batch",
 ) -> Batch:
-    batch = write_manifest(folder, n_shots, concurrency=concurrency)
+    batch = write_manifest(folder, n_shots, concurrency=concurrency, name=name)
     doc = yaml.safe_load(batch.manifest.read_text())
     doc["run"]["poll"] = POLL
     if callback is not None:
@@ -384,6 +412,25 @@ def test_doctor_says_when_the_public_url_does_not_reach_the_receiver(
     assert "never reached the receiver" in checks["callback receiver"]["found"]
     assert "callback receiver" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_several_manifests_share_one_fixed_callback_port(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """One open firewall port serves every manifest of a run (each on its secret)."""
+    sim = sim_thread(render_time_s=RENDER_S, callback=True)
+    batches = [batch_with(tmp_path / name, 4, name=name) for name in ("a", "b", "c")]
+    args = ["run", *(str(b.manifest) for b in batches), "--quiet", "--yes"]
+    args += ["--backoff-base-s", "0.01", "--callback-listen", f"127.0.0.1:{free_port()}"]
+    result = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    assert "cannot listen" not in result.stderr
+    stats = sim.stats()
+    assert stats["accepted_tasks"] == 12
+    assert sum(net_charges(stats).values()) == 12
+    for batch in batches:
+        assert state_counts(batch.ledger) == {"done": 4}
+        assert run_summary(batch)["callbacks"]["valid"] > 0
 
 
 def test_callbacks_that_never_arrive_are_said_once_and_polling_collects_everything(

@@ -264,6 +264,18 @@ def test_csv_problems_are_located_by_row_and_header(tmp_path: Path) -> None:
     ]
 
 
+def test_a_quote_never_closed_is_an_error_not_a_cell_that_swallows_the_rows(
+    tmp_path: Path,
+) -> None:
+    """It used to read as one shot whose prompt held every later row: valid, and the
+    other shots silently gone."""
+    csv_text = 'id,prompt\na,"a lake\nb,a street\nc,a field\n'
+    manifest = setup(tmp_path, "shots_from: t.csv\n", {"t.csv": csv_text})
+    assert located(problems_of(manifest)) == [
+        ("t.csv:2", "cannot read this row: a quote opened in this row is never closed")
+    ]
+
+
 def test_a_wrong_header_is_reported_once_and_its_rows_are_not_read(tmp_path: Path) -> None:
     csv_text = "id,promt,Quality,quality,x-ok\na,p,360p,360p,\nb,p,,,\n"
     manifest = setup(tmp_path, "shots_from: t.csv\n", {"t.csv": csv_text})

@@ -26,10 +26,13 @@ from runner.cli.multi_progress import MultiDisplay, render_summaries
 from runner.cli.notice import Notice, notify_options
 from runner.cli.options import (
     PTC,
+    callback_options,
     check_one_stdin,
     manifest_label,
     manifest_loader,
     manifest_location,
+    provider_settings,
+    refuse_a_watched_manifest,
     rules_option,
     sim_render_time_option,
 )
@@ -94,6 +97,7 @@ def run_several(
     ends: dict[int, BatchEnd] = {}
     for i, path in enumerate(paths):
         try:
+            refuse_a_watched_manifest(path, simulated=simulate is not None)
             manifests.append(load(path))
         except ManifestError as exc:
             ends[i] = BatchEnd(path, error=exc, problems=tuple(exc.problems))
@@ -203,7 +207,8 @@ def run_several(
     metavar="S",
     help="A dropped file counts once its size and time have not changed for this long.",
 )
-@click.option("--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai).")
+@provider_settings
+@callback_options
 @click.option(
     "--prices",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -223,6 +228,9 @@ def watch_cmd(
     max_cost: Decimal | None,
     stable_s: float,
     base_url: str | None,
+    provider_options: tuple[str, ...],
+    callback_listen: str | None,
+    callback_url: str | None,
     prices: Path | None,
     notify_urls: tuple[str, ...],
     on_finish: str | None,
@@ -240,10 +248,12 @@ def watch_cmd(
     whatever was in flight and a manifest dropped again finds its ledger. Each
     manifest's end is told to its run.notify URLs and to --notify/--on-finish.
     """
+    from runner.cli.options import provider_options as parse_provider_options
     from runner.money import to_uptc_or_none
+    from runner.run.callbacks import callback_endpoint, check_can_listen
     from runner.run.context import SharedFlow
     from runner.run.multi import BatchSettings, overall_exit_code
-    from runner.run.setup import RunOverrides, SimulatorSettings
+    from runner.run.setup import RunOverrides, SimulatorSettings, real_config
     from runner.run.watch import HotFolder
 
     console = make_console()
@@ -258,8 +268,24 @@ def watch_cmd(
     )
     mode = "json" if json_logs else "quiet" if quiet else "live" if console.is_terminal else "plain"
     overrides = RunOverrides(
-        concurrency=concurrency, requests_per_s=requests_per_s, base_url=base_url
+        concurrency=concurrency,
+        requests_per_s=requests_per_s,
+        base_url=base_url,
+        provider_options=parse_provider_options(provider_options),
+        callback_listen=callback_listen,
+        callback_url=callback_url,
     )
+    # what the command line gets wrong (no key, a bad base URL, provider setting or
+    # callback address) is refused now: never blamed on each manifest dropped, which
+    # would move them all to rejected/
+    if callback_listen is not None or callback_url is not None:
+        endpoint = callback_endpoint(
+            callback_listen, callback_url, hint="add --callback-listen HOST:PORT"
+        )
+        if endpoint is not None:
+            check_can_listen(endpoint)
+    if not simulate:
+        real_config(overrides)
     sim = SimulatorSettings(render_time_s=sim_render_time) if simulate else None
     settings = BatchSettings(overrides=overrides, simulate=sim)
     display = MultiDisplay(mode, console)

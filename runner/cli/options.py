@@ -218,23 +218,53 @@ def sample_options(verb: str) -> Callable[[F], F]:
     return decorate
 
 
+def provider_settings(func: F) -> F:
+    """``--base-url`` and ``--provider-option``: run, watch and resolve reach the provider
+    alike (as ``base_url`` and ``provider_options``; see :func:`provider_options`)."""
+    func = click.option(
+        "--provider-option",
+        "provider_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Provider adapter setting, e.g. read_timeout_s=30 or "
+        "max_download_bytes=1000000000 (repeatable; wins over what 'pixrun doctor --save' "
+        "kept).",
+    )(func)
+    return click.option(
+        "--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai)."
+    )(func)
+
+
+def callback_options(func: F) -> F:
+    """``--callback-listen`` and ``--callback-url`` (run and watch), as ``callback_listen``
+    and ``callback_url``."""
+    func = click.option(
+        "--callback-url",
+        metavar="URL",
+        help="The public address of the receiver, as the provider reaches it (a reverse "
+        "proxy or tunnel; default http://HOST:PORT of --callback-listen).",
+    )(func)
+    return click.option(
+        "--callback-listen",
+        metavar="HOST:PORT",
+        help="Receive the provider's callbacks here (overrides run.callback.listen): a "
+        "finished render is then collected at once and polled only as a safety net. "
+        "Several manifests share the one receiver (one port to open).",
+    )(func)
+
+
 def provider_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``--provider-option KEY=VALUE`` pairs; numbers become numbers. The adapter
-    checks the keys."""
+    """``--provider-option KEY=VALUE`` pairs, checked by the adapter (names, and each
+    value made its setting's type). Raises UsageError."""
+    from runner.provider.config import checked_settings
+
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{pair!r}: expected KEY=VALUE")
-        number: Any = value
-        for cast in (int, float):
-            try:
-                number = cast(value)
-                break
-            except ValueError:
-                continue
-        options[key.strip()] = number
-    return options
+        options[key.strip()] = value
+    return checked_settings(options)
 
 
 def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bool = False) -> Path:
@@ -249,6 +279,11 @@ def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bo
     if manifest is None:
         raise UsageError("give the manifest (or the ledger with --ledger PATH)")
     path = default_ledger_path(manifest_location(manifest), simulated=simulated)
+    if not path.exists() and not is_stdin(manifest):
+        from runner.run.folder import watched_ledger
+
+        # a manifest of a watched folder (DIR/done/x.yaml): its ledger is in DIR/ledgers/
+        path = watched_ledger(manifest, simulated=simulated) or path
     if not path.exists():
         raise UsageError(
             f"no {'rehearsal ' if simulated else ''}ledger for {manifest_label(manifest)}: "
@@ -258,12 +293,42 @@ def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bo
     return path
 
 
+def refuse_a_watched_manifest(manifest: Path, *, simulated: bool) -> None:
+    """``pixrun run`` of a manifest that ran in a watched folder (DIR/done/x.yaml) with
+    no ledger of its own: it would start a new ledger, its relative outputs would land
+    beside it, and every shot would be paid for again. Refused (UsageError) before
+    anything is written; ``--ledger`` is the explicit way."""
+    from runner.run.folder import watched_ledger
+
+    if is_stdin(manifest) or default_ledger_path(manifest, simulated=simulated).exists():
+        return
+    ledger = watched_ledger(manifest, simulated=simulated)
+    if ledger is not None:
+        folder = ledger.parent.parent
+        again = f"pixrun watch {folder}" + (" --simulate" if simulated else "")
+        back = "" if manifest.parent == folder else f"move it back into {folder}; "
+        raise UsageError(
+            f"{manifest} belongs to the watched folder {folder} (its ledger is {ledger}): "
+            "run on its own, it would start a new ledger and pay again for what that "
+            "ledger holds",
+            hint=f"{back}'{again}' resumes it (add --once to run what is there and exit)",
+        )
+
+
 def missing_ledger_hint(manifest: Path, *, simulated: bool) -> str:
     """What to do when the ledger beside ``manifest`` is missing: the other one may exist."""
+    from runner.run.folder import watched_ledger
+
     where = manifest_location(manifest)
-    if not simulated and default_ledger_path(where, simulated=True).exists():
+
+    def exists(sim: bool) -> bool:
+        if default_ledger_path(where, simulated=sim).exists():
+            return True
+        return not is_stdin(manifest) and watched_ledger(where, simulated=sim) is not None
+
+    if not simulated and exists(True):
         return "a rehearsal ledger exists: add --simulate"
-    if simulated and default_ledger_path(where).exists():
+    if simulated and exists(False):
         return "only the real ledger exists: drop --simulate"
     run = f"pixrun run {manifest}{' --simulate' if simulated else ''}"
     return f"'{run}' creates it; a ledger elsewhere: --ledger PATH"

@@ -21,6 +21,7 @@ from runner.cli.consoles import make_console
 from runner.cli.notice import Notice, notify_options
 from runner.cli.options import (
     PTC,
+    callback_options,
     existing_ledger,
     format_option,
     ledger_option,
@@ -28,6 +29,8 @@ from runner.cli.options import (
     manifest_location,
     option_table,
     optional_manifest_argument,
+    provider_settings,
+    refuse_a_watched_manifest,
     rules_option,
     sample_options,
     sim_render_time_option,
@@ -72,21 +75,6 @@ def _ask(preview: RunPreview) -> Decision:
     return Decision(go=go, rerender_changed=rerender)
 
 
-def _provider_settings(func: Any) -> Any:
-    """``--base-url`` and ``--provider-option``: run and resolve reach the provider alike."""
-    func = click.option(
-        "--provider-option",
-        "provider_options",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Provider adapter setting, e.g. read_timeout_s=30 or "
-        "max_download_bytes=1000000000 (repeatable).",
-    )(func)
-    return click.option(
-        "--base-url", help="Provider base URL (default: $PIXRUN_BASE_URL or api.302.ai)."
-    )(func)
-
-
 @click.command("run")
 @click.argument(
     "manifests", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)
@@ -129,7 +117,7 @@ def _provider_settings(func: Any) -> Any:
     metavar="S",
     help="Floor between two polls of a task (overrides run.poll.min_interval_s).",
 )
-@_provider_settings
+@provider_settings
 @option_table(
     {
         "--backoff-base-s": "First delay of retried calls (tests and benchmarks on a fast clock).",
@@ -170,18 +158,7 @@ def _provider_settings(func: Any) -> Any:
     },
     is_flag=True,
 )
-@click.option(
-    "--callback-listen",
-    metavar="HOST:PORT",
-    help="Receive the provider's callbacks here (overrides run.callback.listen): a "
-    "finished render is then collected at once and polled only as a safety net.",
-)
-@click.option(
-    "--callback-url",
-    metavar="URL",
-    help="The public address of the receiver, as the provider reaches it (a reverse "
-    "proxy or tunnel; default http://HOST:PORT of --callback-listen).",
-)
+@callback_options
 @notify_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
@@ -296,6 +273,8 @@ def run_cmd(
         sys.exit(code)
     manifest = manifests[0]
     with notice.on_error():
+        if ledger is None:
+            refuse_a_watched_manifest(manifest, simulated=simulate)
         loaded = manifest_loader(prices, rules)(manifest)
     notice.add(loaded.name, loaded.run.notify)
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
@@ -478,7 +457,7 @@ def _reroll(path: Path, shots: list[str], *, fmt: str, simulate: bool, again: st
 @click.option("--task-id", required=True, help="The provider's task id for this shot.")
 @ledger_option
 @simulate_option
-@_provider_settings
+@provider_settings
 @format_option(
     "text",
     "json",

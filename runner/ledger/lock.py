@@ -49,8 +49,9 @@ class RunLock:
         self._lock = lock
 
     @classmethod
-    def take(cls, ledger_path: Path) -> RunLock:
-        """Take the lock of ``ledger_path`` now, or raise :class:`LedgerLocked`."""
+    def take(cls, ledger_path: Path, *, held_by: str | None = None) -> RunLock:
+        """Take the lock of ``ledger_path`` now, or raise :class:`LedgerLocked`
+        (``held_by`` says what holds it, e.g. "another pixrun watch is watching X")."""
         path = lock_path_of(ledger_path)
         lock = _OS_LOCK(str(path), timeout=0, **_os_lock_options())
         # read first: an older filelock truncates the file on a failed attempt
@@ -60,9 +61,11 @@ class RunLock:
         except filelock.Timeout as exc:
             holder = _holder_pid(path) or holder
             raise LedgerLocked(
-                f"another pixrun run is using the ledger {ledger_path}"
+                (held_by or f"another pixrun run is using the ledger {ledger_path}")
                 + (f" (pid {holder})" if holder else ""),
-                hint="wait for it to finish, or watch it with 'pixrun status --watch'",
+                hint="wait for it to finish, or watch it with 'pixrun status --watch'"
+                if held_by is None
+                else "stop it first; one process watches a folder",
             ) from exc
         except OSError as exc:
             raise LedgerError(

@@ -18,6 +18,7 @@ from runner.ledger.queries import (
     ReportRow,
     StatusSummary,
     failed_and_parked,
+    last_run,
     report_rows,
     status_summary,
 )
@@ -53,3 +54,14 @@ async def issues_of(path: Path, *, limit: int = 10) -> Issues:
     """The first ``limit`` failed and parked shots, and how many of each there are."""
     async with await open_ledger(path, writer=False) as ledger:
         return await failed_and_parked(ledger, limit=limit)
+
+
+async def last_stop_of(path: Path) -> tuple[str, float] | None:
+    """Why and when (epoch seconds) the ledger's last run stopped early; None when it
+    ended without a stop, is still running, or there is no run yet."""
+    async with await open_ledger(path, writer=False) as ledger:
+        run = await last_run(ledger)
+    if run is None or run.ended_at is None or not run.summary:
+        return None
+    reason = run.summary.get("stop_reason")
+    return (str(reason), run.ended_at) if reason else None

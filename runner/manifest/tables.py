@@ -272,7 +272,9 @@ class TableReader:
         if delimiter is None:
             head = content.split("\n", 1)[0]
             delimiter = max(",;\t", key=head.count)  # ties: the comma (first)
-        rows = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+        # strict: a quote opened and never closed is an error, never a cell that
+        # swallows every later row (their shots silently gone)
+        rows = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
         row_no = 0
         columns: list[tuple[str, str, Convert] | None] = []
         try:
@@ -289,9 +291,12 @@ class TableReader:
                     return
                 self._row(cells, columns, source, row_no, shown)
         except csv.Error as exc:
+            why = str(exc)
+            if "unexpected end of data" in why:
+                why = "a quote opened in this row is never closed (the rest would be one cell)"
             self._at(
                 Place(shown, row_no + 1),
-                f"cannot read this row: {exc}",
+                f"cannot read this row: {why}",
                 'check the quotes in this row (a quote inside a cell is written twice: "")',
             )
             return

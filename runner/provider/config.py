@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import quote
@@ -106,13 +107,12 @@ class ProviderConfig:
                 f"no API key: the environment variable {ENV_API_KEY} is not set",
                 hint=f"export {ENV_API_KEY}=<your 302.AI key>, or rehearse with --simulate",
             )
-        known = {f.name for f in fields(cls)} - {"base_url", "api_key"}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UsageError(f"unknown provider setting(s): {', '.join(unknown)}")
+        overrides = checked_settings(overrides)
+        known = set(setting_kinds())
         url = base_url or os.environ.get(ENV_BASE_URL, "").strip() or DEFAULT_BASE_URL
         saved = saved_settings(url, known)  # what `pixrun doctor --save` kept; flags win
-        return cls(base_url=url.rstrip("/"), api_key=key, **{**saved, **overrides})
+        settings = checked_settings({**saved, **overrides})
+        return cls(base_url=url.rstrip("/"), api_key=key, **settings)
 
     def generate_url(self) -> str:
         return self.base_url.rstrip("/") + self.generate_path
@@ -156,3 +156,59 @@ def trace_id_for(shot_key: str, attempt: int, *, secret: bytes) -> str:
     value &= ~(0x3 << 62)
     value |= 0x2 << 62  # RFC 4122/9562 variant
     return str(uuid.UUID(int=value))
+
+
+#: what a setting's text may say for a yes/no setting
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True}
+_BOOLS.update({"false": False, "no": False, "off": False, "0": False})
+
+
+def setting_kinds() -> dict[str, str]:
+    """The settings a run may give the adapter, with their types (as annotated)."""
+    return {f.name: str(f.type) for f in fields(ProviderConfig) if f.name not in _NOT_SETTINGS}
+
+
+_NOT_SETTINGS = frozenset({"base_url", "api_key"})
+
+
+def checked_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Adapter settings (``--provider-option KEY=VALUE``) with their names checked and
+    their values made the setting's type: ``trust_env=false`` is False (never the
+    truthy text ``"false"``), ``read_timeout_s=abc`` a UsageError naming the setting,
+    never a TypeError deep in a run. Raises UsageError."""
+    kinds = setting_kinds()
+    unknown = sorted(set(options) - set(kinds))
+    if unknown:
+        raise UsageError(
+            f"unknown provider setting(s): {', '.join(unknown)}",
+            hint="known: " + ", ".join(sorted(kinds)),
+        )
+    return {key: _as_kind(key, kinds[key], value) for key, value in options.items()}
+
+
+def _as_kind(key: str, kind: str, value: Any) -> Any:
+    text = str(value).strip()
+    try:
+        if kind == "str":
+            return text
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return _BOOLS[text.lower()]
+        if isinstance(value, bool):
+            raise ValueError(value)
+        if kind == "float":
+            number = float(text)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError(value)
+            return number
+        if kind == "int":
+            return int(text)
+        if kind.startswith("tuple[int"):
+            items = value if isinstance(value, (list, tuple)) else text.split(",")
+            return tuple(int(str(item).strip()) for item in items)
+    except (ValueError, KeyError) as exc:
+        what = {"bool": "true or false", "float": "a number", "int": "a whole number"}
+        expected = what.get(kind, "whole numbers, comma-separated")
+        raise UsageError(f"provider setting {key}={text!r}: expected {expected}") from exc
+    return value

@@ -42,7 +42,7 @@ from runner.ledger.callbacks import callback_secret
 from runner.model import Manifest
 from runner.money import to_uptc_or_none
 from runner.provider import Provider
-from runner.run.callbacks import CallbackEndpoint, CallbackHub, CallbackReceiver
+from runner.run.callbacks import CallbackEndpoint, CallbackHub, CallbackReceiver, ReceiverPool
 from runner.run.context import SharedFlow
 from runner.run.events import RunEvent, RunEventKind, RunObserver
 from runner.run.guard import check_identity, check_ledger_owner, provider_identity
@@ -229,6 +229,7 @@ async def prepared_batch(
     rank: tuple[int, int] = (0, 0),
     claim: Callable[[RunPreview, bool], None] | None = None,
     sample: SampleSpec | None = None,
+    receivers: ReceiverPool | None = None,
 ) -> AsyncIterator[ReadyBatch]:
     """Every check of :func:`run_batch` and the ledger's sync, then a batch ready to run
     (its ledger locked, its provider open) until the block ends. Raises the errors of
@@ -236,6 +237,8 @@ async def prepared_batch(
 
     ``shared``/``rank``: one batch of several in one run (:mod:`runner.run.multi`).
     ``sample``: submit only these shots (``--only``/``--limit``, :mod:`runner.sample`).
+    ``receivers``: the run's callback receivers, shared by the batches that listen on
+    the same HOST:PORT (one open port serves them all).
     ``claim(preview, rerender)``: called after the budget check, before the ledger is
     written; it may refuse (raise) for the whole run's sake (the overall cost cap).
     """
@@ -316,7 +319,7 @@ async def prepared_batch(
                 )
             async with (
                 provider_for(overrides, simulate, config, path) as provider,
-                _receiver(ledger, callback) as hub,
+                _receiver(ledger, callback, receivers) as hub,
             ):
                 await ledger.start_run(cpu=cpu)
                 scheduler = Scheduler(
@@ -363,13 +366,18 @@ async def prepared_batch(
 
 @contextlib.asynccontextmanager
 async def _receiver(
-    ledger: Ledger, callback: CallbackEndpoint | None
+    ledger: Ledger, callback: CallbackEndpoint | None, pool: ReceiverPool | None = None
 ) -> AsyncIterator[CallbackHub | None]:
-    """The callback receiver for the run, stopped on every way out; None without."""
+    """The callback receiver for the run, stopped on every way out; None without. In a
+    ``pool``, a receiver already on the same HOST:PORT serves this batch too."""
     if callback is None:
         yield None
         return
     hub = CallbackHub(await callback_secret(ledger), callback.url or "")
+    if pool is not None:
+        async with pool.serving(hub, callback.host, callback.port):
+            yield hub
+        return
     async with CallbackReceiver(hub, callback.host, callback.port):
         yield hub
 

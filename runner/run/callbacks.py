@@ -17,23 +17,30 @@ Invariants:
   duplicate or late callback is answered 200 and costs at most one free fetch.
 - The secret is compared in constant time.
 - The receiver answers at once: it never awaits a provider call or a ledger write.
+- Several batches of one run (``pixrun run a.yaml b.yaml``, ``pixrun watch``) that
+  listen on the same HOST:PORT share one receiver (:class:`ReceiverPool`): each
+  request goes to the hub whose secret its path carries, so one open firewall port
+  serves every manifest. Refused requests share one rate limit per socket and are
+  counted by every hub on it (each batch's summary says what its receiver saw).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import secrets
+import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp import web
 
-from runner.errors import UsageError
+from runner.errors import CallbackPortBusy, UsageError
 
 if TYPE_CHECKING:
     from runner.run.context import Job
@@ -140,11 +147,24 @@ class CallbackHub:
 
     def check_path(self, path: str) -> tuple[int, str | None]:
         """(0, token) for the secret path; else (status, None), counted."""
+        token = self.token_in(path)
+        if token is not None:
+            return 0, token
+        return self.refuse(path_verdict(path), 404), None
+
+    def token_in(self, path: str) -> str | None:
+        """The token of a path under this hub's secret (compared in constant time)."""
         parts = path.strip("/").split("/")
         if len(parts) >= 2 and hmac.compare_digest(parts[-2].encode(), self._secret.encode()):
-            return 0, parts[-1]
-        verdict = "wrong_secret" if len(parts) >= 2 and len(parts[-1]) == 32 else "other_path"
-        return self.refuse(verdict, 404), None
+            return parts[-1]
+        return None
+
+    def share_limit(self, other: CallbackHub) -> None:
+        """Refused requests on one socket share one rate limit, whichever hub counts them."""
+        self._refused = other._refused
+
+    def count(self, verdict: str) -> None:
+        self.counts[verdict] += 1
 
     def refuse(self, verdict: str, status: int) -> int:
         """Count a refused request; past the rate limit it is answered 429."""
@@ -190,6 +210,12 @@ class CallbackHub:
         self.record(shot_id, json.dumps(sample, ensure_ascii=False))
 
 
+def path_verdict(path: str) -> str:
+    """Why a path that carries no known secret is refused."""
+    parts = path.strip("/").split("/")
+    return "wrong_secret" if len(parts) >= 2 and len(parts[-1]) == 32 else "other_path"
+
+
 def _shape(body: bytes) -> str:
     """The top-level keys of a JSON object body (what a callback's shape is)."""
     try:
@@ -221,6 +247,26 @@ def callback_endpoint(listen: str | None, url: str | None, *, hint: str) -> Call
     return CallbackEndpoint(host, port, check_public_url(url) if url else None)
 
 
+def check_can_listen(endpoint: CallbackEndpoint) -> None:
+    """Bind the receiver's HOST:PORT once and let it go: a port another program holds
+    is refused when a long-running command starts (``pixrun watch``), not at each
+    batch. Raises CallbackPortBusy. Port 0 always can."""
+    if endpoint.port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise CallbackPortBusy(
+            f"the callback receiver cannot listen on {endpoint.host}:{endpoint.port}: "
+            f"{exc.strerror or exc}",
+            hint="choose another --callback-listen port (0 picks a free one)",
+        ) from exc
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); port 0 picks a free one."""
     host, sep, port_text = listen.strip().rpartition(":")
@@ -246,10 +292,12 @@ def check_public_url(url: str) -> str:
 
 
 class CallbackReceiver:
-    """The receiver's web server; ``async with`` it around the run."""
+    """The receiver's web server; ``async with`` it around the run. It serves ``hub``
+    and any hub that :meth:`join` s it later (each found by the secret in the path)."""
 
     def __init__(self, hub: CallbackHub, host: str, port: int) -> None:
         self.hub = hub
+        self._hubs = [hub]
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -265,16 +313,49 @@ class CallbackReceiver:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise UsageError(
+            raise CallbackPortBusy(
                 f"the callback receiver cannot listen on {self._host}:{self._port}: "
                 f"{exc.strerror or exc}",
                 hint="choose another --callback-listen port (0 picks a free one)",
             ) from exc
         self._runner = runner
         self.bound_port = int(runner.addresses[0][1])
-        if not self.hub.public_url:
+        self._address(self.hub)
+
+    def _address(self, hub: CallbackHub) -> None:
+        """A hub without a public URL is reached at the receiver's own address."""
+        if not hub.public_url:
             host = f"[{self._host}]" if ":" in self._host else self._host
-            self.hub.public_url = f"http://{host}:{self.bound_port}"
+            hub.public_url = f"http://{host}:{self.bound_port}"
+
+    def join(self, hub: CallbackHub) -> None:
+        """Serve ``hub`` too (another batch of the run on the same HOST:PORT)."""
+        hub.share_limit(self._hubs[0])
+        self._address(hub)
+        self._hubs.append(hub)
+
+    def leave(self, hub: CallbackHub) -> bool:
+        """Stop serving ``hub``; True when no hub is left."""
+        with contextlib.suppress(ValueError):
+            self._hubs.remove(hub)
+        return not self._hubs
+
+    def _route(self, path: str) -> tuple[CallbackHub | None, int, str | None]:
+        """(hub, 0, token) for a path under one hub's secret; else (None, status, None),
+        counted by every hub on this socket."""
+        hubs = self._hubs
+        if len(hubs) == 1:
+            status, token = hubs[0].check_path(path)
+            return (hubs[0] if token is not None else None), status, token
+        for hub in hubs:
+            token = hub.token_in(path)
+            if token is not None:
+                return hub, 0, token
+        verdict = path_verdict(path) if hubs else "other_path"
+        status = hubs[0].refuse(verdict, 404) if hubs else 404
+        for hub in hubs[1:]:
+            hub.count("rate_limited" if status == 429 else verdict)
+        return None, status, None
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -289,9 +370,8 @@ class CallbackReceiver:
         await self.stop()
 
     async def _handle(self, request: web.Request) -> web.Response:
-        hub = self.hub
-        status, token = hub.check_path(request.path)
-        if token is None:
+        hub, status, token = self._route(request.path)
+        if hub is None or token is None:
             return _answer(status)
         if request.method != "POST":
             return _answer(hub.refuse("wrong_method", 405))
@@ -302,6 +382,39 @@ class CallbackReceiver:
         except web.HTTPRequestEntityTooLarge:
             return _answer(hub.refuse("oversized", 413))
         return _answer(hub.receive(token, body))
+
+
+class ReceiverPool:
+    """The callback receivers of one run of several batches, one per HOST:PORT: a
+    batch that listens where another already does joins its receiver instead of
+    failing to bind the port a second time."""
+
+    def __init__(self) -> None:
+        self._receivers: dict[tuple[str, int], CallbackReceiver] = {}
+        # a receiver is started or stopped by one batch at a time: a batch that comes
+        # while the last one on the port is closing it binds after it has let go
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def serving(self, hub: CallbackHub, host: str, port: int) -> AsyncIterator[None]:
+        """Serve ``hub`` on ``host:port`` until the block ends. Raises UsageError when
+        the port cannot be bound."""
+        key = (host, port)
+        async with self._lock:
+            receiver = self._receivers.get(key)
+            if receiver is None:
+                receiver = CallbackReceiver(hub, host, port)
+                await receiver.start()
+                self._receivers[key] = receiver
+            else:
+                receiver.join(hub)
+        try:
+            yield
+        finally:
+            async with self._lock:
+                if receiver.leave(hub):
+                    del self._receivers[key]
+                    await receiver.stop()
 
 
 def _answer(status: int) -> web.Response:

@@ -15,9 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.errors import (
-    UsageError,
-)
+from runner.errors import LedgerOfAnotherBatch, UsageError
 from runner.ledger import META_PROVIDER, Ledger
 from runner.model import Manifest
 from runner.provider import ProviderConfig
@@ -88,7 +86,7 @@ def check_ledger_owner(
     name) unless ``force``; returns a warning when only the manifest's path moved."""
     name, where = meta.get("name"), meta.get("manifest")
     if name is not None and name != manifest.name and not force:
-        raise UsageError(
+        raise LedgerOfAnotherBatch(
             f"the ledger {ledger_path} belongs to the batch {name!r} ({where}), not to "
             f"{manifest.name!r} ({manifest.path})",
             hint="point --ledger at this batch's own ledger (or leave it out), or pass "

@@ -22,6 +22,12 @@ Invariants:
   the process, as for one batch). Every manifest's end is told exactly once (``on_end``),
   whatever ended it: finished, stopped, refused, or a defect in that batch alone
   (:class:`~runner.errors.BatchDefect`), which never stops the others.
+- Batches that listen for callbacks on the same HOST:PORT (``--callback-listen`` or
+  ``run.callback.listen``) share one receiver: a fixed port serves them all, each
+  ledger on its own secret path.
+- No two batches running together write the same file: one that would is refused
+  before anything is written or sent for it (its renders would be paid for, then
+  refused as output conflicts).
 - A claim under the overall cap is given back when its batch is refused after claiming
   (nothing was sent), and shrinks to what its ledger spent when the batch ends.
 """
@@ -36,17 +42,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.errors import BatchDefect, BudgetExceeded, ExitCode, PixrunError, Problem
+from runner.errors import (
+    BatchDefect,
+    BudgetExceeded,
+    ExitCode,
+    OutputsBusy,
+    PixrunError,
+    Problem,
+)
 from runner.model import Manifest
 from runner.money import to_uptc_or_none, uptc_text
 from runner.pricing import unpriced_under_budget
 from runner.run.batch import BatchOutcome, _install_signals, prepared_batch
+from runner.run.callbacks import ReceiverPool
 from runner.run.context import SharedFlow
 from runner.run.events import RunObserver
 from runner.run.options import StopReason
 from runner.run.preview import Confirm, RunPreview
 from runner.run.scheduler import Scheduler
-from runner.run.setup import RunOverrides, SimulatorSettings, ledger_path_for
+from runner.run.setup import RunOverrides, SimulatorSettings, ledger_path_for, output_dir_for
 from runner.sample import SampleSpec
 
 #: makes a batch's observer from its manifest (the CLI tags each line with the name)
@@ -132,6 +146,12 @@ class BatchSet:
         self._stopping = False
         #: the plans claimed under the overall cap, per ledger (see :meth:`_claim`)
         self._claims: dict[Path, int] = {}
+        #: one callback receiver per HOST:PORT, shared by the batches listening there
+        self.receivers = ReceiverPool()
+        #: each running batch's scheduler, by its manifest's path (see :meth:`withdraw`)
+        self._running: dict[Path, Scheduler] = {}
+        #: the files each prepared batch writes: its output folder and the names in it
+        self._outputs: dict[Path, tuple[str, Path, frozenset[str]]] = {}
 
     def go(self) -> None:
         self._go.set()
@@ -142,6 +162,13 @@ class BatchSet:
         self._go.set()
         for scheduler in self.schedulers:
             scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
+
+    def withdraw(self, path: Path, message: str) -> None:
+        """Stop submitting for the batch of the manifest at ``path`` (the tasks in
+        flight are collected); nothing when it is not running."""
+        scheduler = self._running.get(path)
+        if scheduler is not None:
+            scheduler.withdraw(message)
 
     def install_signals(self, on_stop: Callable[[], None] | None = None) -> Callable[[], None]:
         """Ctrl-C stops every batch, now and later; returns the remover."""
@@ -179,6 +206,7 @@ class BatchSet:
         ).resolve()
         claimed_before = self._claims.get(ledger)
         try:
+            self._check_outputs(manifest, ledger)
             async with prepared_batch(
                 manifest,
                 self._observer_for(manifest),
@@ -194,21 +222,27 @@ class BatchSet:
                 rank=rank,
                 claim=functools.partial(self._claim, ledger),
                 sample=s.sample,
+                receivers=self.receivers,
             ) as batch:
                 ready.set_result(None)
+                self._outputs[ledger] = _outputs_of(manifest, s.simulate is not None)
                 await self._go.wait()
                 self.schedulers.append(batch.scheduler)
+                self._running[manifest.path] = batch.scheduler
                 if self._stopping:
                     batch.scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
                 try:
                     outcome = await batch.run()
                 finally:
                     self.schedulers.remove(batch.scheduler)
+                    self._running.pop(manifest.path, None)
                 if ledger in self._claims:
                     # what it did not spend (failures, a stop) is free for later drops
                     self._claims[ledger] = outcome.result.spent_uptc
+                self._outputs.pop(ledger, None)
                 return outcome
         except BaseException as exc:
+            self._outputs.pop(ledger, None)
             if not ready.done():
                 # refused after its claim (preflight, a callback port, ...): nothing was
                 # sent for it, so its claim goes back to what it was
@@ -221,6 +255,32 @@ class BatchSet:
                 else:
                     ready.cancel()
             raise
+
+    def _check_outputs(self, manifest: Manifest, ledger: Path) -> None:
+        """Refuse a batch that would write a file another batch of the run writes: the
+        second render would be paid for and then refused as an output conflict."""
+        name, folder, files = _outputs_of(manifest, self.settings.simulate is not None)
+        for other_ledger, (other, other_folder, other_files) in self._outputs.items():
+            if other_ledger == ledger:
+                continue
+            both: frozenset[str] | set[str]
+            if folder == other_folder:
+                both = files & other_files
+            elif other_folder.is_relative_to(folder):
+                inside = other_folder.relative_to(folder).as_posix()
+                both = files & {f"{inside}/{f}" for f in other_files}
+            elif folder.is_relative_to(other_folder):
+                inside = folder.relative_to(other_folder).as_posix()
+                both = {f"{inside}/{f}" for f in files} & other_files
+            else:
+                continue
+            if both:
+                raise OutputsBusy(
+                    f"{name} would write {len(both)} file(s) that {other} writes in this "
+                    f"run (such as {folder / sorted(both)[0]})",
+                    hint="give it another output.dir or output.filename (e.g. "
+                    "'{name}/{shot_id}.mp4'), or run it after the other",
+                )
 
     def _claim(self, ledger: Path, preview: RunPreview, rerender: bool) -> None:
         """The overall cap: this batch's plan after those prepared before it. A ledger
@@ -242,6 +302,14 @@ class BatchSet:
                 hint="raise --max-cost, or run this manifest later",
             )
         self._claims[ledger] = need
+
+
+def _outputs_of(manifest: Manifest, simulated: bool) -> tuple[str, Path, frozenset[str]]:
+    """How messages name a batch (its file), its output folder (resolved) and its
+    files' names in it."""
+    folder = output_dir_for(manifest.output.dir, simulated=simulated).resolve()
+    files = frozenset(s.output_relpath for s in manifest.shots)
+    return manifest.path.name, folder, files
 
 
 async def run_batches(

@@ -37,6 +37,8 @@ class StopReason(str, Enum):
     STALLED = "stalled"  #: nothing progressed for run.stall_timeout_s
     #: too many of the latest finished renders failed (run.halt); in-flight ones collected
     BRAKE = "brake"
+    #: its manifest left the watched folder (``pixrun watch``); in-flight ones collected
+    WITHDRAWN = "withdrawn"
 
 
 #: stop reasons after which nothing more may happen at all (not even collecting)
@@ -73,6 +75,7 @@ _EXIT_FOR_STOP = {
     StopReason.UNREACHABLE: ExitCode.INVALID,
     StopReason.STALLED: ExitCode.SHOTS_FAILED,
     StopReason.BRAKE: ExitCode.SHOTS_FAILED,
+    StopReason.WITHDRAWN: ExitCode.SHOTS_FAILED,
 }
 
 

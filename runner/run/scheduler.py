@@ -125,6 +125,11 @@ class Scheduler:
         if reason in ACCOUNT_STOPS and ctx.shared is not None:
             ctx.shared.stop_all(reason, message)
 
+    def withdraw(self, message: str) -> None:
+        """A soft stop from outside (its manifest left a watched folder): no more
+        submissions; the tasks in flight are collected (they are paid for)."""
+        self._stop_submitting(StopReason.WITHDRAWN, message)
+
     def _stop_submitting(self, reason: StopReason, message: str) -> None:
         ctx = self._ctx
         if ctx.stop is None:

@@ -20,13 +20,25 @@ Invariants:
   and only once their size and mtime have not changed for ``stable_s``: a manifest
   still being written is never read.
 - A manifest moves to ``done/`` only when its run ended without a stop (every shot
-  reached a final state, or was held); one that stopped (Ctrl-C, budget, empty
+  reached a final state, or was held) and its file is as it was read: one written to
+  while it ran (a writer that paused longer than ``stable_s``, an edit) stays in DIR
+  and runs again with its new text once stable. One that stopped (Ctrl-C, budget, empty
   account, outage, the brake, a defect, ...) stays in DIR, and the next ``watch``
   resumes it through its ledger. The running ``watch`` does not start it again unless
   the file changes (a fixed manifest saved over it): a stop never turns into a loop of
   restarts, summaries and charges.
 - Each manifest's end (done, stopped, rejected) is told to ``on_end`` (its
   notifications) as it comes, and every telling has returned before :meth:`run` does.
+- A running manifest removed or moved out of DIR is withdrawn: its batch submits
+  nothing more, collects the renders in flight (they are paid for) and ends; its
+  ledger stays, so the file dropped again resumes it.
+- A manifest that would write files a running one writes waits (in DIR) for that
+  one to end, then starts: never rejected for it, never paid for twice.
+- A manifest whose last run the failure-rate brake stopped is not started again as
+  it is, by this ``watch`` or a later one (``--once`` under cron): only once its file
+  is saved after that stop. A restart would pay for another window of failures.
+- One ``watch`` per folder (an OS lock on ``ledgers/.watch.lock``): a second exits at
+  once, touching nothing.
 - A rejected manifest's ``.errors.txt`` lists every problem found (file:line, shot,
   field, message, fix), and nothing was sent for it.
 """
@@ -42,17 +54,28 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from runner.errors import BatchDefect, ManifestError, PixrunError, Problem
-from runner.ledger import default_ledger_path
+from runner.errors import (
+    BatchDefect,
+    BrakeHeld,
+    CallbackPortBusy,
+    LedgerLocked,
+    LedgerOfAnotherBatch,
+    ManifestError,
+    OutputsBusy,
+    PixrunError,
+    Problem,
+)
+from runner.ledger.lock import RunLock
+from runner.ledger.views import last_stop_of
 from runner.model import Manifest
 from runner.run.batch import BatchOutcome
 from runner.run.context import SharedFlow
+from runner.run.folder import DONE, LEDGERS, REJECTED, ledger_in
 from runner.run.multi import BatchEnd, BatchSet, BatchSettings, ObserverFor, OnEnd, rank_of
+from runner.run.options import StopReason
 
 #: manifests are YAML files; anything else in DIR is left alone
 SUFFIXES = (".yaml", ".yml")
-
-DONE, REJECTED, LEDGERS = "done", "rejected", "ledgers"
 
 
 def is_candidate(name: str) -> bool:
@@ -66,20 +89,11 @@ def is_candidate(name: str) -> bool:
 class News:
     """Something the hot folder did, for whoever watches it (the CLI prints it)."""
 
-    #: "found", "started", "done", "stopped", "rejected"
+    #: "found", "started", "done", "stopped", "changed", "withdrawn", "waiting",
+    #: "rejected"
     kind: str
     path: Path
     message: str = ""
-
-
-def ledger_in(folder: Path, *, simulated: bool) -> Callable[[Path], Path]:
-    """Where a manifest's ledger lives in the hot folder (see the module docstring)."""
-    ledgers = folder / LEDGERS
-
-    def ledger_for(manifest_path: Path) -> Path:
-        return ledgers / default_ledger_path(manifest_path, simulated=simulated).name
-
-    return ledger_for
 
 
 class HotFolder:
@@ -117,6 +131,12 @@ class HotFolder:
         self._on_end = on_end
         self._telling: set[asyncio.Task[None]] = set()
         self._order = 0
+        #: with --once: the manifests still to run before returning
+        self._wanted: set[str] | None = None
+        #: manifests waiting for a running one that writes the same files to end
+        self._waiting: set[str] = set()
+        #: running manifests whose file left the folder (withdrawn once)
+        self._withdrawn: set[Path] = set()
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self.interrupted = False
@@ -134,18 +154,32 @@ class HotFolder:
         return when it has ended."""
         for sub in (DONE, REJECTED, LEDGERS):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        # one watch per folder: a second one would move the first one's manifests to
+        # rejected/ (their ledgers locked) while they render
+        lock = RunLock.take(
+            self.folder / LEDGERS / ".watch",
+            held_by=f"another pixrun watch is watching {self.folder}",
+        )
+        try:
+            return await self._run(once=once)
+        finally:
+            lock.release()
+
+    async def _run(self, *, once: bool) -> list[BatchEnd]:
         watcher = asyncio.create_task(self._watch())
-        wanted = set(self._names()) if once else None
+        self._wanted = wanted = set(self._names() or ()) if once else None
         try:
             while not self._stop.is_set():
-                if wanted is not None:  # one removed or renamed meanwhile is not waited for
-                    wanted &= set(self._names())
+                listed = self._names()
+                if wanted is not None and listed is not None:
+                    wanted &= set(listed)  # one removed or renamed meanwhile: not waited for
+                self._withdraw_gone()
                 for name in self._stable(wanted):
                     if self._stop.is_set():  # Ctrl-C: start nothing more
                         break
-                    await self._start(self.folder / name)
-                    if wanted is not None:
+                    if wanted is not None:  # before it runs: a change puts it back
                         wanted.discard(name)
+                    await self._start(self.folder / name)
                 if once and not wanted and not self._running:
                     break
                 self._changed.clear()
@@ -163,6 +197,16 @@ class HotFolder:
             while self._telling:
                 await asyncio.gather(*self._telling, return_exceptions=True)
         return self.ends
+
+    def _withdraw_gone(self) -> None:
+        """A running manifest removed (or moved out) of the folder is withdrawn: its
+        batch submits nothing more and collects what is in flight."""
+        for path in self._running.values():
+            if path not in self._withdrawn and _gone(path):
+                self._withdrawn.add(path)
+                self.batches.withdraw(
+                    path, "its manifest left the watched folder: no more submissions"
+                )
 
     def _end(self, end: BatchEnd) -> None:
         self.ends.append(end)
@@ -184,11 +228,13 @@ class HotFolder:
         ):
             self._changed.set()
 
-    def _names(self) -> list[str]:
+    def _names(self) -> list[str] | None:
+        """The candidates in the folder, by name; None when it cannot be read now (a
+        hiccup forgets nothing: not what was seen, held or wanted)."""
         try:
             entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
         except OSError:
-            return []
+            return None
         return [e.name for e in entries if is_candidate(e.name) and e.is_file()]
 
     def _stable(self, wanted: set[str] | None) -> list[str]:
@@ -197,6 +243,8 @@ class HotFolder:
         running = {p.name for p in self._running.values()}
         ready = []
         names = self._names()
+        if names is None:
+            return []
         for name in names:
             if name in running or (wanted is not None and name not in wanted):
                 continue
@@ -226,6 +274,15 @@ class HotFolder:
     async def _start(self, path: Path) -> None:
         self._seen.pop(path.name, None)
         told_as: tuple[str | None, tuple[str, ...]] = (None, ())
+        # the file as it is read: taken before reading, so a write during the read (a
+        # writer that paused longer than stable_s) shows as a change when it ends
+        loaded = _mark(path)
+        braked = await self._braked(path, loaded)
+        if braked is not None:
+            self._hold(path)
+            self._news(News("stopped", path, braked.message))
+            self.ends.append(BatchEnd(path, error=braked))  # exit 1; told when it stopped
+            return
         try:
             manifest = self._load(path)
             told_as = (manifest.name, manifest.run.notify)
@@ -233,22 +290,76 @@ class HotFolder:
             self._order += 1
             task = await self.batches.prepare(manifest, rank_of(manifest, self._order))
         except ManifestError as exc:
+            if _mark(path) != loaded:
+                return  # written to as it was read: read again once it is stable
             self._reject(path, exc, exc.problems)
+            return
+        except OutputsBusy as exc:
+            # a running manifest writes the same files (one renamed in the folder, a
+            # copy): it waits for that one to end, then counts again (no rejection)
+            self._hold(path)
+            self._waiting.add(path.name)
+            if self._wanted is not None:  # --once: it runs before the watch exits
+                self._wanted.add(path.name)
+            self._news(News("waiting", path, exc.message))
+            return
+        except (LedgerLocked, CallbackPortBusy) as exc:
+            # another process renders it (`pixrun run --ledger`), or holds the callback
+            # port: not the manifest's fault, and never moved away to rejected/
+            self._hold(path)
+            self._news(News("stopped", path, f"{exc.message}: stays until it is saved again"))
+            self._end(BatchEnd(path, told_as[0], error=exc, notify=told_as[1]))
+            return
+        except LedgerOfAnotherBatch as exc:
+            # a file name keeps its ledger here: a new batch under an old file name
+            # (tonight.yaml each night) needs a new file name; --force is not offered
+            exc.hint = (
+                f"give the file another name (the ledger of {path.name} in "
+                f"{LEDGERS}/ is the earlier batch's), or keep that batch's name"
+            )
+            self._reject(path, exc, (), told_as)
             return
         except PixrunError as exc:
             self._reject(path, exc, (), told_as)
             return
         name, notify = manifest.name, manifest.run.notify
-        follower = asyncio.create_task(self._follow(task, path, name, notify), name=name)
+        follower = asyncio.create_task(self._follow(task, path, name, notify, loaded), name=name)
         self._running[follower] = path
         self._news(News("started", path, manifest.name))
 
+    async def _braked(self, path: Path, loaded: tuple[int, int] | None) -> PixrunError | None:
+        """Its last run was stopped by the failure-rate brake and the file has not been
+        saved since: running it as it is would pay for another window of failing
+        renders (a cron'd ``watch --once`` would, every time). None otherwise."""
+        ledger = self.batches.settings.ledger_for(path)
+        if loaded is None or ledger is None or not ledger.is_file():
+            return None
+        try:
+            stop = await last_stop_of(ledger)
+        except PixrunError:
+            return None  # the run itself says what is wrong with its ledger
+        if stop is None or stop[0] != StopReason.BRAKE.value or loaded[1] / 1e9 > stop[1]:
+            return None
+        return BrakeHeld(
+            "its last run was stopped by the failure-rate brake, and it has not been saved "
+            "since: not started again as it is",
+            hint=f"fix the manifest and save it (or 'touch {path}' to try it as it is); "
+            "'pixrun status --ledger " + str(ledger) + "' shows the common error",
+        )
+
     async def _follow(
-        self, task: asyncio.Task[BatchOutcome], path: Path, name: str, notify: tuple[str, ...]
+        self,
+        task: asyncio.Task[BatchOutcome],
+        path: Path,
+        name: str,
+        notify: tuple[str, ...],
+        loaded: tuple[int, int] | None,
     ) -> None:
         """Wait for one batch and deal with its end: moved to ``done/``, or left in the
-        folder (held) when it stopped, and told either way. A defect in one batch ends
-        that batch only: the folder goes on."""
+        folder (held) when it stopped, and told either way. A manifest whose file
+        changed while it ran (``loaded`` is its mark when read) is left to run again
+        with its new text: it was not all done. A defect in one batch ends that batch
+        only: the folder goes on."""
         try:
             try:
                 outcome = await task
@@ -259,7 +370,18 @@ class HotFolder:
             else:
                 end = BatchEnd(path, name, outcome=outcome, notify=notify)
             stop = None if end.outcome is None else end.outcome.result.stop_reason
-            if end.error is not None or stop is not None:
+            now = _mark(path)
+            if now is not None and now != loaded:
+                # written to while it ran (a slow writer, an edit): what ran may be only
+                # part of it, so it stays and runs again once stable; its ledger keeps
+                # what is done, and nothing is paid for twice
+                self._news(News("changed", path, "changed while it ran: it runs again"))
+                if self._wanted is not None:  # --once: its new text too, before exiting
+                    self._wanted.add(path.name)
+            elif now is None and _gone(path):
+                # removed or moved out while it ran: withdrawn (see _withdraw_gone)
+                self._news(News("withdrawn", path, f"exit {end.exit_code}; its file left"))
+            elif end.error is not None or stop is not None:
                 self._hold(path)
                 why = (
                     end.error.message
@@ -272,6 +394,10 @@ class HotFolder:
                 self._news(News("done", end.path, f"exit {end.exit_code}"))
             self._end(end)
         finally:
+            for name in self._waiting:  # those waiting for a batch to end: try again
+                self._held.pop(name, None)
+            self._waiting.clear()
+            self._withdrawn.discard(path)
             self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._changed.set()
 
@@ -309,6 +435,26 @@ def problem_lines(problems: list[Problem] | tuple[Problem, ...]) -> list[str]:
         fix = f" (fix: {p.hint})" if p.hint else ""
         lines.append(f"{p.location()}:{p.severity}{who}{fld} {p.message}{fix}")
     return lines
+
+
+def _gone(path: Path) -> bool:
+    """The file is not there (a transient error reading the folder is not "gone": it
+    must never withdraw a batch)."""
+    try:
+        return not path.is_file()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _mark(path: Path) -> tuple[int, int] | None:
+    """A file's (size, mtime_ns), None when it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def _move(path: Path, folder: Path) -> Path:
