@@ -41,6 +41,9 @@ Invariants:
   once, touching nothing.
 - A rejected manifest's ``.errors.txt`` lists every problem found (file:line, shot,
   field, message, fix), and nothing was sent for it.
+
+Size: about 470 lines, one class: every rule about when a file in the folder may run,
+wait or move reads the same record of what was seen and what ran.
 """
 
 from __future__ import annotations
