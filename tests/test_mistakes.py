@@ -166,6 +166,34 @@ def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
     assert_files_match(batch, sim.stats(), batch.ids)
 
 
+def test_a_lost_ledger_never_adopts_another_providers_or_a_rehearsals_files(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """The README's rehearsal against a standalone simulator, then the real provider
+    refuses the ledger; deleting it (the hint's "another ledger") must not make the
+    simulator's clips the deliverables. Nor may a rehearsal's clips copied over."""
+    rehearsal_host, real = sim_thread(), sim_thread()
+    batch = write_manifest(tmp_path, 3)
+    first = run_pixrun(batch, rehearsal_host.base_url)
+    assert first.returncode == 0, explain(first)
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    again = run_pixrun(batch, real.base_url)
+    assert again.returncode == 2, explain(again)
+    assert rehearsal_host.base_url in again.stderr and "s01.mp4" in again.stderr
+    assert generate_calls(real) == 0
+    # a rehearsal's clips put where the real ones go are refused the same way
+    rehearsal = _rehearse(tmp_path, batch.manifest)
+    assert rehearsal.returncode == 0, explain(rehearsal)
+    for clip in (tmp_path / "out.sim").iterdir():
+        (batch.out / clip.name).write_bytes(clip.read_bytes())
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    copied = run_pixrun(batch, real.base_url)
+    assert copied.returncode == 2 and "simulator" in copied.stderr, explain(copied)
+    assert generate_calls(real) == 0
+
+
 def test_a_foreign_file_at_an_output_is_refused_before_spending(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:

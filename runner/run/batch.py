@@ -302,8 +302,10 @@ async def prepared_batch(
             planned_uptc = sum(to_uptc_or_none(s.price_ptc) or 0 for s in chosen.shots)
             del manifest, known, chosen  # the ledger holds every shot now: flat memory at scale
             parked = await ledger.recover()
+            made_by = {"simulated": identity["simulated"], "base_url": identity["base_url"]}
+            options = replace(options, provider=made_by)
             checked = await run_preflight(
-                ledger, output_dir, simulated=simulated, check_space=check_space
+                ledger, output_dir, simulated=simulated, check_space=check_space, provider=made_by
             )
             for shot_id in held:
                 observer.event(

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -94,8 +94,9 @@ class _Sidecar:
         self.done_at = done_at
 
 
-def sidecar_fields(row: ShotRow) -> dict[str, Any]:
-    """The sidecar, but for what only the finished download knows."""
+def sidecar_fields(row: ShotRow, provider: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar, but for what only the finished download knows. ``provider``: who
+    rendered it (a lost ledger's rerun adopts the file only for the same provider)."""
     # local images as plain paths (decoded), wherever they are: image, last_image, lists
     request = {
         key: [_local_path(v) for v in value] if isinstance(value, list) else _local_path(value)
@@ -116,6 +117,7 @@ def sidecar_fields(row: ShotRow) -> dict[str, Any]:
         "attempts": row.attempts,
         "submitted_at": row.submitted_at,
         "rendered_at": row.rendered_at,
+        "provider": None if provider is None else dict(provider),
     }
 
 
@@ -161,7 +163,11 @@ class Collector:
         # download's own worker-thread trip, sharing the folder fsync that makes the
         # video's name durable
         embedder = _embedder(row, ctx.opt.batch_name) if ctx.opt.embed_metadata else None
-        sidecar = _Sidecar(target, sidecar_fields(row), embedder) if ctx.opt.sidecar else None
+        sidecar = (
+            _Sidecar(target, sidecar_fields(row, ctx.opt.provider), embedder)
+            if ctx.opt.sidecar
+            else None
+        )
         fetched = await self._fetch_file(job, target, sidecar, embedder)
         if fetched is None:
             return
