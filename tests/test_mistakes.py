@@ -147,6 +147,27 @@ def test_an_uncreatable_output_folder_exits_2_with_nothing_sent(
     assert generate_calls(sim) == 0
 
 
+def test_an_uncreatable_output_folder_of_the_second_manifest_is_told_once(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """Two manifests, the second's output folder uncreatable: the first runs, nothing
+    is sent for the second, and its line says so once (not "nothing was sent ...;
+    nothing was sent for it")."""
+    sim = sim_thread()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    good = write_manifest(tmp_path / "good", 2, name="good")
+    bad = write_manifest(tmp_path / "bad", 2, name="bad", output_dir=blocker / "out")
+    args = run_args(good, output="")
+    args.insert(2, str(bad.manifest))
+    done = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    said = explain(done)
+    assert done.returncode == 2, said
+    assert sorted(sim_tasks(sim.stats())) == good.ids, said  # nothing for the bad one
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and skipped[0].count("nothing was sent") == 1, said
+
+
 def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
