@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -256,6 +257,25 @@ def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bo
             hint=missing_ledger_hint(manifest, simulated=simulated),
         )
     return path
+
+
+def rerun_command(manifest: Path | None, ledger_path: Path, *, simulated: bool) -> str:
+    """The ``pixrun run`` that picks up what a command queued on ``ledger_path``, with
+    the flags that matter: ``--simulate`` for a rehearsal, ``--ledger`` when it is not
+    the one beside the manifest (a bare ``pixrun run`` is refused, or opens another)."""
+    words = ["pixrun", "run", "MANIFEST" if manifest is None else str(manifest)]
+    if simulated:
+        words.append("--simulate")
+    # text from stdin is fed again to the rerun, which then finds the ledger by --ledger,
+    # as the run summary's hints do
+    beside = (
+        None
+        if manifest is None or is_stdin(manifest)
+        else default_ledger_path(manifest, simulated=simulated)
+    )
+    if beside is None or beside.resolve() != ledger_path.resolve():
+        words += ["--ledger", str(ledger_path)]
+    return " ".join(w if w == "MANIFEST" else shlex.quote(w) for w in words)
 
 
 def missing_ledger_hint(manifest: Path, *, simulated: bool) -> str:

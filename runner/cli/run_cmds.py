@@ -28,6 +28,7 @@ from runner.cli.options import (
     manifest_location,
     option_table,
     optional_manifest_argument,
+    rerun_command,
     rules_option,
     sample_options,
     sim_render_time_option,
@@ -378,7 +379,7 @@ def retry_cmd(
     """Re-queue failed, moderated, parked or named shots for the next `pixrun run`,
     or re-roll named shots with a fresh seed (--new-seed)."""
     path = existing_ledger(manifest, ledger, simulated=simulate)
-    again = "pixrun run --simulate" if simulate else "pixrun run"
+    again = rerun_command(manifest, path, simulated=simulate)
     if new_seed:
         if not shots or failed or moderated or ambiguous:
             raise UsageError(
@@ -423,7 +424,10 @@ def retry_cmd(
             }
         )
         return
-    click.echo(f"re-queued {plural(moved, 'shot')}; run '{again}' to submit them")
+    click.echo(
+        f"re-queued {plural(moved, 'shot')}; run '{again}' to submit "
+        f"{'it' if moved == 1 else 'them'}"
+    )
 
 
 def _echo_json(data: dict[str, Any]) -> None:
@@ -509,7 +513,7 @@ def resolve_cmd(
     )
     sim = SimulatorSettings() if simulate else None
     asyncio.run(resolve_shot(path, shot_id, task_id, overrides, simulate=sim))
-    again = "pixrun run --simulate" if simulate else "pixrun run"
+    again = rerun_command(manifest, path, simulated=simulate)
     if fmt == "json":
         _echo_json(
             {
