@@ -341,6 +341,7 @@ class Collector:
             "not downloaded (a rerun or 'pixrun retry' downloads it again, at no charge): "
             f"{message}"
         )
+        self._ctx.tally.not_downloaded += 1
         await self._tr.commit(
             job.row,
             ShotState.RENDERED,

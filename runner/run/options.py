@@ -153,3 +153,6 @@ class RunResult:
     ledger_commits: int
     #: provider callbacks received, by verdict (valid, duplicate, late, wrong_secret, ...)
     callbacks: dict[str, int] = field(default_factory=dict)
+    #: shots whose download this run gave up on: rendered and paid for, their task id
+    #: kept, counted as "downloading" until a rerun fetches them (free)
+    not_downloaded: int = 0
