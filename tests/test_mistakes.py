@@ -418,6 +418,12 @@ def test_a_download_that_never_works_ends_the_shot_in_time_and_a_rerun_fetches_i
     stats = sim.stats()
     assert stats["accepted_tasks"] == 2  # collected, never generated again
     assert_files_match(batch, stats, batch.ids)
+    # the rerun's fresh fetch is the normal way to collect them, not a failed download
+    refreshed = query(
+        batch.ledger,
+        "SELECT message FROM events WHERE kind = 'url_refreshed' ORDER BY event_id DESC LIMIT 2",
+    )
+    assert all("download failed" not in m for (m,) in refreshed), refreshed
 
 
 # -- errors inside HTTP 200 envelopes --------------------------------------------------------

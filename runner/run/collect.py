@@ -66,6 +66,10 @@ from runner.run.options import StopReason
 from runner.run.poll import Poller
 from runner.run.transitions import Note, Transitions
 
+#: a rendered shot without a URL (dropped when a download was given up on, or never
+#: kept): the normal way a rerun collects it, not a failure
+_NO_URL = "no download URL known"
+
 
 class _Sidecar:
     """A shot's sidecar, waiting for what only the finished download knows. Called in
@@ -214,7 +218,7 @@ class Collector:
         while True:
             try:
                 if not row.video_url:
-                    raise UrlExpired("no download URL known")
+                    raise UrlExpired(_NO_URL)
                 if staged is not None:  # a staging file left by a crash is never trusted
                     await asyncio.to_thread(staged.unlink, missing_ok=True)
                 result = await ctx.provider.download(
@@ -327,7 +331,11 @@ class Collector:
             return False
         if state.status != TaskStatus.SUCCEEDED or not state.video_url:
             return False
-        message = f"download failed ({why}): fetched a fresh URL"
+        message = (
+            "no download URL kept (a rerun, or a download given up on): fetched one (free)"
+            if why == _NO_URL
+            else f"download failed ({why}): fetched a fresh URL"
+        )
         note = Note(RunEventKind.URL_REFRESHED, message, EventKind.URL_REFRESHED)
         await self._tr.commit(row, None, note, video_url=state.video_url)
         return True
