@@ -301,6 +301,7 @@ def test_a_run_where_nothing_moves_stops_and_says_what_was_stuck(
     said = explain(done)
     assert done.returncode == 1 and time.monotonic() - t0 < 30, said
     assert "nothing progressed" in flat(done.stdout) and "pending" in flat(done.stdout), said
+    assert "last error: throttled" in flat(done.stdout), said  # what held them back
     stalled = query(batch.ledger, "SELECT COUNT(*) FROM events WHERE kind = 'stalled'")[0][0]
     assert stalled == 1
     assert not in_state(batch.ledger, "failed")
