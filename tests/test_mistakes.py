@@ -215,6 +215,28 @@ def test_a_lost_ledger_never_adopts_another_providers_or_a_rehearsals_files(
     assert generate_calls(real) == 0
 
 
+def test_a_lost_ledger_after_a_reroll_says_the_file_is_a_reroll(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """A re-rolled take's request is not in the manifest: a lost ledger's rerun cannot
+    adopt it, and refuses before spending, saying what the file is (not "foreign")."""
+    sim = sim_thread()
+    batch = write_manifest(tmp_path, 2)
+    assert run_pixrun(batch, sim.base_url).returncode == 0
+    env, cwd = env_for(sim.base_url), tmp_path
+    reroll = pixrun(["retry", str(batch.manifest), "--shot", "s01", "--new-seed"], env, cwd=cwd)
+    assert reroll.returncode == 0, explain(reroll)
+    assert run_pixrun(batch, sim.base_url).returncode == 0
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    before = generate_calls(sim)
+    again = run_pixrun(batch, sim.base_url)
+    said = explain(again)
+    assert again.returncode == 2 and generate_calls(sim) == before, said
+    assert "1 output file already exists" in flat(again.stderr), said
+    assert "s01.mp4 (shot s01, its version 2 (a re-roll" in flat(again.stderr), said
+
+
 def test_a_foreign_file_at_an_output_is_refused_before_spending(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:

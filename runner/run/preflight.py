@@ -31,6 +31,7 @@ from runner.ledger import Ledger
 from runner.outputs import resolve_output, sha256_file, sidecar_path
 from runner.provider import mp4_problem
 from runner.provider.sizes import estimated_video_bytes
+from runner.text import plural
 
 #: room kept free beyond the estimate of the videos to come
 MARGIN_BYTES = 50_000_000
@@ -137,7 +138,9 @@ async def _adopt_existing(
             f"; and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         )
         raise UsageError(
-            f"{len(foreign)} output file(s) already exist and are not this batch's: {shown}. "
+            f"{plural(len(foreign), 'output file')} already "
+            f"{'exists' if len(foreign) == 1 else 'exist'} that this run cannot take as its "
+            f"own (no sidecar of this request and provider): {shown}. "
             "Nothing was sent (they would be paid for and then refused)",
             hint="move those files away, or change output.dir or output.filename",
         )
@@ -154,7 +157,16 @@ def _adoptable(
         sidecar = json.loads(sidecar_path(target).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(sidecar, dict) or sidecar.get("request_hash") != request_hash:
+    if not isinstance(sidecar, dict):
+        return None
+    if sidecar.get("request_hash") != request_hash:
+        if sidecar.get("shot_id") is not None and sidecar.get("version", 1) != 1:
+            # this shot's own later take (a re-roll, or an edit since): the manifest alone
+            # cannot tell its request, so it is not adopted; say what it is
+            return (
+                f", its version {sidecar.get('version')} (a re-roll or an edit) whose request "
+                "the manifest no longer gives"
+            )
         return None
     made_by = sidecar.get("provider")
     # a sidecar of an earlier pixrun names no provider: nothing to tell, adopted as ever
