@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 from collections import defaultdict
 from dataclasses import replace
@@ -22,6 +23,7 @@ from runkit import (
     SimThread,
     env_for,
     explain,
+    flat,
     net_charges,
     pixrun,
     query,
@@ -401,3 +403,31 @@ async def test_only_a_file_unchanged_for_a_moment_counts(tmp_path: Path) -> None
     assert hot._stable(None) == []  # it changed: the clock starts again
     assert hot._stable(None) == ["a.yaml"]
     assert found == ["found a.yaml"]
+
+
+def test_a_watched_batch_run_on_its_own_is_refused_not_paid_again(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """A watched manifest's ledger is in DIR/ledgers/: 'pixrun run DIR/x.yaml' (or
+    DIR/done/x.yaml) without --ledger would start a new ledger beside it and pay again
+    for every task in flight. It is refused before anything is sent; --ledger resumes."""
+    sim = sim_thread()
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    _drop(_batch(tmp_path / "stage", "a", 2), hot)
+    env = env_for(sim.base_url)
+    assert pixrun(_watch_args(hot, "--once"), env, cwd=tmp_path).returncode == 0
+    before = sim.stats()["accepted_tasks"]
+    watched = hot / "ledgers" / "a.ledger.sqlite"
+    shutil.copy(hot / "done" / "a.yaml", hot / "a.yaml")  # as if it had stopped there
+    for manifest in (hot / "a.yaml", hot / "done" / "a.yaml"):
+        alone = pixrun(["run", str(manifest), "--quiet", "--yes"], env, cwd=tmp_path)
+        assert alone.returncode == 2 and str(watched) in flat(alone.stderr), explain(alone)
+        assert not manifest.with_name("a.ledger.sqlite").exists()
+    resumed = pixrun(
+        ["run", str(hot / "a.yaml"), "--quiet", "--yes", "--ledger", str(watched)],
+        env,
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, explain(resumed)
+    assert sim.stats()["accepted_tasks"] == before

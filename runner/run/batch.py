@@ -58,6 +58,7 @@ from runner.run.setup import (
     output_dir_for,
     provider_for,
     real_config,
+    refuse_a_watched_batch,
     scheduler_options,
 )
 from runner.sample import Sample, SampleSpec, cut, select_sample
@@ -242,6 +243,8 @@ async def prepared_batch(
     overrides = overrides or RunOverrides()
     simulated = simulate is not None
     path = ledger_path_for(manifest.path, ledger_path, simulated=simulated)
+    if ledger_path is None:
+        refuse_a_watched_batch(manifest.path, path)
     output_dir = output_dir_for(manifest.output.dir, simulated=simulated)
     options = scheduler_options(manifest, overrides, output_dir, simulate)
     callback = callback_settings_for(manifest, overrides)
