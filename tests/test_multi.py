@@ -424,6 +424,8 @@ def test_a_watched_batch_run_on_its_own_is_refused_not_paid_again(
         alone = pixrun(["run", str(manifest), "--quiet", "--yes"], env, cwd=tmp_path)
         assert alone.returncode == 2 and str(watched) in flat(alone.stderr), explain(alone)
         assert not manifest.with_name("a.ledger.sqlite").exists()
+        status = pixrun(["status", str(manifest)], env, cwd=tmp_path)  # says where it is
+        assert status.returncode == 2 and f"--ledger {watched}" in flat(status.stderr)
     resumed = pixrun(
         ["run", str(hot / "a.yaml"), "--quiet", "--yes", "--ledger", str(watched)],
         env,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from runner.errors import UsageError
-from runner.ledger import default_ledger_path
+from runner.ledger import default_ledger_path, watched_ledger
 from runner.stdin import STDIN_LABEL, is_stdin
 
 if TYPE_CHECKING:
@@ -285,5 +285,8 @@ def missing_ledger_hint(manifest: Path, *, simulated: bool) -> str:
         return "a rehearsal ledger exists: add --simulate"
     if simulated and default_ledger_path(where).exists():
         return "only the real ledger exists: drop --simulate"
+    watched = watched_ledger(where, simulated=simulated)
+    if watched is not None:
+        return f"a watched folder's batch: its ledger is {watched} (--ledger {watched})"
     run = f"pixrun run {manifest}{' --simulate' if simulated else ''}"
     return f"'{run}' creates it; a ledger elsewhere: --ledger PATH"

@@ -34,7 +34,7 @@ Money is stored as integer micro-PTC (``*_uptc``); times are unix seconds (REAL)
 """
 
 from runner.ledger.ledger import Ledger
-from runner.ledger.opening import default_ledger_path, open_ledger
+from runner.ledger.opening import default_ledger_path, open_ledger, watched_ledger
 from runner.ledger.rows import (
     META_PROVIDER,
     META_TRACE_SECRET,
@@ -60,4 +60,5 @@ __all__ = [
     "SyncResult",
     "default_ledger_path",
     "open_ledger",
+    "watched_ledger",
 ]

@@ -28,6 +28,21 @@ def default_ledger_path(manifest_path: Path, *, simulated: bool = False) -> Path
     return manifest_path.with_name(manifest_path.stem + infix + ".ledger.sqlite")
 
 
+def watched_ledger(manifest_path: Path, *, simulated: bool = False) -> Path | None:
+    """The ledger ``pixrun watch`` keeps for this manifest, when it sits in a watched
+    folder (or its ``done/`` or ``rejected/``) and that ledger exists: ``DIR/ledgers/``
+    (runner/run/watch.py), not beside the manifest."""
+    name = default_ledger_path(manifest_path, simulated=simulated).name
+    folders = [manifest_path.parent]
+    if manifest_path.parent.name in ("done", "rejected"):
+        folders.append(manifest_path.parent.parent)
+    for folder in folders:
+        candidate = folder / "ledgers" / name
+        if candidate.exists():
+            return candidate
+    return None
+
+
 async def _pragma_int(conn: aiosqlite.Connection, sql: str) -> int:
     async with conn.execute(sql) as cur:
         row = await cur.fetchone()

@@ -244,7 +244,7 @@ async def prepared_batch(
     simulated = simulate is not None
     path = ledger_path_for(manifest.path, ledger_path, simulated=simulated)
     if ledger_path is None:
-        refuse_a_watched_batch(manifest.path, path)
+        refuse_a_watched_batch(manifest.path, path, simulated=simulated)
     output_dir = output_dir_for(manifest.output.dir, simulated=simulated)
     options = scheduler_options(manifest, overrides, output_dir, simulate)
     callback = callback_settings_for(manifest, overrides)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import UsageError
-from runner.ledger import SIM_INFIX, default_ledger_path
+from runner.ledger import SIM_INFIX, default_ledger_path, watched_ledger
 from runner.model import Manifest
 from runner.money import to_uptc_or_none
 from runner.pricing import manifest_price_table
@@ -75,25 +75,21 @@ def ledger_path_for(manifest_path: Path, explicit: Path | None, *, simulated: bo
     return default_ledger_path(manifest_path, simulated=simulated)
 
 
-def refuse_a_watched_batch(manifest_path: Path, ledger: Path) -> None:
+def refuse_a_watched_batch(manifest_path: Path, ledger: Path, *, simulated: bool) -> None:
     """A manifest of a watched folder (``pixrun watch``) keeps its ledger in the folder's
     ``ledgers/``, not beside it: a run that would start a new ledger beside it while that
     one exists would pay again for every task it holds. Refused (exit 2), nothing sent."""
     if ledger.exists():
         return
-    folders = [manifest_path.parent]
-    # runner/run/watch.py: DIR/done/ and DIR/rejected/ keep their ledgers in DIR/ledgers/
-    if manifest_path.parent.name in ("done", "rejected"):
-        folders.append(manifest_path.parent.parent)
-    for folder in folders:
-        watched = folder / "ledgers" / ledger.name
-        if watched.exists():
-            raise UsageError(
-                f"{manifest_path} is a batch of the watched folder {folder}, whose ledger is "
-                f"{watched}; a new ledger ({ledger}) would pay again for the work that one "
-                "holds. Nothing was sent",
-                hint=f"resume it with --ledger {watched}, or restart 'pixrun watch {folder}'",
-            )
+    watched = watched_ledger(manifest_path, simulated=simulated)
+    if watched is not None:
+        folder = watched.parent.parent
+        raise UsageError(
+            f"{manifest_path} is a batch of the watched folder {folder}, whose ledger is "
+            f"{watched}; a new ledger ({ledger}) would pay again for the work that one "
+            "holds. Nothing was sent",
+            hint=f"resume it with --ledger {watched}, or restart 'pixrun watch {folder}'",
+        )
 
 
 def output_dir_for(output_dir: Path, *, simulated: bool) -> Path:
