@@ -121,6 +121,12 @@ def test_an_interrupted_rehearsal_resumes_without_paying_twice(tmp_path: Path) -
     assert len(submitted) == 6, explain(crashed)
     state_file = sim_ledger.with_name(sim_ledger.name + ".sim-state.jsonl")
     assert state_file.exists()
+    # status tells the crashed rehearsal's resume command with --simulate: without it,
+    # the real provider would render (and charge) every shot
+    status = pixrun(["status", str(batch.manifest), "--simulate"], env_for(None), cwd=tmp_path)
+    assert f"'pixrun run {batch.manifest} --simulate' resumes it" in flat(status.stdout), (
+        status.stdout
+    )
     resumed = _rehearse(tmp_path, batch.manifest)
     assert resumed.returncode == 0, explain(resumed)
     assert set(states(sim_ledger).values()) == {"done"}
