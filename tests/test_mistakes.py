@@ -455,6 +455,27 @@ def test_a_download_that_never_works_ends_the_shot_in_time_and_a_rerun_fetches_i
     assert all("download failed" not in m for (m,) in refreshed), refreshed
 
 
+def test_a_failed_shot_dropped_from_the_manifest_no_longer_fails_the_run(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """The moderated shot is taken out of the manifest: the next run is clean (exit 0),
+    counts only the manifest's shots, and sends nothing."""
+    sim = sim_thread(moderated_words=("forbidden",))
+    batch = write_manifest(tmp_path, 3, scenes={"s01": "a forbidden scene"})
+    first = run_pixrun(batch, sim.base_url)
+    assert first.returncode == 1 and in_state(batch.ledger, "moderated") == {"s01"}
+    doc = yaml.safe_load(batch.manifest.read_text())
+    doc["shots"] = [s for s in doc["shots"] if s["id"] != "s01"]
+    batch.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    before = generate_calls(sim)
+    again = run_pixrun(batch, sim.base_url)
+    said = explain(again)
+    assert again.returncode == 0, said
+    assert "done 2" in flat(again.stdout) and "of 2 shots" in flat(again.stdout), said
+    assert "failed 0" in flat(again.stdout) and "1 failed" not in flat(again.stdout), said
+    assert generate_calls(sim) == before
+
+
 # -- errors inside HTTP 200 envelopes --------------------------------------------------------
 
 
