@@ -433,3 +433,23 @@ def test_a_watched_batch_run_on_its_own_is_refused_not_paid_again(
     )
     assert resumed.returncode == 0, explain(resumed)
     assert sim.stats()["accepted_tasks"] == before
+
+
+def test_a_bad_provider_address_or_no_key_stops_watch_and_run_before_any_manifest(
+    tmp_path: Path,
+) -> None:
+    """The command's own settings are wrong (a malformed address, no key): exit 2 at
+    once with one error, never a queue of good manifests moved to rejected/ for it."""
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    dropped = _drop(_batch(tmp_path / "stage", "a", 2), hot)
+    other = _batch(tmp_path / "stage", "b", 2).manifest
+    for env in (env_for("http://[::1"), env_for(None, key=None)):
+        watched = pixrun(_watch_args(hot, "--once"), env, cwd=tmp_path)
+        assert watched.returncode == 2, explain(watched)
+        assert dropped.exists() and not any((hot / "rejected").glob("*")), explain(watched)
+        both = pixrun(["run", str(dropped), str(other), "--quiet", "--yes"], env, cwd=tmp_path)
+        assert both.returncode == 2, explain(both)
+        assert flat(both.stderr).count("error:") == 1 and "skipped" not in both.stdout, explain(
+            both
+        )

@@ -108,6 +108,14 @@ def run_several(
             f"--only {missed[0]!r} matches no shot of any manifest given",
             hint="give a shot id or a glob over ids (e.g. 's0*')",
         )
+    if refusal is None and simulate is None:
+        # a missing key or a bad address: one error for the command, not one per manifest
+        from runner.run.setup import real_config
+
+        try:
+            real_config(overrides)
+        except UsageError as exc:
+            refusal = exc
     if refusal is not None:
         # nothing runs: each manifest is told so, as one refused on its own would be
         refused = [BatchEnd(m.path, m.name, error=refusal, notify=m.run.notify) for m in manifests]
@@ -243,7 +251,7 @@ def watch_cmd(
     from runner.money import to_uptc_or_none
     from runner.run.context import SharedFlow
     from runner.run.multi import BatchSettings, overall_exit_code
-    from runner.run.setup import RunOverrides, SimulatorSettings
+    from runner.run.setup import RunOverrides, SimulatorSettings, real_config
     from runner.run.watch import HotFolder
 
     console = make_console()
@@ -261,6 +269,10 @@ def watch_cmd(
         concurrency=concurrency, requests_per_s=requests_per_s, base_url=base_url
     )
     sim = SimulatorSettings(render_time_s=sim_render_time) if simulate else None
+    if sim is None:
+        # a missing key or a malformed address is the command's fault, not any manifest's:
+        # exit 2 now, before a manifest dropped into the folder is rejected for it
+        real_config(overrides)
     settings = BatchSettings(overrides=overrides, simulate=sim)
     display = MultiDisplay(mode, console)
 
