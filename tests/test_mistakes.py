@@ -97,6 +97,22 @@ def test_a_rehearsal_ledger_never_meets_the_real_provider(
     assert first.returncode == 0, explain(first)
     mixed = _rehearse(tmp_path, batch.manifest, "--ledger", str(batch.ledger))
     assert mixed.returncode == 2 and "real work" in mixed.stderr, explain(mixed)
+    # nor does resolve tie a rehearsal's shot to a real task, or a real one through the
+    # simulator (which would leave its state file beside the real ledger)
+    env = env_for(sim.base_url)
+    (real_task,) = sim_tasks(sim.stats())["s01"]
+    for ledger in (sim_ledger, batch.ledger):
+        requeued = pixrun(
+            ["retry", "--shot", "s01", "--new-seed", "--ledger", str(ledger)], env, cwd=tmp_path
+        )
+        assert requeued.returncode == 0, explain(requeued)
+    tie = ["resolve", "s01", "--task-id", real_task["task_id"]]
+    crossed = pixrun([*tie, "--ledger", str(sim_ledger)], env, cwd=tmp_path)
+    assert crossed.returncode == 2 and "rehearsal" in crossed.stderr, explain(crossed)
+    assert in_state(sim_ledger, "pending") == {"s01"}
+    crossed = pixrun([*tie, "--ledger", str(batch.ledger), "--simulate"], env, cwd=tmp_path)
+    assert crossed.returncode == 2 and "real work" in crossed.stderr, explain(crossed)
+    assert not batch.ledger.with_name(batch.ledger.name + ".sim-state.jsonl").exists()
 
 
 def test_an_interrupted_rehearsal_resumes_without_paying_twice(tmp_path: Path) -> None:
