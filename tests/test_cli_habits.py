@@ -211,7 +211,7 @@ def test_a_stopped_stdin_run_hints_at_commands_that_need_no_stdin(
         "task_id": task["task_id"],
         "ledger": str(ledger),
         "simulated": False,
-        "next": "pixrun run",
+        "next": f"pixrun run - --ledger {ledger}",
     }
     assert in_state(ledger, "submitted") == {"s01"}
 
@@ -303,7 +303,7 @@ def test_retry_json(tmp_path: Path) -> None:
         "simulated": False,
         "requeued": 1,  # the failed one; the moderated one stays (--moderated)
         "parked_requeued": 0,
-        "next": "pixrun run",
+        "next": f"pixrun run {batch.manifest_path}",
     }
     parked = pixrun_io(
         ["retry", batch.manifest_path, "--ambiguous", "--format", "json"], env, cwd=cwd
@@ -318,12 +318,24 @@ def test_retry_json(tmp_path: Path) -> None:
     )
     assert reroll.returncode == 0, reroll.stderr
     data = json.loads(reroll.stdout)
-    assert data["action"] == "reroll" and data["next"] == "pixrun run"
+    assert data["action"] == "reroll" and data["next"] == f"pixrun run {batch.manifest_path}"
     (shot,) = data["rerolled"]
     assert shot["shot_id"] == "dawn-lake" and shot["version"] == 2
     assert isinstance(shot["seed"], int)
     assert (shot["price_uptc"], shot["price_ptc"]) == (150_000, "0.15")
     assert (data["total_uptc"], data["total_ptc"], data["unpriced"]) == (150_000, "0.15", 0)
+
+    # a ledger named by --ledger alone, and a rehearsal's: the hint repeats what picks it
+    moved = tmp_path / "elsewhere.sqlite"
+    batch.ledger_path.rename(moved)
+    by_ledger = pixrun_io(
+        ["retry", "--ledger", moved, "--failed", "--simulate", "--format", "json"], env, cwd=cwd
+    )
+    assert by_ledger.returncode == 0, by_ledger.stderr
+    assert (
+        json.loads(by_ledger.stdout)["next"] == f"pixrun run MANIFEST --simulate --ledger {moved}"
+    )
+    moved.rename(batch.ledger_path)
 
     refused = pixrun_io(["retry", batch.manifest_path, "--format", "json"], env, cwd=cwd)
     assert refused.returncode == 2 and refused.stdout == ""  # errors stay on stderr

@@ -97,6 +97,22 @@ def test_a_rehearsal_ledger_never_meets_the_real_provider(
     assert first.returncode == 0, explain(first)
     mixed = _rehearse(tmp_path, batch.manifest, "--ledger", str(batch.ledger))
     assert mixed.returncode == 2 and "real work" in mixed.stderr, explain(mixed)
+    # nor does resolve tie a rehearsal's shot to a real task, or a real one through the
+    # simulator (which would leave its state file beside the real ledger)
+    env = env_for(sim.base_url)
+    (real_task,) = sim_tasks(sim.stats())["s01"]
+    for ledger in (sim_ledger, batch.ledger):
+        requeued = pixrun(
+            ["retry", "--shot", "s01", "--new-seed", "--ledger", str(ledger)], env, cwd=tmp_path
+        )
+        assert requeued.returncode == 0, explain(requeued)
+    tie = ["resolve", "s01", "--task-id", real_task["task_id"]]
+    crossed = pixrun([*tie, "--ledger", str(sim_ledger)], env, cwd=tmp_path)
+    assert crossed.returncode == 2 and "rehearsal" in crossed.stderr, explain(crossed)
+    assert in_state(sim_ledger, "pending") == {"s01"}
+    crossed = pixrun([*tie, "--ledger", str(batch.ledger), "--simulate"], env, cwd=tmp_path)
+    assert crossed.returncode == 2 and "real work" in crossed.stderr, explain(crossed)
+    assert not batch.ledger.with_name(batch.ledger.name + ".sim-state.jsonl").exists()
 
 
 def test_an_interrupted_rehearsal_resumes_without_paying_twice(tmp_path: Path) -> None:
@@ -121,6 +137,12 @@ def test_an_interrupted_rehearsal_resumes_without_paying_twice(tmp_path: Path) -
     assert len(submitted) == 6, explain(crashed)
     state_file = sim_ledger.with_name(sim_ledger.name + ".sim-state.jsonl")
     assert state_file.exists()
+    # status tells the crashed rehearsal's resume command with --simulate: without it,
+    # the real provider would render (and charge) every shot
+    status = pixrun(["status", str(batch.manifest), "--simulate"], env_for(None), cwd=tmp_path)
+    assert f"'pixrun run {batch.manifest} --simulate' resumes it" in flat(status.stdout), (
+        status.stdout
+    )
     resumed = _rehearse(tmp_path, batch.manifest)
     assert resumed.returncode == 0, explain(resumed)
     assert set(states(sim_ledger).values()) == {"done"}
@@ -147,6 +169,27 @@ def test_an_uncreatable_output_folder_exits_2_with_nothing_sent(
     assert generate_calls(sim) == 0
 
 
+def test_an_uncreatable_output_folder_of_the_second_manifest_is_told_once(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """Two manifests, the second's output folder uncreatable: the first runs, nothing
+    is sent for the second, and its line says so once (not "nothing was sent ...;
+    nothing was sent for it")."""
+    sim = sim_thread()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    good = write_manifest(tmp_path / "good", 2, name="good")
+    bad = write_manifest(tmp_path / "bad", 2, name="bad", output_dir=blocker / "out")
+    args = run_args(good, output="")
+    args.insert(2, str(bad.manifest))
+    done = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
+    said = explain(done)
+    assert done.returncode == 2, said
+    assert sorted(sim_tasks(sim.stats())) == good.ids, said  # nothing for the bad one
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and skipped[0].count("nothing was sent") == 1, said
+
+
 def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
@@ -164,6 +207,56 @@ def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
     adopted = query(batch.ledger, "SELECT COUNT(*) FROM events WHERE kind = 'adopted'")[0][0]
     assert adopted == 5
     assert_files_match(batch, sim.stats(), batch.ids)
+
+
+def test_a_lost_ledger_never_adopts_another_providers_or_a_rehearsals_files(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """The README's rehearsal against a standalone simulator, then the real provider
+    refuses the ledger; deleting it (the hint's "another ledger") must not make the
+    simulator's clips the deliverables. Nor may a rehearsal's clips copied over."""
+    rehearsal_host, real = sim_thread(), sim_thread()
+    batch = write_manifest(tmp_path, 3)
+    first = run_pixrun(batch, rehearsal_host.base_url)
+    assert first.returncode == 0, explain(first)
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    again = run_pixrun(batch, real.base_url)
+    assert again.returncode == 2, explain(again)
+    assert rehearsal_host.base_url in again.stderr and "s01.mp4" in again.stderr
+    assert generate_calls(real) == 0
+    # a rehearsal's clips put where the real ones go are refused the same way
+    rehearsal = _rehearse(tmp_path, batch.manifest)
+    assert rehearsal.returncode == 0, explain(rehearsal)
+    for clip in (tmp_path / "out.sim").iterdir():
+        (batch.out / clip.name).write_bytes(clip.read_bytes())
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    copied = run_pixrun(batch, real.base_url)
+    assert copied.returncode == 2 and "simulator" in copied.stderr, explain(copied)
+    assert generate_calls(real) == 0
+
+
+def test_a_lost_ledger_after_a_reroll_says_the_file_is_a_reroll(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """A re-rolled take's request is not in the manifest: a lost ledger's rerun cannot
+    adopt it, and refuses before spending, saying what the file is (not "foreign")."""
+    sim = sim_thread()
+    batch = write_manifest(tmp_path, 2)
+    assert run_pixrun(batch, sim.base_url).returncode == 0
+    env, cwd = env_for(sim.base_url), tmp_path
+    reroll = pixrun(["retry", str(batch.manifest), "--shot", "s01", "--new-seed"], env, cwd=cwd)
+    assert reroll.returncode == 0, explain(reroll)
+    assert run_pixrun(batch, sim.base_url).returncode == 0
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    before = generate_calls(sim)
+    again = run_pixrun(batch, sim.base_url)
+    said = explain(again)
+    assert again.returncode == 2 and generate_calls(sim) == before, said
+    assert "1 output file already exists" in flat(again.stderr), said
+    assert "s01.mp4 (shot s01, its version 2 (a re-roll" in flat(again.stderr), said
 
 
 def test_a_foreign_file_at_an_output_is_refused_before_spending(
@@ -252,6 +345,7 @@ def test_a_run_where_nothing_moves_stops_and_says_what_was_stuck(
     said = explain(done)
     assert done.returncode == 1 and time.monotonic() - t0 < 30, said
     assert "nothing progressed" in flat(done.stdout) and "pending" in flat(done.stdout), said
+    assert "last error: throttled" in flat(done.stdout), said  # what held them back
     stalled = query(batch.ledger, "SELECT COUNT(*) FROM events WHERE kind = 'stalled'")[0][0]
     assert stalled == 1
     assert not in_state(batch.ledger, "failed")
@@ -361,13 +455,41 @@ def test_a_download_that_never_works_ends_the_shot_in_time_and_a_rerun_fetches_i
     assert first.returncode == 1 and took_s < 30, said
     rows = query(batch.ledger, "SELECT state, error_kind, task_id, video_url FROM shots")
     assert all(r[0] == "rendered" and r[1] == "download" and r[2] and r[3] is None for r in rows)
-    assert "download" in flat(first.stdout)
+    # counted as "downloading", the summary says why they are not done and what a rerun does
+    assert "2 not downloaded" in flat(first.stdout) and "no charge" in flat(first.stdout), said
     sim.simulator.config.dead_urls_always = False  # the CDN is back
     rerun = run_pixrun(batch, sim.base_url)
     assert rerun.returncode == 0, explain(rerun)
     stats = sim.stats()
     assert stats["accepted_tasks"] == 2  # collected, never generated again
     assert_files_match(batch, stats, batch.ids)
+    # the rerun's fresh fetch is the normal way to collect them, not a failed download
+    refreshed = query(
+        batch.ledger,
+        "SELECT message FROM events WHERE kind = 'url_refreshed' ORDER BY event_id DESC LIMIT 2",
+    )
+    assert all("download failed" not in m for (m,) in refreshed), refreshed
+
+
+def test_a_failed_shot_dropped_from_the_manifest_no_longer_fails_the_run(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """The moderated shot is taken out of the manifest: the next run is clean (exit 0),
+    counts only the manifest's shots, and sends nothing."""
+    sim = sim_thread(moderated_words=("forbidden",))
+    batch = write_manifest(tmp_path, 3, scenes={"s01": "a forbidden scene"})
+    first = run_pixrun(batch, sim.base_url)
+    assert first.returncode == 1 and in_state(batch.ledger, "moderated") == {"s01"}
+    doc = yaml.safe_load(batch.manifest.read_text())
+    doc["shots"] = [s for s in doc["shots"] if s["id"] != "s01"]
+    batch.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    before = generate_calls(sim)
+    again = run_pixrun(batch, sim.base_url)
+    said = explain(again)
+    assert again.returncode == 0, said
+    assert "done 2" in flat(again.stdout) and "of 2 shots" in flat(again.stdout), said
+    assert "failed 0" in flat(again.stdout) and "1 failed" not in flat(again.stdout), said
+    assert generate_calls(sim) == before
 
 
 # -- errors inside HTTP 200 envelopes --------------------------------------------------------

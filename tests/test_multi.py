@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 from collections import defaultdict
 from dataclasses import replace
@@ -22,6 +23,7 @@ from runkit import (
     SimThread,
     env_for,
     explain,
+    flat,
     net_charges,
     pixrun,
     query,
@@ -433,3 +435,55 @@ def test_a_contract_mismatch_in_one_manifest_stops_the_others_before_they_pay(
     final = _by_manifest(sim.stats())
     assert {k: len(v) for k, v in final.items()} == {"a": 9, "b": 9}
     assert {t["task_id"] for t in tasks["a"]} <= {t["task_id"] for t in final["a"]}
+
+
+def test_a_watched_batch_run_on_its_own_is_refused_not_paid_again(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """A watched manifest's ledger is in DIR/ledgers/: 'pixrun run DIR/x.yaml' (or
+    DIR/done/x.yaml) without --ledger would start a new ledger beside it and pay again
+    for every task in flight. It is refused before anything is sent; --ledger resumes."""
+    sim = sim_thread()
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    _drop(_batch(tmp_path / "stage", "a", 2), hot)
+    env = env_for(sim.base_url)
+    assert pixrun(_watch_args(hot, "--once"), env, cwd=tmp_path).returncode == 0
+    before = sim.stats()["accepted_tasks"]
+    watched = hot / "ledgers" / "a.ledger.sqlite"
+    shutil.copy(hot / "done" / "a.yaml", hot / "a.yaml")  # as if it had stopped there
+    for manifest in (hot / "a.yaml", hot / "done" / "a.yaml"):
+        alone = pixrun(["run", str(manifest), "--quiet", "--yes"], env, cwd=tmp_path)
+        assert alone.returncode == 2 and str(watched) in flat(alone.stderr), explain(alone)
+        assert not manifest.with_name("a.ledger.sqlite").exists()
+        # reading it finds the folder's ledger by itself
+        status = pixrun(["status", str(manifest), "--format", "json"], env, cwd=tmp_path)
+        assert status.returncode == 0, explain(status)
+        assert json.loads(status.stdout)["counts"]["done"] == 2
+    resumed = pixrun(
+        ["run", str(hot / "a.yaml"), "--quiet", "--yes", "--ledger", str(watched)],
+        env,
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, explain(resumed)
+    assert sim.stats()["accepted_tasks"] == before
+
+
+def test_a_bad_provider_address_or_no_key_stops_watch_and_run_before_any_manifest(
+    tmp_path: Path,
+) -> None:
+    """The command's own settings are wrong (a malformed address, no key): exit 2 at
+    once with one error, never a queue of good manifests moved to rejected/ for it."""
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    dropped = _drop(_batch(tmp_path / "stage", "a", 2), hot)
+    other = _batch(tmp_path / "stage", "b", 2).manifest
+    for env in (env_for("http://[::1"), env_for(None, key=None)):
+        watched = pixrun(_watch_args(hot, "--once"), env, cwd=tmp_path)
+        assert watched.returncode == 2, explain(watched)
+        assert dropped.exists() and not any((hot / "rejected").glob("*")), explain(watched)
+        both = pixrun(["run", str(dropped), str(other), "--quiet", "--yes"], env, cwd=tmp_path)
+        assert both.returncode == 2, explain(both)
+        assert flat(both.stderr).count("error:") == 1 and "skipped" not in both.stdout, explain(
+            both
+        )

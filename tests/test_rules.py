@@ -361,3 +361,43 @@ def test_cli_bad_rules_file_exits_2_with_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"rules file {rules} at qualities: has no source" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _capped_memory() -> None:
+    """A regression reading /dev/zero would fill the memory of a shared machine: cap it."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.parametrize("odd", ["fifo", "zero"])
+def test_a_manifest_or_table_that_is_a_fifo_or_dev_zero_is_refused_at_once(
+    tmp_path: Path, odd: str
+) -> None:
+    """The manifest itself, or a shots_from table, as a FIFO or a link to /dev/zero: a
+    problem reported at once (exit 2), never a hang or a read without end."""
+    import subprocess
+    import sys
+
+    for name in ("shots.csv", "manifest.yaml"):
+        if odd == "fifo":
+            os.mkfifo(tmp_path / name)
+        else:
+            (tmp_path / name).symlink_to("/dev/zero")
+    kind = "a named pipe (FIFO)" if odd == "fifo" else "a device"
+    table = tmp_path / "table.yaml"
+    table.write_text(
+        "version: 1\ndefaults: {model: v4.5, quality: 360p}\nshots_from: [shots.csv]\n"
+    )
+    for manifest, said in ((table, f"shots.csv is {kind}"), (tmp_path / "manifest.yaml", kind)):
+        result = subprocess.run(
+            [sys.executable, "-m", "runner", "validate", str(manifest)],
+            env=env_for(None, key=None),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            preexec_fn=_capped_memory,
+        )
+        assert result.returncode == 2 and said in result.stderr, result.stderr

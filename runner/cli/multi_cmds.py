@@ -32,7 +32,6 @@ from runner.cli.options import (
     manifest_loader,
     manifest_location,
     provider_settings,
-    refuse_a_watched_manifest,
     rules_option,
     sim_render_time_option,
 )
@@ -97,7 +96,6 @@ def run_several(
     ends: dict[int, BatchEnd] = {}
     for i, path in enumerate(paths):
         try:
-            refuse_a_watched_manifest(path, simulated=simulate is not None)
             manifests.append(load(path))
         except ManifestError as exc:
             ends[i] = BatchEnd(path, error=exc, problems=tuple(exc.problems))
@@ -112,6 +110,14 @@ def run_several(
             f"--only {missed[0]!r} matches no shot of any manifest given",
             hint="give a shot id or a glob over ids (e.g. 's0*')",
         )
+    if refusal is None and simulate is None:
+        # a missing key or a bad address: one error for the command, not one per manifest
+        from runner.run.setup import real_config
+
+        try:
+            real_config(overrides)
+        except UsageError as exc:
+            refusal = exc
     if refusal is not None:
         # nothing runs: each manifest is told so, as one refused on its own would be
         refused = [BatchEnd(m.path, m.name, error=refusal, notify=m.run.notify) for m in manifests]
@@ -287,6 +293,10 @@ def watch_cmd(
     if not simulate:
         real_config(overrides)
     sim = SimulatorSettings(render_time_s=sim_render_time) if simulate else None
+    if sim is None:
+        # a missing key or a malformed address is the command's fault, not any manifest's:
+        # exit 2 now, before a manifest dropped into the folder is rejected for it
+        real_config(overrides)
     settings = BatchSettings(overrides=overrides, simulate=sim)
     display = MultiDisplay(mode, console)
 

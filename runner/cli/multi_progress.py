@@ -280,10 +280,11 @@ def render_summaries(
         console.print(Text(f"== {clean(str(end.path))}", style="bold"), soft_wrap=True)
         print_problems(end.problems, err)
         hint = f" ({clean(end.error.hint)})" if end.error is not None and end.error.hint else ""
+        # a refusal before spending says so itself: say it once
+        told = "nothing was sent" in message
+        tail = "" if told else "; nothing was sent for it"
         console.print(
-            Text.assemble(
-                ("skipped", "bold red"), f": {clean(message)}{hint}; nothing was sent for it"
-            ),
+            Text.assemble(("skipped", "bold red"), f": {clean(message)}{tail}{hint}"),
             soft_wrap=True,
         )
     ran = sum(1 for e in ends if e.outcome is not None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -293,26 +294,23 @@ def existing_ledger(manifest: Path | None, ledger: Path | None, *, simulated: bo
     return path
 
 
-def refuse_a_watched_manifest(manifest: Path, *, simulated: bool) -> None:
-    """``pixrun run`` of a manifest that ran in a watched folder (DIR/done/x.yaml) with
-    no ledger of its own: it would start a new ledger, its relative outputs would land
-    beside it, and every shot would be paid for again. Refused (UsageError) before
-    anything is written; ``--ledger`` is the explicit way."""
-    from runner.run.folder import watched_ledger
-
-    if is_stdin(manifest) or default_ledger_path(manifest, simulated=simulated).exists():
-        return
-    ledger = watched_ledger(manifest, simulated=simulated)
-    if ledger is not None:
-        folder = ledger.parent.parent
-        again = f"pixrun watch {folder}" + (" --simulate" if simulated else "")
-        back = "" if manifest.parent == folder else f"move it back into {folder}; "
-        raise UsageError(
-            f"{manifest} belongs to the watched folder {folder} (its ledger is {ledger}): "
-            "run on its own, it would start a new ledger and pay again for what that "
-            "ledger holds",
-            hint=f"{back}'{again}' resumes it (add --once to run what is there and exit)",
-        )
+def rerun_command(manifest: Path | None, ledger_path: Path, *, simulated: bool) -> str:
+    """The ``pixrun run`` that picks up what a command queued on ``ledger_path``, with
+    the flags that matter: ``--simulate`` for a rehearsal, ``--ledger`` when it is not
+    the one beside the manifest (a bare ``pixrun run`` is refused, or opens another)."""
+    words = ["pixrun", "run", "MANIFEST" if manifest is None else str(manifest)]
+    if simulated:
+        words.append("--simulate")
+    # text from stdin is fed again to the rerun, which then finds the ledger by --ledger,
+    # as the run summary's hints do
+    beside = (
+        None
+        if manifest is None or is_stdin(manifest)
+        else default_ledger_path(manifest, simulated=simulated)
+    )
+    if beside is None or beside.resolve() != ledger_path.resolve():
+        words += ["--ledger", str(ledger_path)]
+    return " ".join(w if w == "MANIFEST" else shlex.quote(w) for w in words)
 
 
 def missing_ledger_hint(manifest: Path, *, simulated: bool) -> str:
@@ -330,5 +328,8 @@ def missing_ledger_hint(manifest: Path, *, simulated: bool) -> str:
         return "a rehearsal ledger exists: add --simulate"
     if simulated and exists(False):
         return "only the real ledger exists: drop --simulate"
+    watched = watched_ledger(where, simulated=simulated)
+    if watched is not None:
+        return f"a watched folder's batch: its ledger is {watched} (--ledger {watched})"
     run = f"pixrun run {manifest}{' --simulate' if simulated else ''}"
     return f"'{run}' creates it; a ledger elsewhere: --ledger PATH"

@@ -427,6 +427,7 @@ def _summary_json(
         "simulated": outcome.simulated,
         "held_changed": list(outcome.held_changed),
         "adopted": len(outcome.adopted),
+        "not_downloaded": result.not_downloaded,
         "sample": outcome.sample,
         "callbacks": dict(result.callbacks),
     }
@@ -520,6 +521,18 @@ def _summary_lines(
             Text.assemble(
                 ("  → otherwise re-queue them (may be charged twice): ", "dim"),
                 command("retry", "--ambiguous"),
+            )
+        )
+    if result.not_downloaded:
+        # counted as "downloading" above: say why they are not done
+        lines.append(
+            Text.assemble(
+                (f"{result.not_downloaded} not downloaded", "bold red"),
+                (
+                    ": the download kept failing; the render is paid for and its task id "
+                    "kept, so a rerun downloads it through a fresh fetch, at no charge",
+                    "dim",
+                ),
             )
         )
     unfinished = sum(n for s, n in counts.items() if not s.is_final and s != ShotState.AMBIGUOUS)

@@ -30,7 +30,7 @@ from runner.cli.options import (
     option_table,
     optional_manifest_argument,
     provider_settings,
-    refuse_a_watched_manifest,
+    rerun_command,
     rules_option,
     sample_options,
     sim_render_time_option,
@@ -273,8 +273,6 @@ def run_cmd(
         sys.exit(code)
     manifest = manifests[0]
     with notice.on_error():
-        if ledger is None:
-            refuse_a_watched_manifest(manifest, simulated=simulate)
         loaded = manifest_loader(prices, rules)(manifest)
     notice.add(loaded.name, loaded.run.notify)
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
@@ -357,7 +355,7 @@ def retry_cmd(
     """Re-queue failed, moderated, parked or named shots for the next `pixrun run`,
     or re-roll named shots with a fresh seed (--new-seed)."""
     path = existing_ledger(manifest, ledger, simulated=simulate)
-    again = "pixrun run --simulate" if simulate else "pixrun run"
+    again = rerun_command(manifest, path, simulated=simulate)
     if new_seed:
         if not shots or failed or moderated or ambiguous:
             raise UsageError(
@@ -402,7 +400,10 @@ def retry_cmd(
             }
         )
         return
-    click.echo(f"re-queued {plural(moved, 'shot')}; run '{again}' to submit them")
+    click.echo(
+        f"re-queued {plural(moved, 'shot')}; run '{again}' to submit "
+        f"{'it' if moved == 1 else 'them'}"
+    )
 
 
 def _echo_json(data: dict[str, Any]) -> None:
@@ -488,7 +489,7 @@ def resolve_cmd(
     )
     sim = SimulatorSettings() if simulate else None
     asyncio.run(resolve_shot(path, shot_id, task_id, overrides, simulate=sim))
-    again = "pixrun run --simulate" if simulate else "pixrun run"
+    again = rerun_command(manifest, path, simulated=simulate)
     if fmt == "json":
         _echo_json(
             {

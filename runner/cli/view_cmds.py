@@ -25,6 +25,7 @@ from runner.cli.options import (
     format_option,
     ledger_option,
     optional_manifest_argument,
+    rerun_command,
     simulate_option,
 )
 from runner.cli.views import (
@@ -74,6 +75,14 @@ def _output_dir(meta: dict[str, str], ledger_path: Path) -> Path | None:
     return path
 
 
+def _resume(summary: StatusSummary, ledger_path: Path, manifest: Path | None) -> str:
+    """The command that resumes this batch: a rehearsal's with --simulate (else the
+    real provider would render it all again), and --ledger when it is not beside it."""
+    if manifest is None and summary.meta.get("manifest"):
+        manifest = Path(summary.meta["manifest"])
+    return rerun_command(manifest, ledger_path, simulated=summary.simulated)
+
+
 def _write_file(path: Path, text: str) -> None:
     """Write whole or not at all: a reader never sees half a report."""
     try:
@@ -89,23 +98,31 @@ def _write_file(path: Path, text: str) -> None:
 
 
 async def _watch(
-    path: Path, console: Console, fmt: str, interval_s: float, iterations: int | None
+    path: Path,
+    console: Console,
+    fmt: str,
+    interval_s: float,
+    iterations: int | None,
+    manifest: Path | None = None,
 ) -> None:
     live = fmt == "table" and console.is_terminal
     shown = 0
     async with aclosing(watch_status(path, interval_s)) as summaries:
         summary = await anext(summaries)  # the ledger opens (or fails) before any display
         title = _title(summary.meta, path)
+        resume = _resume(summary, path, manifest)
         display_cm = Live(console=console, auto_refresh=False) if live else nullcontext(None)
         with display_cm as display:
             while True:
                 if display is not None:
-                    display.update(status_renderable(summary, title), refresh=True)
+                    display.update(status_renderable(summary, title, resume=resume), refresh=True)
                 elif fmt == "json":
                     click.echo(json_text(status_dict(summary), separators=(",", ":")))
                 else:
                     console.print(Rule(time.strftime("%H:%M:%S"), style="dim"))
-                    print_full(console, status_renderable(summary, title, whole=True))
+                    print_full(
+                        console, status_renderable(summary, title, whole=True, resume=resume)
+                    )
                 shown += 1
                 if iterations is not None and shown >= iterations:
                     return
@@ -152,7 +169,7 @@ def status_cmd(
     console = make_console()
     if watch:
         with suppress(KeyboardInterrupt):  # Ctrl-C is the way to stop watching
-            asyncio.run(_watch(path, console, fmt, interval_s, iterations))
+            asyncio.run(_watch(path, console, fmt, interval_s, iterations, manifest))
         return
     summary = asyncio.run(status_of(path))
     title = _title(summary.meta, path)
@@ -161,7 +178,8 @@ def status_cmd(
     else:
         # a pipe or a file gets every failure's shot id and reason whole
         whole = not console.is_terminal
-        print_full(console, status_renderable(summary, title, whole=whole))
+        resume = _resume(summary, path, manifest)
+        print_full(console, status_renderable(summary, title, whole=whole, resume=resume))
 
 
 def _status_several(manifests: tuple[Path, ...], simulate: bool, fmt: str) -> None:
@@ -190,8 +208,9 @@ def _status_several(manifests: tuple[Path, ...], simulate: bool, fmt: str) -> No
         click.echo(json_text(record, indent=2))
         return
     console = Console(highlight=False)
-    for path, summary in zip(paths, summaries, strict=True):
-        console.print(status_renderable(summary, _title(summary.meta, path)))
+    for manifest, path, summary in zip(manifests, paths, summaries, strict=True):
+        resume = _resume(summary, path, manifest)
+        console.print(status_renderable(summary, _title(summary.meta, path), resume=resume))
     console.print(
         Text.assemble(("total", "bold"), f" of {plural(len(manifests), 'manifest')}: ")
         + counts_text(counts)

@@ -229,7 +229,7 @@ def _clock(at: float) -> str:
     return dt.datetime.fromtimestamp(at).strftime("%H:%M:%S")
 
 
-def _run_line(summary: StatusSummary) -> Text:
+def _run_line(summary: StatusSummary, resume: str) -> Text:
     run = summary.last_run
     if run is None:
         return Text("no run yet: 'pixrun run MANIFEST' starts one", style="dim")
@@ -243,7 +243,7 @@ def _run_line(summary: StatusSummary) -> Text:
     if run.ended_at is None:
         return Text.from_markup(
             f"run {run.run_id} started {started} [bold yellow]stopped without finishing[/] "
-            "(killed or crashed): 'pixrun run' resumes it"
+            f"(killed or crashed): '{escape(resume)}' resumes it"
         )
     took = duration_text(run.ended_at - run.started_at)
     return Text.from_markup(
@@ -309,13 +309,19 @@ def _issue_table(title: str, issues: Sequence[ShotIssue], total: int) -> Table:
 REHEARSAL_NOTE = "rehearsal: simulated provider, nothing was spent"
 
 
-def status_renderable(summary: StatusSummary, title: str, *, whole: bool = False) -> Group:
+def status_renderable(
+    summary: StatusSummary, title: str, *, whole: bool = False, resume: str = "pixrun run"
+) -> Group:
     """``pixrun status``; ``whole``: for a pipe or a file (see :func:`board_renderable`;
-    print it with :func:`runner.cli.consoles.print_full` for the tables)."""
+    print it with :func:`runner.cli.consoles.print_full` for the tables). ``resume``: the
+    command that resumes this batch, with its --simulate and --ledger."""
     parts: list[RenderableType] = []
     if summary.simulated:
         parts.append(Text(REHEARSAL_NOTE, style="bold magenta"))
-    parts += [board_renderable(status_board(summary, title), whole=whole), _run_line(summary)]
+    parts += [
+        board_renderable(status_board(summary, title), whole=whole),
+        _run_line(summary, resume),
+    ]
     remaining = format_ptc(summary.remaining_uptc)
     unknown = (
         f" (+{summary.unknown_price_remaining} without a known price)"

@@ -50,8 +50,21 @@ class LedgerReads(LedgerBase):
         return None
 
     async def counts_by_state(self) -> dict[ShotState, int]:
-        rows = await self._fetchall("SELECT state, COUNT(*) FROM shots GROUP BY state")
-        return {ShotState(s): int(n) for s, n in rows}
+        """The run's shots by state: the manifest's, and those dropped from it whose task
+        the run still collects (submitted, rendered, downloading). A dropped shot that
+        failed or is done is the manifest's business no more: it never makes a run exit
+        1, nor counts among its shots. One pass over the state index."""
+        collected = (
+            ShotState.SUBMITTING.value,
+            ShotState.SUBMITTED.value,
+            ShotState.RENDERED.value,
+            ShotState.DOWNLOADING.value,
+        )
+        rows = await self._fetchall(
+            "SELECT state, SUM(in_manifest = 1 OR state IN (?, ?, ?, ?)) FROM shots GROUP BY state",
+            collected,
+        )
+        return {ShotState(s): int(n) for s, n in rows if n}
 
     async def spent_uptc(self) -> int:
         """What this ledger's work cost so far: accepted generate calls net of what the

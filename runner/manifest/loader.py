@@ -43,7 +43,7 @@ from runner.manifest.contract import (
 )
 from runner.manifest.expand import Draft, Expander
 from runner.manifest.finish import Finisher
-from runner.manifest.images import ImageChecker
+from runner.manifest.images import ImageChecker, NotRegularFile, TooLarge, read_capped
 from runner.manifest.issues import Issues
 from runner.manifest.rules import Rules
 from runner.manifest.source import ManifestText
@@ -85,15 +85,20 @@ def _gc_paused() -> Iterator[None]:
 
 
 def read_manifest_bytes(path: Path) -> bytes:
+    """The manifest file's bytes. Only a regular file is read, and no more than the
+    limit: a FIFO would block and a link to /dev/zero fill the memory."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise UsageError(
-                f"{path} is {size // 1_000_000} MB; manifests over "
-                f"{MAX_FILE_BYTES // 1_000_000} MB are refused",
-                hint="split the batch into several manifests",
-            )
-        return path.read_bytes()
+        if path.is_dir():
+            raise IsADirectoryError(path)
+        return read_capped(path, MAX_FILE_BYTES)
+    except TooLarge as exc:
+        raise UsageError(
+            f"{path} is over {MAX_FILE_BYTES // 1_000_000} MB; manifests over "
+            f"{MAX_FILE_BYTES // 1_000_000} MB are refused",
+            hint="split the batch into several manifests",
+        ) from exc
+    except NotRegularFile as exc:
+        raise UsageError(str(exc.strerror), hint="give the manifest file") from exc
     except FileNotFoundError as exc:
         raise UsageError(f"no such manifest: {path}", hint="check the path") from exc
     except IsADirectoryError as exc:

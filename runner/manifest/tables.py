@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.manifest.contract import did_you_mean
+from runner.manifest.images import NotRegularFile, TooLarge, read_capped
 from runner.manifest.rules import Rules
 from runner.manifest.schema import schema_of
 from runner.manifest.table_cells import (
@@ -245,15 +246,21 @@ class TableReader:
             self._csv(content, CSV_DELIMITERS[suffix], source, shown, where)
 
     def _bytes(self, path: Path, text: str, where: Path_) -> bytes | None:
+        # only a regular file, and no more than the limit: a FIFO would block the read
+        # and a link to /dev/zero fill the memory
         try:
-            if path.stat().st_size > MAX_TABLE_BYTES:
-                self._report(
-                    where,
-                    f"{text} is over {MAX_TABLE_BYTES // 1_000_000} MB",
-                    "split it into several tables",
-                )
-                return None
-            return path.read_bytes()
+            if path.is_dir():
+                raise IsADirectoryError(path)
+            return read_capped(path, MAX_TABLE_BYTES)
+        except TooLarge:
+            self._report(
+                where,
+                f"{text} is over {MAX_TABLE_BYTES // 1_000_000} MB",
+                "split it into several tables",
+            )
+        except NotRegularFile as exc:
+            kind = str(exc.strerror).rsplit(" is ", 1)[-1]
+            self._report(where, f"{text} is {kind}", "name a table file (.csv, .tsv or .jsonl)")
         except FileNotFoundError:
             self._report(where, f"no such file: {text}", "the path is relative to the manifest")
         except IsADirectoryError:

@@ -58,6 +58,7 @@ from runner.run.setup import (
     output_dir_for,
     provider_for,
     real_config,
+    refuse_a_watched_batch,
     scheduler_options,
 )
 from runner.sample import Sample, SampleSpec, cut, select_sample
@@ -245,6 +246,8 @@ async def prepared_batch(
     overrides = overrides or RunOverrides()
     simulated = simulate is not None
     path = ledger_path_for(manifest.path, ledger_path, simulated=simulated)
+    if ledger_path is None:
+        refuse_a_watched_batch(manifest.path, path, simulated=simulated)
     output_dir = output_dir_for(manifest.output.dir, simulated=simulated)
     options = scheduler_options(manifest, overrides, output_dir, simulate)
     callback = callback_settings_for(manifest, overrides)
@@ -305,8 +308,10 @@ async def prepared_batch(
             planned_uptc = sum(to_uptc_or_none(s.price_ptc) or 0 for s in chosen.shots)
             del manifest, known, chosen  # the ledger holds every shot now: flat memory at scale
             parked = await ledger.recover()
+            made_by = {"simulated": identity["simulated"], "base_url": identity["base_url"]}
+            options = replace(options, provider=made_by)
             checked = await run_preflight(
-                ledger, output_dir, simulated=simulated, check_space=check_space
+                ledger, output_dir, simulated=simulated, check_space=check_space, provider=made_by
             )
             for shot_id in held:
                 observer.event(

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -66,6 +66,10 @@ from runner.run.options import StopReason
 from runner.run.poll import Poller
 from runner.run.transitions import Note, Transitions
 
+#: a rendered shot without a URL (dropped when a download was given up on, or never
+#: kept): the normal way a rerun collects it, not a failure
+_NO_URL = "no download URL known"
+
 
 class _Sidecar:
     """A shot's sidecar, waiting for what only the finished download knows. Called in
@@ -94,8 +98,9 @@ class _Sidecar:
         self.done_at = done_at
 
 
-def sidecar_fields(row: ShotRow) -> dict[str, Any]:
-    """The sidecar, but for what only the finished download knows."""
+def sidecar_fields(row: ShotRow, provider: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar, but for what only the finished download knows. ``provider``: who
+    rendered it (a lost ledger's rerun adopts the file only for the same provider)."""
     # local images as plain paths (decoded), wherever they are: image, last_image, lists
     request = {
         key: [_local_path(v) for v in value] if isinstance(value, list) else _local_path(value)
@@ -116,6 +121,7 @@ def sidecar_fields(row: ShotRow) -> dict[str, Any]:
         "attempts": row.attempts,
         "submitted_at": row.submitted_at,
         "rendered_at": row.rendered_at,
+        "provider": None if provider is None else dict(provider),
     }
 
 
@@ -161,7 +167,11 @@ class Collector:
         # download's own worker-thread trip, sharing the folder fsync that makes the
         # video's name durable
         embedder = _embedder(row, ctx.opt.batch_name) if ctx.opt.embed_metadata else None
-        sidecar = _Sidecar(target, sidecar_fields(row), embedder) if ctx.opt.sidecar else None
+        sidecar = (
+            _Sidecar(target, sidecar_fields(row, ctx.opt.provider), embedder)
+            if ctx.opt.sidecar
+            else None
+        )
         fetched = await self._fetch_file(job, target, sidecar, embedder)
         if fetched is None:
             return
@@ -208,7 +218,7 @@ class Collector:
         while True:
             try:
                 if not row.video_url:
-                    raise UrlExpired("no download URL known")
+                    raise UrlExpired(_NO_URL)
                 if staged is not None:  # a staging file left by a crash is never trusted
                     await asyncio.to_thread(staged.unlink, missing_ok=True)
                 result = await ctx.provider.download(
@@ -321,7 +331,11 @@ class Collector:
             return False
         if state.status != TaskStatus.SUCCEEDED or not state.video_url:
             return False
-        message = f"download failed ({why}): fetched a fresh URL"
+        message = (
+            "no download URL kept (a rerun, or a download given up on): fetched one (free)"
+            if why == _NO_URL
+            else f"download failed ({why}): fetched a fresh URL"
+        )
         note = Note(RunEventKind.URL_REFRESHED, message, EventKind.URL_REFRESHED)
         await self._tr.commit(row, None, note, video_url=state.video_url)
         return True
@@ -335,6 +349,7 @@ class Collector:
             "not downloaded (a rerun or 'pixrun retry' downloads it again, at no charge): "
             f"{message}"
         )
+        self._ctx.tally.not_downloaded += 1
         await self._tr.commit(
             job.row,
             ShotState.RENDERED,

@@ -23,7 +23,8 @@ from runner.errors import (
 from runner.ledger import open_ledger
 from runner.model import ShotState
 from runner.provider import Provider, TaskState
-from runner.run.setup import RunOverrides, SimulatorSettings, provider_for
+from runner.run.guard import check_identity, provider_identity
+from runner.run.setup import RunOverrides, SimulatorSettings, provider_for, real_config
 
 #: a re-roll's seeds are drawn from the range PixVerse accepts
 SEED_MAX = 2_147_483_647
@@ -117,7 +118,12 @@ async def resolve_shot(
     task_id = task_id.strip()
     if not task_id:
         raise UsageError("the task id is empty")
+    overrides = overrides or RunOverrides()
+    config = None if simulate is not None else real_config(overrides)
     async with await open_ledger(ledger_path, writer=True) as ledger:
+        # a rehearsal's shot is never tied to a real task, nor a real one to the
+        # simulator's: the task is looked up where the ledger's work went
+        await check_identity(ledger, provider_identity(config), switch_provider=False)
         row = await ledger.get_shot(shot_id)
         if row is None:
             raise UsageError(f"no shot {shot_id!r} in the ledger {ledger_path}")
@@ -133,9 +139,7 @@ async def resolve_shot(
                 hint="check the task id: each task renders one shot",
             )
         # a rehearsal's tasks live in its simulator's state file beside the ledger
-        async with provider_for(
-            overrides or RunOverrides(), simulate, None, ledger_path
-        ) as provider:
+        async with provider_for(overrides, simulate, config, ledger_path) as provider:
             state = await _fetch_for_resolve(provider, task_id)
         mismatch = _request_mismatch(row.request, state)
         if mismatch:

@@ -75,6 +75,8 @@ class Tally:
         self.last_progress = self.t0
         self.done_times: deque[float] = deque(maxlen=200)
         self.recent: deque[RunEvent] = deque(maxlen=6)
+        #: shots whose download this run gave up on (still rendered, task id kept)
+        self.not_downloaded = 0
 
     def start(self, counts: dict[ShotState, int], spent_uptc: int, planned_uptc: int) -> None:
         self.counts = Counter(counts)

@@ -42,6 +42,11 @@ class Health:
             ctx.ledger_event(EventKind.PROVIDER_DOWN, message)
         return delay
 
+    def throttled(self, exc: ProviderError) -> None:
+        """A call the provider throttled: not an outage, but the watchdog's "last error"
+        when nothing else moves (every call held back by Retry-After)."""
+        self.last_error = f"throttled: {exc.message}"
+
     def ok(self) -> None:
         ctx = self._ctx
         ctx.gate.record_success()
@@ -90,7 +95,7 @@ class Health:
         idle_s = now - ctx.tally.last_progress
         if idle_s > opt.stall_timeout_s:
             message = (
-                f"nothing progressed for {idle_s:.0f} s (run.stall_timeout_s): stuck are "
+                f"nothing progressed for {idle_s:.0f} s (run.stall_timeout_s); stuck: "
                 f"{self._stuck() or 'no shots'}"
                 + (f"; last error: {self.last_error}" if self.last_error else "")
                 + ". Stopped; a rerun resumes"

@@ -8,9 +8,11 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from runner.errors import ExitCode
 from runner.model import PollSettings, RunSettings, ShotState
@@ -146,6 +148,10 @@ class SchedulerOptions:
     #: sample first (--only/--limit): only these shots are submitted; None: every one.
     #: The others stay pending in the ledger for a later run.
     submit_only: frozenset[str] | None = None
+    #: who renders this run's videos (``{"simulated", "base_url"}``), written into each
+    #: sidecar: a lost ledger's rerun adopts only files its own provider made, so a
+    #: simulator's clips never become a real run's deliverables
+    provider: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -160,3 +166,6 @@ class RunResult:
     ledger_commits: int
     #: provider callbacks received, by verdict (valid, duplicate, late, wrong_secret, ...)
     callbacks: dict[str, int] = field(default_factory=dict)
+    #: shots whose download this run gave up on: rendered and paid for, their task id
+    #: kept, counted as "downloading" until a rerun fetches them (free)
+    not_downloaded: int = 0

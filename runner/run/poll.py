@@ -182,6 +182,7 @@ class Poller:
         try:
             state = await ctx.provider.fetch(task_id)
         except RateLimited as exc:
+            self._health.throttled(exc)
             ctx.gate.pause(exc.retry_after_s if exc.retry_after_s is not None else 1.0)
             return None
         except TaskNotFound:

@@ -8,8 +8,10 @@ Invariants:
   deleting a probe file in it.
 - A file already at a never-sent shot's output is adopted (done, nothing sent) only when
   its sidecar names the same request hash and its bytes have the sidecar's sha256 and
-  are a complete MP4; any other file there is refused before spending, never paid for
-  and then failed as an output conflict.
+  are a complete MP4, and the sidecar's provider (when it names one) is this run's: a
+  simulator's clip, or another provider's, never becomes this run's deliverable. Any
+  other file there is refused before spending, never paid for and then failed as an
+  output conflict.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from runner.ledger import Ledger
 from runner.outputs import resolve_output, sha256_file, sidecar_path
 from runner.provider import mp4_problem
 from runner.provider.sizes import estimated_video_bytes
+from runner.text import plural
 
 #: room kept free beyond the estimate of the videos to come
 MARGIN_BYTES = 50_000_000
@@ -78,10 +81,16 @@ def check_folders_writable(folders: Iterable[Path]) -> None:
 
 
 async def run_preflight(
-    ledger: Ledger, output_dir: Path, *, simulated: bool, check_space: bool = True
+    ledger: Ledger,
+    output_dir: Path,
+    *,
+    simulated: bool,
+    check_space: bool = True,
+    provider: Mapping[str, Any] | None = None,
 ) -> Preflight:
-    """Adopt files already there, refuse foreign ones, check the room left."""
-    adopted = await _adopt_existing(ledger, output_dir)
+    """Adopt files already there, refuse foreign ones, check the room left.
+    ``provider``: this run's (:func:`runner.run.guard.provider_identity`)."""
+    adopted = await _adopt_existing(ledger, output_dir, provider)
     to_come = await ledger.bytes_to_come()
     if simulated:
         needed = sum(n for _, _, n in to_come) * SIM_CLIP_BYTES
@@ -102,7 +111,9 @@ async def run_preflight(
     return Preflight(tuple(adopted), needed, free)
 
 
-async def _adopt_existing(ledger: Ledger, output_dir: Path) -> list[str]:
+async def _adopt_existing(
+    ledger: Ledger, output_dir: Path, provider: Mapping[str, Any] | None
+) -> list[str]:
     candidates = await ledger.never_sent()
     if not candidates:
         return []
@@ -114,11 +125,11 @@ async def _adopt_existing(ledger: Ledger, output_dir: Path) -> list[str]:
             target = resolve_output(output_dir, relpath)
             if not target.exists():
                 continue
-            found = _adoptable(target, request_hash)
-            if found is not None:
+            found = _adoptable(target, request_hash, provider)
+            if isinstance(found, dict):
                 adopt.append({"shot_id": shot_id, **found})
             elif version == 1:  # a later version's old file is moved aside, as ever
-                foreign.append(f"{target} (shot {shot_id})")
+                foreign.append(f"{target} (shot {shot_id}{found or ''})")
         return adopt, foreign
 
     adopt, foreign = await asyncio.to_thread(look)
@@ -127,7 +138,9 @@ async def _adopt_existing(ledger: Ledger, output_dir: Path) -> list[str]:
             f"; and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         )
         raise UsageError(
-            f"{len(foreign)} output file(s) already exist and are not this batch's: {shown}. "
+            f"{plural(len(foreign), 'output file')} already "
+            f"{'exists' if len(foreign) == 1 else 'exist'} that this run cannot take as its "
+            f"own (no sidecar of this request and provider): {shown}. "
             "Nothing was sent (they would be paid for and then refused)",
             hint="move those files away, or change output.dir or output.filename",
         )
@@ -135,14 +148,30 @@ async def _adopt_existing(ledger: Ledger, output_dir: Path) -> list[str]:
     return [a["shot_id"] for a in adopt]
 
 
-def _adoptable(target: Path, request_hash: str) -> dict[str, Any] | None:
-    """What the sidecar says of a matching file, or None when it does not match."""
+def _adoptable(
+    target: Path, request_hash: str, provider: Mapping[str, Any] | None
+) -> dict[str, Any] | str | None:
+    """What the sidecar says of a matching file; None when it does not match, or why not
+    (", rendered by ...") when it is this shot's file from another provider."""
     try:
         sidecar = json.loads(sidecar_path(target).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(sidecar, dict) or sidecar.get("request_hash") != request_hash:
+    if not isinstance(sidecar, dict):
         return None
+    if sidecar.get("request_hash") != request_hash:
+        if sidecar.get("shot_id") is not None and sidecar.get("version", 1) != 1:
+            # this shot's own later take (a re-roll, or an edit since): the manifest alone
+            # cannot tell its request, so it is not adopted; say what it is
+            return (
+                f", its version {sidecar.get('version')} (a re-roll or an edit) whose request "
+                "the manifest no longer gives"
+            )
+        return None
+    made_by = sidecar.get("provider")
+    # a sidecar of an earlier pixrun names no provider: nothing to tell, adopted as ever
+    if isinstance(made_by, dict) and provider is not None and not _same_provider(made_by, provider):
+        return f", rendered by {_provider_text(made_by)}, not by {_provider_text(provider)}"
     try:
         if not target.is_file() or sha256_file(target) != sidecar.get("sha256"):
             return None
@@ -161,3 +190,15 @@ def _adoptable(target: Path, request_hash: str) -> dict[str, Any] | None:
         "sha256": sidecar["sha256"],
         "done_at": done_at if isinstance(done_at, (int, float)) else target.stat().st_mtime,
     }
+
+
+def _same_provider(made_by: Mapping[str, Any], provider: Mapping[str, Any]) -> bool:
+    if bool(made_by.get("simulated")) != bool(provider.get("simulated")):
+        return False
+    return bool(provider.get("simulated")) or made_by.get("base_url") == provider.get("base_url")
+
+
+def _provider_text(provider: Mapping[str, Any]) -> str:
+    if provider.get("simulated"):
+        return "the built-in simulator (--simulate)"
+    return str(provider.get("base_url"))

@@ -293,4 +293,5 @@ class Scheduler:
             calls=dict(ctx.provider.calls),
             ledger_commits=ctx.ledger.commit_count,
             callbacks={} if self._callbacks is None else dict(self._callbacks.counts),
+            not_downloaded=ctx.tally.not_downloaded,
         )

@@ -17,11 +17,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.errors import UsageError
 from runner.ledger import SIM_INFIX, default_ledger_path
 from runner.model import Manifest
 from runner.money import to_uptc_or_none
 from runner.pricing import manifest_price_table
 from runner.provider import Provider, ProviderConfig
+from runner.run.folder import watched_ledger
 from runner.run.options import SchedulerOptions
 
 if TYPE_CHECKING:
@@ -72,6 +74,25 @@ def ledger_path_for(manifest_path: Path, explicit: Path | None, *, simulated: bo
     if explicit is not None:
         return explicit
     return default_ledger_path(manifest_path, simulated=simulated)
+
+
+def refuse_a_watched_batch(manifest_path: Path, ledger: Path, *, simulated: bool) -> None:
+    """A manifest of a watched folder (``pixrun watch``) keeps its ledger in the folder's
+    ``ledgers/``, not beside it: a run that would start a new ledger beside it while that
+    one exists would pay again for every task it holds. Refused (exit 2), nothing sent."""
+    if ledger.exists():
+        return
+    watched = watched_ledger(manifest_path, simulated=simulated)
+    if watched is not None:
+        folder = watched.parent.parent
+        again = f"pixrun watch {folder}" + (" --simulate" if simulated else "")
+        back = "" if manifest_path.parent == folder else f"move it back into {folder}, or "
+        raise UsageError(
+            f"{manifest_path} belongs to the watched folder {folder} (its ledger is "
+            f"{watched}): run on its own it would start a new ledger ({ledger}) and pay "
+            "again for the work that one holds. Nothing was sent",
+            hint=f"{back}resume it with --ledger {watched}, or restart '{again}'",
+        )
 
 
 def output_dir_for(output_dir: Path, *, simulated: bool) -> Path:

@@ -330,6 +330,7 @@ class Submitter:
         """The flow controls' reaction to an error; the shot's earliest next submit."""
         ctx = self._ctx
         if isinstance(exc, errors.RateLimited):
+            self._health.throttled(exc)
             if isinstance(exc, errors.ConcurrencyLimited):
                 ctx.limiter.on_concurrency_limited()
             ctx.gate.pause(exc.retry_after_s if exc.retry_after_s is not None else backoff_s(2))
