@@ -290,8 +290,6 @@ def watch_cmd(
         )
         if endpoint is not None:
             check_can_listen(endpoint)
-    if not simulate:
-        real_config(overrides)
     sim = SimulatorSettings(render_time_s=sim_render_time) if simulate else None
     if sim is None:
         # a missing key or a malformed address is the command's fault, not any manifest's:
