@@ -23,6 +23,7 @@ from runkit import (
     pixrun,
     prompt_of,
     query,
+    run_args,
     start,
     state_counts,
     wait_until,
@@ -405,3 +406,62 @@ def test_watch_once_runs_a_copy_after_the_manifest_whose_files_it_shares(
     assert result.returncode == 0, explain(result)
     assert sorted(p.name for p in (hot / "done").iterdir()) == ["a.yaml", "b.yaml"]
     assert generate_calls(sim) == 2  # the copy adopted the files: nothing paid twice
+
+
+def test_a_manifest_dropped_with_its_own_ledger_pays_nothing_again(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """Run on its own, stopped with every task in flight, then moved into the watched
+    folder with its ledger: the watch takes that ledger over and collects the tasks it
+    holds; a new ledger in ledgers/ would buy every one of them again."""
+    sim = sim_thread(render_time_s=(2.0, 3.0))
+    stage = tmp_path / "stage"
+    batch = write_manifest(stage, 6, name="a", concurrency=6, output_dir=Path("out-a"))
+    first = start(run_args(batch), env_for(sim.base_url), cwd=tmp_path, tag="alone")
+    at_provider = "SELECT COUNT(*) FROM shots WHERE state IN ('submitted', 'rendered', 'done')"
+    # once all six have task ids, no intent can be on the wire (it would be parked)
+    wait_until(
+        lambda: batch.ledger.exists() and query(batch.ledger, at_provider)[0][0] == 6,
+        what="every shot at the provider",
+    )
+    first.kill()
+    assert query(batch.ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0]
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    for path in stage.glob("a.*"):  # the manifest, its ledger, its WAL and lock
+        os.replace(path, hot / path.name)
+
+    result = pixrun(
+        ["watch", str(hot), "--once", "-q", "--stable-s", "0.1"],
+        env_for(sim.base_url),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, explain(result)
+    assert net_charges(sim.stats()) == {sid: 1 for sid in batch.ids}  # none bought twice
+    ledger = hot / "ledgers" / "a.ledger.sqlite"
+    assert state_counts(ledger) == {"done": 6}
+    assert not list(hot.glob("a.ledger.sqlite*")), "the ledger was copied, not moved"
+    assert "adopted:" in result.stderr, explain(result)
+    assert len(list((hot / "out-a").glob("*.mp4"))) == 6
+
+
+def test_a_manifest_with_a_ledger_in_both_places_is_rejected_unsent(
+    sim_thread: SimThread, tmp_path: Path
+) -> None:
+    """Its own ledger beside it and one in ledgers/: which holds the work is not
+    guessed. It is rejected with both named, and nothing is sent."""
+    sim = sim_thread()
+    hot = _hot_with(tmp_path, "a")
+    env = env_for(sim.base_url)
+    args = ["watch", str(hot), "--once", "-q", "--stable-s", "0.1"]
+    assert pixrun(args, env, cwd=tmp_path).returncode == 0
+    os.replace(hot / "done" / "a.yaml", hot / "a.yaml")
+    ledger = hot / "ledgers" / "a.ledger.sqlite"
+    (hot / "a.ledger.sqlite").write_bytes(ledger.read_bytes())
+    calls = generate_calls(sim)
+    result = pixrun(args, env, cwd=tmp_path)
+    assert result.returncode == 2, explain(result)
+    assert (hot / "rejected" / "a.yaml").exists()
+    said = (hot / "rejected" / "a.errors.txt").read_text()
+    assert "two ledgers" in said and str(ledger) in said, said
+    assert generate_calls(sim) == calls

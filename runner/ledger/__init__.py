@@ -34,7 +34,7 @@ Money is stored as integer micro-PTC (``*_uptc``); times are unix seconds (REAL)
 """
 
 from runner.ledger.ledger import Ledger
-from runner.ledger.opening import default_ledger_path, open_ledger
+from runner.ledger.opening import default_ledger_path, move_ledger, open_ledger
 from runner.ledger.rows import (
     META_PROVIDER,
     META_TRACE_SECRET,
@@ -59,5 +59,6 @@ __all__ = [
     "ShotRow",
     "SyncResult",
     "default_ledger_path",
+    "move_ledger",
     "open_ledger",
 ]

@@ -3,18 +3,22 @@
 Invariants: a writer holds the run lock before it touches the file, refuses any SQLite
 file that is not a pixrun ledger before changing a byte of it, and asserts WAL with
 ``synchronous=FULL``; a reader never writes, never migrates and takes no lock.
+:func:`move_ledger` moves a ledger only under its run lock, and only once its WAL is
+checkpointed into the file and no reader holds it: the one file that moves is the
+whole ledger, so a crash during the move leaves it whole at one of the two names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import aiosqlite
 
-from runner.errors import LedgerError, LedgerSchemaError
+from runner.errors import LedgerError, LedgerLocked, LedgerSchemaError
 from runner.ledger.ledger import Ledger
-from runner.ledger.lock import RunLock
+from runner.ledger.lock import RunLock, lock_path_of
 from runner.ledger.migrations import LATEST_VERSION, MIGRATIONS
 from runner.ledger.rows import SIM_INFIX
 
@@ -26,6 +30,66 @@ def default_ledger_path(manifest_path: Path, *, simulated: bool = False) -> Path
     a rehearsal's (``--simulate``) is ``shots.sim.ledger.sqlite``."""
     infix = SIM_INFIX if simulated else ""
     return manifest_path.with_name(manifest_path.stem + infix + ".ledger.sqlite")
+
+
+def move_ledger(source: Path, target: Path) -> None:
+    """Move the pixrun ledger ``source`` to ``target`` (a name no file has yet).
+
+    Raises :class:`LedgerLocked` while a run or a reader uses it, :class:`LedgerError`
+    when ``target`` exists, ``source`` is not a pixrun ledger, or the move fails; in
+    each case nothing has moved.
+    """
+    if target.exists():
+        raise LedgerError(
+            f"two ledgers for one batch: {source} and {target}",
+            hint=f"keep the one that holds this batch's work and remove the other ({target} "
+            "is where it is looked for)",
+        )
+    lock = RunLock.take(source)
+    try:
+        _checkpoint_whole(source)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot move the ledger {source} to {target}: {exc.strerror or exc}",
+                hint="both folders must be writable and on one filesystem",
+            ) from exc
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                # empty once checkpointed; SQLite makes them afresh at the new name
+                source.with_name(source.name + suffix).unlink()
+    finally:
+        lock.release()
+        with contextlib.suppress(OSError):
+            lock_path_of(source).unlink()
+
+
+def _checkpoint_whole(path: Path) -> None:
+    """Fold the ledger's WAL into its file, refusing anything but a pixrun ledger and
+    a ledger some reader still holds (its WAL could not be emptied)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        try:
+            (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+            if app_id != APP_ID:
+                raise LedgerSchemaError(
+                    f"{path} is not a pixrun ledger",
+                    hint="move it away: only a pixrun ledger is taken over",
+                )
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(
+            f"cannot read the ledger {path}: {exc}", hint="check the file and its folder"
+        ) from exc
+    if busy:
+        raise LedgerLocked(
+            f"the ledger {path} is being read by another process",
+            hint="close 'pixrun status --watch' (or whatever reads it) and try again",
+        )
 
 
 async def _pragma_int(conn: aiosqlite.Connection, sql: str) -> int:

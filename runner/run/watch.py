@@ -15,6 +15,11 @@ Invariants:
   (the manifest still in DIR) resumes it, and the same file dropped again later finds
   it (its done shots are not paid for twice). Relative output folders are resolved
   against DIR, where the manifest is while it runs.
+- A manifest dropped with its own ledger beside it (``pixrun run`` on it first, then
+  both moved in) has that ledger moved into ``ledgers/`` before anything is sent for
+  it, so the tasks it holds are collected, never bought again; while another process
+  uses that ledger the manifest waits, and with a ledger at both places it is
+  rejected (nothing is guessed).
 - Only files directly in DIR whose name ends in ``.yaml`` or ``.yml`` count, never a
   hidden one or an editor's temp file (``.#x.yaml``, ``x.yaml~``, ``x.yaml.swp``, ...),
   and only once their size and mtime have not changed for ``stable_s``: a manifest
@@ -61,6 +66,7 @@ from runner.errors import (
     BatchDefect,
     BrakeHeld,
     CallbackPortBusy,
+    LedgerError,
     LedgerLocked,
     LedgerOfAnotherBatch,
     ManifestError,
@@ -68,6 +74,7 @@ from runner.errors import (
     PixrunError,
     Problem,
 )
+from runner.ledger import default_ledger_path, move_ledger
 from runner.ledger.lock import RunLock
 from runner.ledger.views import last_stop_of
 from runner.model import Manifest
@@ -76,6 +83,7 @@ from runner.run.context import SharedFlow
 from runner.run.folder import DONE, LEDGERS, REJECTED, ledger_in
 from runner.run.multi import BatchEnd, BatchSet, BatchSettings, ObserverFor, OnEnd, rank_of
 from runner.run.options import StopReason
+from runner.run.setup import sim_state_path
 
 #: manifests are YAML files; anything else in DIR is left alone
 SUFFIXES = (".yaml", ".yml")
@@ -92,8 +100,8 @@ def is_candidate(name: str) -> bool:
 class News:
     """Something the hot folder did, for whoever watches it (the CLI prints it)."""
 
-    #: "found", "started", "done", "stopped", "changed", "withdrawn", "waiting",
-    #: "rejected"
+    #: "found", "adopted" (its ledger), "started", "done", "stopped", "changed",
+    #: "withdrawn", "waiting", "rejected"
     kind: str
     path: Path
     message: str = ""
@@ -280,13 +288,15 @@ class HotFolder:
         # the file as it is read: taken before reading, so a write during the read (a
         # writer that paused longer than stable_s) shows as a change when it ends
         loaded = _mark(path)
-        braked = await self._braked(path, loaded)
-        if braked is not None:
-            self._hold(path)
-            self._news(News("stopped", path, braked.message))
-            self.ends.append(BatchEnd(path, error=braked))  # exit 1; told when it stopped
-            return
         try:
+            if await asyncio.to_thread(self._bring_ledger, path):
+                self._news(News("adopted", path, f"its own ledger, moved into {LEDGERS}/"))
+            braked = await self._braked(path, loaded)
+            if braked is not None:
+                self._hold(path)
+                self._news(News("stopped", path, braked.message))
+                self.ends.append(BatchEnd(path, error=braked))  # exit 1; told when it stopped
+                return
             manifest = self._load(path)
             told_as = (manifest.name, manifest.run.notify)
             self.flow.admit(manifest.run.concurrency, manifest.run.requests_per_s)
@@ -329,6 +339,28 @@ class HotFolder:
         follower = asyncio.create_task(self._follow(task, path, name, notify, loaded), name=name)
         self._running[follower] = path
         self._news(News("started", path, manifest.name))
+
+    def _bring_ledger(self, path: Path) -> bool:
+        """A manifest dropped with the ledger of an earlier run beside it (run on its own,
+        then both moved in): that ledger moves into ``ledgers/``, so the tasks it holds
+        are collected and its done shots kept, never paid for again. True if it moved;
+        raises (the manifest is held or rejected, nothing sent) when it cannot."""
+        target = self.batches.settings.ledger_for(path)
+        simulated = self.batches.settings.simulate is not None
+        beside = default_ledger_path(path, simulated=simulated)
+        if target is None or not beside.is_file():
+            return False
+        move_ledger(beside, target)
+        state = sim_state_path(beside)
+        if state.is_file():  # a rehearsal's simulator keeps its tasks beside its ledger
+            try:
+                state.rename(sim_state_path(target))
+            except OSError as exc:
+                raise LedgerError(
+                    f"cannot move {state} beside {target}: {exc.strerror or exc}",
+                    hint="move it there by hand: the rehearsal's tasks are in it",
+                ) from exc
+        return True
 
     async def _braked(self, path: Path, loaded: tuple[int, int] | None) -> PixrunError | None:
         """Its last run was stopped by the failure-rate brake and the file has not been
