@@ -234,6 +234,20 @@ def test_status_of_several_manifests_gives_each_and_the_total(
     assert [m["counts"]["done"] for m in doc["manifests"]] == [2, 3]
     assert doc["total"]["counts"]["done"] == 5 and doc["total"]["total"] == 5
 
+    # one not started yet (queued for tonight): said beside the others, not a failure
+    c = _batch(tmp_path, "c", 2)
+    three = ["status", str(a.manifest), str(c.manifest), str(b.manifest)]
+    result = pixrun([*three, "--format", "json"], env_for(None), cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    doc = json.loads(result.stdout)
+    assert [m["manifest"] for m in doc["manifests"]] == [str(a.manifest), str(b.manifest)]
+    assert [m["manifest"] for m in doc["not_started"]] == [str(c.manifest)]
+    assert doc["total"]["total"] == 5
+    text = pixrun(three, env_for(None), cwd=tmp_path)
+    assert text.returncode == 0 and "not started" in flat(text.stdout), explain(text)
+    alone = pixrun(["status", str(c.manifest), str(c.manifest)], env_for(None), cwd=tmp_path)
+    assert alone.returncode == 2 and "no ledger" in flat(alone.stderr), explain(alone)
+
 
 def test_ctrl_c_stops_every_manifest_and_a_rerun_finishes_them(
     sim_thread: SimThread, tmp_path: Path

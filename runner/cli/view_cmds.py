@@ -186,7 +186,19 @@ def _status_several(manifests: tuple[Path, ...], simulate: bool, fmt: str) -> No
     """``pixrun status a.yaml b.yaml``: each batch, then the total (counts and money)."""
     from collections import Counter
 
-    paths = [existing_ledger(m, None, simulated=simulate) for m in manifests]
+    found: list[tuple[Path, Path]] = []
+    #: manifests without a ledger yet (not started, or queued in a watched folder): said
+    #: beside the others; the command fails only when none has one
+    unstarted: list[tuple[Path, UsageError]] = []
+    for m in manifests:
+        try:
+            found.append((m, existing_ledger(m, None, simulated=simulate)))
+        except UsageError as exc:
+            unstarted.append((m, exc))
+    if not found:
+        raise unstarted[0][1]
+    manifests = tuple(m for m, _ in found)
+    paths = [p for _, p in found]
     summaries = [asyncio.run(status_of(p)) for p in paths]
     counts: Counter[ShotState] = Counter()
     for summary in summaries:
@@ -198,6 +210,10 @@ def _status_several(manifests: tuple[Path, ...], simulate: bool, fmt: str) -> No
             "manifests": [
                 {"manifest": str(m), **status_dict(s)}
                 for m, s in zip(manifests, summaries, strict=True)
+            ],
+            "not_started": [
+                {"manifest": str(m), "message": why.message, "hint": why.hint}
+                for m, why in unstarted
             ],
             "total": {
                 "total": total,
@@ -211,6 +227,13 @@ def _status_several(manifests: tuple[Path, ...], simulate: bool, fmt: str) -> No
     for manifest, path, summary in zip(manifests, paths, summaries, strict=True):
         resume = _resume(summary, path, manifest)
         console.print(status_renderable(summary, _title(summary.meta, path), resume=resume))
+    for manifest, missing in unstarted:
+        console.print(
+            Text.assemble(
+                (clean(str(manifest)), "bold"), f": not started ({clean(missing.message)})"
+            ),
+            soft_wrap=True,
+        )
     console.print(
         Text.assemble(("total", "bold"), f" of {plural(len(manifests), 'manifest')}: ")
         + counts_text(counts)
