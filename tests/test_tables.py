@@ -100,6 +100,17 @@ def test_the_same_shots_from_yaml_and_from_a_table_are_identical(tmp_path: Path)
     ]
 
 
+def test_a_table_saved_with_windows_line_ends_gives_the_same_shots(tmp_path: Path) -> None:
+    """Saved on Windows (CRLF) or elsewhere (LF), a quoted cell over two lines is the
+    same prompt: else re-saving the file would make every such shot a changed one."""
+    text = 'id,prompt\nmulti,"a line\nand another"\nplain,one\n'
+    unix = loaded(setup(tmp_path / "lf", "shots_from: t.csv\n", {"t.csv": text.encode()}))
+    dos = text.replace("\n", "\r\n").encode()
+    windows = loaded(setup(tmp_path / "crlf", "shots_from: t.csv\n", {"t.csv": dos}))
+    assert windows.shots[0].prompt == "a line\nand another"
+    assert [s.request_hash for s in windows.shots] == [s.request_hash for s in unix.shots]
+
+
 def test_jsonl_lines_become_shots_and_null_means_not_set(tmp_path: Path) -> None:
     lines = [
         {"id": "j1", "prompt": "a fox", "seed": 3, "motion_scale": {"horizontal": 0.5}},

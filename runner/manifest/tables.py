@@ -383,7 +383,10 @@ class TableReader:
         for cell, column in zip(cells, columns, strict=False):
             if column is None:
                 continue
-            text = cell.strip()
+            # a line break inside a quoted cell is the file's own: CRLF in a file saved
+            # on Windows, LF elsewhere; one spelling, so the request (and its hash) is
+            # the same whichever way the file was saved
+            text = cell.strip().replace("\r\n", "\n")
             if not text:
                 continue
             name, label, convert = column
