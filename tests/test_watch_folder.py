@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from runkit import (
+    Running,
     SimThread,
     env_for,
     explain,
@@ -204,27 +205,34 @@ def test_two_manifests_writing_the_same_files_refuse_the_second_before_paying(
     assert state_counts(a.ledger) == {"done": 2} and state_counts(c.ledger) == {"done": 2}
 
 
+def _watching_two_of(sim: SimThread, tmp_path: Path, n: int) -> tuple[Path, Path, Running]:
+    """A watch of a folder holding one manifest of ``n`` shots (two at a time), once two
+    of them are at the provider: the folder, the manifest's ledger, the watch."""
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    batch = write_manifest(tmp_path / "stage", n, name="a", concurrency=2)
+    os.replace(batch.manifest, hot / "a.yaml")
+    ledger = hot / "ledgers" / "a.ledger.sqlite"
+    args = ["watch", str(hot), "--stable-s", "0.1", "--no-color"]
+    watching = start(args, env_for(sim.base_url), cwd=tmp_path, tag="watch")
+    wait_until(
+        lambda: (
+            ledger.exists()
+            and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
+        ),
+        what="two at the provider",
+    )
+    return hot, ledger, watching
+
+
 def test_a_manifest_removed_while_it_runs_is_withdrawn_and_sends_no_more(
     sim_thread: SimThread, tmp_path: Path
 ) -> None:
     """Dropped by mistake and removed: it used to render all its shots anyway (and was
     said to be in done/, where it never was)."""
     sim = sim_thread(render_time_s=(2.0, 3.0))
-    hot = tmp_path / "hot"
-    hot.mkdir()
-    batch = write_manifest(tmp_path / "stage", 6, name="a", concurrency=2)
-    os.replace(batch.manifest, hot / "a.yaml")
-    ledger = hot / "ledgers" / "a.ledger.sqlite"
-    args = ["watch", str(hot), "--stable-s", "0.1", "--no-color"]
-    watching = start(args, env_for(sim.base_url), cwd=tmp_path, tag="watch")
+    hot, ledger, watching = _watching_two_of(sim, tmp_path, 6)
     try:
-        wait_until(
-            lambda: (
-                ledger.exists()
-                and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
-            ),
-            what="two at the provider",
-        )
         (hot / "a.yaml").unlink()
         wait_until(lambda: "withdrawn:" in watching.output()[1], what="its end said", timeout_s=60)
     finally:
@@ -245,21 +253,8 @@ def test_a_manifest_renamed_in_the_folder_waits_and_pays_nothing_twice(
     """Renamed mid-run, it is another file (another ledger) writing the same outputs:
     it used to render every shot again (each paid twice, then refused as conflicts)."""
     sim = sim_thread(render_time_s=(2.0, 3.0))
-    hot = tmp_path / "hot"
-    hot.mkdir()
-    batch = write_manifest(tmp_path / "stage", 4, name="a", concurrency=2)
-    os.replace(batch.manifest, hot / "a.yaml")
-    ledger = hot / "ledgers" / "a.ledger.sqlite"
-    args = ["watch", str(hot), "--stable-s", "0.1", "--no-color"]
-    watching = start(args, env_for(sim.base_url), cwd=tmp_path, tag="watch")
+    hot, _, watching = _watching_two_of(sim, tmp_path, 4)
     try:
-        wait_until(
-            lambda: (
-                ledger.exists()
-                and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
-            ),
-            what="two at the provider",
-        )
         os.replace(hot / "a.yaml", hot / "b.yaml")
         wait_until(lambda: (hot / "done" / "b.yaml").exists(), what="b done", timeout_s=60)
     finally:
