@@ -35,6 +35,7 @@ from runkit import (
     sha256_of,
     sim_tasks,
     start,
+    state_counts,
     states,
     wait_until,
     write_manifest,
@@ -469,6 +470,58 @@ def test_a_download_that_never_works_ends_the_shot_in_time_and_a_rerun_fetches_i
         "SELECT message FROM events WHERE kind = 'url_refreshed' ORDER BY event_id DESC LIMIT 2",
     )
     assert all("download failed" not in m for (m,) in refreshed), refreshed
+
+
+def _events_of(ledger: Path, kind: str) -> int:
+    return int(query(ledger, "SELECT COUNT(*) FROM events WHERE kind = ?", (kind,))[0][0])
+
+
+def test_a_download_host_that_is_down_is_not_waited_out_shot_by_shot(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """Five shots given up on in a row, none downloaded between: the host is down. Each
+    later shot gets only its tries up to one fresh URL, not the full give-up time (two
+    minutes each, by default: hours for a big batch); said once."""
+    sim = sim_thread(dead_urls_always=True)
+    batch = write_manifest(tmp_path, 8, concurrency=8, download_concurrency=1)
+    # half a second of tries (about six) for a shot; three when the host is down
+    first = run_pixrun(batch, sim.base_url, "--download-give-up-s", "0.5")
+    said = explain(first)
+    assert first.returncode == 1, said
+    rows = query(batch.ledger, "SELECT state, error_kind, last_error FROM shots ORDER BY seq")
+    assert all(r[0] == "rendered" and r[1] == "download" for r in rows), said
+    quick = [r[2] for r in rows if "while downloads keep failing" in r[2]]
+    assert len(quick) == 3, rows  # the sixth to eighth, one at a time
+    assert all(m.startswith("the download failed 3 times") for m in quick), quick
+    assert _events_of(batch.ledger, "downloads_down") == 1
+    assert _events_of(batch.ledger, "downloads_back") == 0
+
+
+def test_downloads_that_work_again_end_the_quick_give_ups(
+    tmp_path: Path, sim_thread: SimThread
+) -> None:
+    """The host comes back while the breaker is open: the next shot's fresh URL works,
+    that is said once, and every later shot is downloaded; a rerun collects the shots
+    given up on, for free."""
+    sim = sim_thread(dead_urls_always=True)
+    batch = write_manifest(tmp_path, 14, concurrency=14, download_concurrency=1)
+    # slow enough tries that the shots after the breaker opens take seconds in all
+    args = run_args(batch, "--download-give-up-s", "0.3", "--backoff-base-s", "0.2")
+    running = start(args, env_for(sim.base_url), cwd=tmp_path, tag="run")
+    wait_until(
+        lambda: batch.ledger.exists() and _events_of(batch.ledger, "downloads_down") == 1,
+        what="downloads said to be down",
+    )
+    sim.simulator.config.dead_urls_always = False  # the host is back
+    code = running.wait(120)
+    counts = state_counts(batch.ledger)
+    assert code == 1 and counts["done"] >= 1 and counts["rendered"] >= 5, counts
+    assert _events_of(batch.ledger, "downloads_back") == 1
+    rerun = run_pixrun(batch, sim.base_url)
+    assert rerun.returncode == 0, explain(rerun)
+    stats = sim.stats()
+    assert stats["accepted_tasks"] == 14  # collected, never generated again
+    assert_files_match(batch, stats, batch.ids)
 
 
 def test_a_failed_shot_dropped_from_the_manifest_no_longer_fails_the_run(

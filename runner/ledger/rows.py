@@ -57,6 +57,9 @@ class EventKind(str, Enum):
     ROUTE_PROVEN = "route_proven"  #: a fetch on that route found a task after all
     PROVIDER_DOWN = "provider_down"  #: the provider stopped answering (once per outage)
     PROVIDER_BACK = "provider_back"  #: the provider answers again after an outage
+    #: shots given up on in a row (the download host is down): one try each from then on
+    DOWNLOADS_DOWN = "downloads_down"
+    DOWNLOADS_BACK = "downloads_back"  #: a download worked again after that
     STALLED = "stalled"  #: nothing progressed for run.stall_timeout_s: stopped
     ADOPTED = "adopted"  #: a file already on disk was taken as the shot's output
     DOWNLOAD_FAILED = "download_failed"  #: a paid render could not be downloaded (kept)

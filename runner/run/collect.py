@@ -8,6 +8,10 @@ Invariants:
   outage, and every failure counts towards giving the download up for this run
   (``download_give_up_s`` / ``max_download_failures``); a shot given up on stays
   collectable (rendered, task id kept, URL dropped so the next run fetches afresh).
+- A download host that is down is not waited out shot by shot: after
+  ``downloads_down_after`` shots given up on in a row (none downloaded in between), each
+  further shot gets only its tries up to one fresh URL, until a download works again.
+  Said once each way (a run event and a ledger event), like a provider outage.
 - An existing different file is never overwritten: an older version of the same shot is
   moved aside (with its sidecar), anything else fails the shot as an output conflict.
 - A shot is done only once its file (and sidecar) are published and durable; the
@@ -135,6 +139,8 @@ class Collector:
         self.slots = asyncio.Semaphore(ctx.opt.download_concurrency)
         self.backlog = 0
         self.backlog_drained = asyncio.Event()
+        #: shots given up on since the last download that worked (transfer failures)
+        self._given_up_in_a_row = 0
 
     @property
     def busy(self) -> bool:
@@ -228,6 +234,7 @@ class Collector:
                     on_bytes=self._on_bytes,
                     prepare=_tagging(embedder),
                 )
+                self._downloads_work()
                 return result, staged
             except UrlExpired as exc:
                 # each refresh is progress (a fresh URL); only a task that keeps handing
@@ -254,9 +261,21 @@ class Collector:
                 first_failure = first_failure or now
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                 took_s = now - first_failure
-                if took_s >= opt.download_give_up_s or failures >= opt.max_download_failures:
+                host_down = self._given_up_in_a_row >= opt.downloads_down_after
+                if (
+                    # a host that is down gets only the tries up to one fresh URL
+                    (host_down and failures > opt.download_refresh_after)
+                    or took_s >= opt.download_give_up_s
+                    or failures >= opt.max_download_failures
+                ):
                     message = f"the download failed {failures} times over {took_s:.0f} s"
+                    if host_down:
+                        message = (
+                            f"the download failed {failures} times, a fresh URL included, "
+                            "while downloads keep failing"
+                        )
                     await self._given_up(job, f"{message} (last: {reason})")
+                    self._download_given_up(reason)
                     return None
                 # the host may be gone for good (a dead CDN node, a simulator that
                 # restarted elsewhere): every few failures, ask where the video is now
@@ -264,6 +283,24 @@ class Collector:
                 if refresh and not await self.refresh_url(job, reason) and _parked(row):
                     return None
                 await asyncio.sleep(backoff_s(failures, base_s=opt.backoff_base_s, cap_s=10.0))
+
+    def _download_given_up(self, reason: str) -> None:
+        self._given_up_in_a_row += 1
+        if self._given_up_in_a_row == self._ctx.opt.downloads_down_after:
+            message = (
+                f"downloads keep failing ({self._given_up_in_a_row} shots in a row, last: "
+                f"{reason}): a few quick tries per shot until one works again; every shot not "
+                "downloaded keeps its task, and a rerun downloads it at no charge"
+            )
+            self._ctx.emit(RunEventKind.DOWNLOADS_DOWN, message)
+            self._ctx.ledger_event(EventKind.DOWNLOADS_DOWN, message)
+
+    def _downloads_work(self) -> None:
+        if self._given_up_in_a_row >= self._ctx.opt.downloads_down_after:
+            message = f"downloads work again, after {self._given_up_in_a_row} not downloaded"
+            self._ctx.emit(RunEventKind.INFO, message)
+            self._ctx.ledger_event(EventKind.DOWNLOADS_BACK, message)
+        self._given_up_in_a_row = 0
 
     def _on_bytes(self, size_bytes: int) -> None:
         self._ctx.tally.progressed()

@@ -29,6 +29,7 @@ class RunEventKind(str, Enum):
     OUT_OF_CREDIT = "out_of_credit"  #: the account is empty: no more submissions
     BUDGET_REACHED = "budget_reached"  #: the cost cap stops further submissions
     PROVIDER_DOWN = "provider_down"  #: the provider is unreachable; backing off
+    DOWNLOADS_DOWN = "downloads_down"  #: downloads keep failing: few tries per shot
     STOPPING = "stopping"  #: the run is stopping (signal or fatal error)
     CHANGED = "changed"  #: a done shot's request changed (re-rendered or held)
     INFO = "info"  #: anything else worth a line

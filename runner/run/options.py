@@ -124,6 +124,11 @@ class SchedulerOptions:
     download_refresh_after: int = 2
     download_give_up_s: float = 120.0
     max_download_failures: int = 12
+    #: this many shots given up on in a row, none downloaded in between, mean the
+    #: download host is down: until a download works again, each shot gets only its
+    #: tries up to one fresh URL (the night goes on at render speed, not two minutes a
+    #: shot)
+    downloads_down_after: int = 5
     #: a provider that answered nothing at all for this long since the first call is
     #: taken to be a wrong address (exit 2)
     unreachable_grace_s: float = 60.0
