@@ -22,8 +22,8 @@ Invariants:
   those; the sidecar keeps the delivered ones too. A file that cannot be tagged is kept
   as delivered, and the sidecar, a ledger event and a run event say why.
 
-Size: about 420 lines, mostly one class: downloading, placing and the sidecar share
-the collector's give-up bookkeeping.
+Size: about 470 lines, mostly one class: downloading, placing and the sidecar share
+the collector's give-up bookkeeping (per shot and for the host).
 """
 
 from __future__ import annotations
