@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 from runner import __version__
 from runner.model import ShotState
 from runner.money import format_ptc
-from runner.text import SECRET_ENV, json_safe, scrub
+from runner.text import SECRET_ENV, duration_text, json_safe, scrub
 
 if TYPE_CHECKING:
     import aiohttp
@@ -335,7 +335,7 @@ def _text(summary: Mapping[str, Any]) -> str:
         unfinished -= counts[ShotState.ABANDONED.value]
         if unfinished:
             parts.append(f"{unfinished} not finished")
-        parts += [f"{summary['spent_ptc']} PTC", _duration(summary["elapsed_s"])]
+        parts += [f"{summary['spent_ptc']} PTC", duration_text(summary["elapsed_s"])]
         lines.append(", ".join(parts))
     if summary.get("message"):
         lines.append(str(summary["message"]))
@@ -348,15 +348,6 @@ def _text(summary: Mapping[str, Any]) -> str:
         tail = f", and {more} more" if more > 0 else ""
         lines.append("failed: " + "; ".join(shown[:_FAILED_IN_TEXT]) + tail)
     return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 # -- sending ---------------------------------------------------------------------------

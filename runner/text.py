@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["json_safe", "plural", "printable", "scrub"]
+__all__ = ["duration_text", "json_safe", "plural", "printable", "scrub"]
 
 #: environment variables whose values are secrets, never to be shown or sent
 SECRET_ENV = ("PIXRUN_API_KEY",)
@@ -64,6 +64,18 @@ def json_safe(document: str) -> str:
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 shot``, ``2 shots``, ``0 shots``; ``many`` for irregular words."""
     return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def duration_text(seconds: float | None) -> str:
+    """12s, 4m 05s, 2h 03m: coarse enough to read at a glance (a terminal or a message)."""
+    if seconds is None:
+        return "–"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 def scrub(text: str) -> str:

@@ -28,6 +28,7 @@ from rich.text import Text
 from runner.cli.progress import (
     DEFAULT_INTERVAL_S,
     Display,
+    event_record,
     progress_line,
     progress_record,
     render_summary,
@@ -145,19 +146,7 @@ class MultiDisplay(Display):
     def on_event(self, key: str, event: RunEvent) -> None:
         name = self.names.get(key, key)
         if self.mode == "json":
-            self.json_record(
-                key,
-                {
-                    "type": "event",
-                    "kind": event.kind.value,
-                    "shot_id": event.shot_id,
-                    "state": None if event.state is None else event.state.value,
-                    "task_id": event.task_id,
-                    "attempt": event.attempt,
-                    "elapsed_s": round(event.elapsed_s, 3),
-                    "message": scrub(event.message),
-                },
-            )
+            self.json_record(key, event_record(event))
             return
         if event.kind not in NOTABLE:
             return

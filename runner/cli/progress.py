@@ -109,6 +109,21 @@ def progress_record(snap: RunSnapshot) -> dict[str, Any]:
     }
 
 
+def event_record(event: RunEvent) -> dict[str, Any]:
+    """A ``--json-logs`` event record (one run's, or one of many runs')."""
+    return {
+        "type": "event",
+        "kind": event.kind.value,
+        "shot_id": event.shot_id,
+        "state": None if event.state is None else event.state.value,
+        "task_id": event.task_id,
+        "attempt": event.attempt,
+        "elapsed_s": round(event.elapsed_s, 3),
+        # scrubbed before encoding too: JSON escaping could hide a key from scrub()
+        "message": scrub(event.message),
+    }
+
+
 def snapshot_board(title: str, snap: RunSnapshot, events: Sequence[BoardEvent]) -> Board:
     """The live board's figures from a run's snapshot (one run, or the total of many)."""
     return Board(
@@ -249,19 +264,7 @@ class JsonObserver(_PeriodicDisplay):
         self._line(json_text(record, ensure_ascii=False, separators=(",", ":")))
 
     def _event(self, event: RunEvent) -> None:
-        self._emit(
-            {
-                "type": "event",
-                "kind": event.kind.value,
-                "shot_id": event.shot_id,
-                "state": None if event.state is None else event.state.value,
-                "task_id": event.task_id,
-                "attempt": event.attempt,
-                "elapsed_s": round(event.elapsed_s, 3),
-                # scrubbed before encoding too: JSON escaping could hide a key from scrub()
-                "message": scrub(event.message),
-            }
-        )
+        self._emit(event_record(event))
 
     def _snapshot(self, snap: RunSnapshot) -> None:
         if not self._progress_due(snap):

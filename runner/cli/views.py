@@ -30,6 +30,7 @@ from runner.model import ShotState
 from runner.money import format_ptc
 from runner.report import STATE_LABELS
 from runner.run.events import RunEventKind
+from runner.text import duration_text as duration_text  # re-exported, like scrub
 from runner.text import json_safe, plural, printable
 from runner.text import scrub as scrub  # re-exported: the CLI modules import it from here
 
@@ -118,18 +119,6 @@ def counts_text(counts: Mapping[ShotState, int]) -> Text:
         text.append(f"{label} ", style="dim")
         text.append(str(n), style=f"bold {style}" if n else "dim")
     return text
-
-
-def duration_text(seconds: float | None) -> str:
-    """12 s, 4m 05s, 2h 03m: coarse enough to read at a glance."""
-    if seconds is None:
-        return "–"
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 def rate_text(per_min: float | None) -> str:

@@ -63,7 +63,23 @@ def api_session(config: ProviderConfig, *, force_close: bool) -> aiohttp.ClientS
     )
 
 
-class Provider:
+class ClosesOnExit:
+    """The exit of an ``async with`` block is :meth:`close`, whatever ended the block:
+    a client's sessions never outlive the block that opened them."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Provider(ClosesOnExit):
     """An async client of the provider; use as ``async with Provider(config) as p``."""
 
     def __init__(self, config: ProviderConfig) -> None:
@@ -93,14 +109,6 @@ class Provider:
     async def __aenter__(self) -> Provider:
         self._sessions()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         for session in (self._pooled, self._fresh):

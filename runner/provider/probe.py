@@ -22,12 +22,17 @@ import json
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 
-from runner.provider.client import TRACE_HEADER, api_headers, api_session, describe_exc
+from runner.provider.client import (
+    TRACE_HEADER,
+    ClosesOnExit,
+    api_headers,
+    api_session,
+    describe_exc,
+)
 from runner.provider.config import ProviderConfig
 from runner.provider.verdicts import Meaning, meaning_of, read_envelope
 
@@ -181,7 +186,7 @@ def accepted_task(answer: ProbeAnswer) -> str | None:
     return None
 
 
-class Prober:
+class Prober(ClosesOnExit):
     """Sends probes; use as ``async with Prober(config) as prober``.
 
     Every probe goes on a fresh connection: a probe is one question, and a generate
@@ -201,12 +206,7 @@ class Prober:
         self._session = api_session(self.config, force_close=True)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
