@@ -13,10 +13,10 @@ from rich.console import Console
 
 from runner.cli.consoles import make_console
 from runner.cli.options import (
-    PTC,
     format_option,
     manifest_source,
     manifest_sources,
+    max_cost_option,
     rules_option,
     sample_options,
     simulate_option,
@@ -82,12 +82,7 @@ def validate_cmd(
 @click.command("plan")
 @click.argument("manifest", type=_PATH)
 @format_option("table", "json", "csv")
-@click.option(
-    "--max-cost",
-    metavar="PTC",
-    type=PTC,
-    help="Cost cap in PTC (overrides run.budget_ptc); exit 4 when the plan is above it.",
-)
+@max_cost_option("Cost cap in PTC (overrides run.budget_ptc); exit 4 when the plan is above it.")
 @click.option(
     "--prices",
     type=_PATH,

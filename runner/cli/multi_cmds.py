@@ -25,12 +25,12 @@ from runner.cli.consoles import make_console
 from runner.cli.multi_progress import MultiDisplay, render_summaries
 from runner.cli.notice import Notice, notify_options
 from runner.cli.options import (
-    PTC,
     callback_options,
     check_one_stdin,
     manifest_label,
     manifest_loader,
     manifest_location,
+    max_cost_option,
     provider_settings,
     rules_option,
     sim_render_time_option,
@@ -199,12 +199,7 @@ def run_several(
     help="Provider calls per second, over all manifests (default: the largest "
     "run.requests_per_s found).",
 )
-@click.option(
-    "--max-cost",
-    metavar="PTC",
-    type=PTC,
-    help="Cap over all the manifests' ledgers together (each keeps its run.budget_ptc).",
-)
+@max_cost_option("Cap over all the manifests' ledgers together (each keeps its run.budget_ptc).")
 @click.option(
     "--stable-s",
     type=click.FloatRange(0.0, None),

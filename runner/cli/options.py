@@ -70,6 +70,16 @@ class _Ptc(click.ParamType[Decimal]):
 PTC = _Ptc()
 
 
+def max_cost_option(help_text: str) -> Callable[[F], F]:
+    """``--max-cost PTC``, as ``max_cost`` (a Decimal or None): what it caps is the
+    command's to say (one plan, one run, several runs together)."""
+
+    def decorate(func: F) -> F:
+        return click.option("--max-cost", metavar="PTC", type=PTC, help=help_text)(func)
+
+    return decorate
+
+
 def format_option(*choices: str, help_text: str | None = None) -> Callable[[F], F]:
     """``--format``, as ``fmt``: one of ``choices``, the first by default."""
     return click.option(

@@ -20,13 +20,13 @@ from runner import loops
 from runner.cli.consoles import make_console
 from runner.cli.notice import Notice, notify_options
 from runner.cli.options import (
-    PTC,
     callback_options,
     existing_ledger,
     format_option,
     ledger_option,
     manifest_loader,
     manifest_location,
+    max_cost_option,
     option_table,
     optional_manifest_argument,
     provider_settings,
@@ -103,9 +103,7 @@ def _ask(preview: RunPreview) -> Decision:
     type=click.FloatRange(0.01, None),
     help="Provider calls per second (overrides run.requests_per_s).",
 )
-@click.option(
-    "--max-cost", metavar="PTC", type=PTC, help="Cost cap in PTC (overrides run.budget_ptc)."
-)
+@max_cost_option("Cost cap in PTC (overrides run.budget_ptc).")
 @click.option(
     "--prices",
     type=click.Path(path_type=Path, dir_okay=False),
