@@ -43,13 +43,12 @@ from runner.manifest.contract import (
 )
 from runner.manifest.request_check import check_combination, not_in_mode
 from runner.manifest.rules import Rules
+from runner.manifest.yaml_common import Path_
 from runner.model import Mode, duration_seconds
 
 if TYPE_CHECKING:
     from runner.manifest.issues import Issues
 
-PathPart = str | int
-Path_ = tuple[PathPart, ...]
 
 #: any id, explicit or made here: file-name safe, never "..", never ending in "."
 SAFE_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?")

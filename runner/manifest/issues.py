@@ -24,11 +24,9 @@ from typing import Any
 from runner.errors import Problem
 from runner.manifest.expand import SAFE_ID
 from runner.manifest.tables import Place, TableIndex
+from runner.manifest.yaml_common import Path_, PathPart
 from runner.manifest.yaml_source import Mark, SourceMap
 from runner.model import SourceMark
-
-PathPart = str | int
-Path_ = tuple[PathPart, ...]
 
 #: after this many problems with the same message, the rest are only counted
 MAX_SAME = 20

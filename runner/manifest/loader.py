@@ -49,6 +49,7 @@ from runner.manifest.rules import Rules
 from runner.manifest.source import ManifestText
 from runner.manifest.tables import TableReader
 from runner.manifest.validate import schema_check
+from runner.manifest.yaml_common import Path_
 from runner.manifest.yaml_source import SourceMap, parse
 from runner.model import (
     CallbackSettings,
@@ -61,9 +62,6 @@ from runner.model import (
 )
 from runner.notify import notify_url_fault
 from runner.pricing import PriceTable, default_price_table
-
-PathPart = str | int
-Path_ = tuple[PathPart, ...]
 
 #: a manifest larger than this is refused before parsing (the benchmark's is ~12 MB)
 MAX_FILE_BYTES = 256 * 1024 * 1024

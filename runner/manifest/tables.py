@@ -50,12 +50,11 @@ from runner.manifest.table_cells import (
     converter,
     image_id,
 )
+from runner.manifest.yaml_common import Path_
 
 if TYPE_CHECKING:
     from runner.manifest.issues import Issues
 
-PathPart = str | int
-Path_ = tuple[PathPart, ...]
 
 #: a table larger than this is refused before reading (as a manifest is)
 MAX_TABLE_BYTES = 256 * 1024 * 1024

@@ -30,9 +30,7 @@ from jsonschema.exceptions import ValidationError
 from runner.manifest.contract import did_you_mean, suggest, type_name
 from runner.manifest.rules import Rules
 from runner.manifest.schema import PATTERN_HINTS, schema_of
-
-PathPart = str | int
-Path_ = tuple[PathPart, ...]
+from runner.manifest.yaml_common import Path_
 
 
 @dataclass(frozen=True)
