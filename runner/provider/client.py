@@ -143,16 +143,9 @@ class Provider(ClosesOnExit):
         _, fresh = self._sessions()
         self.calls["generate"] += 1
         try:
-            async with fresh.post(
-                self.config.generate_url(),
-                data=payload,
-                headers=headers,
-                timeout=self._api_timeout,
-                allow_redirects=False,
-            ) as resp:
-                self.answers += 1
-                status, resp_headers = resp.status, resp.headers
-                raw = await resp.read()
+            status, resp_headers, raw = await self._exchange(
+                fresh, "POST", self.config.generate_url(), headers, data=payload
+            )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise TransientError(
                 f"generate: cannot connect to {self._host()} "
@@ -211,6 +204,22 @@ class Provider(ClosesOnExit):
             status, headers, body, redact=self.config.redact, call=Call("POST", url)
         )
 
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        **kw: Any,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One API request and its whole answer, counted in ``answers``. Redirects are
+        not followed: on the API a redirect means a wrong URL (see verdicts)."""
+        async with session.request(
+            method, url, headers=headers, timeout=self._api_timeout, allow_redirects=False, **kw
+        ) as resp:
+            self.answers += 1
+            return resp.status, resp.headers, await resp.read()
+
     async def _pooled_call(
         self, method: str, url: str, what: str, **kw: Any
     ) -> tuple[int, Mapping[str, str], Any]:
@@ -218,17 +227,9 @@ class Provider(ClosesOnExit):
         transport failure is transient: these calls are safe to repeat."""
         pooled, _ = self._sessions()
         try:
-            async with pooled.request(
-                method,
-                url,
-                headers=api_headers(self.config),
-                timeout=self._api_timeout,
-                allow_redirects=False,
-                **kw,
-            ) as resp:
-                self.answers += 1
-                status, headers = resp.status, resp.headers
-                raw = await resp.read()
+            status, headers, raw = await self._exchange(
+                pooled, method, url, api_headers(self.config), **kw
+            )
         except aiohttp.InvalidURL as exc:
             raise UsageError(f"the URL of {what} is not valid: {exc}") from exc
         except aiohttp.ClientResponseError as exc:
