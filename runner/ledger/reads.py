@@ -13,6 +13,13 @@ from runner.ledger.core import LedgerBase
 from runner.ledger.rows import ROW_SELECT, SPENT_PARAMS, SPENT_SQL, EventKind, ShotRow
 from runner.model import ShotState
 
+#: the provider accepted the shot's task and its video is not saved yet (state values)
+_TASK_OUT = (
+    ShotState.SUBMITTED.value,
+    ShotState.RENDERED.value,
+    ShotState.DOWNLOADING.value,
+)
+
 
 class LedgerReads(LedgerBase):
     """Reads of the ledger (see :class:`runner.ledger.Ledger`)."""
@@ -54,12 +61,7 @@ class LedgerReads(LedgerBase):
         the run still collects (submitted, rendered, downloading). A dropped shot that
         failed or is done is the manifest's business no more: it never makes a run exit
         1, nor counts among its shots. One pass over the state index."""
-        collected = (
-            ShotState.SUBMITTING.value,
-            ShotState.SUBMITTED.value,
-            ShotState.RENDERED.value,
-            ShotState.DOWNLOADING.value,
-        )
+        collected = (ShotState.SUBMITTING.value, *_TASK_OUT)
         rows = await self._fetchall(
             "SELECT state, SUM(in_manifest = 1 OR state IN (?, ?, ?, ?)) FROM shots GROUP BY state",
             collected,
@@ -122,12 +124,7 @@ class LedgerReads(LedgerBase):
 
     async def bytes_to_come(self) -> list[tuple[str | None, str | None, int]]:
         """``(quality, duration, count)`` of the shots whose video is still to be saved."""
-        states = (
-            ShotState.PENDING.value,
-            ShotState.SUBMITTED.value,
-            ShotState.RENDERED.value,
-            ShotState.DOWNLOADING.value,
-        )
+        states = (ShotState.PENDING.value, *_TASK_OUT)
         rows = await self._fetchall(
             "SELECT quality, duration, COUNT(*) FROM shots WHERE in_manifest = 1 AND state IN "
             "(?, ?, ?, ?) GROUP BY quality, duration",
