@@ -30,6 +30,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from runner.errors import (
     ExitCode,
@@ -112,21 +113,28 @@ def _install_signals(
     return remove
 
 
+class BatchOptions(TypedDict, total=False):
+    """What :func:`run_batch` hands on to :func:`prepared_batch` as it is (the defaults
+    are prepared_batch's, the meanings run_batch's docstring)."""
+
+    ledger_path: Path | None
+    overrides: RunOverrides | None
+    simulate: SimulatorSettings | None
+    cpu: int | None
+    confirm: Confirm | None
+    rerender_changed: bool
+    switch_provider: bool
+    force: bool
+    check_space: bool
+    sample: SampleSpec | None
+
+
 async def run_batch(
     manifest: Manifest,
     observer: RunObserver,
     *,
-    ledger_path: Path | None = None,
-    overrides: RunOverrides | None = None,
-    simulate: SimulatorSettings | None = None,
     handle_signals: bool = True,
-    cpu: int | None = None,
-    confirm: Confirm | None = None,
-    rerender_changed: bool = False,
-    switch_provider: bool = False,
-    force: bool = False,
-    check_space: bool = True,
-    sample: SampleSpec | None = None,
+    **options: Unpack[BatchOptions],
 ) -> BatchOutcome:
     """Run (or resume) a batch. Raises the errors of :mod:`runner.errors`.
 
@@ -140,20 +148,7 @@ async def run_batch(
     ``sample``: submit only these shots (``--only``/``--limit``, :mod:`runner.sample`);
     the rest is synced and stays pending.
     """
-    async with prepared_batch(
-        manifest,
-        observer,
-        ledger_path=ledger_path,
-        overrides=overrides,
-        simulate=simulate,
-        cpu=cpu,
-        confirm=confirm,
-        rerender_changed=rerender_changed,
-        switch_provider=switch_provider,
-        force=force,
-        check_space=check_space,
-        sample=sample,
-    ) as ready:
+    async with prepared_batch(manifest, observer, **options) as ready:
         remove = _install_signals([ready.scheduler]) if handle_signals else (lambda: None)
         try:
             return await ready.run()
