@@ -13,10 +13,17 @@ from runner.sim import SimConfig, Simulator, SimulatorThread
 #: renders in the tests take 10-30 ms
 FAST_RENDER_S = (0.01, 0.03)
 SIM_KEY = "sim-test-key-0123456789"
+#: a ledger's trace secret, for calls made outside a ledger
+TEST_SECRET = b"pixrun-test-trace-secret"
+
+#: the ``sim_factory`` fixture: ``sim = await sim_factory(**knobs)``
+SimFactory = Callable[..., Awaitable[Simulator]]
+#: the ``provider_factory`` fixture: ``provider = provider_factory(sim, **config)``
+ProviderFactory = Callable[..., Provider]
 
 
 @pytest.fixture
-async def sim_factory() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
+async def sim_factory() -> AsyncIterator[SimFactory]:
     """``sim = await sim_factory(dialect="gateway", ...)``: a started simulator on
     127.0.0.1 with fast renders (any SimConfig knob may be passed); stopped afterwards."""
     started: list[Simulator] = []
@@ -35,7 +42,7 @@ async def sim_factory() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
 
 
 @pytest.fixture
-async def provider_factory() -> AsyncIterator[Callable[..., Provider]]:
+async def provider_factory() -> AsyncIterator[ProviderFactory]:
     """``provider_factory(sim_or_url, **config)``: an adapter with short timeouts,
     closed afterwards."""
     made: list[Provider] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TEST_SECRET, ProviderFactory, SimFactory
 from PIL import Image
 from runkit import free_port
 
@@ -31,14 +32,8 @@ from runner.errors import (
     TaskNotFound,
     TransientError,
 )
-from runner.provider import TRACE_HEADER, Provider, trace_id_for
-from runner.sim import Simulator
+from runner.provider import TRACE_HEADER, trace_id_for
 
-#: a ledger's trace secret, for calls made outside a ledger
-TEST_SECRET = b"pixrun-test-trace-secret"
-
-SimFactory = Callable[..., Awaitable[Simulator]]
-ProviderFactory = Callable[..., Provider]
 REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "720p", "duration": 8}
 REQUEST_PRICE_PTC = "0.4"  # 0.1 x 2 (720p) x 2 (8 s)
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TEST_SECRET, ProviderFactory, SimFactory
 
 from runner.errors import (
     AmbiguousSubmit,
@@ -39,10 +39,7 @@ from runner.provider import (
 )
 from runner.provider.dialects import parse_upload
 from runner.provider.verdicts import Call, parse_retry_after
-from runner.sim import Simulator, shot_key_of
-
-#: a ledger's trace secret, for calls made outside a ledger
-TEST_SECRET = b"pixrun-test-trace-secret"
+from runner.sim import shot_key_of
 
 SAMPLES = Path(__file__).parent / "data" / "api-samples"
 
@@ -382,8 +379,6 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- one contract suite, both dialects, over real HTTP ---------------------------------
 
-SimFactory = Callable[..., Awaitable[Simulator]]
-ProviderFactory = Callable[..., Provider]
 TEXT_REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "540p", "duration": 5}
 
 

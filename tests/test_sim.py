@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import SIM_KEY
+from conftest import SIM_KEY, TEST_SECRET, ProviderFactory, SimFactory
 
 from runner.errors import (
     AmbiguousSubmit,
@@ -34,12 +34,6 @@ from runner.money import to_uptc
 from runner.pricing import price_of
 from runner.provider import Provider, TaskState, TaskStatus, mp4_problem, trace_id_for
 from runner.sim import SimConfig, Simulator, SimulatorThread, task_mp4, tiny_mp4
-
-#: a ledger's trace secret, for calls made outside a ledger
-TEST_SECRET = b"pixrun-test-trace-secret"
-
-SimFactory = Callable[..., Awaitable[Simulator]]
-ProviderFactory = Callable[..., Provider]
 
 
 def request_for(i: int) -> dict[str, Any]:
