@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from runner.provider import Provider, ProviderConfig
+from runner.provider import Provider, ProviderConfig, TaskState, TaskStatus
 from runner.sim import SimConfig, Simulator, SimulatorThread
 
 #: renders in the tests take 10-30 ms
@@ -20,6 +21,17 @@ TEST_SECRET = b"pixrun-test-trace-secret"
 SimFactory = Callable[..., Awaitable[Simulator]]
 #: the ``provider_factory`` fixture: ``provider = provider_factory(sim, **config)``
 ProviderFactory = Callable[..., Provider]
+
+
+async def final_state(provider: Provider, task_id: str, *, polls: int = 300) -> TaskState:
+    """Fetch ``task_id`` every 10 ms until it has left queued and rendering (the
+    simulator's renders take milliseconds); ``polls`` fetches at the most."""
+    for _ in range(polls):
+        state = await provider.fetch(task_id)
+        if state.status not in (TaskStatus.QUEUED, TaskStatus.RENDERING):
+            return state
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} never finished")
 
 
 @pytest.fixture

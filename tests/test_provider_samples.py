@@ -3,7 +3,6 @@ run against both response dialects of the simulator."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_SECRET, ProviderFactory, SimFactory
+from conftest import TEST_SECRET, ProviderFactory, SimFactory, final_state
 
 from runner.errors import (
     AmbiguousSubmit,
@@ -382,15 +381,6 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 TEXT_REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "540p", "duration": 5}
 
 
-async def wait_final(provider: Provider, task_id: str) -> TaskState:
-    for _ in range(200):
-        state = await provider.fetch(task_id)
-        if state.status not in (TaskStatus.QUEUED, TaskStatus.RENDERING):
-            return state
-        await asyncio.sleep(0.01)
-    raise AssertionError("the task never finished")
-
-
 @pytest.fixture(params=["pixverse", "gateway"])
 def dialect(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -412,7 +402,7 @@ async def test_contract_lifecycle(
     first = await provider.fetch(task_id)
     assert first.status in (TaskStatus.QUEUED, TaskStatus.RENDERING)
     assert first.video_url is None
-    done = await wait_final(provider, task_id)
+    done = await final_state(provider, task_id, polls=200)
     assert done.status is TaskStatus.SUCCEEDED
     assert done.task_id == task_id
     assert done.video_url is not None
@@ -434,16 +424,16 @@ async def test_contract_moderation_and_failure(
         {**TEXT_REQUEST, "prompt": "a Forbidden scene"},
         trace_id=trace_id_for("m", 1, secret=TEST_SECRET),
     )
-    assert (await wait_final(provider, moderated)).status is TaskStatus.MODERATED
+    assert (await final_state(provider, moderated, polls=200)).status is TaskStatus.MODERATED
     failed = await provider.generate(
         TEXT_REQUEST, trace_id=trace_id_for("f", 1, secret=TEST_SECRET)
     )
-    state = await wait_final(provider, failed)
+    state = await final_state(provider, failed, polls=200)
     assert state.status is TaskStatus.FAILED and state.message
     retried = await provider.generate(
         TEXT_REQUEST, trace_id=trace_id_for("f", 2, secret=TEST_SECRET)
     )
-    assert (await wait_final(provider, retried)).status is TaskStatus.SUCCEEDED
+    assert (await final_state(provider, retried, polls=200)).status is TaskStatus.SUCCEEDED
 
 
 async def test_contract_refusals(

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import SIM_KEY, TEST_SECRET, ProviderFactory, SimFactory
+from conftest import SIM_KEY, TEST_SECRET, ProviderFactory, SimFactory, final_state
 
 from runner.errors import (
     AmbiguousSubmit,
@@ -32,7 +32,7 @@ from runner.errors import (
 )
 from runner.money import to_uptc
 from runner.pricing import price_of
-from runner.provider import Provider, TaskState, TaskStatus, mp4_problem, trace_id_for
+from runner.provider import TaskStatus, mp4_problem, trace_id_for
 from runner.sim import SimConfig, Simulator, SimulatorThread, task_mp4, tiny_mp4
 
 
@@ -50,15 +50,6 @@ def request_for(i: int) -> dict[str, Any]:
     if fast:
         request["motion_mode"] = "fast"
     return request
-
-
-async def final_state(provider: Provider, task_id: str) -> TaskState:
-    for _ in range(300):
-        state = await provider.fetch(task_id)
-        if state.status not in (TaskStatus.QUEUED, TaskStatus.RENDERING):
-            return state
-        await asyncio.sleep(0.01)
-    raise AssertionError("never finished")
 
 
 async def test_books_n_tasks_charged_by_the_price_rule(
