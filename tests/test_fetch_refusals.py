@@ -100,6 +100,22 @@ def _batch(tmp_path: Path) -> Any:
     return batch
 
 
+def _assert_stops(batch: Any, gateway: Gateway, words: str, state: str) -> None:
+    """A run through the gateway stops (exit 5), says ``words``, and leaves every shot
+    in ``state``: an answer pixrun cannot place is never waited out or retried for long."""
+    stopped = run_pixrun(batch, gateway.base_url)
+    said = explain(stopped)
+    assert stopped.returncode == 5, said
+    assert words in flat(stopped.stdout), said
+    assert set(states(batch.ledger).values()) == {state}, said
+
+
+def _assert_rerun_collects(batch: Any, gateway: Gateway) -> None:
+    """Once the gateway answers again, a rerun finishes every shot."""
+    run_pixrun(batch, gateway.base_url, check=True)
+    assert set(states(batch.ledger).values()) == {"done"}
+
+
 @pytest.mark.parametrize(
     ("refusal", "exit_code", "words"),
     [
@@ -123,10 +139,8 @@ def test_a_refused_fetch_stops_at_once_and_a_rerun_collects_for_free(
     assert len(ledger_task_ids(batch.ledger)) == 3
 
     gateway.refusal = None
-    rerun = run_pixrun(batch, gateway.base_url)
-    assert rerun.returncode == 0, explain(rerun)
+    _assert_rerun_collects(batch, gateway)
     assert gateway.generates == 3, "a task was generated again"
-    assert set(states(batch.ledger).values()) == {"done"}
 
 
 def test_fetches_answered_with_an_unknown_error_code_stop_the_run(
@@ -134,14 +148,9 @@ def test_fetches_answered_with_an_unknown_error_code_stop_the_run(
 ) -> None:
     batch = _batch(tmp_path)
     gateway.refusal = UNKNOWN
-    first = run_pixrun(batch, gateway.base_url)
-    said = explain(first)
-    assert first.returncode == 5, said
-    assert "something new" in flat(first.stdout), said
-    assert set(states(batch.ledger).values()) == {"submitted"}, said
+    _assert_stops(batch, gateway, "something new", "submitted")
     gateway.refusal = None
-    rerun = run_pixrun(batch, gateway.base_url)
-    assert rerun.returncode == 0, explain(rerun)
+    _assert_rerun_collects(batch, gateway)
     assert gateway.generates == 3, "a task was generated again"
 
 
@@ -152,16 +161,10 @@ def test_generates_answered_with_an_unknown_error_code_stop_the_run_uncharged(
     (exit 5) with every shot pending, not an outage waited out for hours."""
     batch = _batch(tmp_path)
     gateway.generate_refusal = UNKNOWN
-    first = run_pixrun(batch, gateway.base_url)
-    said = explain(first)
-    assert first.returncode == 5, said
-    assert "something new" in flat(first.stdout), said
-    assert set(states(batch.ledger).values()) == {"pending"}, said
+    _assert_stops(batch, gateway, "something new", "pending")
     assert gateway.generates <= 8 + 3, "tried on well past the limit"
     gateway.generate_refusal = None
-    rerun = run_pixrun(batch, gateway.base_url)
-    assert rerun.returncode == 0, explain(rerun)
-    assert set(states(batch.ledger).values()) == {"done"}
+    _assert_rerun_collects(batch, gateway)
 
 
 def test_a_rerun_on_a_route_that_knows_no_task_stops_again_never_parks(
@@ -174,13 +177,7 @@ def test_a_rerun_on_a_route_that_knows_no_task_stops_again_never_parks(
     batch = _batch(tmp_path)
     gateway.refusal = {"code": 404, "msg": "task not found", "data": None}
     for _ in range(2):
-        stopped = run_pixrun(batch, gateway.base_url)
-        said = explain(stopped)
-        assert stopped.returncode == 5, said
-        assert "fetch_path" in flat(stopped.stdout), said
-        assert set(states(batch.ledger).values()) == {"submitted"}, said
+        _assert_stops(batch, gateway, "fetch_path", "submitted")
     gateway.refusal = None
-    rerun = run_pixrun(batch, gateway.base_url)
-    assert rerun.returncode == 0, explain(rerun)
+    _assert_rerun_collects(batch, gateway)
     assert gateway.generates == 3, "a task was generated again"
-    assert set(states(batch.ledger).values()) == {"done"}
