@@ -8,10 +8,7 @@ without a new generate.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +16,13 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from hookkit import AppThread
 from runkit import KEY, explain, flat, ledger_task_ids, run_pixrun, states, write_manifest
 
 TINY_MP4 = Path(__file__).resolve().parents[1] / "runner" / "data" / "tiny.mp4"
 
 
-class Gateway:
+class Gateway(AppThread):
     """A gateway-dialect API in a thread: generate answers ``generate_refusal`` (a JSON
     body sent with HTTP 200) while it is set, else accepts; fetch answers ``refusal``
     while it is set, else "succeeded"."""
@@ -34,23 +32,12 @@ class Gateway:
         self.generate_refusal: dict[str, Any] | None = None
         self.generates = 0
         self._ids = itertools.count(1)
-        self._loop = asyncio.new_event_loop()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    async def _start(self) -> web.AppRunner:
         app = web.Application()
         app.router.add_post("/pix/generate", self._generate)
         app.router.add_get("/pix/task/{task_id}/fetch", self._fetch)
         app.router.add_get("/v/{name}", self._video)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.SockSite(runner, self._sock).start()
-        return runner
+        super().__init__(app, access_log=False)
+        self.base_url = self.origin
 
     async def _generate(self, request: web.Request) -> web.Response:
         assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -73,12 +60,6 @@ class Gateway:
 
     async def _video(self, request: web.Request) -> web.Response:
         return web.Response(body=TINY_MP4.read_bytes(), content_type="video/mp4")
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 @pytest.fixture
