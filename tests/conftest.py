@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from runner.provider import Provider, ProviderConfig
+from runner.provider import Provider, ProviderConfig, TaskState, TaskStatus
 from runner.sim import SimConfig, Simulator, SimulatorThread
 
 #: renders in the tests take 10-30 ms
 FAST_RENDER_S = (0.01, 0.03)
 SIM_KEY = "sim-test-key-0123456789"
+#: a ledger's trace secret, for calls made outside a ledger
+TEST_SECRET = b"pixrun-test-trace-secret"
+
+#: the ``sim_factory`` fixture: ``sim = await sim_factory(**knobs)``
+SimFactory = Callable[..., Awaitable[Simulator]]
+#: the ``provider_factory`` fixture: ``provider = provider_factory(sim, **config)``
+ProviderFactory = Callable[..., Provider]
+
+
+async def final_state(provider: Provider, task_id: str, *, polls: int = 300) -> TaskState:
+    """Fetch ``task_id`` every 10 ms until it has left queued and rendering (the
+    simulator's renders take milliseconds); ``polls`` fetches at the most."""
+    for _ in range(polls):
+        state = await provider.fetch(task_id)
+        if state.status not in (TaskStatus.QUEUED, TaskStatus.RENDERING):
+            return state
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} never finished")
 
 
 @pytest.fixture
-async def sim_factory() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
+async def sim_factory() -> AsyncIterator[SimFactory]:
     """``sim = await sim_factory(dialect="gateway", ...)``: a started simulator on
     127.0.0.1 with fast renders (any SimConfig knob may be passed); stopped afterwards."""
     started: list[Simulator] = []
@@ -35,7 +54,7 @@ async def sim_factory() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
 
 
 @pytest.fixture
-async def provider_factory() -> AsyncIterator[Callable[..., Provider]]:
+async def provider_factory() -> AsyncIterator[ProviderFactory]:
     """``provider_factory(sim_or_url, **config)``: an adapter with short timeouts,
     closed afterwards."""
     made: list[Provider] = []

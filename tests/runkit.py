@@ -179,9 +179,15 @@ def pixrun(
     )
 
 
-def run_pixrun(batch: Batch, base_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``pixrun run`` on the batch to the end (:func:`run_args`, the key, ``base_url``)."""
-    return pixrun(run_args(batch, *extra), env_for(base_url), cwd=batch.dir)
+def run_pixrun(
+    batch: Batch, base_url: str, *extra: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``pixrun run`` on the batch to the end (:func:`run_args`, the key, ``base_url``);
+    with ``check``, the run must finish the batch (exit 0), and a failure shows its output."""
+    result = pixrun(run_args(batch, *extra), env_for(base_url), cwd=batch.dir)
+    if check:
+        assert result.returncode == 0, explain(result)
+    return result
 
 
 @dataclass
@@ -319,6 +325,12 @@ def in_state(ledger: Path, state: str) -> set[str]:
     return {r[0] for r in query(ledger, "SELECT shot_id FROM shots WHERE state = ?", (state,))}
 
 
+def submitted_count(ledger: Path) -> int:
+    """How many shots wait at the provider for their render; 0 while a starting run has
+    not made its ledger yet (so it serves as a :func:`wait_until` condition)."""
+    return len(in_state(ledger, "submitted")) if ledger.exists() else 0
+
+
 def run_count(ledger: Path) -> int:
     """Runs that have started on this ledger (0 while it does not exist yet)."""
     if not ledger.exists():
@@ -381,6 +393,18 @@ def sim_tasks_by_intent(ledger: Path, stats: Mapping[str, Any]) -> dict[str, lis
         assert shot == shot_of(task["prompt"]), f"{shot}'s intent sent another prompt: {task}"
         by_shot[shot].append(task)
     return dict(by_shot)
+
+
+def lose_generate_answers_to(sim: SimulatorThread, shot_id: str) -> None:
+    """From now on the provider creates and charges ``shot_id``'s tasks, then the
+    connection drops before pixrun reads the answer, so the shot is parked as
+    ambiguous; other shots are answered. The test sets ``generate_hook = None`` to stop."""
+    config = sim.simulator.config
+
+    async def lose_the_answer(body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+        config.lost_generate_share = 1.0 if shot_of(str(body["prompt"])) == shot_id else 0.0
+
+    config.generate_hook = lose_the_answer
 
 
 def forget_task(sim: SimulatorThread, task_id: str) -> None:

@@ -1,14 +1,19 @@
-"""Builders of real model objects for tests (no mocks): shots and tiny manifests."""
+"""Builders of real model objects for tests (no mocks): shots, tiny manifests, and a
+hot folder that only scans."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.model import Manifest, Mode, OutputSettings, PollSettings, RunSettings, Shot, SourceMark
+
+if TYPE_CHECKING:
+    from runner.run.watch import HotFolder
 
 
 def make_shot(
@@ -69,4 +74,25 @@ def make_manifest(
                 initial_delay_s=0.02, min_interval_s=0.01, max_interval_s=0.2, timeout_s=30
             ),
         ),
+    )
+
+
+def scanning_hot_folder(
+    folder: Path, *, stable_s: float, on_news: Callable[[Any], None] = lambda news: None
+) -> HotFolder:
+    """A real ``HotFolder`` on ``folder`` for driving its scan by hand (``_stable``):
+    it reports what it sees to ``on_news``; its batch callbacks do nothing."""
+    # imported here, as the watch tests do: collecting a test file needs no watch code
+    from runner.run.context import SharedFlow
+    from runner.run.multi import BatchSettings
+    from runner.run.watch import HotFolder
+
+    return HotFolder(
+        folder,
+        SharedFlow(1, 1.0, None),
+        BatchSettings(),
+        lambda manifest: None,  # type: ignore[arg-type,return-value]
+        lambda path: None,  # type: ignore[arg-type,return-value]
+        on_news,
+        stable_s=stable_s,
     )

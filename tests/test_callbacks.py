@@ -263,8 +263,7 @@ def test_callbacks_need_far_fewer_fetches_than_polling(
         sim = sim_thread(render_time_s=RENDER_S, callback=True)
         # few in flight: the first of them are polled in full (no callback has come yet)
         batch = batch_with(tmp_path / name, 40, concurrency=4)
-        result = run_pixrun(batch, sim.base_url, *flags)
-        assert result.returncode == 0, explain(result)
+        run_pixrun(batch, sim.base_url, *flags, check=True)
         stats = sim.stats()
         assert_all_done_once(batch, stats)
         fetches[name] = stats["calls"]["fetch"] / len(batch.ids)
@@ -281,8 +280,7 @@ def test_the_stored_request_carries_no_callback(tmp_path: Path, sim_thread: SimT
 
     sim = sim_thread(callback=True, generate_hook=hook)
     batch = batch_with(tmp_path, 3)
-    result = run_pixrun(batch, sim.base_url, *LISTEN)
-    assert result.returncode == 0, explain(result)
+    run_pixrun(batch, sim.base_url, *LISTEN, check=True)
     secret = query(batch.ledger, "SELECT value FROM meta WHERE key = 'callback_secret'")[0][0]
     assert len(sent) == 3 and all(f"/{secret}/" in url for url in sent)
     stored = query(batch.ledger, "SELECT request_json FROM shots")
@@ -310,8 +308,7 @@ def test_faulty_callbacks_end_with_every_shot_done_and_paid_once(
     sim = sim_thread(render_time_s=RENDER_S, callback=True, seed=7, **knobs)
     # the manifest's run.callback this time (the command line has none)
     batch = batch_with(tmp_path, 16, callback={"listen": "127.0.0.1:0"})
-    result = run_pixrun(batch, sim.base_url)
-    assert result.returncode == 0, explain(result)
+    run_pixrun(batch, sim.base_url, check=True)
     stats = sim.stats()
     assert_all_done_once(batch, stats)
     seen = run_summary(batch)["callbacks"]
@@ -341,8 +338,7 @@ def test_a_rerun_after_a_kill_collects_tasks_whose_callbacks_were_lost(
         lambda: sim.stats(with_tasks=False)["faults"].get("callback_unreachable", 0) == 6,
         what="the callbacks to the dead receiver",
     )
-    result = run_pixrun(batch, sim.base_url, *LISTEN)
-    assert result.returncode == 0, explain(result)
+    run_pixrun(batch, sim.base_url, *LISTEN, check=True)
     assert_all_done_once(batch, sim.stats())
     # the secret survived the kill; nothing arrived for the tasks of the first run
     assert query(batch.ledger, "SELECT value FROM meta WHERE key = 'callback_secret'") == secret
@@ -438,8 +434,7 @@ def test_callbacks_that_never_arrive_are_said_once_and_polling_collects_everythi
 ) -> None:
     sim = sim_thread(render_time_s=RENDER_S, callback=True, callback_lost_share=1.0)
     batch = batch_with(tmp_path, 40)
-    result = run_pixrun(batch, sim.base_url, *LISTEN)
-    assert result.returncode == 0, explain(result)
+    run_pixrun(batch, sim.base_url, *LISTEN, check=True)
     assert_all_done_once(batch, sim.stats())
     said = query(batch.ledger, "SELECT message FROM events WHERE kind = 'callbacks_silent'")
     assert len(said) == 1 and "no callback has arrived" in said[0][0]

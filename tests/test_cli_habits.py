@@ -16,18 +16,18 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from runkit import (
     KEY,
+    Batch,
     SimThread,
     env_for,
     generate_calls,
     in_state,
     last_attempts,
+    lose_generate_answers_to,
     run_count,
-    shot_of,
     sim_tasks,
     states,
     write_manifest,
@@ -74,6 +74,16 @@ def plain_env(**extra: str) -> dict[str, str]:
     env["COLUMNS"] = "80"
     env.update(extra)
     return env
+
+
+def run_from_stdin(
+    batch: Batch, env: Mapping[str, str], work: Path
+) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """``pixrun run -`` with the batch's manifest piped in, from a new folder ``work``
+    (not the manifest's): returns the piped text and the finished run."""
+    text = batch.manifest.read_text(encoding="utf-8")
+    work.mkdir()
+    return text, pixrun_io(run_fast(), env, cwd=work, stdin=text)
 
 
 def run_fast(*extra: str) -> list[str]:
@@ -142,12 +152,10 @@ def test_run_from_stdin_keeps_its_ledger_in_the_current_folder_and_resumes(
 ) -> None:
     sim = sim_thread()
     batch = write_manifest(tmp_path / "src", 3, name="Night Shift")
-    text = batch.manifest.read_text(encoding="utf-8")
     work = tmp_path / "work"
-    work.mkdir()
     env = env_for(sim.base_url)
 
-    first = pixrun_io(run_fast(), env, cwd=work, stdin=text)
+    text, first = run_from_stdin(batch, env, work)
     assert first.returncode == 0, first.stdout + first.stderr
     ledger = work / "Night-Shift.ledger.sqlite"  # named after the batch, in the cwd
     assert states(ledger) == dict.fromkeys(batch.ids, "done")
@@ -178,17 +186,11 @@ def test_a_stopped_stdin_run_hints_at_commands_that_need_no_stdin(
 ) -> None:
     sim = sim_thread()
     config = sim.simulator.config
-
-    async def lose_s01(body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
-        config.lost_generate_share = 1.0 if shot_of(str(body["prompt"])) == "s01" else 0.0
-
-    config.generate_hook = lose_s01
+    lose_generate_answers_to(sim, "s01")
     batch = write_manifest(tmp_path, 2, name="parks")
-    text = batch.manifest.read_text(encoding="utf-8")
     work = tmp_path / "work"
-    work.mkdir()
     env = env_for(sim.base_url)
-    first = pixrun_io(run_fast(), env, cwd=work, stdin=text)
+    text, first = run_from_stdin(batch, env, work)
     assert first.returncode == 1, first.stdout + first.stderr
     ledger = work / "parks.ledger.sqlite"
     assert in_state(ledger, "ambiguous") == {"s01"}

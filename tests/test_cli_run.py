@@ -36,6 +36,7 @@ from runkit import (
     in_state,
     integrity,
     last_attempts,
+    lose_generate_answers_to,
     pixrun,
     prompt_of,
     run_args,
@@ -363,12 +364,8 @@ def test_resolve_ties_a_parked_shot_to_its_task_without_a_new_charge(
 ) -> None:
     sim = sim_thread()
     config = sim.simulator.config
-
-    async def lose_the_answer_to_s01(body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
-        # the task is created and charged, then the connection drops: the shot is parked
-        config.lost_generate_share = 1.0 if shot_of(str(body["prompt"])) == "s01" else 0.0
-
-    config.generate_hook = lose_the_answer_to_s01
+    # the task is created and charged, then the connection drops: the shot is parked
+    lose_generate_answers_to(sim, "s01")
     batch = write_manifest(tmp_path, 3)
     env = env_for(sim.base_url)
     first = pixrun(run_args(batch), env, cwd=tmp_path)

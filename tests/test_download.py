@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 import pytest
 from aiohttp import web
+from conftest import TEST_SECRET, ProviderFactory, SimFactory
 
 from runner import outputs as outputs_module
 from runner.errors import (
@@ -41,11 +42,6 @@ from runner.provider import (
 from runner.provider.download import WRITE_BYTES
 from runner.sim import Simulator, task_mp4
 
-#: a ledger's trace secret, for calls made outside a ledger
-TEST_SECRET = b"pixrun-test-trace-secret"
-
-SimFactory = Callable[..., Awaitable[Simulator]]
-ProviderFactory = Callable[..., Provider]
 REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "360p"}
 VIDEO = task_mp4("download-test")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from runkit import (
     prompt_of,
     query,
     run_args,
+    run_pixrun,
     sha256_of,
     write_manifest,
 )
@@ -42,11 +44,6 @@ def embedding_batch(folder: Path, n_shots: int, **kwargs: Any) -> Batch:
     doc["defaults"]["ratio"] = "16:9"
     batch.manifest.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return batch
-
-
-def run_ok(batch: Batch, base_url: str) -> None:
-    result = pixrun(run_args(batch), env_for(base_url), cwd=batch.dir)
-    assert result.returncode == 0, explain(result)
 
 
 def sidecar_of(path: Path) -> dict[str, Any]:
@@ -86,7 +83,7 @@ def test_a_run_tags_every_file_and_its_sidecar_keeps_both_hashes(
 ) -> None:
     sim = sim_thread()
     batch = embedding_batch(tmp_path, 3)
-    run_ok(batch, sim.base_url)
+    run_pixrun(batch, sim.base_url, check=True)
 
     served = {t["task_id"]: t for t in sim.stats()["tasks"]}
     for sid, (task_id, seed, relpath, sha256, size) in done_rows(batch).items():
@@ -127,11 +124,11 @@ def test_a_rerun_keeps_tagged_files_and_sees_a_changed_one_as_before(
     edited since."""
     sim = sim_thread()
     batch = embedding_batch(tmp_path, 3) if embed else write_manifest(tmp_path, 3)
-    run_ok(batch, sim.base_url)
+    run_pixrun(batch, sim.base_url, check=True)
     before = {sid: row[3] for sid, row in done_rows(batch).items()}
     downloads = sim.stats()["calls"]["download"]
 
-    run_ok(batch, sim.base_url)
+    run_pixrun(batch, sim.base_url, check=True)
     assert sim.stats()["calls"]["download"] == downloads
 
     (batch.out / "s00.mp4").unlink()
@@ -151,13 +148,13 @@ def test_a_rerun_keeps_tagged_files_and_sees_a_changed_one_as_before(
 def test_a_lost_ledger_adopts_the_tagged_files(sim_thread: SimThread, tmp_path: Path) -> None:
     sim = sim_thread()
     batch = embedding_batch(tmp_path, 2)
-    run_ok(batch, sim.base_url)
+    run_pixrun(batch, sim.base_url, check=True)
     before = {sid: sha for sid, (_, _, _, sha, _) in done_rows(batch).items()}
     generates = sim.stats()["calls"]["generate"]
     for leftover in tmp_path.glob(batch.ledger.name + "*"):
         leftover.unlink()
 
-    run_ok(batch, sim.base_url)
+    run_pixrun(batch, sim.base_url, check=True)
     assert sim.stats()["calls"]["generate"] == generates
     assert {sid: sha for sid, (_, _, _, sha, _) in done_rows(batch).items()} == before
     adopted = query(batch.ledger, "SELECT shot_id FROM events WHERE kind = 'adopted'")
@@ -189,7 +186,7 @@ def test_a_file_mutagen_cannot_read_is_kept_as_delivered_and_said_so(
     # the other shot is tagged; a rerun fetches neither again
     assert read_values(batch.out / rows["s00"][2])["shot_id"] == "s00"
     downloads = sim.stats()["calls"]["download"]
-    run_ok(batch, sim.base_url)
+    run_pixrun(batch, sim.base_url, check=True)
     assert sim.stats()["calls"]["download"] == downloads
 
 
@@ -202,19 +199,35 @@ def delivered_file(tmp_path: Path) -> tuple[Path, DownloadResult]:
     return part, DownloadResult(tmp_path / "clip.mp4", part.stat().st_size, sha256_of(part))
 
 
+def mp4_fails_in(monkeypatch: pytest.MonkeyPatch, method: str, failure: Callable[[], None]) -> None:
+    """mutagen's ``MP4.<method>`` runs ``failure`` (which raises) in its place."""
+
+    def instead(self: MP4, *args: Any, **kwargs: Any) -> None:
+        failure()
+
+    monkeypatch.setattr(MP4, method, instead)
+
+
+def assert_kept_untagged(
+    embedder: Embedder, part: Path, delivered: DownloadResult, reason: str
+) -> None:
+    """The embedder hands the file on as delivered, byte for byte, and says why."""
+    assert embedder(part, delivered) == delivered
+    assert embedder.untagged is not None and reason in embedder.untagged
+    assert sha256_of(part) == delivered.sha256
+
+
 def test_a_tag_write_that_fails_untouched_keeps_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     part, delivered = delivered_file(tmp_path)
 
-    def refuse(self: MP4, *args: Any, **kwargs: Any) -> None:
+    def refuse() -> None:
         raise MutagenError("no room in the moov")
 
-    monkeypatch.setattr(MP4, "save", refuse)
+    mp4_fails_in(monkeypatch, "save", refuse)
     embedder = Embedder({"shot_id": "s1"})
-    assert embedder(part, delivered) == delivered
-    assert embedder.untagged is not None and "no room in the moov" in embedder.untagged
-    assert sha256_of(part) == delivered.sha256
+    assert_kept_untagged(embedder, part, delivered, "no room in the moov")
 
 
 def test_a_tag_write_that_damages_the_file_fetches_it_again_untagged(
@@ -222,20 +235,18 @@ def test_a_tag_write_that_damages_the_file_fetches_it_again_untagged(
 ) -> None:
     part, delivered = delivered_file(tmp_path)
 
-    def damage(self: MP4, *args: Any, **kwargs: Any) -> None:
+    def damage() -> None:
         with open(part, "r+b") as fh:
             fh.truncate(100)
         raise MutagenError("cut short")
 
-    monkeypatch.setattr(MP4, "save", damage)
+    mp4_fails_in(monkeypatch, "save", damage)
     embedder = Embedder({"shot_id": "s1"})
     with pytest.raises(DownloadCorrupt, match="damaged"):
         embedder(part, delivered)
     # the next download of this shot is kept as delivered, not tagged again
     part.write_bytes(task_mp4("t1"))
-    assert embedder(part, delivered) == delivered
-    assert embedder.untagged is not None and "cut short" in embedder.untagged
-    assert sha256_of(part) == delivered.sha256
+    assert_kept_untagged(embedder, part, delivered, "cut short")
 
 
 def test_a_full_disk_while_tagging_is_a_full_disk(
@@ -243,13 +254,13 @@ def test_a_full_disk_while_tagging_is_a_full_disk(
 ) -> None:
     part, delivered = delivered_file(tmp_path)
 
-    def full(self: MP4, *args: Any, **kwargs: Any) -> None:
+    def full() -> None:
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError as exc:
             raise MutagenError(exc) from exc
 
-    monkeypatch.setattr(MP4, "save", full)
+    mp4_fails_in(monkeypatch, "save", full)
     with pytest.raises(DiskFull):
         Embedder({"shot_id": "s1"})(part, delivered)
 
@@ -259,11 +270,11 @@ def test_a_tagged_file_that_is_not_a_sound_mp4_is_never_published(
 ) -> None:
     part, delivered = delivered_file(tmp_path)
 
-    def cut(self: MP4, *args: Any, **kwargs: Any) -> None:
+    def cut() -> None:
         with open(part, "ab") as fh:
             fh.write(b"\0\0\1\0mdat")  # a box that runs past the end
 
-    monkeypatch.setattr(MP4, "save", cut)
+    mp4_fails_in(monkeypatch, "save", cut)
     with pytest.raises(DownloadCorrupt, match="tagged file is unusable"):
         Embedder({"shot_id": "s1"})(part, delivered)
 
@@ -323,7 +334,7 @@ def test_a_crash_after_tagging_publishes_nothing_and_the_rerun_finishes(
         "s00.mp4.json",
     ]
 
-    run_ok(batch, sim.base_url)
+    run_pixrun(batch, sim.base_url, check=True)
     assert sorted(p.name for p in batch.out.iterdir()) == [
         "s00.mp4",
         "s00.mp4.json",
@@ -344,11 +355,9 @@ def test_a_parser_slip_keeps_the_file_untagged(
     costs the video."""
     part, delivered = delivered_file(tmp_path)
 
-    def slip(self: MP4, *args: Any, **kwargs: Any) -> None:
+    def slip() -> None:
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr(MP4, "load", slip)
+    mp4_fails_in(monkeypatch, "load", slip)
     embedder = Embedder({"shot_id": "s1"})
-    assert embedder(part, delivered) == delivered
-    assert embedder.untagged is not None and "list index out of range" in embedder.untagged
-    assert sha256_of(part) == delivered.sha256
+    assert_kept_untagged(embedder, part, delivered, "list index out of range")

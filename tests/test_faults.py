@@ -162,8 +162,7 @@ def test_provider_outage_is_waited_out_and_nothing_fails(
         if parked:  # re-queue the lost answers: the same trace id is sent, deduplicated
             _retry_ambiguous(batch)
             # through the same proxy: the ledger knows its provider by its address
-            rerun = run_pixrun(batch, proxy.base_url)
-            assert rerun.returncode == 0, explain(rerun)
+            run_pixrun(batch, proxy.base_url, check=True)
 
     stats = _assert_complete(batch, sim)
     assert net_charges(stats) == {sid: 1 for sid in batch.ids}  # none refunded either
@@ -277,8 +276,7 @@ def test_flaky_network_path_parks_only_generates_cut_after_sending(
         # re-queue the parked shots: their trace ids are sent again and deduplicated
         _retry_ambiguous(batch)
         proxy.set_policy(lambda kind, rng: Fault(latency_s=0.005))
-        rerun = run_pixrun(batch, proxy.base_url)
-        assert rerun.returncode == 0, explain(rerun)
+        run_pixrun(batch, proxy.base_url, check=True)
         _assert_complete(batch, sim)
         cuts = {r.cut for r in proxy.records() if r.cut}
         assert {"reset_up", "reset_down", "stall_up", "stall_down"} <= cuts, cuts
@@ -411,8 +409,7 @@ def test_disk_full_while_downloading_stops_cleanly_and_a_rerun_finishes(
 
     if filler is not None:
         filler.unlink()  # space is freed (a tmpfs of 256 KiB: for tiny clips only)
-    rerun = run_pixrun(batch, sim.base_url, *(("--skip-space-check",) if filler else ()))
-    assert rerun.returncode == 0, explain(rerun)
+    run_pixrun(batch, sim.base_url, *(("--skip-space-check",) if filler else ()), check=True)
     stats = _assert_complete(batch, sim)
     after = dict(query(ledger, "SELECT shot_id, task_id FROM shots"))
     # the rendered shots were collected from their task, never generated again
@@ -494,8 +491,7 @@ def test_read_only_ledger_folder_refuses_to_start(
     assert not ledger.exists()
 
     remount("rw")
-    done = run_pixrun(batch, sim.base_url, *where)
-    assert done.returncode == 0, explain(done)
+    run_pixrun(batch, sim.base_url, *where, check=True)
     # the batch grows; the folder of the existing ledger turns read-only
     batch = write_manifest(tmp_path, 15, concurrency=8, ledger=ledger)
     remount("ro")
@@ -505,8 +501,7 @@ def test_read_only_ledger_folder_refuses_to_start(
     assert "read-only" in again.stderr.lower() and "Traceback" not in again.stderr, said
     assert len(log.seen) == 10, "a request was sent with a read-only ledger"
     remount("rw")
-    rerun = run_pixrun(batch, sim.base_url, *where)
-    assert rerun.returncode == 0, explain(rerun)
+    run_pixrun(batch, sim.base_url, *where, check=True)
     assert len(log.seen) == 15
     _assert_complete(batch, sim)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from runkit import (
@@ -28,6 +29,8 @@ from runkit import (
     states,
     write_manifest,
 )
+
+from runner.sim import SimulatorThread
 
 CONTRACT = 5
 ELSEWHERE = "/pix/fetch/{task_id}"
@@ -59,8 +62,7 @@ def test_a_fetch_route_served_elsewhere_stops_at_once_and_a_rerun_collects_for_f
     # every accepted task keeps its id in the ledger
     assert {t["task_id"] for t in accepted["tasks"]} <= ledger_task_ids(batch.ledger)
 
-    rerun = run_pixrun(batch, sim.base_url, "--provider-option", f"fetch_path={ELSEWHERE}")
-    assert rerun.returncode == 0, explain(rerun)
+    run_pixrun(batch, sim.base_url, "--provider-option", f"fetch_path={ELSEWHERE}", check=True)
     final = sim.stats()
     for shot, tasks in sim_tasks(final).items():
         assert len(tasks) == 1, f"{shot} was generated {len(tasks)} times"
@@ -85,8 +87,9 @@ def test_a_wrong_generate_route_stops_at_once_and_charges_nothing(
     assert set(states(batch.ledger).values()) == {"pending"}
     outcomes = {r[0] for r in query(batch.ledger, "SELECT outcome FROM attempts")}
     assert "mismatch" in outcomes and outcomes <= {"mismatch", "transient"}, outcomes
-    fixed = run_pixrun(batch, sim.base_url, "--provider-option", "generate_path=/pix/v2/generate")
-    assert fixed.returncode == 0, explain(fixed)
+    run_pixrun(
+        batch, sim.base_url, "--provider-option", "generate_path=/pix/v2/generate", check=True
+    )
     assert_files_match(batch, sim.stats(), batch.ids)
 
 
@@ -127,8 +130,7 @@ def test_two_ledgers_with_the_same_shots_never_get_each_others_videos(
     first = write_manifest(tmp_path / "alice", 5, concurrency=5)
     second = write_manifest(tmp_path / "bob", 5, concurrency=5)
     for batch in (first, second):
-        done = run_pixrun(batch, sim.base_url)
-        assert done.returncode == 0, explain(done)
+        run_pixrun(batch, sim.base_url, check=True)
     stats = sim.stats()
     assert stats["accepted_tasks"] == 10
     assert stats["faults"].get("deduplicated", 0) == 0
@@ -194,15 +196,22 @@ def _image_batch(folder: Path, shots: int) -> tuple[Path, Path]:
     return manifest, folder / "images.ledger.sqlite"
 
 
+def _run_images(sim: SimulatorThread, manifest: Path, *extra: str) -> dict[str, Any]:
+    """``pixrun run`` on an image batch, from its folder, to a clean finish (exit 0);
+    returns the simulator's books after it."""
+    args = ["run", str(manifest), "--quiet", "--yes", *extra]
+    done = pixrun(args, env_for(sim.base_url), cwd=manifest.parent)
+    assert done.returncode == 0, explain(done)
+    stats: dict[str, Any] = sim.stats()
+    return stats
+
+
 def test_each_distinct_local_image_is_uploaded_once_across_shots_retries_and_reruns(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
     sim = sim_thread(fail_first_attempt_share=1.0)  # every shot renders twice
     manifest, ledger = _image_batch(tmp_path, 6)
-    args = ["run", str(manifest), "--quiet", "--yes", "--backoff-base-s", "0.01"]
-    first = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
-    assert first.returncode == 0, explain(first)
-    stats = sim.stats()
+    stats = _run_images(sim, manifest, "--backoff-base-s", "0.01")
     assert stats["uploads"]["count"] == 2 and stats["uploads"]["distinct"] == 2
     assert stats["inline_image_generates"] == 0
     assert stats["accepted_tasks"] == 12  # two renders per shot, one upload per image
@@ -210,27 +219,17 @@ def test_each_distinct_local_image_is_uploaded_once_across_shots_retries_and_rer
     assert query(ledger, "SELECT COUNT(*), SUM(charged_uptc) FROM uploads")[0] == (2, 2_000)
     # a rerun with one more shot on the same images uploads nothing again
     _image_batch(tmp_path, 7)
-    again = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
-    assert again.returncode == 0, explain(again)
-    assert sim.stats()["uploads"]["count"] == 2
-    assert sim.stats()["inline_image_generates"] == 0
+    stats = _run_images(sim, manifest, "--backoff-base-s", "0.01")
+    assert stats["uploads"]["count"] == 2
+    assert stats["inline_image_generates"] == 0
 
 
 def test_inline_images_stay_available(tmp_path: Path, sim_thread: SimThread) -> None:
     sim = sim_thread()
     manifest, _ = _image_batch(tmp_path, 2)
-    args = [
-        "run",
-        str(manifest),
-        "--quiet",
-        "--yes",
-        "--provider-option",
-        "image_encoding=data_uri",
-    ]
-    done = pixrun(args, env_for(sim.base_url), cwd=tmp_path)
-    assert done.returncode == 0, explain(done)
-    assert sim.stats()["uploads"]["count"] == 0
-    assert sim.stats()["inline_image_generates"] == 2
+    stats = _run_images(sim, manifest, "--provider-option", "image_encoding=data_uri")
+    assert stats["uploads"]["count"] == 0
+    assert stats["inline_image_generates"] == 2
 
 
 def test_the_plan_prices_the_uploads_still_to_make(tmp_path: Path, sim_thread: SimThread) -> None:
@@ -247,8 +246,7 @@ def test_the_plan_prices_the_uploads_still_to_make(tmp_path: Path, sim_thread: S
     assert planned() == {"count": 2, "unit_ptc": "0.001", "subtotal_ptc": "0.002"}
     table = pixrun(["plan", str(manifest)], env, cwd=tmp_path)
     assert "2 local images to upload once each" in flat(table.stdout), explain(table)
-    args = ["run", str(manifest), "--quiet", "--yes"]
-    assert pixrun(args, env, cwd=tmp_path).returncode == 0
+    _run_images(sim, manifest)
     assert planned()["count"] == 0  # the ledger has them
 
 

@@ -51,22 +51,32 @@ def _rehearse(batch_dir: Path, manifest: Path, *extra: str) -> subprocess.Comple
     return pixrun([*args, *extra], env_for(None, key=None), cwd=batch_dir)
 
 
+def _rehearse_ok(batch_dir: Path, manifest: Path) -> Path:
+    """A rehearsal that must finish (exit 0); returns its ledger, at pixrun's default."""
+    rehearsal = _rehearse(batch_dir, manifest)
+    assert rehearsal.returncode == 0, explain(rehearsal)
+    return default_ledger_path(manifest, simulated=True)
+
+
+def _lose_ledger(ledger: Path) -> None:
+    """The ledger is gone with its WAL, shared memory and lock, as a user deletes it."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(ledger) + suffix).unlink(missing_ok=True)
+
+
 def test_a_rehearsal_then_the_real_run_delivers_the_providers_files(
     tmp_path: Path, sim_thread: SimThread
 ) -> None:
     sim = sim_thread()
     batch = write_manifest(tmp_path, 4)
-    rehearsal = _rehearse(tmp_path, batch.manifest)
-    assert rehearsal.returncode == 0, explain(rehearsal)
-    sim_ledger = default_ledger_path(batch.manifest, simulated=True)
+    sim_ledger = _rehearse_ok(tmp_path, batch.manifest)
     assert sim_ledger == tmp_path / "batch.sim.ledger.sqlite"  # the documented name
     assert sim_ledger.exists() and not batch.ledger.exists()
     rehearsed = tmp_path / "out.sim"
     assert sorted(p.name for p in rehearsed.glob("*.mp4")) == [f"{s}.mp4" for s in batch.ids]
     assert not batch.out.exists() or not any(batch.out.iterdir())
 
-    real = run_pixrun(batch, sim.base_url)
-    assert real.returncode == 0, explain(real)
+    run_pixrun(batch, sim.base_url, check=True)
     stats = sim.stats()
     assert sorted(sim_tasks(stats)) == batch.ids  # every shot rendered at the provider
     assert_files_match(batch, stats, batch.ids)
@@ -86,16 +96,13 @@ def test_a_rehearsal_ledger_never_meets_the_real_provider(
 ) -> None:
     sim = sim_thread()
     batch = write_manifest(tmp_path, 3)
-    rehearsal = _rehearse(tmp_path, batch.manifest)
-    assert rehearsal.returncode == 0, explain(rehearsal)
-    sim_ledger = default_ledger_path(batch.manifest, simulated=True)
+    sim_ledger = _rehearse_ok(tmp_path, batch.manifest)
     real = run_pixrun(batch, sim.base_url, "--ledger", str(sim_ledger))
     said = explain(real)
     assert real.returncode == 2 and "rehearsal" in real.stderr and "--simulate" in real.stderr, said
     assert generate_calls(sim) == 0
     # and a real ledger never takes a rehearsal
-    first = run_pixrun(batch, sim.base_url)
-    assert first.returncode == 0, explain(first)
+    run_pixrun(batch, sim.base_url, check=True)
     mixed = _rehearse(tmp_path, batch.manifest, "--ledger", str(batch.ledger))
     assert mixed.returncode == 2 and "real work" in mixed.stderr, explain(mixed)
     # nor does resolve tie a rehearsal's shot to a real task, or a real one through the
@@ -196,13 +203,10 @@ def test_a_lost_ledger_adopts_every_file_and_sends_nothing(
 ) -> None:
     sim = sim_thread()
     batch = write_manifest(tmp_path, 5)
-    first = run_pixrun(batch, sim.base_url)
-    assert first.returncode == 0, explain(first)
+    run_pixrun(batch, sim.base_url, check=True)
     before = generate_calls(sim)
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
-    again = run_pixrun(batch, sim.base_url)
-    assert again.returncode == 0, explain(again)
+    _lose_ledger(batch.ledger)
+    run_pixrun(batch, sim.base_url, check=True)
     assert generate_calls(sim) == before
     assert set(states(batch.ledger).values()) == {"done"}
     adopted = query(batch.ledger, "SELECT COUNT(*) FROM events WHERE kind = 'adopted'")[0][0]
@@ -218,21 +222,17 @@ def test_a_lost_ledger_never_adopts_another_providers_or_a_rehearsals_files(
     simulator's clips the deliverables. Nor may a rehearsal's clips copied over."""
     rehearsal_host, real = sim_thread(), sim_thread()
     batch = write_manifest(tmp_path, 3)
-    first = run_pixrun(batch, rehearsal_host.base_url)
-    assert first.returncode == 0, explain(first)
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    run_pixrun(batch, rehearsal_host.base_url, check=True)
+    _lose_ledger(batch.ledger)
     again = run_pixrun(batch, real.base_url)
     assert again.returncode == 2, explain(again)
     assert rehearsal_host.base_url in again.stderr and "s01.mp4" in again.stderr
     assert generate_calls(real) == 0
     # a rehearsal's clips put where the real ones go are refused the same way
-    rehearsal = _rehearse(tmp_path, batch.manifest)
-    assert rehearsal.returncode == 0, explain(rehearsal)
+    _rehearse_ok(tmp_path, batch.manifest)
     for clip in (tmp_path / "out.sim").iterdir():
         (batch.out / clip.name).write_bytes(clip.read_bytes())
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    _lose_ledger(batch.ledger)
     copied = run_pixrun(batch, real.base_url)
     assert copied.returncode == 2 and "simulator" in copied.stderr, explain(copied)
     assert generate_calls(real) == 0
@@ -250,8 +250,7 @@ def test_a_lost_ledger_after_a_reroll_says_the_file_is_a_reroll(
     reroll = pixrun(["retry", str(batch.manifest), "--shot", "s01", "--new-seed"], env, cwd=cwd)
     assert reroll.returncode == 0, explain(reroll)
     assert run_pixrun(batch, sim.base_url).returncode == 0
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(batch.ledger) + suffix).unlink(missing_ok=True)
+    _lose_ledger(batch.ledger)
     before = generate_calls(sim)
     again = run_pixrun(batch, sim.base_url)
     said = explain(again)
@@ -290,8 +289,7 @@ def test_changed_done_shots_are_not_rebought_without_consent(
     --rerender-changed it re-renders them and keeps the old files as .v1."""
     sim = sim_thread()
     batch = write_manifest(tmp_path, 3)
-    first = run_pixrun(batch, sim.base_url)
-    assert first.returncode == 0, explain(first)
+    run_pixrun(batch, sim.base_url, check=True)
     old = {sid: sha256_of(batch.out / f"{sid}.mp4") for sid in batch.ids}
     _edit_quality(batch.manifest, "540p")
     held = pixrun(run_args(batch, output="--json-logs"), env_for(sim.base_url), cwd=tmp_path)
@@ -304,8 +302,7 @@ def test_changed_done_shots_are_not_rebought_without_consent(
     assert summary["type"] == "summary" and sorted(summary["held_changed"]) == batch.ids
     assert set(states(batch.ledger).values()) == {"done"}
 
-    rerendered = run_pixrun(batch, sim.base_url, "--rerender-changed")
-    assert rerendered.returncode == 0, explain(rerendered)
+    run_pixrun(batch, sim.base_url, "--rerender-changed", check=True)
     stats = sim.stats()
     assert stats["accepted_tasks"] == 6
     assert_files_match(batch, stats, batch.ids)  # the new renders, at the usual names
@@ -414,9 +411,7 @@ def test_a_deleted_clip_of_a_rehearsal_comes_back_through_a_fresh_fetch(tmp_path
     points at the previous run's simulator (gone): the download refreshes its URL with a
     free fetch, and the state file's simulator still knows the task."""
     batch = write_manifest(tmp_path, 3)
-    rehearsal = _rehearse(tmp_path, batch.manifest)
-    assert rehearsal.returncode == 0, explain(rehearsal)
-    sim_ledger = default_ledger_path(batch.manifest, simulated=True)
+    sim_ledger = _rehearse_ok(tmp_path, batch.manifest)
     clip = tmp_path / "out.sim" / "s01.mp4"
     recorded = query(sim_ledger, "SELECT sha256 FROM shots WHERE shot_id = 's01'")[0][0]
     clip.unlink()
@@ -435,8 +430,7 @@ def test_download_hosts_that_refuse_get_fresh_urls_and_nothing_is_generated_agai
 ) -> None:
     sim = sim_thread(dead_url_share=0.5, seed=4)
     batch = write_manifest(tmp_path, 8)
-    done = run_pixrun(batch, sim.base_url)
-    assert done.returncode == 0, explain(done)
+    run_pixrun(batch, sim.base_url, check=True)
     stats = sim.stats()
     assert all(len(t) == 1 for t in sim_tasks(stats).values())
     assert_files_match(batch, stats, batch.ids)
@@ -459,8 +453,7 @@ def test_a_download_that_never_works_ends_the_shot_in_time_and_a_rerun_fetches_i
     # counted as "downloading", the summary says why they are not done and what a rerun does
     assert "2 not downloaded" in flat(first.stdout) and "no charge" in flat(first.stdout), said
     sim.simulator.config.dead_urls_always = False  # the CDN is back
-    rerun = run_pixrun(batch, sim.base_url)
-    assert rerun.returncode == 0, explain(rerun)
+    run_pixrun(batch, sim.base_url, check=True)
     stats = sim.stats()
     assert stats["accepted_tasks"] == 2  # collected, never generated again
     assert_files_match(batch, stats, batch.ids)
@@ -517,8 +510,7 @@ def test_downloads_that_work_again_end_the_quick_give_ups(
     counts = state_counts(batch.ledger)
     assert code == 1 and counts["done"] >= 1 and counts["rendered"] >= 5, counts
     assert _events_of(batch.ledger, "downloads_back") == 1
-    rerun = run_pixrun(batch, sim.base_url)
-    assert rerun.returncode == 0, explain(rerun)
+    run_pixrun(batch, sim.base_url, check=True)
     stats = sim.stats()
     assert stats["accepted_tasks"] == 14  # collected, never generated again
     assert_files_match(batch, stats, batch.ids)

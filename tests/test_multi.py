@@ -29,9 +29,11 @@ from runkit import (
     query,
     start,
     states,
+    submitted_count,
     wait_until,
     write_manifest,
 )
+from shots import scanning_hot_folder
 
 from runner.run.flow import SharedSlots
 
@@ -257,10 +259,7 @@ def test_ctrl_c_stops_every_manifest_and_a_rerun_finishes_them(
     args = ["run", str(a.manifest), str(b.manifest), "--yes", "--quiet", *FLAGS]
     running = start(args, env_for(sim.base_url), cwd=tmp_path, tag="first")
     wait_until(
-        lambda: (
-            a.ledger.exists()
-            and query(a.ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] >= 1
-        ),
+        lambda: submitted_count(a.ledger) >= 1,
         what="a task in flight",
     )
     running.signal(signal.SIGINT)
@@ -392,19 +391,11 @@ def test_watch_simulate_keeps_rehearsal_ledgers_apart(tmp_path: Path) -> None:
 
 
 async def test_only_a_file_unchanged_for_a_moment_counts(tmp_path: Path) -> None:
-    from runner.run.context import SharedFlow
-    from runner.run.multi import BatchSettings
-    from runner.run.watch import HotFolder
-
     found: list[str] = []
-    hot = HotFolder(
+    hot = scanning_hot_folder(
         tmp_path,
-        SharedFlow(1, 1.0, None),
-        BatchSettings(),
-        lambda manifest: None,  # type: ignore[arg-type,return-value]
-        lambda path: None,  # type: ignore[arg-type,return-value]
-        lambda news: found.append(f"{news.kind} {news.path.name}"),
         stable_s=3600.0,
+        on_news=lambda news: found.append(f"{news.kind} {news.path.name}"),
     )
     dropped = tmp_path / "a.yaml"
     dropped.write_text("version: 1\n")

@@ -6,6 +6,7 @@ import asyncio
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import yaml
 from click.testing import CliRunner
@@ -46,6 +47,14 @@ def write_manifest(folder: Path, prompts: dict[str, str]) -> Path:
     return path
 
 
+def plan_json(manifest: Path) -> dict[str, Any]:
+    """``pixrun plan --format json`` in process; it must succeed."""
+    result = CliRunner().invoke(cli, ["plan", str(manifest), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    plan: dict[str, Any] = json.loads(result.stdout)
+    return plan
+
+
 async def record_earlier_run(manifest: Path) -> None:
     loaded = load_manifest(manifest)
     ledger_path = manifest.with_name("planned.ledger.sqlite")
@@ -75,9 +84,7 @@ def test_plan_reads_the_ledger_and_prices_only_what_remains(tmp_path: Path) -> N
     # s5 changes its prompt; s6 and s7 are untouched and pending
     prompts["s5"] = "a different prompt"
     write_manifest(tmp_path, prompts)
-    result = CliRunner().invoke(cli, ["plan", str(manifest), "--format", "json"])
-    assert result.exit_code == 0, result.output
-    plan = json.loads(result.stdout)
+    plan = plan_json(manifest)
     (group,) = plan["groups"]
     assert group["by_status"] == {
         "done": 2,
@@ -160,9 +167,7 @@ def test_a_changed_shot_caught_mid_submit_is_planned_as_parked_as_the_run_parks_
     asyncio.run(crash_mid_submit())
     prompts["s0"] = "an edited prompt"
     write_manifest(tmp_path, prompts)
-    result = CliRunner().invoke(cli, ["plan", str(manifest), "--format", "json"])
-    assert result.exit_code == 0, result.output
-    plan = json.loads(result.stdout)
+    plan = plan_json(manifest)
     (group,) = plan["groups"]
     assert group["by_status"] == {"parked": 1, "to_submit": 1}
     assert plan["remaining_count"] == 1

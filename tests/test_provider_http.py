@@ -14,9 +14,10 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from conftest import TEST_SECRET, ProviderFactory, SimFactory
 from PIL import Image
 from runkit import free_port
 
@@ -32,16 +33,11 @@ from runner.errors import (
     TransientError,
 )
 from runner.provider import TRACE_HEADER, Provider, trace_id_for
-from runner.sim import Simulator
 
-#: a ledger's trace secret, for calls made outside a ledger
-TEST_SECRET = b"pixrun-test-trace-secret"
-
-SimFactory = Callable[..., Awaitable[Simulator]]
-ProviderFactory = Callable[..., Provider]
 REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "720p", "duration": 8}
 REQUEST_PRICE_PTC = "0.4"  # 0.1 x 2 (720p) x 2 (8 s)
 
+E = TypeVar("E", bound=Exception)
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -57,6 +53,16 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | No
             length = int(line.split(b":", 1)[1])
     body = await reader.readexactly(length) if length else b""
     return head, body
+
+
+async def refusals_of(provider: Provider, error: type[E]) -> E:
+    """A generate and a fetch are both refused with ``error`` (a refusal class holds for
+    every call, not only the paid one); returns the generate's refusal."""
+    with pytest.raises(error) as info:
+        await provider.generate(REQUEST, trace_id="t")
+    with pytest.raises(error):
+        await provider.fetch("1")
+    return info.value
 
 
 @asynccontextmanager
@@ -103,12 +109,9 @@ async def test_refused_connection_is_transient_not_ambiguous(
     provider_factory: ProviderFactory,
 ) -> None:
     provider = provider_factory(f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(TransientError) as info:
-        await provider.generate(REQUEST, trace_id="t")
-    assert type(info.value) is TransientError
-    assert "nothing was sent" in str(info.value)
-    with pytest.raises(TransientError):
-        await provider.fetch("1")
+    refusal = await refusals_of(provider, TransientError)
+    assert type(refusal) is TransientError
+    assert "nothing was sent" in str(refusal)
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
@@ -196,11 +199,8 @@ async def test_wrong_key_is_auth_refused(
 ) -> None:
     sim = await sim_factory()
     provider = provider_factory(sim, api_key="sk-wrong-key-987")
-    with pytest.raises(AuthRefused) as info:
-        await provider.generate(REQUEST, trace_id="t")
-    assert info.value.exit_code == 3
-    with pytest.raises(AuthRefused):
-        await provider.fetch("1")
+    refusal = await refusals_of(provider, AuthRefused)
+    assert refusal.exit_code == 3
     assert sim.stats()["refusals"]["auth"] == 2
 
 
@@ -222,12 +222,9 @@ async def test_rate_limit_carries_retry_after(
 ) -> None:
     sim = await sim_factory(rate_limit_share=1.0, retry_after_s=0.05)
     provider = provider_factory(sim)
-    with pytest.raises(RateLimited) as info:
-        await provider.generate(REQUEST, trace_id="t")
-    assert type(info.value) is RateLimited
-    assert info.value.retry_after_s == pytest.approx(0.05)
-    with pytest.raises(RateLimited):
-        await provider.fetch("1")
+    refusal = await refusals_of(provider, RateLimited)
+    assert type(refusal) is RateLimited
+    assert refusal.retry_after_s == pytest.approx(0.05)
     assert sim.stats()["accepted_tasks"] == 0
 
 
@@ -248,11 +245,8 @@ async def test_server_errors_are_transient_and_create_nothing(
 ) -> None:
     sim = await sim_factory(error_5xx_share=1.0)
     provider = provider_factory(sim)
-    with pytest.raises(TransientError) as info:
-        await provider.generate(REQUEST, trace_id="t")
-    assert info.value.status == 503
-    with pytest.raises(TransientError):
-        await provider.fetch("1")
+    refusal = await refusals_of(provider, TransientError)
+    assert refusal.status == 503
     assert sim.stats()["accepted_tasks"] == 0
 
 

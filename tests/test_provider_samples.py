@@ -3,16 +3,15 @@ run against both response dialects of the simulator."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TEST_SECRET, ProviderFactory, SimFactory, final_state
 
 from runner.errors import (
     AmbiguousSubmit,
@@ -39,10 +38,7 @@ from runner.provider import (
 )
 from runner.provider.dialects import parse_upload
 from runner.provider.verdicts import Call, parse_retry_after
-from runner.sim import Simulator, shot_key_of
-
-#: a ledger's trace secret, for calls made outside a ledger
-TEST_SECRET = b"pixrun-test-trace-secret"
+from runner.sim import shot_key_of
 
 SAMPLES = Path(__file__).parent / "data" / "api-samples"
 
@@ -382,18 +378,7 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- one contract suite, both dialects, over real HTTP ---------------------------------
 
-SimFactory = Callable[..., Awaitable[Simulator]]
-ProviderFactory = Callable[..., Provider]
 TEXT_REQUEST = {"prompt": "a red fox in snow", "model": "v4.5", "quality": "540p", "duration": 5}
-
-
-async def wait_final(provider: Provider, task_id: str) -> TaskState:
-    for _ in range(200):
-        state = await provider.fetch(task_id)
-        if state.status not in (TaskStatus.QUEUED, TaskStatus.RENDERING):
-            return state
-        await asyncio.sleep(0.01)
-    raise AssertionError("the task never finished")
 
 
 @pytest.fixture(params=["pixverse", "gateway"])
@@ -417,7 +402,7 @@ async def test_contract_lifecycle(
     first = await provider.fetch(task_id)
     assert first.status in (TaskStatus.QUEUED, TaskStatus.RENDERING)
     assert first.video_url is None
-    done = await wait_final(provider, task_id)
+    done = await final_state(provider, task_id, polls=200)
     assert done.status is TaskStatus.SUCCEEDED
     assert done.task_id == task_id
     assert done.video_url is not None
@@ -439,16 +424,16 @@ async def test_contract_moderation_and_failure(
         {**TEXT_REQUEST, "prompt": "a Forbidden scene"},
         trace_id=trace_id_for("m", 1, secret=TEST_SECRET),
     )
-    assert (await wait_final(provider, moderated)).status is TaskStatus.MODERATED
+    assert (await final_state(provider, moderated, polls=200)).status is TaskStatus.MODERATED
     failed = await provider.generate(
         TEXT_REQUEST, trace_id=trace_id_for("f", 1, secret=TEST_SECRET)
     )
-    state = await wait_final(provider, failed)
+    state = await final_state(provider, failed, polls=200)
     assert state.status is TaskStatus.FAILED and state.message
     retried = await provider.generate(
         TEXT_REQUEST, trace_id=trace_id_for("f", 2, secret=TEST_SECRET)
     )
-    assert (await wait_final(provider, retried)).status is TaskStatus.SUCCEEDED
+    assert (await final_state(provider, retried, polls=200)).status is TaskStatus.SUCCEEDED
 
 
 async def test_contract_refusals(

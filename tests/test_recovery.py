@@ -27,12 +27,12 @@ from runkit import (
     generate_calls,
     in_state,
     ledger_task_ids,
+    lose_generate_answers_to,
     pixrun,
     query,
     run_args,
     run_pixrun,
     sha256_of,
-    shot_of,
     sim_seed,
     sim_tasks,
     states,
@@ -46,11 +46,7 @@ def _park_s01(sim: SimulatorThread, batch: Batch) -> dict[str, Any]:
     """Run the batch with s01's generate answer lost: s01 is parked, its task exists
     on the provider's side (returned), the other shots are done."""
     config = sim.simulator.config
-
-    async def lose_the_answer_to_s01(body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
-        config.lost_generate_share = 1.0 if shot_of(str(body["prompt"])) == "s01" else 0.0
-
-    config.generate_hook = lose_the_answer_to_s01
+    lose_generate_answers_to(sim, "s01")
     first = run_pixrun(batch, sim.base_url)
     config.generate_hook = None
     config.lost_generate_share = 0.0
@@ -119,8 +115,7 @@ def test_resolve_refuses_a_task_made_from_another_prompt(
     batch = write_manifest(tmp_path / "mine", 3)
     _park_s01(sim, batch)
     other = write_manifest(tmp_path / "theirs", 2, scenes={"s01": "a busy street"})
-    done = run_pixrun(other, sim.base_url)
-    assert done.returncode == 0, explain(done)
+    run_pixrun(other, sim.base_url, check=True)
     (theirs,) = [t for t in sim_tasks(sim.stats())["s01"] if "busy street" in t["prompt"]]
     refused = _resolve(batch, sim, theirs["task_id"])
     assert refused.returncode == 2, explain(refused)
@@ -137,8 +132,7 @@ def test_resolve_checks_the_seed_when_the_shot_sets_one(
     task = _park_s01(sim, batch)
     other = write_manifest(tmp_path / "theirs", 2)  # the same prompt, another seed
     _set_seeds(other, {"s01": 6})
-    done = run_pixrun(other, sim.base_url)
-    assert done.returncode == 0, explain(done)
+    run_pixrun(other, sim.base_url, check=True)
     (theirs,) = [t for t in sim_tasks(sim.stats())["s01"] if t["task_id"] != task["task_id"]]
     refused = _resolve(batch, sim, theirs["task_id"])
     assert refused.returncode == 2, explain(refused)
@@ -147,8 +141,7 @@ def test_resolve_checks_the_seed_when_the_shot_sets_one(
     # the right task passes every check
     tied = _resolve(batch, sim, task["task_id"])
     assert tied.returncode == 0, explain(tied)
-    again = run_pixrun(batch, sim.base_url)
-    assert again.returncode == 0, explain(again)
+    run_pixrun(batch, sim.base_url, check=True)
     assert generate_calls(sim) == 5  # 3 of mine, 2 of theirs: none again
 
 
@@ -189,8 +182,7 @@ def test_retry_moderated_requeues_what_the_summary_says(
     assert "re-queued 1 shot;" in moderated.stdout
     assert states(batch.ledger)["s01"] == "pending"
     sim.simulator.config.moderated_words = ()  # the prompt was dealt with
-    again = run_pixrun(batch, sim.base_url)
-    assert again.returncode == 0, explain(again)
+    run_pixrun(batch, sim.base_url, check=True)
     assert_files_match(batch, sim.stats(), batch.ids)
 
 
@@ -223,8 +215,7 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
     sim = sim_thread()
     batch = write_manifest(tmp_path, 2)
     env = env_for(sim.base_url)
-    first = run_pixrun(batch, sim.base_url)
-    assert first.returncode == 0, explain(first)
+    run_pixrun(batch, sim.base_url, check=True)
     clip = batch.out / "s00.mp4"
     v1_bytes = clip.read_bytes()
 
@@ -250,8 +241,7 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
     # the plan counts it as to submit (not as changed): the manifest entry is the same
     assert _plan_statuses(batch, env) == {"to_submit": 1, "done": 1}
 
-    second = run_pixrun(batch, sim.base_url)
-    assert second.returncode == 0, explain(second)
+    run_pixrun(batch, sim.base_url, check=True)
     tasks = sim_tasks(sim.stats())
     assert len(tasks["s00"]) == 2 and len(tasks["s01"]) == 1
     assert sim_seed(sim, tasks["s00"][1]["task_id"]) == seed  # rendered with the new seed
@@ -264,8 +254,7 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
     assert _versions(batch, "s00") == {1: "s00.v1.mp4"}
 
     # the re-roll survives later runs of the unchanged manifest
-    third = run_pixrun(batch, sim.base_url)
-    assert third.returncode == 0, explain(third)
+    run_pixrun(batch, sim.base_url, check=True)
     assert generate_calls(sim) == 3
     assert query(batch.ledger, "SELECT version, state FROM shots WHERE shot_id='s00'") == [
         (2, "done")
@@ -274,8 +263,7 @@ def test_reroll_renders_a_new_version_with_a_fresh_seed_and_keeps_the_old_one(
 
     # an edit of the shot in the manifest is a real change: it drops the re-roll's seed
     write_manifest(tmp_path, 2, scenes={"s00": "a stormy sea"})
-    fourth = run_pixrun(batch, sim.base_url, "--rerender-changed")
-    assert fourth.returncode == 0, explain(fourth)
+    run_pixrun(batch, sim.base_url, "--rerender-changed", check=True)
     ((version, override, request_json),) = query(
         batch.ledger, "SELECT version, seed_override, request_json FROM shots WHERE shot_id='s00'"
     )
@@ -315,13 +303,11 @@ def test_a_removed_shots_deleted_file_is_not_downloaded_again(
     sim = sim_thread()
     batch = write_manifest(tmp_path, 3)
     env = env_for(sim.base_url)
-    first = run_pixrun(batch, sim.base_url)
-    assert first.returncode == 0, explain(first)
+    run_pixrun(batch, sim.base_url, check=True)
     write_manifest(tmp_path, 2)  # s02 dropped from the manifest ...
     (batch.out / "s02.mp4").unlink()  # ... and its file deleted
     downloads = sim.stats()["calls"]["download"]
-    again = run_pixrun(batch, sim.base_url)
-    assert again.returncode == 0, explain(again)
+    run_pixrun(batch, sim.base_url, check=True)
     assert not (batch.out / "s02.mp4").exists()
     assert sim.stats()["calls"]["download"] == downloads
     # nor re-rolled: no run would render it (and the other shot named is left alone)
@@ -334,8 +320,7 @@ def test_a_removed_shots_deleted_file_is_not_downloaded_again(
     assert query(batch.ledger, "SELECT MAX(version) FROM shots") == [(1,)]
     # a shot of the manifest whose file vanished is still downloaded again
     (batch.out / "s01.mp4").unlink()
-    third = run_pixrun(batch, sim.base_url)
-    assert third.returncode == 0, explain(third)
+    run_pixrun(batch, sim.base_url, check=True)
     assert (batch.out / "s01.mp4").exists() and not (batch.out / "s02.mp4").exists()
 
 
@@ -362,8 +347,7 @@ def test_a_sqlite_file_of_another_program_is_refused_untouched(
     # an empty file, or a new path, becomes a ledger
     empty = tmp_path / "empty.sqlite"
     empty.touch()
-    made = run_pixrun(batch, sim.base_url, "--ledger", str(empty))
-    assert made.returncode == 0, explain(made)
+    run_pixrun(batch, sim.base_url, "--ledger", str(empty), check=True)
     assert states(empty) == {"s00": "done"}
 
 

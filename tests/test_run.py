@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SIM_KEY
+from conftest import SIM_KEY, SimFactory
 from runkit import assert_outputs_match, query
 from shots import make_manifest, make_shot
 
@@ -22,8 +21,6 @@ from runner.run.batch import BatchOutcome, run_batch
 from runner.run.events import RunEvent, RunEventKind, RunSnapshot
 from runner.run.setup import RunOverrides
 from runner.sim import Simulator
-
-SimFactory = Callable[..., Awaitable[Simulator]]
 
 
 class Recorder:

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import SIM_KEY
+from conftest import SIM_KEY, TEST_SECRET, ProviderFactory, SimFactory, final_state
 
 from runner.errors import (
     AmbiguousSubmit,
@@ -32,14 +32,8 @@ from runner.errors import (
 )
 from runner.money import to_uptc
 from runner.pricing import price_of
-from runner.provider import Provider, TaskState, TaskStatus, mp4_problem, trace_id_for
+from runner.provider import TaskStatus, mp4_problem, trace_id_for
 from runner.sim import SimConfig, Simulator, SimulatorThread, task_mp4, tiny_mp4
-
-#: a ledger's trace secret, for calls made outside a ledger
-TEST_SECRET = b"pixrun-test-trace-secret"
-
-SimFactory = Callable[..., Awaitable[Simulator]]
-ProviderFactory = Callable[..., Provider]
 
 
 def request_for(i: int) -> dict[str, Any]:
@@ -56,15 +50,6 @@ def request_for(i: int) -> dict[str, Any]:
     if fast:
         request["motion_mode"] = "fast"
     return request
-
-
-async def final_state(provider: Provider, task_id: str) -> TaskState:
-    for _ in range(300):
-        state = await provider.fetch(task_id)
-        if state.status not in (TaskStatus.QUEUED, TaskStatus.RENDERING):
-            return state
-        await asyncio.sleep(0.01)
-    raise AssertionError("never finished")
 
 
 async def test_books_n_tasks_charged_by_the_price_rule(

@@ -27,9 +27,11 @@ from runkit import (
     run_args,
     start,
     state_counts,
+    submitted_count,
     wait_until,
     write_manifest,
 )
+from shots import scanning_hot_folder
 
 from runner.errors import UsageError
 from runner.provider.config import checked_settings
@@ -143,10 +145,7 @@ def test_a_manifest_written_to_while_it_runs_runs_again_before_done(
     watching = start(_watch(hot), env_for(sim.base_url), cwd=tmp_path, tag="watch")
     try:
         wait_until(
-            lambda: (
-                ledger.exists()
-                and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
-            ),
+            lambda: submitted_count(ledger) == 2,
             what="the first half at the provider",
         )
         with (hot / "a.yaml").open("a", encoding="utf-8") as fh:  # the writer goes on
@@ -169,10 +168,7 @@ def test_a_second_watch_on_the_folder_exits_2_and_touches_nothing(
     first = start(_watch(hot), env_for(sim.base_url), cwd=tmp_path, tag="first")
     try:
         wait_until(
-            lambda: (
-                ledger.exists()
-                and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] > 0
-            ),
+            lambda: submitted_count(ledger) > 0,
             what="a rendering",
         )
         second = pixrun(_watch(hot, "--once"), env_for(sim.base_url), cwd=tmp_path)
@@ -216,10 +212,7 @@ def _watching_two_of(sim: SimThread, tmp_path: Path, n: int) -> tuple[Path, Path
     args = ["watch", str(hot), "--stable-s", "0.1", "--no-color"]
     watching = start(args, env_for(sim.base_url), cwd=tmp_path, tag="watch")
     wait_until(
-        lambda: (
-            ledger.exists()
-            and query(ledger, "SELECT COUNT(*) FROM shots WHERE state = 'submitted'")[0][0] == 2
-        ),
+        lambda: submitted_count(ledger) == 2,
         what="two at the provider",
     )
     return hot, ledger, watching
@@ -292,19 +285,7 @@ async def test_a_folder_that_cannot_be_read_for_a_moment_forgets_nothing(
 ) -> None:
     """A hiccup listing the folder (a network mount) used to read as "every file gone":
     a stopped manifest lost its hold and ran again (the brake's failures paid again)."""
-    from runner.run.context import SharedFlow
-    from runner.run.multi import BatchSettings
-    from runner.run.watch import HotFolder
-
-    hot = HotFolder(
-        tmp_path,
-        SharedFlow(1, 1.0, None),
-        BatchSettings(),
-        lambda manifest: None,  # type: ignore[arg-type,return-value]
-        lambda path: None,  # type: ignore[arg-type,return-value]
-        lambda news: None,
-        stable_s=0.0,
-    )
+    hot = scanning_hot_folder(tmp_path, stable_s=0.0)
     stopped = tmp_path / "a.yaml"
     stopped.write_text("version: 1\n")
     hot._hold(stopped)
