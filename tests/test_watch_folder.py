@@ -237,6 +237,9 @@ def test_a_manifest_removed_while_it_runs_is_withdrawn_and_sends_no_more(
     counts = state_counts(ledger)
     assert counts["pending"] >= 1 and counts["done"] + counts["pending"] == 6, counts
     assert generate_calls(sim) == counts["done"]  # what was in flight was collected
+    # the run itself says it was withdrawn, not that it ran out of work
+    summary = json.loads(query(ledger, "SELECT summary FROM runs")[-1][0])
+    assert summary["stop_reason"] == "withdrawn", summary
     assert set(net_charges(sim.stats()).values()) == {1}
 
 

@@ -338,8 +338,5 @@ def missing_ledger_hint(manifest: Path, *, simulated: bool) -> str:
         return "a rehearsal ledger exists: add --simulate"
     if simulated and exists(False):
         return "only the real ledger exists: drop --simulate"
-    watched = watched_ledger(where, simulated=simulated)
-    if watched is not None:
-        return f"a watched folder's batch: its ledger is {watched} (--ledger {watched})"
     run = f"pixrun run {manifest}{' --simulate' if simulated else ''}"
     return f"'{run}' creates it; a ledger elsewhere: --ledger PATH"

@@ -244,7 +244,10 @@ def run_cmd(
         callback_url=callback_url,
     )
     sim = SimulatorSettings(render_time_s=sim_render_time) if simulate else None
+    # opt-in, before the run starts its threads (they inherit it); see runner.placement.
+    # --all-cpus (the old opt-out) is the default now and kept only for old scripts.
     del all_cpus
+    cpu = keep_to_one_cpu() if pin_cpu else None
     if len(manifests) > 1:
         from runner.cli.multi_cmds import run_several
 
@@ -266,7 +269,7 @@ def run_cmd(
             rules=rules,
             rerender_changed=rerender_changed,
             check_space=not skip_space_check,
-            cpu=keep_to_one_cpu() if pin_cpu else None,
+            cpu=cpu,
         )
         sys.exit(code)
     manifest = manifests[0]
@@ -274,9 +277,6 @@ def run_cmd(
         loaded = manifest_loader(prices, rules)(manifest)
     notice.add(loaded.name, loaded.run.notify)
     observer = make_observer(mode, console, title=f"pixrun run · {loaded.name}")
-    # opt-in, before the run starts its threads (they inherit it); see runner.placement.
-    # --all-cpus (the old opt-out) is the default now and kept only for old scripts.
-    cpu = keep_to_one_cpu() if pin_cpu else None
     batch = run_batch(
         loaded,
         observer,

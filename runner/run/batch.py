@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -83,7 +83,7 @@ class BatchOutcome:
 
 
 def _install_signals(
-    schedulers: list[Scheduler], on_stop: Callable[[], None] | None = None
+    schedulers: Iterable[Scheduler], on_stop: Callable[[], None] | None = None
 ) -> Callable[[], None]:
     """Ctrl-C (or SIGTERM) stops every scheduler given; a second one ends the process.
     ``on_stop`` is called too (the hot folder stops watching)."""

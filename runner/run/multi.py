@@ -141,14 +141,13 @@ class BatchSet:
         self.flow = flow
         self.settings = settings
         self._observer_for = observer_for
-        self.schedulers: list[Scheduler] = []
         self._go = asyncio.Event()
         self._stopping = False
         #: the plans claimed under the overall cap, per ledger (see :meth:`_claim`)
         self._claims: dict[Path, int] = {}
         #: one callback receiver per HOST:PORT, shared by the batches listening there
         self.receivers = ReceiverPool()
-        #: each running batch's scheduler, by its manifest's path (see :meth:`withdraw`)
+        #: each running batch's scheduler, by its manifest's path (Ctrl-C, withdraw)
         self._running: dict[Path, Scheduler] = {}
         #: the files each prepared batch writes: its output folder and the names in it
         self._outputs: dict[Path, tuple[str, Path, frozenset[str]]] = {}
@@ -160,7 +159,7 @@ class BatchSet:
         """Stop every batch (Ctrl-C); one prepared later stops at once."""
         self._stopping = True
         self._go.set()
-        for scheduler in self.schedulers:
+        for scheduler in list(self._running.values()):
             scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
 
     def withdraw(self, path: Path, message: str) -> None:
@@ -178,7 +177,7 @@ class BatchSet:
             if on_stop is not None:
                 on_stop()
 
-        return _install_signals(self.schedulers, stopped)
+        return _install_signals(self._running.values(), stopped)
 
     async def prepare(
         self, manifest: Manifest, rank: tuple[int, int]
@@ -227,14 +226,12 @@ class BatchSet:
                 ready.set_result(None)
                 self._outputs[ledger] = _outputs_of(manifest, s.simulate is not None)
                 await self._go.wait()
-                self.schedulers.append(batch.scheduler)
                 self._running[manifest.path] = batch.scheduler
                 if self._stopping:
                     batch.scheduler.request_stop(StopReason.INTERRUPTED, "interrupted: stopping")
                 try:
                     outcome = await batch.run()
                 finally:
-                    self.schedulers.remove(batch.scheduler)
                     self._running.pop(manifest.path, None)
                 if ledger in self._claims:
                     # what it did not spend (failures, a stop) is free for later drops
