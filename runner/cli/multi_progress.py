@@ -270,7 +270,7 @@ def render_summaries(
         print_problems(end.problems, err)
         hint = f" ({clean(end.error.hint)})" if end.error is not None and end.error.hint else ""
         # a refusal before spending says so itself: say it once
-        told = "nothing was sent" in message
+        told = "nothing was sent" in message.lower()
         tail = "" if told else "; nothing was sent for it"
         console.print(
             Text.assemble(("skipped", "bold red"), f": {clean(message)}{tail}{hint}"),

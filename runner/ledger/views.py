@@ -57,11 +57,13 @@ async def issues_of(path: Path, *, limit: int = 10) -> Issues:
 
 
 async def last_stop_of(path: Path) -> tuple[str, float] | None:
-    """Why and when (epoch seconds) the ledger's last run stopped early; None when it
-    ended without a stop, is still running, or there is no run yet."""
+    """Why the ledger's last run stopped early, and when (epoch seconds) that run
+    started; None when it ended without a stop, is still running, or there is no run
+    yet. The start, not the end: a run stopped early still collects what is in flight
+    for a while, and a file saved meanwhile is new text for the next run."""
     async with await open_ledger(path, writer=False) as ledger:
         run = await last_run(ledger)
     if run is None or run.ended_at is None or not run.summary:
         return None
     reason = run.summary.get("stop_reason")
-    return (str(reason), run.ended_at) if reason else None
+    return (str(reason), run.started_at) if reason else None

@@ -18,8 +18,9 @@ Invariants:
 - A manifest dropped with its own ledger beside it (``pixrun run`` on it first, then
   both moved in) has that ledger moved into ``ledgers/`` before anything is sent for
   it, so the tasks it holds are collected, never bought again; while another process
-  uses that ledger the manifest waits, and with a ledger at both places it is
-  rejected (nothing is guessed).
+  uses that ledger the manifest is held (told as stopped, until it is saved again or
+  a new watch starts), and with a ledger at both places it is rejected (nothing is
+  guessed).
 - Only files directly in DIR whose name ends in ``.yaml`` or ``.yml`` count, never a
   hidden one or an editor's temp file (``.#x.yaml``, ``x.yaml~``, ``x.yaml.swp``, ...),
   and only once their size and mtime have not changed for ``stable_s``: a manifest
@@ -147,7 +148,6 @@ class HotFolder:
         #: manifests waiting for a running one that writes the same files to end
         self._waiting: set[str] = set()
         #: running manifests whose file left the folder (withdrawn once)
-        self._withdrawn: set[Path] = set()
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self.interrupted = False
@@ -213,8 +213,9 @@ class HotFolder:
         """A running manifest removed (or moved out) of the folder is withdrawn: its
         batch submits nothing more and collects what is in flight."""
         for path in self._running.values():
-            if path not in self._withdrawn and _gone(path):
-                self._withdrawn.add(path)
+            # again each round until it took: a batch not yet registered ignores it, and
+            # a batch already stopping keeps its first reason
+            if _gone(path):
                 self.batches.withdraw(
                     path, "its manifest left the watched folder: no more submissions"
                 )
@@ -304,7 +305,8 @@ class HotFolder:
             task = await self.batches.prepare(manifest, rank_of(manifest, self._order))
         except ManifestError as exc:
             if _mark(path) != loaded:
-                return  # written to as it was read: read again once it is stable
+                self._again(path.name)  # written to as it was read: read once stable
+                return
             self._reject(path, exc, exc.problems)
             return
         except OutputsBusy as exc:
@@ -312,8 +314,7 @@ class HotFolder:
             # copy): it waits for that one to end, then counts again (no rejection)
             self._hold(path)
             self._waiting.add(path.name)
-            if self._wanted is not None:  # --once: it runs before the watch exits
-                self._wanted.add(path.name)
+            self._again(path.name)
             self._news(News("waiting", path, exc.message))
             return
         except (LedgerLocked, CallbackPortBusy) as exc:
@@ -362,10 +363,17 @@ class HotFolder:
                 ) from exc
         return True
 
+    def _again(self, name: str) -> None:
+        """The manifest counts again once it is stable; with ``--once`` it still runs
+        before the watch exits (it waits, or its text changed while read or run)."""
+        if self._wanted is not None:
+            self._wanted.add(name)
+
     async def _braked(self, path: Path, loaded: tuple[int, int] | None) -> PixrunError | None:
         """Its last run was stopped by the failure-rate brake and the file has not been
-        saved since: running it as it is would pay for another window of failing
-        renders (a cron'd ``watch --once`` would, every time). None otherwise."""
+        saved since that run started: running it as it is would pay for another window
+        of failing renders (a cron'd ``watch --once`` would, every time). None
+        otherwise; a fix saved while the braked run still collected counts as new."""
         ledger = self.batches.settings.ledger_for(path)
         if loaded is None or ledger is None or not ledger.is_file():
             return None
@@ -411,8 +419,7 @@ class HotFolder:
                 # part of it, so it stays and runs again once stable; its ledger keeps
                 # what is done, and nothing is paid for twice
                 self._news(News("changed", path, "changed while it ran: it runs again"))
-                if self._wanted is not None:  # --once: its new text too, before exiting
-                    self._wanted.add(path.name)
+                self._again(path.name)
             elif now is None and _gone(path):
                 # removed or moved out while it ran: withdrawn (see _withdraw_gone)
                 self._news(News("withdrawn", path, f"exit {end.exit_code}; its file left"))
@@ -432,7 +439,6 @@ class HotFolder:
             for name in self._waiting:  # those waiting for a batch to end: try again
                 self._held.pop(name, None)
             self._waiting.clear()
-            self._withdrawn.discard(path)
             self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._changed.set()
 
